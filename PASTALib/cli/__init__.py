@@ -1,0 +1,1 @@
+"""The ``pasta`` command line: one module per subcommand group, each with ``add_parser``."""

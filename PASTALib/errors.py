@@ -1,0 +1,25 @@
+"""Exceptions raised for bad input. Every message names the problem and the fix."""
+
+
+class PastaError(Exception):
+    """Base class for errors a user can act on (message says what to do)."""
+
+
+class InputImageError(PastaError):
+    """The image file is missing, corrupt, not 3D, or not a CT."""
+
+
+class AnatomyError(PastaError):
+    """An organ is missing, too small, or not healthy."""
+
+
+class SpecificationError(PastaError):
+    """A lesion attribute or setting has a value that is not allowed."""
+
+
+class LesionFitError(PastaError):
+    """The requested lesion does not fit in the organ at the requested place."""
+
+
+class MissingWeightsError(PastaError):
+    """Model weights (PASTA or TotalSegmentator) are not installed."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Create .venv with PASTALib and its test dependencies. torch is pinned and installed FIRST:
+# any resolver that sees an unpinned torch would pull a multi-GB CUDA build.
+# Re-running is cheap: nothing is reinstalled while pyproject.toml is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${PASTA_VENV:-.venv}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "PASTALib needs Python >= 3.10 (found $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+# Qt (PySide6, used by the .ui contract tests offscreen) needs a few system libraries.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+   && ! ldconfig -p | grep -q 'libxkbcommon.so.0' ; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    libxkbcommon0 libegl1 libgl1 libfontconfig1 libglib2.0-0 libdbus-1-3 >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+stamp="$VENV/.pasta-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
