@@ -1,0 +1,130 @@
+"""Organ masks from TotalSegmentator (optional extra ``PASTALib[totalsegmentator]``).
+
+TotalSegmentator downloads its weights on first use. PASTA must also run on machines
+without internet, so we check that the weights are installed *before* calling it and
+raise MissingWeightsError with offline instructions instead of letting it download.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+import SimpleITK as sitk
+
+from PASTALib.anatomy.organs import OrganMasks, resample_labels_to
+from PASTALib.anatomy.totalseg_classes import TOTAL_CLASSES
+from PASTALib.errors import MissingWeightsError
+
+#: nnU-Net datasets of the ``total`` task (TotalSegmentator v2): full resolution (1.5 mm,
+#: five part models), ``--fast`` (3 mm) and the 6 mm model used to crop for ``roi_subset``.
+TOTAL_DATASETS_FULL = (291, 292, 293, 294, 295)
+TOTAL_DATASET_FAST = 297
+TOTAL_DATASET_ROI_CROP = 298
+
+_INSTALL_HINT = 'pip install "PASTALib[totalsegmentator]"'
+
+
+def totalsegmentator_weights_dir() -> Path:
+    """Where TotalSegmentator looks for weights (same rule as ``totalsegmentator.config``).
+
+    ``TOTALSEG_WEIGHTS_PATH`` if set, else ``$TOTALSEG_HOME_DIR/nnunet/results``, else
+    ``~/.totalsegmentator/nnunet/results`` (``/tmp`` as home inside containers without one).
+    """
+    if "TOTALSEG_WEIGHTS_PATH" in os.environ:
+        return Path(os.environ["TOTALSEG_WEIGHTS_PATH"])
+    if "TOTALSEG_HOME_DIR" in os.environ:
+        home = Path(os.environ["TOTALSEG_HOME_DIR"])
+    else:
+        user_home = Path.home()
+        home = (Path("/tmp") if str(user_home) == "/" else user_home) / ".totalsegmentator"
+    return home / "nnunet" / "results"
+
+
+def required_datasets(fast: bool, roi_subset: Sequence[str] | None = None) -> list[int]:
+    """nnU-Net dataset ids a ``total`` run needs."""
+    ids = [TOTAL_DATASET_FAST] if fast else list(TOTAL_DATASETS_FULL)
+    if roi_subset:
+        ids.append(TOTAL_DATASET_ROI_CROP)
+    return ids
+
+
+def _dataset_installed(weights_dir: Path, dataset_id: int) -> bool:
+    for folder in weights_dir.glob(f"Dataset{dataset_id}_*"):
+        if any(p.stat().st_size > 0 for p in folder.rglob("checkpoint_final.pth")):
+            return True
+    return False
+
+
+def check_totalsegmentator_weights(fast: bool = False, roi_subset: Sequence[str] | None = None) -> Path:
+    """Return the weights folder; raise MissingWeightsError (with offline steps) if incomplete."""
+    weights_dir = totalsegmentator_weights_dir()
+    missing = [d for d in required_datasets(fast, roi_subset) if not _dataset_installed(weights_dir, d)]
+    if missing:
+        names = ", ".join(f"Dataset{d}_*" for d in missing)
+        raise MissingWeightsError(
+            f"TotalSegmentator weights for task 'total'{' --fast' if fast else ''} are not installed in "
+            f"{weights_dir} (missing {names}); PASTA never downloads them itself. To install offline: "
+            f"on a machine with internet run `totalseg_download_weights -t {'total_fast' if fast else 'total'}` "
+            f"and copy its ~/.totalsegmentator/nnunet/results folder to {weights_dir} "
+            "(or set TOTALSEG_HOME_DIR / TOTALSEG_WEIGHTS_PATH to where you put it), "
+            "or import a weights zip with `totalseg_import_weights -i <weights.zip>`. "
+            "Alternatively pass an organ label map (--labels) or use the classical lung mask for chest CT."
+        )
+    return weights_dir
+
+
+def _import_python_api() -> ModuleType:
+    """Import ``totalsegmentator.python_api`` lazily (it pulls in torch and nnU-Net)."""
+    try:
+        return importlib.import_module("totalsegmentator.python_api")
+    except ModuleNotFoundError as exc:
+        missing = exc.name or "totalsegmentator"
+        what = "TotalSegmentator is not installed" if missing.split(".")[0] == "totalsegmentator" else (
+            f"TotalSegmentator cannot be imported (missing dependency {missing!r})"
+        )
+        raise MissingWeightsError(
+            f"{what}. Install it with: {_INSTALL_HINT} (then install its weights), "
+            "or pass an organ label map (--labels) instead."
+        ) from None
+
+
+def run_totalsegmentator(
+    ct: sitk.Image | str | os.PathLike,
+    *,
+    fast: bool = False,
+    device: Literal["cpu", "cuda", "gpu", "mps"] = "cpu",
+    roi_subset: Sequence[str] | None = None,
+    quiet: bool = True,
+) -> OrganMasks:
+    """Segment the ``total`` classes of a CT with TotalSegmentator and return them on the CT grid.
+
+    Checks the package and the weights first (MissingWeightsError with install steps);
+    never triggers a weights download.
+    """
+    python_api = _import_python_api()
+    check_totalsegmentator_weights(fast, roi_subset)
+
+    image = ct if isinstance(ct, sitk.Image) else sitk.ReadImage(str(ct))
+    with tempfile.TemporaryDirectory(prefix="pasta_totalseg_") as tmp:
+        in_path = Path(tmp) / "ct.nii.gz"
+        out_path = Path(tmp) / "total.nii.gz"
+        sitk.WriteImage(image, str(in_path))
+        python_api.totalsegmentator(
+            input=str(in_path),
+            output=str(out_path),
+            ml=True,  # one multi-label file with the `total` ids
+            fast=fast,
+            roi_subset=list(roi_subset) if roi_subset else None,
+            device="gpu" if device == "cuda" else device,
+            quiet=quiet,
+        )
+        labels = sitk.ReadImage(str(out_path))
+    # NIfTI round trip can move the header by float rounding: put the labels back on the CT grid
+    labels = resample_labels_to(labels, image)
+    return OrganMasks(labels, dict(TOTAL_CLASSES), source="TotalSegmentator total" + (" --fast" if fast else ""))
