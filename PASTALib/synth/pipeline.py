@@ -1,0 +1,412 @@
+"""synthesize_lesion: one lesion into one CT, built in a local 1 mm crop and pasted back."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from PASTALib.errors import AnatomyError, InputImageError, LesionFitError, SpecificationError
+from PASTALib.geometry import local_grid, resample_to_grid
+from PASTALib.labels import LesionType, Organ, Phase
+from PASTALib.synth import intensity, placement, shape as shp
+from PASTALib.synth.attributes import Shape
+from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
+from PASTALib.synth.report import StructuredReport, build_report
+from PASTALib.synth.spec import STREAM_INTENSITY, STREAM_LOCATION, STREAM_REFINER, STREAM_SHAPE, LesionSpec, stream
+
+#: refiner(ct_crop, organ_crop, lesion_alpha_crop, rng) -> refined ct_crop (1 mm canonical crop, HU).
+Refiner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+
+#: Words that name an organ in a report impression (healthy-organ check).
+_ORGAN_WORDS = {
+    Organ.LUNG: r"lung|pulmonar", Organ.LIVER: r"liver|hepat", Organ.GALLBLADDER: r"gall ?bladder|cholecyst",
+    Organ.PANCREAS: r"pancrea", Organ.ESOPHAGUS: r"o?esophag", Organ.STOMACH: r"stomach|gastric",
+    Organ.COLON: r"colon|colorectal|rect(um|al)|sigmoid|cecum|caecum", Organ.KIDNEY: r"kidney|renal",
+    Organ.BLADDER: r"(?<!gall)(?<!gall )bladder|vesical", Organ.BONE: r"bone|osseous|vertebra|skelet|lytic|sclerotic",
+}
+_AIR_HU = -500.0  # invasion may grow into any tissue denser than this (not gas, not aerated lung)
+_GAS_LABEL_HU = -200.0  # hollow organs: output voxels below this stay lumen in the label
+
+
+@dataclass
+class SynthesisResult:
+    """Edited CT and labels on the input grid, the measured report and the resolved spec."""
+
+    ct: sitk.Image
+    labels: sitk.Image
+    report: StructuredReport
+    spec: LesionSpec  # every attribute filled, centre = the lesion's placement centre
+    changed_box: tuple[tuple[int, int], ...]  # input-grid index range (x, y, z) that may differ
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_grids(ct: sitk.Image, labels: sitk.Image) -> None:
+    same = (
+        ct.GetSize() == labels.GetSize()
+        and np.allclose(ct.GetSpacing(), labels.GetSpacing(), atol=1e-4)
+        and np.allclose(ct.GetOrigin(), labels.GetOrigin(), atol=1e-3)
+        and np.allclose(ct.GetDirection(), labels.GetDirection(), atol=1e-4)
+    )
+    if not same:
+        raise InputImageError(
+            "The organ label map is not on the CT's grid (size/spacing/origin/direction differ). "
+            "Resample it onto the CT with nearest-neighbour interpolation first."
+        )
+    if ct.GetDimension() != 3 or ct.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError("The CT must be a 3D single-component image.")
+
+
+def _check_impression(organ: Organ, impression: str | None) -> None:
+    if impression and re.search(_ORGAN_WORDS[organ], impression, flags=re.IGNORECASE):
+        raise AnatomyError(
+            f"The report impression mentions the {organ.display_name.lower()} ({impression!r}), so it may not be "
+            "healthy; lesions are only synthesized into healthy organs. Pick another organ or case."
+        )
+
+
+def estimate_phase(ct_xyz: np.ndarray, labels_xyz: np.ndarray, lesion_type: LesionType) -> Phase:
+    """Cheap contrast-phase guess from organ HU (kidney > 100 HU or liver > 85 HU: enhanced).
+
+    Used only when neither the caller nor the spec gives the phase (PASTALib.anatomy has the
+    full detector); falls back to the type's template phase.
+    """
+    step = (2, 2, 1)
+    lab = labels_xyz[:: step[0], :: step[1], :: step[2]]
+    hu = ct_xyz[:: step[0], :: step[1], :: step[2]]
+    for organ, threshold in ((Organ.KIDNEY, 100.0), (Organ.LIVER, 85.0)):
+        values = hu[lab == int(organ)]
+        if values.size > 500:
+            return Phase.ENHANCED if float(np.median(values)) > threshold else Phase.PLAIN
+    phases = lesion_type.template_phases
+    return Phase.ENHANCED if Phase.ENHANCED in phases else Phase.PLAIN
+
+
+def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, labels_xyz: np.ndarray) -> Phase:
+    if phase is not None:
+        phase = Phase(phase)
+        if spec.enhancement is not None and spec.enhancement is not phase:
+            raise SpecificationError(
+                f"The CT is {phase.value}; a lesion cannot be rendered as {spec.enhancement.value} on it. "
+                f"Allowed value for this CT: {phase.value!r}."
+            )
+        return phase
+    return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
+
+
+def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness: float, outward: float) -> np.ndarray:
+    """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
+    radii = np.asarray(spec.size_mm) / 2.0
+    if spec.shape is Shape.WALL_THICKENING:
+        return radii + 2.5 * margin_w + 2.0  # the band lies inside the patch ellipsoid
+    reach = 1.15 * (1.0 + 3.0 * lob)  # size correction may grow radii up to 15 %
+    if spec.shape is Shape.IRREGULAR:
+        reach = max(reach, 1.15 * 1.85)  # spicules reach 1.8 radii
+    return radii * reach + 2.5 * margin_w + 2.0
+
+
+#: Context (mm) around the shape box: the parenchyma reference is measured there.
+_CONTEXT_MM = 10.0
+
+
+def _image_from(array_xyz: np.ndarray, grid: Any) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
+    image.SetOrigin(grid.origin)
+    image.SetSpacing(grid.spacing)
+    image.SetDirection(grid.direction)
+    return image
+
+
+def _build_sdf(
+    spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
+    thickness: float, outward: float, stone_count: int, shape_seed: int,
+) -> np.ndarray:
+    """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
+    radii = np.asarray(spec.size_mm, float) / 2.0
+    if spec.shape is Shape.WALL_THICKENING:
+        organ_sdf = shp.signed_distance(organ_c)
+        sdf = shp.wall_field(organ_sdf, coords, radii, thickness, outward if spec.invasion else 0.0)
+    else:
+        def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
+            rng = np.random.default_rng(shape_seed)  # same random shape for both passes
+            if spec.shape is Shape.PUNCTATE:
+                return shp.stones_field(coords, r, rng, stone_count)
+            return shp.mass_field(coords, r, rng, lob, spicules)
+
+        # One size-correction pass: lobulation changes the extents; rescale radii so the body
+        # (without spicules, as a radiologist measures) spans the requested size.
+        body = field_of(radii, 0)
+        measured = shp.extents_mm(body < 0)
+        if np.all(measured > 0):
+            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
+        sdf = shp.to_sdf(field_of(radii, n_spicules))
+    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside;
+    # a wall band without invasion is inside the organ by construction).
+    near = sdf < 3.0
+    wall_inside = spec.shape is Shape.WALL_THICKENING and not spec.invasion
+    if not wall_inside and np.any(near & ~allowed_c):
+        sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
+    return sdf
+
+
+def _shape_in_crop(
+    spec: LesionSpec, grid_size: tuple[int, int, int], half_mm: np.ndarray, organ_c: np.ndarray, allowed_c: np.ndarray,
+    **kwargs: Any,
+) -> np.ndarray:
+    """SDF on the whole crop, computed only in the centred shape box (+1000 mm elsewhere: outside)."""
+    size = np.asarray(grid_size)
+    centre = (size - 1) // 2
+    lo = np.maximum(0, centre - np.ceil(half_mm).astype(int))
+    hi = np.minimum(size, centre + np.ceil(half_mm).astype(int) + 1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    coords = shp.crop_coords(hi - lo, centre - lo)
+    sdf = np.full(organ_c.shape, 1000.0, np.float32)
+    sdf[box] = _build_sdf(spec, coords, organ_c[box], allowed_c[box], **kwargs)
+    return sdf
+
+
+def synthesize_lesion(
+    ct: sitk.Image, organ_labels: sitk.Image, spec: LesionSpec, *, phase: Phase | None = None,
+    impression: str | None = None, refiner: Refiner | None = None,
+) -> SynthesisResult:
+    """Insert one lesion described by ``spec`` into ``ct``.
+
+    ``organ_labels``: PASTA organ label map (values 1-10) on the CT's grid. Returns the edited CT
+    (input grid and pixel type; voxels outside the lesion's soft margin bit-identical), the label
+    map (organs + this lesion's value 11-25) and the report measured from them.
+    Raises SpecificationError, AnatomyError, LesionFitError or InputImageError with the fix.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    spec = LesionSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    spec.validate()
+    _check_grids(ct, organ_labels)
+    organ = spec.lesion_type.organ
+    _check_impression(organ, impression)
+    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    lab_xyz = sitk.GetArrayViewFromImage(organ_labels).transpose(2, 1, 0)
+
+    midline = placement.midline_x(lab_xyz, ct) if organ.is_paired else None
+    region = placement.organ_region(lab_xyz, ct, organ, spec.side, midline)
+    phase = _resolve_phase(spec, phase, ct_xyz, lab_xyz)
+    resolved = spec.resolve(phase)
+    prof = resolved.profile
+    timings["checks"] = time.perf_counter() - t0
+
+    # Shape parameters: drawn first and always in the same order (stable across attributes).
+    rng_shape = stream(spec.seed, STREAM_SHAPE)
+    lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
+    lo_s, hi_s = SPICULES[resolved.shape]
+    n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
+    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
+    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
+    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
+    outward = float(rng_shape.uniform(3.0, 8.0))
+    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
+    shape_seed = int(rng_shape.integers(2**62))
+    wall = resolved.shape is Shape.WALL_THICKENING
+    if wall:
+        thickness = min(thickness, float(min(resolved.size_mm)))
+
+    # Location.
+    t = time.perf_counter()
+    rng_loc = stream(spec.seed, STREAM_LOCATION)
+    if spec.center_mm is not None:
+        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
+    else:
+        first, size, others = placement.sample_centre(
+            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion), wall=wall,
+            size_given=spec.size_mm is not None, min_size=prof.size_range_mm[0],
+        )
+        resolved = replace(resolved, size_mm=size)
+        centres = [first, *others]
+    timings["placement"] = time.perf_counter() - t
+
+    # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
+    best: tuple | None = None
+    for attempt, centre_index in enumerate(centres[:6]):
+        t = time.perf_counter()
+        centre_lps = region.index_to_lps(centre_index)
+        shape_half = _shape_half_extent(resolved, lob, margin_w, thickness, outward)
+        grid = local_grid(centre_lps, 2.0 * (shape_half + _CONTEXT_MM))
+        ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
+        lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
+        organ_c = lab_c == int(organ)
+        if region.side is not None and midline is not None:
+            x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
+            organ_c &= ((x > midline) if region.side == "left" else (x <= midline))[:, None, None]
+        allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
+        timings["crop"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sdf = _shape_in_crop(
+            resolved, grid.size, shape_half, organ_c, allowed_c, lob=lob, n_spicules=n_spicules,
+            thickness=thickness, outward=outward, stone_count=stone_count, shape_seed=shape_seed,
+        )
+        alpha = shp.soft_mask(sdf, margin_w)
+        if organ.is_hollow and margin_w > 1.0:
+            # Against gas the mucosal surface is sharp whatever the margin: an ill-defined blend
+            # into gas would leave a dark rim. Use a 0.7 mm edge where the crop holds gas.
+            gas = ct_c < _AIR_HU
+            if gas.any():
+                alpha = np.where(gas, shp.soft_mask(sdf, 0.7), alpha)
+        inside = alpha > 0.5
+        outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
+        timings["shape"] = time.perf_counter() - t
+        if best is None or outside_fraction > best[-1]:
+            best = (centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction)
+        if not resolved.invasion or outside_fraction >= 0.1:
+            break
+    assert best is not None
+    centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction = best
+    if not np.any(alpha > 0.5):
+        raise LesionFitError(
+            f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
+            "within the requested size). Move the centre or enlarge the lesion."
+        )
+
+    # Intensity in the crop.
+    t = time.perf_counter()
+    prof_window = prof.parenchyma_window
+    stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof_window, prof.nominal_parenchyma_hu[phase])
+    reference_hu = stats.mean_hu
+    if prof.reference_clamp is not None:
+        reference_hu = float(np.clip(reference_hu, *prof.reference_clamp[phase]))
+    box = _input_box(ct, grid)
+    sl = tuple(slice(a, b) for a, b in box)
+    noise = intensity.scanner_noise(ct_xyz[sl])
+    rng_int = stream(spec.seed, STREAM_INTENSITY)
+    target = intensity.target_hu(prof, resolved.density, phase, reference_hu, rng_int)
+    radii = np.asarray(resolved.size_mm) / 2.0
+    tex, tex_params = intensity.texture(
+        ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
+    )
+    delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
+    if refiner is not None:
+        refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
+        delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    timings["intensity"] = time.perf_counter() - t
+
+    # Paste back onto the input grid, only inside the crop's input-grid bounding box.
+    t = time.perf_counter()
+    out_ct, out_labels = _paste(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
+        organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow,
+    )
+    timings["paste"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
+    lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == int(resolved.lesion_type))
+    if lesion_idx.size == 0:
+        raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
+    side = None
+    if organ.is_paired:
+        centroid = region.index_to_lps(lesion_idx.mean(axis=0) + np.array([b[0] for b in box]))
+        side = "left" if centroid[0] > midline else "right"
+    report = build_report(
+        ct=out_ct, labels=out_labels, lesion_type=resolved.lesion_type, phase=phase, side=side,
+        shape=resolved.shape, density=resolved.density, heterogeneity=resolved.heterogeneity,
+        surface=resolved.margin, invades=bool(resolved.invasion), organ_reference_hu=reference_hu, seed=spec.seed, box=box,
+    )
+    timings["report"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    resolved = replace(resolved, center_mm=tuple(float(v) for v in centre_lps), side=side or resolved.side)
+    details = {
+        "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
+        "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,
+        "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
+    }
+    if wall:
+        details["wall_thickness_mm"] = thickness
+    if resolved.shape is Shape.PUNCTATE:
+        details["stones"] = stone_count
+    return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
+
+
+def _input_box(ct: sitk.Image, grid: Any) -> tuple[tuple[int, int], ...]:
+    """Input-grid index range (x, y, z; end exclusive) covering a local canonical grid."""
+    corners = np.array([grid.index_to_lps(c) for c in np.array(np.meshgrid(*[[0, n - 1] for n in grid.size])).reshape(3, -1).T])
+    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
+    cidx = (corners - np.asarray(ct.GetOrigin())) @ direction / np.asarray(ct.GetSpacing())
+    size = np.asarray(ct.GetSize())
+    lo = np.clip(np.floor(cidx.min(axis=0)).astype(int), 0, size)
+    hi = np.clip(np.ceil(cidx.max(axis=0)).astype(int) + 1, 0, size)
+    return tuple((int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _paste(
+    ct: sitk.Image, labels: sitk.Image, grid: Any, box: tuple[tuple[int, int], ...], alpha: np.ndarray,
+    delta: np.ndarray, lesion_value: int, organ_mask: placement.OrganRegion | None, hollow: bool = False,
+) -> tuple[sitk.Image, sitk.Image]:
+    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there."""
+    lo = np.array([b[0] for b in box])
+    hi = np.array([b[1] for b in box])
+    reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
+    alpha_in = sitk.GetArrayFromImage(
+        sitk.Resample(_image_from(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ).transpose(2, 1, 0)
+    delta_in = sitk.GetArrayFromImage(
+        sitk.Resample(_image_from(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    ).transpose(2, 1, 0)
+
+    region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)
+    touched = alpha_in > 0  # everything else stays bit-identical
+    new = region.astype(np.float64) + delta_in
+    if np.issubdtype(region.dtype, np.integer):
+        info = np.iinfo(region.dtype)
+        new = np.clip(np.round(new), info.min, info.max)
+    region[touched] = new[touched].astype(region.dtype)
+    patch = sitk.GetImageFromArray(np.ascontiguousarray(region.transpose(2, 1, 0)))
+    patch.CopyInformation(reference)
+    out_ct = sitk.Paste(ct, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
+
+    lab_ref = labels[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
+    lab_arr = sitk.GetArrayFromImage(lab_ref).transpose(2, 1, 0)
+    lesion = alpha_in > 0.5
+    if organ_mask is not None:
+        # Without invasion the label never leaves the organ, even where interpolation blurs the edge.
+        full = np.zeros(lesion.shape, bool)
+        olo, ohi = organ_mask.lo, organ_mask.lo + np.asarray(organ_mask.mask.shape)
+        a = np.maximum(lo, olo)
+        b = np.minimum(hi, ohi)
+        if np.all(b > a):
+            full[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1], a[2] - lo[2]:b[2] - lo[2]] = organ_mask.mask[
+                a[0] - olo[0]:b[0] - olo[0], a[1] - olo[1]:b[1] - olo[1], a[2] - olo[2]:b[2] - olo[2]]
+        lesion &= full
+    if hollow:
+        # Voxels still dominated by gas after blending are lumen (partial volume), not tumour.
+        lesion &= region > _GAS_LABEL_HU
+    lab_arr[lesion] = lesion_value
+    lab_patch = sitk.GetImageFromArray(np.ascontiguousarray(lab_arr.transpose(2, 1, 0)))
+    lab_patch.CopyInformation(lab_ref)
+    out_labels = sitk.Paste(labels, lab_patch, lab_patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
+    return out_ct, out_labels
+
+
+def synthesize_lesion_in_masks(
+    ct: sitk.Image, masks: Any, spec: LesionSpec, *, phase: Phase | None = None, impression: str | None = None,
+    refiner: Refiner | None = None,
+) -> SynthesisResult:
+    """Adapter for ``PASTALib.anatomy.OrganMasks`` (e.g. TotalSegmentator labels).
+
+    Runs the anatomy healthy-organ check (volume, existing lesions, impression with negations)
+    and its vessel-based phase detection (falling back to the organ-HU estimate), then the core.
+    """
+    from PASTALib.anatomy import check_healthy_organ, detect_phase
+
+    spec = LesionSpec.from_dict(spec) if isinstance(spec, dict) else spec
+    spec.validate()
+    check_healthy_organ(masks, spec.lesion_type.organ, spec.side, impression)
+    if phase is None and spec.enhancement is None:
+        try:
+            phase = detect_phase(ct, masks).phase
+        except AnatomyError:
+            phase = None  # no aorta/IVC: the core estimates from organ HU
+    labels = masks.pasta_label_map(include_lesions=False)
+    # The impression was checked above with negation handling; the core's check is stricter.
+    return synthesize_lesion(ct, labels, spec, phase=phase, refiner=refiner)

@@ -1,0 +1,264 @@
+"""Per-lesion-type profiles: every number the synthesizer samples from lives here.
+
+Sources (abbreviated in comments):
+  [Fleischner] MacMahon et al., Radiology 2017 (nodule sizes, solid nodule attenuation).
+  [LI-RADS] ACR LI-RADS v2018 (HCC arterial hyperenhancement, washout).
+  [Liver mets] Sica et al., Radiographics 2000; typical portal-venous hypoattenuation 20-60 HU.
+  [Bosniak] Silverman et al., Radiology 2019 (simple cyst -9..20 HU, well-defined, homogeneous).
+  [PDAC] Prokesch et al., Radiology 2002 (hypoattenuating in 75-90% of pancreatic phase scans).
+  [RCC] Kim et al., AJR 2002; clear-cell RCC avid corticomedullary enhancement, nephrographic
+        phase lower than cortex by 30-100 HU.
+  [Stones] Primak et al., Acad Radiol 2007: uric acid <500 HU, calcium oxalate/phosphate >900 HU.
+  [Gallstones] Baron, Radiology 1987; cholesterol -90..+30 HU, calcified up to >150 HU.
+  [Wall] Normal GI wall 3-5 mm distended; tumour wall thickening 5-20 mm (Ba-Ssalamah,
+         Eur J Radiol 2003; Horton, Radiographics 2000; Kim, Radiographics 2006 for bladder).
+  [Bone mets] Lytic lesions replace trabecular bone with soft tissue (20-60 HU); blastic
+              lesions 300-1000+ HU (O'Sullivan, World J Radiol 2015).
+  [KiTS/LiTS/MSD] Median lesion diameters of public datasets (liver tumour ~30 mm, kidney
+                  tumour ~40 mm, pancreas tumour ~25-30 mm, lung tumour ~25 mm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from PASTALib.labels import LesionType, Phase
+from PASTALib.synth.attributes import Density, Heterogeneity, Shape, Surface
+
+PLAIN, ENHANCED = Phase.PLAIN, Phase.ENHANCED
+HYPO, ISO, HYPER = Density.HYPO, Density.ISO, Density.HYPER
+ROUND, IRREG, WALL, PUNCT = Shape.ROUND, Shape.IRREGULAR, Shape.WALL_THICKENING, Shape.PUNCTATE
+HOMO, HETERO = Heterogeneity.HOMOGENEOUS, Heterogeneity.HETEROGENEOUS
+WELL, ILL = Surface.WELL_DEFINED, Surface.ILL_DEFINED
+
+#: Smallest |lesion - parenchyma| in HU for Hypodense/Hyperdense, largest for Isodense. A reader
+#: calls a 10-15 HU difference visible on a soft-tissue window (CT noise ~10 HU at 1 mm).
+MIN_CONTRAST_HU = 15.0
+MAX_ISO_CONTRAST_HU = 8.0
+
+#: Margin transition width (mm): the soft mask goes 0.08 -> 0.92 over about +-1 width (erf).
+#: Well-defined: a sharp but not aliased edge (~ a 1 mm voxel); ill-defined: 2-4 mm blur.
+MARGIN_WIDTH_MM: Mapping[Surface, tuple[float, float]] = MappingProxyType({WELL: (0.5, 1.0), ILL: (2.0, 4.0)})
+
+#: Radial displacement amplitude as a fraction of the mean radius; spicule count range.
+#: Round-like masses are gently lobulated; irregular ones lobulated with spicules (LIDC spiculation).
+LOBULATION: Mapping[Shape, tuple[float, float]] = MappingProxyType({ROUND: (0.02, 0.05), IRREG: (0.12, 0.22), PUNCT: (0.03, 0.08), WALL: (0.05, 0.12)})
+SPICULES: Mapping[Shape, tuple[int, int]] = MappingProxyType({ROUND: (0, 0), IRREG: (3, 8), PUNCT: (0, 0), WALL: (0, 0)})
+
+
+@dataclass(frozen=True)
+class HURange:
+    """Uniform HU range; ``relative`` to the local parenchyma mean or absolute; ``weight`` among alternatives."""
+
+    lo: float
+    hi: float
+    relative: bool = True
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TypeProfile:
+    """Everything sampled for one lesion type (probabilities need not sum to 1; they are normalised)."""
+
+    lesion_type: LesionType
+    size_median_mm: float  # log-normal prior of the largest diameter
+    size_sigma: float  # log-normal sigma (natural log)
+    size_range_mm: tuple[float, float]  # clip of each axis
+    shapes: Mapping[Shape, float]
+    densities: Mapping[Phase, Mapping[Density, float]]
+    hu: Mapping[Phase, Mapping[Density, tuple[HURange, ...]]]
+    heterogeneity: Mapping[Heterogeneity, float]
+    margins: Mapping[Surface, float]
+    invasion_probability: float = 0.0
+    aspect_sigma: float = 0.15  # per-axis log-normal spread around the diameter
+    # Heterogeneous: correlated noise std (a reader calls texture heterogeneous when it clearly
+    # exceeds the ~10-20 HU scanner noise) and correlation length.
+    texture_std_hu: tuple[float, float] = (20.0, 35.0)
+    texture_corr_mm: tuple[float, float] = (2.0, 5.0)
+    necrosis: bool = False  # large heterogeneous masses get a hypodense centre
+    wall_thickness_mm: tuple[float, float] = (5.0, 20.0)  # wall thickening [Wall]
+    stones: tuple[int, int] = (1, 1)  # punctate cluster size
+    # HU window of organ voxels that count as "parenchyma" for the reference mean
+    # (excludes gas, fat partial volume, contrast-filled vessels or cortical bone).
+    parenchyma_window: tuple[float, float] = (-50.0, 300.0)
+    nominal_parenchyma_hu: Mapping[Phase, float] = field(default_factory=lambda: {PLAIN: 40.0, ENHANCED: 90.0})
+    # Hollow GI organs: the mask holds the lumen (gas, fluid, faeces), so the measured reference
+    # is clamped to the range of a normal bowel/gastric wall (plain 25-60 HU, enhanced 50-120 HU).
+    reference_clamp: Mapping[Phase, tuple[float, float]] | None = None
+
+    def allowed(self, attribute: str) -> tuple:
+        """Allowed values of ``shape``/``density``/``heterogeneity``/``margin`` (non-zero probability)."""
+        if attribute == "density":
+            values = {d for table in self.densities.values() for d, p in table.items() if p > 0}
+            return tuple(d for d in Density if d in values)
+        table = {"shape": self.shapes, "heterogeneity": self.heterogeneity, "margin": self.margins}[attribute]
+        return tuple(v for v, p in table.items() if p > 0)
+
+
+def _p(**kw: float) -> Mapping:
+    return MappingProxyType(kw)
+
+
+def _both(table: Mapping) -> Mapping:
+    return MappingProxyType({PLAIN: table, ENHANCED: table})
+
+
+# Absolute water-like cyst HU [Bosniak]: used by all cysts regardless of phase (cysts do not enhance).
+_CYST_HU = _both({HYPO: (HURange(0.0, 20.0, relative=False),)})
+_CYST_DENSITY = _both({HYPO: 1.0})
+_GI_WALL = MappingProxyType({PLAIN: (25.0, 60.0), ENHANCED: (50.0, 120.0)})  # [Wall]
+
+PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
+    LesionType.LUNG_TUMOR: TypeProfile(
+        LesionType.LUNG_TUMOR, 25.0, 0.45, (5.0, 80.0),  # [Fleischner], [MSD lung]
+        shapes={ROUND: 0.5, IRREG: 0.5},
+        # Solid tumour in aerated lung is always denser than lung: soft tissue 10-60 HU [Fleischner].
+        densities=_both({HYPER: 1.0}),
+        hu=_both({HYPER: (HURange(10.0, 60.0, relative=False),)}),
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.4, ILL: 0.6},
+        invasion_probability=0.15, texture_std_hu=(20.0, 40.0), necrosis=True,
+        parenchyma_window=(-1000.0, -400.0), nominal_parenchyma_hu={PLAIN: -850.0, ENHANCED: -850.0},
+    ),
+    LesionType.LIVER_TUMOR: TypeProfile(
+        LesionType.LIVER_TUMOR, 30.0, 0.5, (8.0, 120.0),  # [LiTS]
+        shapes={ROUND: 0.6, IRREG: 0.4},
+        densities={ENHANCED: {HYPO: 0.7, ISO: 0.1, HYPER: 0.2}, PLAIN: {HYPO: 0.85, ISO: 0.15}},
+        # Portal-venous metastases 20-60 HU below liver [Liver mets]; hypervascular HCC +15..+50 [LI-RADS];
+        # on plain CT most liver tumours are mildly hypoattenuating (-10..-35).
+        hu={ENHANCED: {HYPO: (HURange(-60.0, -20.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 50.0),)},
+            PLAIN: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 25.0),)}},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.5, ILL: 0.5},
+        invasion_probability=0.1, necrosis=True, parenchyma_window=(-20.0, 250.0),
+        nominal_parenchyma_hu={PLAIN: 55.0, ENHANCED: 110.0},
+    ),
+    LesionType.GALLBLADDER_CANCER: TypeProfile(
+        LesionType.GALLBLADDER_CANCER, 30.0, 0.4, (8.0, 90.0),
+        shapes={WALL: 0.5, ROUND: 0.25, IRREG: 0.25},
+        # Enhancing soft tissue (40-100 HU) against bile (0-20 HU): hyperdense to the lumen content.
+        densities=_both({HYPER: 1.0}),
+        hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        invasion_probability=0.3, wall_thickness_mm=(4.0, 15.0), parenchyma_window=(-30.0, 60.0),
+        nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
+    ),
+    LesionType.PANCREAS_TUMOR: TypeProfile(
+        LesionType.PANCREAS_TUMOR, 28.0, 0.35, (8.0, 70.0),  # [MSD pancreas]
+        shapes={ROUND: 0.5, IRREG: 0.5},
+        densities={ENHANCED: {HYPO: 0.75, ISO: 0.1, HYPER: 0.15}, PLAIN: {HYPO: 0.6, ISO: 0.4}},
+        # PDAC hypoattenuating by 15-50 HU [PDAC]; neuroendocrine tumours hyperenhancing.
+        hu={ENHANCED: {HYPO: (HURange(-50.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 50.0),)},
+            PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.3, ILL: 0.7},
+        invasion_probability=0.3, parenchyma_window=(-20.0, 250.0),
+        nominal_parenchyma_hu={PLAIN: 40.0, ENHANCED: 100.0},
+    ),
+    LesionType.ESOPHAGEAL_CANCER: TypeProfile(
+        LesionType.ESOPHAGEAL_CANCER, 40.0, 0.35, (10.0, 100.0),  # length along the oesophagus
+        shapes={WALL: 0.8, IRREG: 0.2},
+        densities={ENHANCED: {ISO: 0.5, HYPER: 0.3, HYPO: 0.2}, PLAIN: {ISO: 0.7, HYPO: 0.3}},
+        hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
+            PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
+        invasion_probability=0.25, wall_thickness_mm=(5.0, 20.0), parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL,
+    ),
+    LesionType.GASTRIC_CANCER: TypeProfile(
+        LesionType.GASTRIC_CANCER, 45.0, 0.35, (10.0, 120.0),
+        shapes={WALL: 0.6, IRREG: 0.3, ROUND: 0.1},
+        densities={ENHANCED: {HYPER: 0.5, ISO: 0.3, HYPO: 0.2}, PLAIN: {ISO: 0.7, HYPO: 0.3}},
+        # Enhancing gastric cancer 15-40 HU above normal wall (Ba-Ssalamah) [Wall].
+        hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
+            PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        invasion_probability=0.25, wall_thickness_mm=(8.0, 25.0), parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL,
+    ),
+    LesionType.COLORECTAL_CANCER: TypeProfile(
+        LesionType.COLORECTAL_CANCER, 40.0, 0.35, (10.0, 100.0),
+        shapes={WALL: 0.7, IRREG: 0.2, ROUND: 0.1},
+        densities={ENHANCED: {ISO: 0.4, HYPER: 0.4, HYPO: 0.2}, PLAIN: {ISO: 0.7, HYPO: 0.3}},
+        hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
+            PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        invasion_probability=0.25, wall_thickness_mm=(8.0, 20.0), parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL,
+    ),
+    LesionType.KIDNEY_TUMOR: TypeProfile(
+        LesionType.KIDNEY_TUMOR, 40.0, 0.45, (10.0, 120.0),  # [KiTS]
+        shapes={ROUND: 0.6, IRREG: 0.4},
+        densities={ENHANCED: {HYPO: 0.8, ISO: 0.1, HYPER: 0.1}, PLAIN: {HYPO: 0.5, ISO: 0.4, HYPER: 0.1}},
+        # Nephrographic phase: RCC 30-100 HU below enhancing parenchyma [RCC].
+        hu={ENHANCED: {HYPO: (HURange(-100.0, -30.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 60.0),)},
+            PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 30.0),)}},
+        heterogeneity={HOMO: 0.4, HETERO: 0.6}, margins={WELL: 0.6, ILL: 0.4},
+        invasion_probability=0.15, necrosis=True, parenchyma_window=(-10.0, 350.0),
+        nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
+    ),
+    LesionType.BLADDER_CANCER: TypeProfile(
+        LesionType.BLADDER_CANCER, 25.0, 0.45, (6.0, 80.0),
+        shapes={WALL: 0.4, ROUND: 0.3, IRREG: 0.3},
+        # Soft-tissue tumour against urine (0-15 HU) [Wall, Kim 2006].
+        densities=_both({HYPER: 1.0}),
+        hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
+        invasion_probability=0.2, wall_thickness_mm=(5.0, 20.0), parenchyma_window=(-30.0, 60.0),
+        nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
+    ),
+    LesionType.BONE_METASTASIS: TypeProfile(
+        LesionType.BONE_METASTASIS, 20.0, 0.4, (5.0, 60.0),
+        shapes={ROUND: 0.4, IRREG: 0.6},
+        densities=_both({HYPO: 0.6, HYPER: 0.4}),
+        # Lytic: soft tissue replacing trabecular bone; blastic: +300..+700 HU [Bone mets].
+        hu=_both({HYPO: (HURange(20.0, 60.0, relative=False),), HYPER: (HURange(300.0, 700.0),)}),
+        heterogeneity={HOMO: 0.4, HETERO: 0.6}, margins={WELL: 0.5, ILL: 0.5},
+        invasion_probability=0.2, parenchyma_window=(50.0, 600.0),  # trabecular, not cortical, bone
+        nominal_parenchyma_hu={PLAIN: 200.0, ENHANCED: 200.0},
+    ),
+    LesionType.LIVER_CYST: TypeProfile(
+        LesionType.LIVER_CYST, 15.0, 0.6, (4.0, 100.0),
+        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU,
+        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
+        nominal_parenchyma_hu={PLAIN: 55.0, ENHANCED: 110.0},
+    ),
+    LesionType.GALLSTONE: TypeProfile(
+        LesionType.GALLSTONE, 10.0, 0.5, (3.0, 35.0),
+        shapes={PUNCT: 1.0},
+        densities=_both({HYPER: 0.6, ISO: 0.15, HYPO: 0.25}),
+        # Cholesterol stones -90..-10 HU, calcified 60..160 HU [Gallstones]; iso to bile relative.
+        hu=_both({HYPO: (HURange(-90.0, -10.0, relative=False),), ISO: (HURange(-8.0, 8.0),),
+                  HYPER: (HURange(60.0, 160.0, relative=False),)}),
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 1.0}, stones=(1, 4),
+        texture_std_hu=(15.0, 30.0), texture_corr_mm=(1.0, 2.0), parenchyma_window=(-30.0, 60.0),
+        nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
+    ),
+    LesionType.PANCREAS_CYST: TypeProfile(
+        LesionType.PANCREAS_CYST, 15.0, 0.5, (4.0, 60.0),
+        shapes={ROUND: 0.85, IRREG: 0.15},  # IPMN can be lobulated
+        densities=_CYST_DENSITY, hu=_CYST_HU,
+        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
+        nominal_parenchyma_hu={PLAIN: 40.0, ENHANCED: 100.0},
+    ),
+    LesionType.KIDNEY_CYST: TypeProfile(
+        LesionType.KIDNEY_CYST, 20.0, 0.6, (4.0, 100.0),
+        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU,
+        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-10.0, 350.0),
+        nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
+    ),
+    LesionType.KIDNEY_STONE: TypeProfile(
+        LesionType.KIDNEY_STONE, 6.0, 0.5, (2.0, 25.0),
+        shapes={PUNCT: 1.0},
+        densities=_both({HYPER: 1.0}),
+        # Uric acid 200-500 HU (~10%), calcium stones 900-1500 HU [Stones].
+        hu=_both({HYPER: (HURange(200.0, 500.0, relative=False, weight=0.15),
+                          HURange(900.0, 1500.0, relative=False, weight=0.85))}),
+        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, stones=(1, 3), parenchyma_window=(-10.0, 350.0),
+        nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
+    ),
+})
+
+
+def profile(lesion_type: LesionType) -> TypeProfile:
+    """The profile of a lesion type."""
+    return PROFILES[LesionType.parse(lesion_type)]
