@@ -11,7 +11,7 @@ from PASTALib import __version__
 from PASTALib.errors import PastaError
 
 #: Subcommand groups: module under PASTALib.cli with ``add_parser(subparsers)``.
-GROUPS = ("io", "geometry", "anatomy", "synth", "demo")
+GROUPS = ("io", "geometry", "anatomy", "synth", "review", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # group not built yet
         module.add_parser(subparsers)
+    parser.group_parsers = dict(subparsers.choices)  # for help on a bare group
     return parser
 
 
@@ -36,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        # A group without a subcommand prints that group's help.
-        parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "--help"])
+        # No group, or a group without its subcommand: show the matching help and fail.
+        parser.group_parsers.get(args.group, parser).print_help(sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,470 @@
+"""Create a blinded realism study: balance real:synthetic 1:1 per lesion type, anonymise, keep a key apart.
+
+Layout written by :func:`create_study`::
+
+    STUDY/                       what readers get
+      study.json                 study id, settings, case ids (sorted: no origin order)
+      manifest.json              sha256 of every file above and below
+      responses.sqlite           answers (created empty)
+      cases/<ID>/image.nii.gz    int16 HU, 1 mm isotropic LPS, lesion-centred cube (default 128 mm)
+      cases/<ID>/mask.nii.gz     uint8, 1 = the rated lesion
+      cases/<ID>/case.json       lesion type and the report attributes to rate (if any)
+    KEY/                         the study coordinator only
+      key.json                   case id -> origin, source paths, lesion type, original report;
+                                 dropped cases; warnings; checksums of every study file
+
+Spacing policy: every case is resampled to the same isotropic spacing (default 1 mm, linear for
+CT, nearest for the mask) and cropped to the same lesion-centred cube whose centre is placed at
+LPS (0, 0, 0). Keeping native spacing or patient coordinates would leak the source scanner
+(real cases and synthesis templates rarely share protocols); a common grid makes every NIfTI
+header byte-identical. Intensities are clipped to -1024..3071 HU so scanner padding values
+(-2048, -3024) and 12-bit ceilings cannot tell sources apart. What a common grid cannot hide
+is image content (noise texture, through-plane blur of thick-slice sources): that is what the
+readers are asked to judge, but the coordinator should match sources' slice thickness.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from PASTALib.labels import LesionType
+from PASTALib.review import db
+from PASTALib.review.errors import ReviewError, StudyTamperedError
+
+STUDY_FORMAT_VERSION = 1
+ORIGINS = ("real", "synthetic")
+#: Intensity encoding of every study image (HU); outside the source's field of view is air.
+HU_RANGE = (-1024, 3071)
+IMAGE_NAME, MASK_NAME, CASE_JSON = "image.nii.gz", "mask.nii.gz", "case.json"
+DB_NAME = "responses.sqlite"
+#: Files in the study folder that change while readers work (not checksummed).
+_MUTABLE = {"manifest.json", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"}
+
+
+@dataclass(frozen=True)
+class SourceCase:
+    """One input case: a CT, its lesion mask and (optionally) a report."""
+
+    origin: str  # "real" or "synthetic"
+    image: Path
+    mask: Path
+    lesion_type: LesionType
+    report: dict[str, Any] | None = None
+    lesion_values: tuple[int, ...] | None = None  # mask values of the lesion; None = any non-zero
+
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ReviewError(f"Case origin must be one of {ORIGINS}, not {self.origin!r}.")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """How a study is built and answered (stored in study.json, the database and the key)."""
+
+    seed: int = 0
+    spacing_mm: float = 1.0
+    fov_mm: float | None = 128.0  # lesion-centred cube edge; None keeps the whole CT (its size then leaks)
+    allow_changes: bool = False  # may a reader change an answer once given?
+    ask_attributes: bool = True  # ask 1-5 accuracy of the 5 report attributes for cases with a report
+    allow_report_imbalance: bool = False  # see create_study: report presence must not reveal origin
+
+
+@dataclass
+class CreatedStudy:
+    study_dir: Path
+    key_dir: Path
+    case_ids: list[str]
+    counts: dict[str, dict[str, int]]  # lesion type slug -> origin -> n kept
+    dropped: list[dict[str, str]]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def real_case(
+    image: str | os.PathLike, mask: str | os.PathLike, lesion_type: str | int | LesionType,
+    report: dict[str, Any] | str | os.PathLike | None = None, lesion_values: Sequence[int] | None = None,
+) -> SourceCase:
+    """A real case; ``report`` may be a dict or a JSON file with the attribute wordings."""
+    if report is not None and not isinstance(report, dict):
+        report = json.loads(Path(report).read_text(encoding="utf-8"))
+    return SourceCase("real", Path(image), Path(mask), LesionType.parse(lesion_type), report,
+                      tuple(int(v) for v in lesion_values) if lesion_values else None)
+
+
+def synthetic_case(folder: str | os.PathLike) -> SourceCase:
+    """A synthesizer output folder: ct.nii.gz, label.nii.gz (lesion 11-25), report.json."""
+    folder = Path(folder)
+    for name in ("ct.nii.gz", "label.nii.gz", "report.json"):
+        if not (folder / name).is_file():
+            raise ReviewError(f"{folder} is not a synthetic case folder: {name} is missing "
+                              "(expected ct.nii.gz, label.nii.gz, report.json from `pasta synth`).")
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    if "lesion_type" not in report:
+        raise ReviewError(f"{folder / 'report.json'} has no 'lesion_type'.")
+    lesion_type = LesionType.parse(report["lesion_type"])
+    value = int(report.get("label_value", int(lesion_type)))
+    return SourceCase("synthetic", folder / "ct.nii.gz", folder / "label.nii.gz", lesion_type, report, (value,))
+
+
+def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]:
+    """Every folder under ``roots`` (or a root itself) that holds a report.json."""
+    found = []
+    for root in roots:
+        for report in sorted(Path(root).rglob("report.json")):
+            found.append(synthetic_case(report.parent))
+    return found
+
+
+def read_real_cases_csv(path: str | os.PathLike) -> list[SourceCase]:
+    """CSV with columns image, mask, lesion_type[, report][, lesion_values "1;2"]; paths relative to the CSV."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    missing = {"image", "mask", "lesion_type"} - set(rows[0] if rows else {})
+    if not rows or missing:
+        raise ReviewError(f"{path} needs a header with columns image, mask, lesion_type "
+                          f"(optional report, lesion_values); missing: {', '.join(sorted(missing)) or 'all rows'}.")
+    base = path.parent
+    cases = []
+    for row in rows:
+        values = [int(v) for v in (row.get("lesion_values") or "").replace(",", ";").split(";") if v.strip()]
+        report = (base / row["report"]) if row.get("report") else None
+        cases.append(real_case(base / row["image"], base / row["mask"], row["lesion_type"], report, values or None))
+    return cases
+
+
+# ---------------------------------------------------------------- balancing
+
+
+def balance(cases: Sequence[SourceCase], seed: int) -> tuple[list[SourceCase], list[dict[str, str]]]:
+    """Keep min(n_real, n_synthetic) of each per lesion type; drop the surplus at random (seeded).
+
+    Inputs are sorted by path first, so the result does not depend on the order they were given in.
+    """
+    rng = np.random.default_rng([seed, 1])
+    kept: list[SourceCase] = []
+    dropped: list[dict[str, str]] = []
+    for lesion_type in sorted({c.lesion_type for c in cases}):
+        groups = {o: sorted((c for c in cases if c.lesion_type == lesion_type and c.origin == o),
+                            key=lambda c: (str(c.image), str(c.mask))) for o in ORIGINS}
+        n = min(len(g) for g in groups.values())
+        for origin, group in groups.items():
+            chosen = set(rng.permutation(len(group))[:n].tolist())
+            for i, case in enumerate(group):
+                if i in chosen:
+                    kept.append(case)
+                else:
+                    other = "synthetic" if origin == "real" else "real"
+                    reason = (f"no {other} {lesion_type.slug} case to pair with" if n == 0
+                              else f"surplus {origin} {lesion_type.slug}: {len(group)} {origin} vs {n} {other}")
+                    dropped.append({"origin": origin, "lesion_type": lesion_type.slug,
+                                    "image": str(case.image), "mask": str(case.mask), "reason": reason})
+    return kept, dropped
+
+
+def _visible_report(case: SourceCase, settings: StudySettings) -> dict[str, str] | None:
+    """The report attributes a reader sees (exact wordings only: no seed, sizes or synthesis details)."""
+    if not settings.ask_attributes or not case.report:
+        return None
+    shown = {a: str(case.report[a]) for a in db.ATTRIBUTES if case.report.get(a)}
+    return shown or None
+
+
+def _report_warnings(cases: Sequence[SourceCase], settings: StudySettings) -> list[str]:
+    """Attribute questions appear only for cases with a report: their presence must not track origin."""
+    warnings = []
+    for lesion_type in sorted({c.lesion_type for c in cases}):
+        share = {}
+        for origin in ORIGINS:
+            group = [c for c in cases if c.lesion_type == lesion_type and c.origin == origin]
+            share[origin] = (sum(_visible_report(c, settings) is not None for c in group), len(group))
+        if share["real"][0] * share["synthetic"][1] != share["synthetic"][0] * share["real"][1]:
+            warnings.append(
+                f"{lesion_type.slug}: {share['synthetic'][0]}/{share['synthetic'][1]} synthetic but "
+                f"{share['real'][0]}/{share['real'][1]} real cases have a report, so whether attribute "
+                "questions appear reveals the origin. Give real cases reference reports (CSV column "
+                "'report') or create the study without attribute questions."
+            )
+    return warnings
+
+
+# ---------------------------------------------------------------- anonymising one case
+
+
+def _lesion_centre_and_mask(case: SourceCase):
+    """The largest connected lesion component (binary sitk image) and its centroid in LPS mm."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    from PASTALib.io import read_label
+
+    labels = read_label(case.mask)
+    values = sitk.GetArrayViewFromImage(labels)
+    lesion = np.isin(values, case.lesion_values) if case.lesion_values else values > 0
+    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        wanted = "values " + ", ".join(map(str, case.lesion_values)) if case.lesion_values else "non-zero voxels"
+        raise ReviewError(f"{case.mask} has no lesion ({wanted}); check the mask or its lesion_values.")
+    sizes = np.bincount(components.ravel())[1:]
+    largest = components == (int(np.argmax(sizes)) + 1)
+    centre_zyx = np.argwhere(largest).mean(axis=0)
+    centre = labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre_zyx[::-1]])
+    binary = sitk.GetImageFromArray(largest.astype(np.uint8))
+    binary.CopyInformation(labels)
+    return binary, np.asarray(centre, float)
+
+
+def _anonymise(case: SourceCase, settings: StudySettings, out_dir: Path, mtime: float) -> dict[str, Any]:
+    """Resample one case onto the common lesion-centred grid and write image + mask."""
+    import SimpleITK as sitk
+
+    from PASTALib.geometry import canonical_mapping, local_grid, resample_to_grid
+    from PASTALib.io import read_ct
+
+    ct = read_ct(case.image)
+    mask, centre = _lesion_centre_and_mask(case)
+    if settings.fov_mm:
+        grid = local_grid(centre, (settings.fov_mm,) * 3, settings.spacing_mm)
+    else:
+        grid = canonical_mapping(ct, settings.spacing_mm).canonical
+    image = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
+    image = np.clip(np.rint(image), *HU_RANGE).astype(np.int16)
+    lesion = sitk.GetArrayFromImage(resample_to_grid(mask, grid, is_label=True)).transpose(2, 1, 0)
+    lesion = (lesion > 0).astype(np.uint8)
+    if not lesion.any():
+        raise ReviewError(f"The lesion in {case.mask} vanishes at {settings.spacing_mm} mm spacing; "
+                          "use a finer study spacing or drop the case.")
+    # The lesion centre becomes LPS (0, 0, 0): patient coordinates would identify the source scan.
+    origin = np.asarray(grid.origin) - centre
+    from PASTALib.review.nifti import write_nifti
+
+    write_nifti(out_dir / IMAGE_NAME, image, settings.spacing_mm, origin, mtime)
+    write_nifti(out_dir / MASK_NAME, lesion, settings.spacing_mm, origin, mtime)
+    return {"centre_source_lps_mm": [round(float(v), 3) for v in centre], "size_voxels": list(image.shape)}
+
+
+# ---------------------------------------------------------------- checksums
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def study_files(study_dir: Path) -> list[str]:
+    """Relative paths of the study's fixed files (everything except the manifest and database)."""
+    return sorted(p.relative_to(study_dir).as_posix() for p in study_dir.rglob("*")
+                  if p.is_file() and p.name not in _MUTABLE)
+
+
+def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True) -> int:
+    """Raise StudyTamperedError naming every file that changed, vanished or (``complete``) appeared."""
+    problems = []
+    for rel, expected in sorted(checksums.items()):
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256(path) != expected:
+            problems.append(f"{rel} changed (sha256 differs from the one recorded at creation)")
+    if complete:
+        problems += [f"{rel} was added" for rel in study_files(root) if rel not in checksums]
+    if problems:
+        raise StudyTamperedError(
+            f"The study files in {root} were modified after the study was created: " + "; ".join(problems)
+            + ". Restore the original files (or re-create the study); answers on altered cases are not valid."
+        )
+    return len(checksums)
+
+
+# ---------------------------------------------------------------- create
+
+
+def default_key_dir(study_dir: Path) -> Path:
+    return study_dir.parent / f"{study_dir.name}_key"
+
+
+def create_study(
+    real: Sequence[SourceCase], synthetic: Sequence[SourceCase], study_dir: str | os.PathLike,
+    key_dir: str | os.PathLike | None = None, settings: StudySettings = StudySettings(),
+    progress=None,
+) -> CreatedStudy:
+    """Balance, anonymise and write a new study plus its separate key (see module docstring)."""
+    study_dir = Path(study_dir).resolve()
+    key_dir = Path(key_dir).resolve() if key_dir else default_key_dir(study_dir)
+    if key_dir == study_dir or study_dir in key_dir.parents:
+        raise ReviewError(f"The key folder {key_dir} must be outside the study folder {study_dir}: "
+                          "readers get the study folder, and the key reveals every answer.")
+    for folder in (study_dir, key_dir):
+        if folder.exists() and any(folder.iterdir()):
+            raise ReviewError(f"{folder} exists and is not empty; choose a new folder for the study and key.")
+    cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
+    if len(cases) != len(real) + len(synthetic):
+        raise ReviewError("A case is listed under the wrong origin (real vs synthetic).")
+    kept, dropped = balance(cases, settings.seed)
+    if not kept:
+        raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
+    warnings = _report_warnings(kept, settings)
+    if warnings and not settings.allow_report_imbalance:
+        raise ReviewError("Cannot blind the attribute questions. " + " ".join(warnings)
+                          + " (Or allow it explicitly with allow_report_imbalance / --allow-report-imbalance.)")
+
+    rng = np.random.default_rng([settings.seed, 2])
+    order = rng.permutation(len(kept))  # write order and ids are random: neither follows origin
+    ids: list[str] = []
+    while len(ids) < len(kept):
+        candidate = f"C{int(rng.integers(0, 16**6)):06X}"
+        if candidate not in ids:
+            ids.append(candidate)
+    mtime = float(int(time.time()))
+    stage, key_stage = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (study_dir, key_dir))
+    for p in (stage, key_stage):
+        shutil.rmtree(p, ignore_errors=True)
+        p.mkdir(parents=True)
+    try:
+        key_cases: dict[str, dict[str, Any]] = {}
+        for n, (index, case_id) in enumerate(zip(order, ids), 1):
+            case = kept[int(index)]
+            case_dir = stage / "cases" / case_id
+            info = _anonymise(case, settings, case_dir, mtime)
+            visible = {"case_id": case_id, "lesion_type": case.lesion_type.display_name,
+                       "report": _visible_report(case, settings), "image": IMAGE_NAME, "mask": MASK_NAME,
+                       "centre_lps_mm": [0.0, 0.0, 0.0], "spacing_mm": settings.spacing_mm}
+            _write_json(case_dir / CASE_JSON, visible, mtime)
+            key_cases[case_id] = {"origin": case.origin, "lesion_type": case.lesion_type.slug,
+                                  "image": str(case.image), "mask": str(case.mask),
+                                  "lesion_values": list(case.lesion_values) if case.lesion_values else None,
+                                  "report": case.report, **info}
+            if progress:
+                progress(n, len(kept))
+        study_id = f"S{int(rng.integers(0, 16**8)):08X}"
+        public_settings = {"allow_changes": settings.allow_changes, "ask_attributes": settings.ask_attributes,
+                           "spacing_mm": settings.spacing_mm, "fov_mm": settings.fov_mm}
+        _write_json(stage / "study.json", {
+            "format_version": STUDY_FORMAT_VERSION, "study_id": study_id, "settings": public_settings,
+            "attributes": list(db.ATTRIBUTES), "case_ids": sorted(ids),
+            "image_format": {"image": "NIfTI-1 .nii.gz int16 HU, clipped to -1024..3071",
+                             "mask": "NIfTI-1 .nii.gz uint8, 1 = lesion",
+                             "grid": "LPS identity direction, isotropic spacing, lesion centre at (0, 0, 0)"},
+        }, mtime)
+        checksums = {rel: sha256(stage / rel) for rel in study_files(stage)}
+        _write_json(stage / "manifest.json", {"study_id": study_id, "sha256": checksums}, mtime)
+        db.init_db(stage / DB_NAME, {"study_id": study_id, **public_settings})
+        _write_json(key_stage / "key.json", {
+            "format_version": STUDY_FORMAT_VERSION, "study_id": study_id, "study_dir": str(study_dir),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)),
+            "settings": asdict(settings), "cases": key_cases, "dropped": dropped, "warnings": warnings,
+            "sha256": checksums, "manifest_sha256": sha256(stage / "manifest.json"),
+        }, mtime)
+        for final, staged in ((study_dir, stage), (key_dir, key_stage)):
+            if final.exists():
+                final.rmdir()
+            os.replace(staged, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(key_stage, ignore_errors=True)
+        raise
+    counts: dict[str, dict[str, int]] = {}
+    for case in kept:
+        counts.setdefault(case.lesion_type.slug, {o: 0 for o in ORIGINS})[case.origin] += 1
+    return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings)
+
+
+def _write_json(path: Path, data: dict[str, Any], mtime: float) -> None:
+    from PASTALib.review.nifti import write_bytes
+
+    write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode(), mtime)
+
+
+# ---------------------------------------------------------------- open / verify
+
+
+@dataclass(frozen=True)
+class Study:
+    """The reader-side view of a study folder (no origin information)."""
+
+    root: Path
+    study_id: str
+    case_ids: tuple[str, ...]
+    cases: dict[str, dict[str, Any]]
+    settings: dict[str, Any]
+    checksums: dict[str, str]
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    @classmethod
+    def open(cls, study_dir: str | os.PathLike) -> "Study":
+        root = Path(study_dir).resolve()
+        if not (root / "study.json").is_file() or not (root / "manifest.json").is_file():
+            raise ReviewError(f"{root} is not a reader study (no study.json/manifest.json). "
+                              "Create one with `pasta review create`.")
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        checksums = manifest["sha256"]
+        verify_files(root, {"study.json": checksums["study.json"]}, complete=False)
+        meta = json.loads((root / "study.json").read_text(encoding="utf-8"))
+        if meta.get("format_version", 0) > STUDY_FORMAT_VERSION:
+            raise ReviewError(f"{root} was made by a newer PASTALib (format {meta['format_version']}); update PASTALib.")
+        cases = {}
+        for case_id in meta["case_ids"]:
+            path = root / "cases" / case_id / CASE_JSON
+            if not path.is_file():
+                raise StudyTamperedError(f"{path.relative_to(root)} is missing from the study; restore the study folder.")
+            cases[case_id] = json.loads(path.read_text(encoding="utf-8"))
+        return cls(root, meta["study_id"], tuple(meta["case_ids"]), cases, meta["settings"], checksums)
+
+    def verify_case(self, case_id: str) -> None:
+        """Check one case's files against the manifest (cheap: done whenever a case is shown)."""
+        prefix = f"cases/{case_id}/"
+        verify_files(self.root, {k: v for k, v in self.checksums.items() if k.startswith(prefix)}, complete=False)
+
+
+def load_key(key_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(key_dir) / "key.json"
+    if not path.is_file():
+        raise ReviewError(f"No study key at {path}. Pass the key folder written by `pasta review create` (--key).")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def verify_study(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None = None) -> int:
+    """Check every study file; with the key, also that the manifest itself is the one made at creation."""
+    study = Study.open(study_dir)
+    if key_dir is not None:
+        key = load_key(key_dir)
+        if key["study_id"] != study.study_id:
+            raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
+        if sha256(study.root / "manifest.json") != key["manifest_sha256"]:
+            raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
+                                     "differs from the key's); restore it from a backup.")
+        return verify_files(study.root, key["sha256"])
+    return verify_files(study.root, study.checksums)
+
+
+def add_reader(study_dir: str | os.PathLike, reader: str, seed: int | None = None) -> int:
+    """Register a reader; the shuffle seed defaults to one derived from the study id and name."""
+    study = Study.open(study_dir)
+    if seed is None:
+        digest = hashlib.sha256(f"{study.study_id}:{reader.strip()}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big")
+    conn = db.connect(study.db_path)
+    try:
+        db.add_reader(conn, reader, seed)
+    finally:
+        conn.close()
+    return seed
