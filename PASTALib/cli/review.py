@@ -245,24 +245,3 @@ def _verify(args: argparse.Namespace) -> int:
     n = verify_study(args.study, args.key)
     print(f"ok: {n} study files match their checksums")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``review`` alone (``python -m PASTALib.cli.review``), same as ``pasta review``."""
-    from PASTALib.errors import PastaError
-
-    parser = argparse.ArgumentParser(prog="pasta")
-    add_parser(parser.add_subparsers(dest="group"))
-    args = parser.parse_args(["review", *(sys.argv[1:] if argv is None else argv)])
-    if not getattr(args, "func", None):
-        parser.parse_args(["review", "--help"])
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except PastaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
