@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PASTALib.geometry import Grid, canonical_mapping, from_canonical, local_grid, to_canonical
-from PASTALib.io import image_to_array, read_ct, read_image, read_label
+from PASTALib.io import image_to_array, read_ct, read_label
 
 LIVER, SPLEEN, KIDNEY_RIGHT, KIDNEY_LEFT = 5, 1, 2, 3  # TotalSegmentator `total` ids
 

@@ -506,7 +506,6 @@ def test_icc_by_anova_hand_formula():
 
 def _alpha_ordinal_by_hand(m: np.ndarray) -> float:
     """Krippendorff (2011) ordinal alpha from the coincidence matrix, written out independently."""
-    values = [1, 2, 3, 4, 5]
     o = np.zeros((5, 5))
     for unit in m.T:
         unit = unit[~np.isnan(unit)].astype(int)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from PASTASynthLib import mrml
 from PASTASynthLib.mrml import MRMLContext
 
 from .logic import SegmentationReportLogic, parse_progress
