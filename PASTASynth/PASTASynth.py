@@ -1,3 +1,4 @@
+import json
 import tempfile
 from typing import Annotated, Optional
 
@@ -5,7 +6,7 @@ import ctk
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTextNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -25,18 +26,12 @@ except ImportError:  # Slicer < 5.4
     def translate(context, text):
         return text
 
-# Only light, GUI-free helpers at top level: PASTALib's heavy parts (torch, monai) are
-# imported inside the functions that need them, after the dependency check.
+# Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
+# imported inside the methods that need it, after the dependency check.
 from PASTASynthLib import dependencies
+from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.mrml import MRMLContext
-
-#: Report attribute wording (DESIGN.md); the .ui combo boxes list the same strings.
-SHAPES = ["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"]
-DENSITIES = ["Hypodense", "Isodense", "Hyperdense"]
-HETEROGENEITIES = ["Homogeneous", "Heterogeneous"]
-MARGINS = ["Well-defined margin", "Ill-defined margin"]
-INVASIONS = ["No close relationship with surrounding structures", "Close relationship with adjacent structures"]
 
 
 #
@@ -91,14 +86,17 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    shape: str = SHAPES[0]
-    density: str = DENSITIES[0]
-    heterogeneity: str = HETEROGENEITIES[0]
-    margin: str = MARGINS[0]
-    invasion: str = INVASIONS[0]
+    # Defaults are the report wording of the first value of each PASTALib.synth.attributes
+    # enum; the combo boxes are filled from the enums in setup().
+    shape: str = "Round-like"
+    density: str = "Hypodense"
+    heterogeneity: str = "Homogeneous"
+    margin: str = "Well-defined margin"
+    invasion: str = "No close relationship with surrounding structures"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
+    outputReport: vtkMRMLTextNode
 
 
 #
@@ -116,6 +114,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._report = None
+        self._job = None
+        self._jobTimer = None
+        self._updatingType = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -127,10 +128,16 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.logic = PASTASynthLogic()
 
-        from PASTALib.labels import LesionType  # light: enums only
+        # Light imports (enums only): the combo boxes list exactly the library's vocabularies.
+        from PASTALib.labels import LesionType
+        from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
         for lesion_type in LesionType:
             self.ui.lesionTypeComboBox.addItem(lesion_type.display_name, lesion_type.slug)
+        for combo, enum in self._attributeCombos(Shape, Density, Heterogeneity, Surface, Invasion):
+            combo.clear()
+            for member in enum:
+                combo.addItem(member.value)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -138,11 +145,14 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.runTotalSegmentatorButton.connect("clicked(bool)", self.onRunTotalSegmentator)
         self.ui.lungMaskButton.connect("clicked(bool)", self.onLungMask)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateEnhancement)
+        self.ui.organSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateEnhancement)
         self.ui.locationPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.locationPlaceWidget.setCurrentNode)
         self.ui.lesionTypeComboBox.connect("currentIndexChanged(int)", self.onLesionTypeChanged)
         self.ui.previewButton.connect("clicked(bool)", self.onPreview)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndo)
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.batchGenerateButton.connect("clicked(bool)", self.onBatchGenerate)
@@ -152,11 +162,23 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for score, button in enumerate(self._likertButtons(), start=1):
             button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
 
+        # Batch progress: the job's reader thread only fills a queue; this GUI-thread
+        # timer polls it (no thread ever touches Qt).
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(200)
+        self._jobTimer.connect("timeout()", self.onJobTimer)
+
         self.ui.cancelButton.enabled = False
+        self.ui.undoButton.enabled = False
         self.ui.progressBar.hide()
         self.initializeParameterNode()
         self.updateDependencyStatus()
         self.onLesionTypeChanged()
+
+    def _attributeCombos(self, shape, density, heterogeneity, margin, invasion):
+        return [(self.ui.shapeComboBox, shape), (self.ui.densityComboBox, density),
+                (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.marginComboBox, margin),
+                (self.ui.invasionComboBox, invasion)]
 
     def _likertButtons(self):
         return [self.ui.likert1Button, self.ui.likert2Button, self.ui.likert3Button,
@@ -165,6 +187,10 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- parameter node -----------------------------------------------------------------
 
     def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+        if self._jobTimer is not None:
+            self._jobTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -198,14 +224,20 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            index = self.ui.lesionTypeComboBox.findData(self._parameterNode.lesionType)
+            if index >= 0:
+                self.ui.lesionTypeComboBox.currentIndex = index
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            return  # Apply is the job's Cancel button while a batch runs
         ready = bool(self._parameterNode and self._parameterNode.inputVolume
                      and self._parameterNode.organSegmentation)
         self.ui.applyButton.enabled = ready
         self.ui.previewButton.enabled = ready
         self.ui.applyButton.toolTip = _("Insert the lesion") if ready else _("Select a CT and its organ segmentation")
+        self.ui.undoButton.enabled = bool(self._parameterNode and self._parameterNode.outputVolume)
 
     # -- dependencies -------------------------------------------------------------------
 
@@ -222,38 +254,116 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- inputs -------------------------------------------------------------------------
 
     def onLesionTypeChanged(self, index=None) -> None:
+        """Sliders get the type's size range; only the type's allowed values stay enabled."""
         slug = self.ui.lesionTypeComboBox.currentData
-        self.ui.enhancementLabel.text = self.logic.enhancementText(slug) if slug else ""
-        if slug and self._parameterNode:
-            self._parameterNode.lesionType = slug
+        if not slug or self._updatingType:
+            return
+        self._updatingType = True
+        try:
+            if self._parameterNode:
+                self._parameterNode.lesionType = slug
+            allowed = self.logic.allowedValues(slug)
+            for key, combo in (("shape", self.ui.shapeComboBox), ("density", self.ui.densityComboBox),
+                               ("heterogeneity", self.ui.heterogeneityComboBox), ("margin", self.ui.marginComboBox),
+                               ("invasion", self.ui.invasionComboBox)):
+                self._enableComboItems(combo, allowed[key])
+            low, high = self.logic.sizeRange(slug)
+            typical = self.logic.typicalSize(slug)
+            for slider in (self.ui.sizeXSliderWidget, self.ui.sizeYSliderWidget, self.ui.sizeZSliderWidget):
+                slider.minimum, slider.maximum = low, high
+                if not low <= slider.value <= high:
+                    slider.value = typical
+            self.updateEnhancement()
+        finally:
+            self._updatingType = False
+
+    @staticmethod
+    def _enableComboItems(combo, allowed) -> None:
+        model = combo.model()
+        for i in range(combo.count):
+            item = model.item(i)
+            if item is not None:
+                item.setEnabled(combo.itemText(i) in allowed)
+        if combo.currentText not in allowed and allowed:
+            combo.currentIndex = combo.findText(allowed[0])
+
+    def updateEnhancement(self, node=None) -> None:
+        slug = self.ui.lesionTypeComboBox.currentData
+        ct = self.ui.inputVolumeSelector.currentNode()
+        segmentation = self.ui.organSegmentationSelector.currentNode()
+        try:
+            self.ui.enhancementLabel.text = self.logic.enhancementText(slug, ct, segmentation) if slug else ""
+        except Exception as exc:  # noqa: BLE001 -- display only: never block the panel
+            self.ui.enhancementLabel.text = str(exc)
 
     def onRunTotalSegmentator(self) -> None:
-        slicer.util.infoDisplay(_("Organ segmentation with TotalSegmentator is available when "
-                                  "the PASTALib anatomy module lands (pip extra 'totalsegmentator')."))
+        ct = self._parameterNode.inputVolume if self._parameterNode else None
+        if ct is None:
+            slicer.util.warningDisplay(_("Select a CT volume first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("TotalSegmentator failed."), waitCursor=True):
+            segmentation = self.logic.totalSegmentatorSegmentation(ct, fast=self.ui.totalSegmentatorFastCheckBox.checked)
+            self._parameterNode.organSegmentation = segmentation
+            self.updateEnhancement()
 
     def onLungMask(self) -> None:
-        slicer.util.infoDisplay(_("The classical lung mask is available when the PASTALib anatomy module lands."))
+        ct = self._parameterNode.inputVolume if self._parameterNode else None
+        if ct is None:
+            slicer.util.warningDisplay(_("Select a CT volume first."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Lung mask failed."), waitCursor=True):
+            self._parameterNode.organSegmentation = self.logic.lungMaskSegmentation(ct)
 
     # -- synthesis ----------------------------------------------------------------------
 
-    def onPreview(self) -> None:
-        self.onApply(preview=True)
+    def _showReport(self, report: dict, prefix: str = "") -> None:
+        self._report = report
+        self.ui.reportTextEdit.plainText = prefix + self.logic.reportText(report) + "\n\n" + json.dumps(
+            report, indent=2, ensure_ascii=False)
 
-    def onApply(self, checked=False, preview=False) -> None:
+    def onPreview(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Lesion preview failed."), waitCursor=True):
+            preview = self.logic.previewFromParameterNode(self._parameterNode)
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume,
+                                             foreground=preview.volume_node, foregroundOpacity=1.0)
+            self._showReport(preview.report, prefix=_("Preview: "))
+            self.ui.statusLabel.text = _("Preview shown (Apply to keep it, Cancel to discard)")
+            self.ui.cancelButton.enabled = True
+
+    def onApply(self, checked=False) -> None:
+        if self._job is not None:  # Apply is Cancel while a batch job runs
+            self._job.cancel()
+            self.onJobTimer()
+            return
         with slicer.util.tryWithErrorDisplay(_("Lesion synthesis failed."), waitCursor=True):
-            output = self.logic.synthesizeFromParameterNode(self._parameterNode, preview=preview)
-            if output is None:
-                slicer.util.infoDisplay(_("Lesion synthesis is available when PASTALib.synth lands."))
-                return
-            self._report = output.report
-            self.ui.reportTextEdit.plainText = self.logic.reportText(output.report)
-            slicer.util.setSliceViewerLayers(background=output.volume_node)
+            output = self.logic.synthesizeFromParameterNode(self._parameterNode)
+            self._showReport(output.report)
+            slicer.util.setSliceViewerLayers(background=output.volume_node, foreground=None, fit=False)
+            output.segmentation_node.CreateClosedSurfaceRepresentation()
+            self.ui.cancelButton.enabled = False
+            self.ui.undoButton.enabled = True
+            self.ui.statusLabel.text = _("Created {volume}, {segmentation}").format(
+                volume=output.volume_node.GetName(), segmentation=output.segmentation_node.GetName())
 
     def onCancel(self) -> None:
-        self.logic.cancel()
+        self.logic.synthesis.clear_preview()
+        if self._parameterNode and self._parameterNode.inputVolume:
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=None)
+        self.ui.cancelButton.enabled = False
+        self.ui.statusLabel.text = _("Preview discarded")
+
+    def onUndo(self) -> None:
+        self.logic.removeOutputs(self._parameterNode)
+        if self._parameterNode.inputVolume:
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=None)
+        self.ui.undoButton.enabled = False
+        self.ui.reportTextEdit.plainText = ""
+        self._report = None
+        self.ui.statusLabel.text = _("Removed the synthetic CT, segmentation and report")
 
     def onCopyReport(self) -> None:
-        qt.QApplication.clipboard().setText(self.ui.reportTextEdit.plainText)
+        text = self.logic.reportText(self._report) if self._report else self.ui.reportTextEdit.plainText
+        qt.QApplication.clipboard().setText(text)
 
     def onSaveReport(self) -> None:
         if not self._report:
@@ -261,12 +371,62 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         path = qt.QFileDialog.getSaveFileName(None, _("Save report"), "report.json", "JSON (*.json)")
         if path:
-            self.logic.saveReport(self._report, path)
+            with slicer.util.tryWithErrorDisplay(_("Could not save the report."), waitCursor=True):
+                self.logic.saveReport(self._report, path)
 
-    # -- batch and reader study ---------------------------------------------------------
+    # -- batch generation (subprocess) --------------------------------------------------
 
     def onBatchGenerate(self) -> None:
-        slicer.util.infoDisplay(_("Batch generation (pasta generate) is available when the PASTALib CLI lands."))
+        if self._job is not None:
+            return
+        output = self.ui.batchOutputPathLineEdit.currentPath
+        if not output:
+            slicer.util.warningDisplay(_("Choose an output folder."))
+            return
+        templates = self.ui.batchInputPathLineEdit.currentPath
+        if not templates:
+            slicer.util.warningDisplay(_("Choose the template folder (<name>/ct.nii.gz + <name>/organs.nii.gz) or CSV."))
+            return
+        command = generate_command(output, templates=templates, per_type=self.ui.batchCountSpinBox.value,
+                                   seed=self._parameterNode.seed if self._parameterNode else None)
+        self._job = BatchJob(command, on_progress=self.onJobProgress).start()
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.applyButton.text = _("Cancel")
+        self.ui.applyButton.toolTip = _("Stop the batch generation (kills the process and its children)")
+        self.ui.applyButton.enabled = True
+        self.ui.previewButton.enabled = False
+        self.ui.batchGenerateButton.enabled = False
+        self.ui.statusLabel.text = _("Batch generation started")
+        self._jobTimer.start()
+
+    def onJobProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def onJobTimer(self) -> None:
+        if self._job is None:
+            self._jobTimer.stop()
+            return
+        state = self._job.poll()
+        if state == "running":
+            return
+        self._jobTimer.stop()
+        job, self._job = self._job, None
+        self.ui.applyButton.text = _("Apply")
+        self.ui.batchGenerateButton.enabled = True
+        self.ui.progressBar.hide()
+        self._checkCanApply()
+        if state == "finished":
+            self.ui.statusLabel.text = _("Batch generation finished")
+        elif state == "cancelled":
+            self.ui.statusLabel.text = _("Batch generation cancelled")
+        else:
+            self.ui.statusLabel.text = _("Batch generation failed")
+            slicer.util.errorDisplay(_("Batch generation failed (exit code {code}).").format(code=job.returncode),
+                                     detailedText=job.output_tail)
+
+    # -- reader study -------------------------------------------------------------------
 
     def onOpenStudy(self) -> None:
         slicer.util.infoDisplay(_("The blinded reader study is available when PASTALib.study lands."))
@@ -292,62 +452,87 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
     def __init__(self, context: Optional[MRMLContext] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.synthesis = SynthesisLogic(context=context or MRMLContext.from_slicer_application())
-        self._cancelRequested = False
 
     def getParameterNode(self):
         return PASTASynthParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def enhancementText(slug: str) -> str:
+    def allowedValues(self, slug: str) -> dict:
+        return self.synthesis.allowed_values(slug)
+
+    def sizeRange(self, slug: str):
+        return self.synthesis.size_range_mm(slug)
+
+    def typicalSize(self, slug: str) -> float:
+        return self.synthesis.typical_size_mm(slug)
+
+    def enhancementText(self, slug: str, ctNode=None, segmentationNode=None) -> str:
+        """Detected phase (aorta/IVC segments) plus the type's PASTA-Gen template phases."""
         from PASTALib.labels import LesionType
 
-        phases = sorted(p.value for p in LesionType.parse(slug).template_phases)
-        return " or ".join(phases)
+        template = " or ".join(sorted(p.value for p in LesionType.parse(slug).template_phases))
+        _phase, explanation = self.synthesis.detect_enhancement(ctNode, segmentationNode)
+        return f"{explanation} (template: {template})"
 
     @staticmethod
     def installDependencies() -> None:
         """Install missing packages, torch first and pinned (SlicerPyTorch if present)."""
         dependencies.install_in_slicer()
 
-    def synthesizeFromParameterNode(self, parameterNode, preview: bool = False):
-        """Run PASTALib.synth on the selected nodes; None while PASTALib.synth is missing."""
-        import importlib.util
+    @staticmethod
+    def specFromParameterNode(parameterNode) -> dict:
+        return SynthesisLogic.spec_from_parameters(
+            parameterNode.lesionType, (parameterNode.sizeX, parameterNode.sizeY, parameterNode.sizeZ),
+            shape=parameterNode.shape, density=parameterNode.density, heterogeneity=parameterNode.heterogeneity,
+            margin=parameterNode.margin, invasion=parameterNode.invasion, seed=parameterNode.seed)
 
-        if importlib.util.find_spec("PASTALib.synth") is None:
-            return None
-        spec = {
-            "lesion_type": parameterNode.lesionType,
-            "size_mm": [parameterNode.sizeX, parameterNode.sizeY, parameterNode.sizeZ],
-            "shape": parameterNode.shape, "density": parameterNode.density,
-            "heterogeneity": parameterNode.heterogeneity, "margin": parameterNode.margin,
-            "invasion": parameterNode.invasion, "seed": parameterNode.seed,
-        }
-        if not parameterNode.sampleLocation and parameterNode.locationPoints \
-                and parameterNode.locationPoints.GetNumberOfControlPoints():
-            ras = parameterNode.locationPoints.GetNthControlPointPositionWorld(0)
-            spec["center_mm"] = [-ras[0], -ras[1], ras[2]]
-        ct = parameterNode.inputVolume
-        output = self.synthesis.synthesize(ct, parameterNode.organSegmentation, spec,
-                                           output_name=f"{ct.GetName()} {'preview' if preview else 'synthetic'}")
+    @staticmethod
+    def _location(parameterNode):
+        return None if parameterNode.sampleLocation else parameterNode.locationPoints
+
+    def previewFromParameterNode(self, parameterNode):
+        return self.synthesis.preview(parameterNode.inputVolume, parameterNode.organSegmentation,
+                                      self.specFromParameterNode(parameterNode), self._location(parameterNode))
+
+    def synthesizeFromParameterNode(self, parameterNode):
+        """Apply: new CT + segmentation + report node (input untouched), preview removed."""
+        output = self.synthesis.synthesize(parameterNode.inputVolume, parameterNode.organSegmentation,
+                                           self.specFromParameterNode(parameterNode), self._location(parameterNode))
         parameterNode.outputVolume = output.volume_node
         parameterNode.outputSegmentation = output.segmentation_node
+        parameterNode.outputReport = output.report_node
         return output
 
-    def cancel(self) -> None:
-        self._cancelRequested = True
+    def removeOutputs(self, parameterNode) -> None:
+        """Undo the last Apply."""
+        from PASTASynthLib.logic import SynthesisOutput
+
+        output = SynthesisOutput(parameterNode.outputVolume, parameterNode.outputSegmentation, {},
+                                 parameterNode.outputReport)
+        parameterNode.outputVolume = None
+        parameterNode.outputSegmentation = None
+        parameterNode.outputReport = None
+        self.synthesis.remove_outputs(output)
+
+    def lungMaskSegmentation(self, ctNode):
+        return self.synthesis.lung_mask_segmentation(ctNode)
+
+    def totalSegmentatorSegmentation(self, ctNode, fast: bool = True):
+        import importlib.util
+
+        device = "cpu"
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return self.synthesis.totalsegmentator_segmentation(ctNode, fast=fast, device=device)
 
     @staticmethod
     def reportText(report: dict) -> str:
-        import json
-
-        return report.get("text") or json.dumps(report, indent=2, ensure_ascii=False)
+        return SynthesisLogic.report_text(report)
 
     @staticmethod
     def saveReport(report: dict, path: str) -> None:
-        import json
-
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2, ensure_ascii=False)
+        SynthesisLogic.save_report(report, path)
 
 
 #

@@ -284,34 +284,73 @@ def load_segmentation(ctx: MRMLContext, path: str | os.PathLike, name: str | Non
 # lower-case names with spaces (TotalSegmentator names normalised, or PASTA organ names).
 _ANATOMY = ("SCT", "123037004", "Anatomical Structure")
 _ALTERED = ("SCT", "49755003", "Morphologically Altered Structure")
+_TISSUE = ("SCT", "85756007", "Tissue")
 _RIGHT = ("SCT", "24028007", "Right")
 _LEFT = ("SCT", "7771000", "Left")
+_LIVER = ("SCT", "10200004", "Liver")
+_KIDNEY = ("SCT", "64033007", "Kidney")
+_BLADDER = ("SCT", "89837001", "Urinary bladder")
+_GALLBLADDER = ("SCT", "28231008", "Gallbladder")
+_PANCREAS = ("SCT", "15776009", "Pancreas")
+_ESOPHAGUS = ("SCT", "32849002", "Esophagus")
+_STOMACH = ("SCT", "69695003", "Stomach")
+_COLON = ("SCT", "71854001", "Colon")
+_LUNG = ("SCT", "39607008", "Lung")
+_BONE = ("SCT", "272673000", "Bone")
+_NEOPLASM = ("SCT", "108369006", "Neoplasm")
+_CYST = ("SCT", "441457006", "Cyst")
+_CALCULUS = ("SCT", "56381008", "Calculus")
 TERMINOLOGY: dict[str, tuple] = {
-    "liver": (_ANATOMY, ("SCT", "10200004", "Liver"), None),
+    "liver": (_ANATOMY, _LIVER, None),
     "spleen": (_ANATOMY, ("SCT", "78961009", "Spleen"), None),
-    "kidney": (_ANATOMY, ("SCT", "64033007", "Kidney"), None),
-    "kidney right": (_ANATOMY, ("SCT", "64033007", "Kidney"), _RIGHT),
-    "kidney left": (_ANATOMY, ("SCT", "64033007", "Kidney"), _LEFT),
-    "right kidney": (_ANATOMY, ("SCT", "64033007", "Kidney"), _RIGHT),
-    "left kidney": (_ANATOMY, ("SCT", "64033007", "Kidney"), _LEFT),
-    "urinary bladder": (_ANATOMY, ("SCT", "89837001", "Urinary bladder"), None),
-    "bladder": (_ANATOMY, ("SCT", "89837001", "Urinary bladder"), None),
-    "gallbladder": (_ANATOMY, ("SCT", "28231008", "Gallbladder"), None),
-    "pancreas": (_ANATOMY, ("SCT", "15776009", "Pancreas"), None),
-    "esophagus": (_ANATOMY, ("SCT", "32849002", "Esophagus"), None),
-    "stomach": (_ANATOMY, ("SCT", "69695003", "Stomach"), None),
-    "colon": (_ANATOMY, ("SCT", "71854001", "Colon"), None),
-    "lung": (_ANATOMY, ("SCT", "39607008", "Lung"), None),
-    "bone": (_ANATOMY, ("SCT", "272673000", "Bone"), None),
-    "tumor": (_ALTERED, ("SCT", "108369006", "Neoplasm"), None),
-    "cancer": (_ALTERED, ("SCT", "108369006", "Neoplasm"), None),
-    "metastasis": (_ALTERED, ("SCT", "108369006", "Neoplasm"), None),
-    "cyst": (_ALTERED, ("SCT", "441457006", "Cyst"), None),
-    "stone": (_ALTERED, ("SCT", "56381008", "Calculus"), None),
-    "gallstone": (_ALTERED, ("SCT", "56381008", "Calculus"), None),
+    "kidney": (_ANATOMY, _KIDNEY, None),
+    "kidney right": (_ANATOMY, _KIDNEY, _RIGHT),
+    "kidney left": (_ANATOMY, _KIDNEY, _LEFT),
+    "right kidney": (_ANATOMY, _KIDNEY, _RIGHT),
+    "left kidney": (_ANATOMY, _KIDNEY, _LEFT),
+    "urinary bladder": (_ANATOMY, _BLADDER, None),
+    "bladder": (_ANATOMY, _BLADDER, None),
+    "gallbladder": (_ANATOMY, _GALLBLADDER, None),
+    "pancreas": (_ANATOMY, _PANCREAS, None),
+    "esophagus": (_ANATOMY, _ESOPHAGUS, None),
+    "stomach": (_ANATOMY, _STOMACH, None),
+    "colon": (_ANATOMY, _COLON, None),
+    "colon and rectum": (_ANATOMY, _COLON, None),
+    "lung": (_ANATOMY, _LUNG, None),
+    "lung right": (_ANATOMY, _LUNG, _RIGHT),
+    "lung left": (_ANATOMY, _LUNG, _LEFT),
+    "right lung": (_ANATOMY, _LUNG, _RIGHT),
+    "left lung": (_ANATOMY, _LUNG, _LEFT),
+    "bone": (_ANATOMY, _BONE, None),
+    "aorta": (_TISSUE, ("SCT", "15825003", "Aorta"), None),
+    "inferior vena cava": (_TISSUE, ("SCT", "64131007", "Inferior vena cava"), None),
+    "tumor": (_ALTERED, _NEOPLASM, None),
+    "cancer": (_ALTERED, _NEOPLASM, None),
+    "metastasis": (_ALTERED, _NEOPLASM, None),
+    "cyst": (_ALTERED, _CYST, None),
+    "stone": (_ALTERED, _CALCULUS, None),
+    "gallstone": (_ALTERED, _CALCULUS, None),
 }
 
-#: Default segment colours (RGB 0-1), cycled by label order when no colour is given.
+#: Anatomic region of a lesion segment, from the first word of its name ("Liver tumor").
+LESION_REGION: dict[str, tuple] = {
+    "liver": _LIVER, "kidney": _KIDNEY, "bladder": _BLADDER, "gallbladder": _GALLBLADDER,
+    "gallstone": _GALLBLADDER, "pancreas": _PANCREAS, "esophageal": _ESOPHAGUS, "gastric": _STOMACH,
+    "colorectal": _COLON, "lung": _LUNG, "bone": _BONE,
+}
+
+#: Segment colours (RGB 0-255): Slicer's recommended anatomy colours for organs (DICOM
+#: master list / GenericAnatomyColors); lesions get saturated colours that stand out on CT.
+TERMINOLOGY_COLORS: dict[str, tuple[int, int, int]] = {
+    "Liver": (221, 130, 101), "Kidney": (185, 102, 83), "Spleen": (157, 108, 162),
+    "Urinary bladder": (222, 154, 132), "Gallbladder": (139, 150, 98), "Pancreas": (249, 180, 111),
+    "Esophagus": (211, 171, 143), "Stomach": (216, 132, 105), "Colon": (204, 168, 143),
+    "Lung": (197, 165, 145), "Bone": (241, 214, 145), "Aorta": (224, 97, 76),
+    "Inferior vena cava": (0, 151, 206),
+    "Neoplasm": (255, 40, 40), "Cyst": (40, 220, 255), "Calculus": (255, 240, 0),
+}
+
+#: Default segment colours (RGB 0-1), cycled by label order when no colour is known.
 DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.87, 0.55, 0.41), (0.56, 0.93, 0.56), (0.30, 0.55, 0.85), (0.95, 0.85, 0.35),
     (0.80, 0.35, 0.70), (0.35, 0.80, 0.80), (0.95, 0.50, 0.20), (0.60, 0.45, 0.30),
@@ -319,28 +358,52 @@ DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (
 )
 
 
+def _key(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
 def terminology_for(name: str):
     """``(category, type, type_modifier)`` coded tuples for a segment name, or None."""
-    key = name.lower().replace("_", " ").strip()
+    key = _key(name)
     if key in TERMINOLOGY:
         return TERMINOLOGY[key]
-    for word in ("cyst", "stone", "gallstone", "metastasis", "cancer", "tumor"):
+    for word in ("gallstone", "cyst", "stone", "metastasis", "cancer", "tumor"):
         if key.endswith(word):
             return TERMINOLOGY[word]
     return None
 
 
+def lesion_region_for(name: str):
+    """Coded anatomic region of a lesion segment name ("Liver tumor" -> Liver), or None."""
+    term = terminology_for(name)
+    if term is None or term[0] != _ALTERED:
+        return None
+    key = _key(name)
+    return LESION_REGION.get(key.split(" ")[0]) or LESION_REGION.get(key)
+
+
+def color_for(name: str):
+    """Recommended RGB (0-255) of a segment name from its terminology type, or None."""
+    term = terminology_for(name)
+    return TERMINOLOGY_COLORS.get(term[1][2]) if term is not None else None
+
+
 def terminology_string(name: str) -> str:
-    """Slicer's serialised terminology entry for a segment name ('' when unknown)."""
+    """Slicer's serialised terminology entry for a segment name ('' when unknown).
+
+    Lesions ("Liver tumor") get category Morphologically Altered Structure, their type
+    (Neoplasm / Cyst / Calculus) and the organ as anatomic region.
+    """
     term = terminology_for(name)
     if term is None:
         return ""
     category, type_, modifier = term
+    region = lesion_region_for(name)
     code = "^".join
     return "~".join([
         "Segmentation category and type - DICOM master list",
         code(category), code(type_), code(modifier or ("", "", "")),
-        "Anatomic codes - DICOM master list", "^^", "^^",
+        "Anatomic codes - DICOM master list", code(region or ("", "", "")), "^^",
     ])
 
 
@@ -354,7 +417,8 @@ def make_color_table(ctx: MRMLContext, names: Mapping[int, str],
     table.SetNumberOfColors(int(max(names)) + 1)
     table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
     for i, value in enumerate(sorted(names)):
-        rgb = (colors or {}).get(value) or DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+        rgb = ((colors or {}).get(value) or color_for(str(names[value]))
+               or DEFAULT_COLORS[i % len(DEFAULT_COLORS)])
         rgb = [c / 255.0 for c in rgb] if max(rgb) > 1.0 else list(rgb)
         table.SetColor(int(value), str(names[value]), float(rgb[0]), float(rgb[1]), float(rgb[2]), 1.0)
         term = terminology_string(str(names[value]))

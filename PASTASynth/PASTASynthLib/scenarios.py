@@ -134,8 +134,8 @@ def scenario_segmentation_from_label_map(ctx: MRMLContext, ct_path, label_path, 
 def scenario_seg_nrrd_round_trip(ctx: MRMLContext, ct_path, label_path, names: dict[int, str],
                                  out_dir) -> Path:
     """Saving as .seg.nrrd and reading with slicerio (and Slicer) gives the same segments."""
-    import slicerio
     import SimpleITK as sitk
+    import slicerio
 
     ct, segmentation = scenario_segmentation_from_label_map(ctx, ct_path, label_path, names)
     logic = SynthesisLogic(context=ctx)
@@ -167,3 +167,356 @@ def run_all(ctx: MRMLContext, work_dir, ct_path=None, label_path=None, names=Non
     scenario_load_ct_geometry(ctx, ct_path)
     scenario_sitk_round_trip(ctx, ct_path)
     scenario_seg_nrrd_round_trip(ctx, ct_path, label_path, names, work_dir)
+    abdomen = make_synthetic_abdomen(work_dir / "abdomen")
+    run_synthesis(ctx, *abdomen, work_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Lesion synthesis through the logic (PASTA-Gen panel)
+# ---------------------------------------------------------------------------------------
+
+#: TotalSegmentator "total" ids of the synthetic abdomen (and of the real-data test subset).
+TOTALSEG_SYNTH_ORGANS = {5: "liver", 2: "kidney_right", 3: "kidney_left", 52: "aorta",
+                         63: "inferior_vena_cava", 31: "vertebrae_L1"}
+
+
+def make_synthetic_abdomen(folder: str | os.PathLike) -> tuple[Path, Path, dict[int, str]]:
+    """Write a small contrast-enhanced abdomen (``abdomen_ct.nii.gz``) with TotalSegmentator
+    ids (``abdomen_labels.nii.gz``): liver, kidneys, aorta, IVC, a vertebra; slightly oblique,
+    anisotropic. Big enough to hold a liver tumour and a kidney cyst (runs inside Slicer
+    where no test data is installed)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    shape = (40, 80, 96)  # k, j, i
+    spacing = np.array([1.6, 1.6, 2.5])  # i, j, k
+    kk, jj, ii = np.mgrid[: shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+    def ellipsoid(ci, cj, ck, ri, rj, rk):  # centre in voxels, radii in mm
+        return (((ii - ci) * spacing[0] / ri) ** 2 + ((jj - cj) * spacing[1] / rj) ** 2
+                + ((kk - ck) * spacing[2] / rk) ** 2) <= 1.0
+
+    labels = np.zeros(shape, np.uint8)
+    body = (((ii - 48) / 46) ** 2 + ((jj - 40) / 37) ** 2) <= 1.0
+    ct = np.where(body, -90.0, -1000.0)
+    organs = [  # (value, mask, HU)
+        (5, ellipsoid(30, 30, 22, 45, 36, 42), 105.0),
+        (2, ellipsoid(33, 58, 15, 22, 20, 32), 170.0),
+        (3, ellipsoid(66, 58, 15, 22, 20, 32), 170.0),
+        (52, (((ii - 52) * 1.6) ** 2 + ((jj - 50) * 1.6) ** 2) <= 8.0 ** 2, 210.0),
+        (63, (((ii - 43) * 1.6) ** 2 + ((jj - 49) * 1.6) ** 2) <= 7.0 ** 2, 170.0),
+        (31, ellipsoid(52, 66, 20, 16, 12, 40), 350.0),
+    ]
+    for value, mask, hu in organs:
+        labels[mask] = value
+        ct[mask] = hu
+    ct = (ct + rng.normal(0, 10, shape)).round().astype(np.int16)
+    angle = np.deg2rad(8)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    paths = []
+    for array, name in ((ct, "abdomen_ct.nii.gz"), (labels, "abdomen_labels.nii.gz")):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(spacing.tolist())
+        image.SetOrigin((-75.0, -60.0, -40.0))
+        image.SetDirection(direction.ravel().tolist())
+        path = folder / name
+        sitk.WriteImage(image, str(path))
+        paths.append(path)
+    return paths[0], paths[1], dict(TOTALSEG_SYNTH_ORGANS)
+
+
+def organ_point_ras(label_path, value: int) -> tuple[float, float, float]:
+    """RAS of the voxel deepest inside label ``value`` (a markups point "inside the organ")."""
+    import SimpleITK as sitk
+    from scipy import ndimage
+
+    image = sitk.ReadImage(str(label_path))
+    mask = sitk.GetArrayFromImage(image) == value
+    assert mask.any(), f"label {value} is not in {label_path}"
+    # Padded: the image border counts as outside (an organ cut by the field of view).
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=tuple(reversed(image.GetSpacing())))[1:-1, 1:-1, 1:-1]
+    k, j, i = np.unravel_index(int(np.argmax(depth)), mask.shape)
+    lps = image.TransformIndexToPhysicalPoint((int(i), int(j), int(k)))
+    return (-lps[0], -lps[1], lps[2])
+
+
+def load_case(ctx: MRMLContext, ct_path, label_path, names: dict[int, str], name: str = "CT"):
+    """CT volume node + organ segmentation node (one segment per listed label value)."""
+    import SimpleITK as sitk
+
+    logic = SynthesisLogic(context=ctx)
+    ct = logic.load_ct(ct_path, name)
+    segmentation = logic.segmentation_from_label_map(sitk.ReadImage(str(label_path)), ct, names,
+                                                     name=f"{name} organs")
+    return ct, segmentation
+
+
+def add_point(ctx: MRMLContext, ras, name: str = "Lesion centre"):
+    node = ctx.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    node.AddControlPoint(*[float(v) for v in ras])
+    return node
+
+
+def _mtimes(node) -> tuple[int, int]:
+    return node.GetMTime(), node.GetImageData().GetMTime()
+
+
+def _segment_points_lps(ctx: MRMLContext, segmentation, segment_id: str, volume) -> tuple[np.ndarray, np.ndarray]:
+    """(LPS mm of the segment's voxel centres, one voxel's LPS extent)."""
+    mask = mrml.segment_mask(ctx, segmentation, segment_id, volume)
+    kji = np.argwhere(mask)
+    ijk1 = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    m = mrml.ijk_to_ras_matrix(volume)
+    ras = ijk1 @ m[:3].T
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    voxel_extent = np.abs(LPS_TO_RAS @ m[:3, :3]).sum(axis=1)
+    return lps, voxel_extent
+
+
+def scenario_synthesize(ctx: MRMLContext, ct_node, segmentation, lesion_type: str, *,
+                        location=None, size_mm=None, seed: int = 0, expect_type_name: str,
+                        expect_organ_name: str, expect_code: str):
+    """Apply one synthesis through the logic and check every output against the library.
+
+    New volume on the input grid, input untouched (voxels and MTime), changes only inside
+    the lesion's box, segments named + coloured with SNOMED CT terminology, lesion voxels
+    equal to the library's label, report node schema-valid with location/size matching the
+    segment.
+    """
+    import json
+
+    import SimpleITK as sitk
+
+    from PASTALib.synth import validate_report
+
+    logic = SynthesisLogic(context=ctx)
+    before = mrml.array_from_volume(ct_node)
+    mtimes = _mtimes(ct_node)
+    nodes_before = ctx.scene.GetNumberOfNodes()
+    spec = {"lesion_type": lesion_type, "seed": seed}
+    if size_mm is not None:
+        spec["size_mm"] = list(size_mm)
+    out = logic.synthesize(ct_node, segmentation, spec, location)
+
+    # Input never modified.
+    assert _mtimes(ct_node) == mtimes, "the input CT node was modified (MTime changed)"
+    assert np.array_equal(mrml.array_from_volume(ct_node), before), "the input CT voxels changed"
+    # New volume, same grid.
+    volume = out.volume_node
+    assert volume is not ct_node and volume.GetScene() is ctx.scene
+    assert volume.GetName() == f"{ct_node.GetName()} + {expect_type_name}", volume.GetName()
+    assert np.allclose(mrml.ijk_to_ras_matrix(volume), mrml.ijk_to_ras_matrix(ct_node), atol=1e-6), "IJKToRAS differs"
+    after = mrml.array_from_volume(volume)
+    assert after.shape == before.shape and after.dtype == before.dtype
+    changed = after != before
+    assert changed.any(), "the new volume equals the input (no lesion)"
+    (x0, x1), (y0, y1), (z0, z1) = out.result.changed_box
+    outside = changed.copy()
+    outside[z0:z1, y0:y1, x0:x1] = False
+    assert not outside.any(), f"{int(outside.sum())} voxels changed outside the lesion's neighbourhood"
+
+    # Segments: named, coloured, terminology.
+    seg = out.segmentation_node.GetSegmentation()
+    assert sorted(mrml.segment_names(out.segmentation_node)) == sorted([expect_organ_name, expect_type_name])
+    lesion_segment = seg.GetSegment(out.lesion_segment_id)
+    organ_segment = seg.GetSegment(out.organ_segment_id)
+    assert lesion_segment.GetName() == expect_type_name and organ_segment.GetName() == expect_organ_name
+    lesion_term, organ_term = lesion_segment.GetTerminology(), organ_segment.GetTerminology()
+    assert "SCT^49755003^Morphologically Altered Structure" in lesion_term, lesion_term
+    assert expect_code in lesion_term, f"{expect_code} not in {lesion_term}"
+    assert "SCT^123037004^Anatomical Structure" in organ_term, organ_term
+    organ_code = mrml.terminology_for(expect_organ_name)[1]
+    assert "^".join(organ_code) in organ_term and "^".join(organ_code) in lesion_term, "organ / region code"
+    for segment, name in ((lesion_segment, expect_type_name), (organ_segment, expect_organ_name)):
+        expected_rgb = np.array(mrml.color_for(name)) / 255.0
+        assert np.allclose(segment.GetColor(), expected_rgb, atol=1e-3), f"{name} colour {segment.GetColor()}"
+
+    # Lesion voxels == library label.
+    labels = sitk.GetArrayFromImage(out.result.labels)
+    lesion_value = int(out.result.report.label_value)
+    counts = logic.segment_voxel_counts(out.segmentation_node, volume)
+    assert counts[expect_type_name] == int(np.count_nonzero(labels == lesion_value)), (
+        f"lesion segment {counts[expect_type_name]} voxels, library label {int(np.count_nonzero(labels == lesion_value))}")
+    organ_value = int(mrml_organ_value(lesion_value))
+    assert counts[expect_organ_name] == int(np.count_nonzero(labels == organ_value)), "organ segment voxel count"
+
+    # Report node: referenced, schema-valid, matches the segment.
+    report_node = out.segmentation_node.GetNodeReference("PASTAReport")
+    assert report_node is not None and report_node is out.report_node, "report node not referenced"
+    assert out.volume_node.GetNodeReference("PASTAReport") is report_node
+    report = json.loads(report_node.GetText())
+    validate_report(report)
+    assert report == json.loads(json.dumps(out.report)), "report node JSON differs from the returned report"
+    assert report_node.GetAttribute("PASTA.ReportText") == report["text"]
+    points, voxel_extent = _segment_points_lps(ctx, out.segmentation_node, out.lesion_segment_id, volume)
+    centre = points.mean(axis=0)
+    assert np.allclose(centre, report["centre_mm"], atol=0.05), f"report centre {report['centre_mm']} vs segment {centre}"
+    extents = points.max(axis=0) - points.min(axis=0) + voxel_extent
+    zxy = np.array([extents[2], extents[0], extents[1]])
+    assert np.all(np.abs(zxy - np.array(report["size_zxy_mm"])) <= 0.51), f"size {report['size_zxy_mm']} vs segment {zxy}"
+    if location is not None:
+        lps = logic.location_lps(location)
+        assert np.linalg.norm(np.array(lps) - centre) <= max(extents) / 2, "lesion not at the requested point"
+    assert ctx.scene.GetNumberOfNodes() > nodes_before
+    return out
+
+
+def mrml_organ_value(lesion_value: int) -> int:
+    from PASTALib.labels import LesionType
+
+    return int(LesionType(lesion_value).organ)
+
+
+def scenario_errors_leave_scene_unchanged(ctx: MRMLContext, ct_node, segmentation, *, inside_ras,
+                                          missing_type: str = "pancreas_tumor") -> list[str]:
+    """Invalid requests raise PastaError with a message and add/modify nothing."""
+    from PASTALib.errors import (
+        AnatomyError,
+        LesionFitError,
+        PastaError,
+        SpecificationError,
+    )
+
+    logic = SynthesisLogic(context=ctx)
+    outside = add_point(ctx, (float(inside_ras[0]) + 400.0, float(inside_ras[1]), float(inside_ras[2])), "far away")
+    inside = add_point(ctx, inside_ras, "inside")
+    requests = [
+        ({"lesion_type": "liver_tumor", "shape": "Wall thickening"}, None, SpecificationError, "not possible"),
+        ({"lesion_type": "liver_tumor", "density": "Glowing"}, None, SpecificationError, "Allowed values"),
+        ({"lesion_type": "liver_cyst", "invasion": True}, None, SpecificationError, "benign"),
+        ({"lesion_type": "liver_tumor", "size_mm": [30, 30, 30]}, outside, LesionFitError, "outside the liver"),
+        ({"lesion_type": "liver_tumor", "size_mm": [119, 119, 119]}, inside, LesionFitError, "does not fit"),
+        ({"lesion_type": missing_type}, None, AnatomyError, "not found"),
+        ({"lesion_type": "liver_tumor", "size_mm": [500, 500, 500]}, inside, SpecificationError, "out of range"),
+    ]
+    messages = []
+    before_nodes = ctx.scene.GetNumberOfNodes()
+    ids_before = [ctx.scene.GetNthNode(i).GetID() for i in range(before_nodes)]
+    mtimes = _mtimes(ct_node)
+    for spec, location, error, needle in requests:
+        for call in (logic.synthesize, logic.preview):
+            try:
+                call(ct_node, segmentation, spec, location)
+            except PastaError as exc:
+                assert isinstance(exc, error), f"{spec}: {type(exc).__name__} ({exc}), expected {error.__name__}"
+                assert str(exc) and needle in str(exc), f"{spec}: unclear message {exc!r}"
+                messages.append(str(exc))
+            else:
+                raise AssertionError(f"{spec} at {location}: no error")
+            assert ctx.scene.GetNumberOfNodes() == before_nodes, f"{spec}: the scene changed"
+    assert [ctx.scene.GetNthNode(i).GetID() for i in range(before_nodes)] == ids_before
+    assert _mtimes(ct_node) == mtimes, "the input CT node was modified"
+    ctx.remove_node(outside)
+    ctx.remove_node(inside)
+    return messages
+
+
+def scenario_preview_apply_undo(ctx: MRMLContext, ct_node, segmentation, location=None) -> None:
+    """Preview = one crop volume, replaced per call, removed on Apply; Undo removes outputs."""
+    from PASTALib.synth import validate_report
+
+    logic = SynthesisLogic(context=ctx)
+    n0 = ctx.scene.GetNumberOfNodes()
+    spec = {"lesion_type": "liver_cyst", "seed": 3}
+    first = logic.preview(ct_node, segmentation, spec, location)
+    validate_report(first.report)
+    n1 = ctx.scene.GetNumberOfNodes()
+    assert n1 > n0 and logic.preview_node() is first.volume_node
+    crop = mrml.array_from_volume(first.volume_node)
+    (x0, x1), (y0, y1), (z0, z1) = first.box
+    assert crop.shape == (z1 - z0, y1 - y0, x1 - x0), f"preview is not the changed crop: {crop.shape}"
+    assert crop.size < mrml.array_from_volume(ct_node).size
+    # The crop sits exactly where it came from: its IJK origin maps to voxel (x0, y0, z0).
+    m_in, m_crop = mrml.ijk_to_ras_matrix(ct_node), mrml.ijk_to_ras_matrix(first.volume_node)
+    assert np.allclose(m_crop[:3, 3], (m_in @ [x0, y0, z0, 1])[:3], atol=1e-4), "preview crop misplaced"
+    second = logic.preview(ct_node, segmentation, dict(spec, seed=4), location)
+    assert ctx.scene.GetNumberOfNodes() == n1, "preview was not replaced"
+    assert second.volume_node is first.volume_node
+    logic.clear_preview()  # Cancel
+    assert ctx.scene.GetNumberOfNodes() == n0 and logic.preview_node() is None
+    logic.preview(ct_node, segmentation, spec, location)
+    out = logic.synthesize(ct_node, segmentation, spec, location)  # Apply removes the preview
+    assert logic.preview_node() is None
+    assert ctx.scene.GetNumberOfNodes() > n0
+    logic.remove_outputs(out)  # Undo
+    assert ctx.scene.GetNumberOfNodes() == n0, "Undo left nodes behind"
+
+
+def scenario_batch_job_cancel(work_dir) -> None:
+    """BatchJob streams PROGRESS lines to a callback; cancel kills the process tree."""
+    import sys
+    import time
+
+    from .jobs import BatchJob, parse_progress
+
+    assert parse_progress("PROGRESS 0.25 loading") == (0.25, "loading")
+    assert parse_progress("PROGRESS 40% inference") == (0.4, "inference")
+    assert parse_progress("PROGRESS 3/4 case") == (0.75, "case")
+    assert parse_progress("loss 0.3") is None
+
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('CHILD', child.pid, flush=True)\n"
+        "for i in range(1, 4):\n"
+        "    print(f'PROGRESS {i / 10} case {i}', flush=True)\n"
+        "print('not a progress line', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    seen: list[tuple[float, str]] = []
+    other: list[str] = []
+    job = BatchJob([sys.executable, "-c", script], on_progress=lambda f, m: seen.append((f, m)),
+                   on_line=other.append, cwd=work_dir).start()
+    deadline = time.monotonic() + 30
+    while not any("not a progress" in line for line in other):
+        assert job.poll() == "running", f"stand-in job ended early: {job.output_tail}"
+        assert time.monotonic() < deadline, f"no output from the stand-in job: {job.output_tail}"
+        time.sleep(0.05)
+    assert seen == [(0.1, "case 1"), (0.2, "case 2"), (0.3, "case 3")], seen
+    assert job.fraction == 0.3 and job.message == "case 3"
+    child = int(next(line.split()[1] for line in other if line.startswith("CHILD")))
+    parent = job.pid
+    job.cancel(grace=2.0)
+    assert job.state == "cancelled" and not job.running
+    for pid in (parent, child):
+        assert _gone(pid), f"process {pid} survived cancel"
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """True when ``pid`` no longer runs (a zombie awaiting its reaper counts as gone)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def run_synthesis(ctx: MRMLContext, ct_path, label_path, names: dict[int, str], work_dir) -> None:
+    """Every synthesis scenario on one case (liver tumour at a point, kidney cyst sampled)."""
+    ct, segmentation = load_case(ctx, ct_path, label_path, names)
+    liver_value = next(v for v, n in names.items() if n == "liver")
+    liver_ras = organ_point_ras(label_path, liver_value)
+    point = add_point(ctx, liver_ras)
+    scenario_synthesize(ctx, ct, segmentation, "liver_tumor", location=point, size_mm=(24, 22, 26), seed=1,
+                        expect_type_name="Liver tumor", expect_organ_name="Liver", expect_code="SCT^108369006^Neoplasm")
+    scenario_synthesize(ctx, ct, segmentation, "kidney_cyst", seed=2, expect_type_name="Kidney cyst",
+                        expect_organ_name="Kidney", expect_code="SCT^441457006^Cyst")
+    scenario_errors_leave_scene_unchanged(ctx, ct, segmentation, inside_ras=liver_ras)
+    scenario_preview_apply_undo(ctx, ct, segmentation, point)
+    if os.name == "posix":
+        scenario_batch_job_cancel(work_dir)
