@@ -1,0 +1,95 @@
+"""``pasta train``: stage-1 segmentation pre-training and stage-2 attribute-head training.
+
+Register by adding "train" to GROUPS in PASTALib/cli/main.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder of case folders (img.nii.gz, label.nii.gz, report.json)")
+    p.add_argument("--out", required=True, help="output folder (checkpoint_last.pt, metrics.csv, model_final.pth)")
+    p.add_argument("--iterations", type=int, help="training iterations")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--checkpoint-every", type=int, help="write checkpoint_last.pt every N iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16 AMP)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over even if OUT/checkpoint_last.pt exists (default: resume from it)")
+    p.add_argument("--threads", type=int, dest="num_threads", help="CPU threads for torch")
+    p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+
+
+def _size(text: str) -> tuple[int, int, int]:
+    parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected N or D,H,W (got {text!r})")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("train", help="pre-train PASTA (stage 1 segmentation, stage 2 attributes)")
+    sub = group.add_subparsers(dest="command", metavar="STAGE")
+
+    s1 = sub.add_parser("stage1", help="segmentation of organs 1-10 + lesions 11-25 (Dice+CE, deep supervision, SGD poly)")
+    _common(s1)
+    s1.add_argument("--patch-size", type=_size, help="patch size N or D,H,W (default 128)")
+    s1.add_argument("--fg-fraction", type=float, help="share of each batch forced onto foreground (default 0.33)")
+    s1.add_argument("--base-channels", type=int, help="channels of the first stage (default 64)")
+    s1.add_argument("--max-channels", type=int, help="channel cap (default 1024)")
+    s1.add_argument("--stages", type=int, dest="num_stages", help="number of stages incl. bottleneck (default 6)")
+    s1.add_argument("--init", help="start from these PASTA weights (segmentation heads re-initialised if classes differ)")
+    s1.set_defaults(func=_stage1)
+
+    s2 = sub.add_parser("stage2", help="attribute head on the frozen UNet (lesion-centred crops, grouped CE, Adam)")
+    _common(s2)
+    s2.add_argument("--init", help="UNet weights: stage-1 OUT/model_final.pth or PASTA_final.pth "
+                                   "(default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
+    s2.add_argument("--crop-size", type=_size, help="lesion crop N or D,H,W (default 96)")
+    s2.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2)")
+    s2.add_argument("--eval-every", type=int)
+    s2.set_defaults(func=_stage2)
+
+
+_SKIP = {"group", "command", "func"}
+
+
+def _overrides(args: argparse.Namespace, cls) -> dict:
+    fields = cls.__dataclass_fields__
+    return {k: v for k, v in vars(args).items() if k not in _SKIP and k in fields and v is not None}
+
+
+def _run(args: argparse.Namespace, stage: str) -> int:
+    from PASTALib.train import StopFlag, Stage1Config, Stage2Config, train_stage1, train_stage2
+
+    cls, fn = (Stage1Config, train_stage1) if stage == "stage1" else (Stage2Config, train_stage2)
+    cfg = cls(**_overrides(args, cls))
+    stop = StopFlag()
+    with stop.install_signal_handlers():
+        result = fn(cfg, stop=stop)
+    summary = {"stage": stage, "iteration": result.iteration, "out": str(result.out),
+               "final_model": str(result.final_model) if result.final_model else None,
+               "checkpoint": str(result.checkpoint), "metrics": str(result.metrics)}
+    if result.summary:
+        summary["validation"] = result.summary
+    print(json.dumps(summary, indent=2))
+    if result.stopped_early:
+        print(f"stopped at iteration {result.iteration}; run the same command again to resume")
+        return 130
+    return 0
+
+
+def _stage1(args: argparse.Namespace) -> int:
+    return _run(args, "stage1")
+
+
+def _stage2(args: argparse.Namespace) -> int:
+    return _run(args, "stage2")

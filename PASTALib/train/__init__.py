@@ -1,0 +1,35 @@
+"""PASTA pre-training: stage 1 (segmentation) and stage 2 (attribute head on the frozen UNet).
+
+    from PASTALib.train import Stage1Config, train_stage1, Stage2Config, train_stage2
+    r1 = train_stage1(Stage1Config(data="gen/", out="runs/s1", device="cuda"))
+    r2 = train_stage2(Stage2Config(data="gen/", out="runs/s2", init=str(r1.final_model)))
+
+CLI: ``pasta train stage1|stage2 --data DIR --out DIR [--device cuda] [--progress-lines]``.
+"""
+
+from PASTALib.train.common import (
+    MetricsCSV,
+    StopFlag,
+    TrainingError,
+    amp_dtype,
+    atomic_torch_save,
+    poly_lr,
+    resolve_device,
+)
+from PASTALib.train.data import CaseRecord, LesionSample, PatchSampler, discover_cases, lesion_samples, load_case
+from PASTALib.train.stage1 import (
+    DeepSupervisionLoss,
+    Stage1Config,
+    TrainResult,
+    batch_dice,
+    deep_supervision_weights,
+    train_stage1,
+)
+from PASTALib.train.stage2 import Stage2Config, evaluate_attributes, group_accuracy, train_stage2
+
+__all__ = [
+    "CaseRecord", "DeepSupervisionLoss", "LesionSample", "MetricsCSV", "PatchSampler", "Stage1Config",
+    "Stage2Config", "StopFlag", "TrainResult", "TrainingError", "amp_dtype", "atomic_torch_save", "batch_dice",
+    "deep_supervision_weights", "discover_cases", "evaluate_attributes", "group_accuracy", "lesion_samples",
+    "load_case", "poly_lr", "resolve_device", "train_stage1", "train_stage2",
+]

@@ -1,0 +1,241 @@
+"""Stage 2: attribute head on a frozen PASTA UNet.
+
+The UNet comes from ``init`` (stage-1 ``model_final.pth`` or ``PASTA_final.pth``; layout read from
+the file) and stays frozen; only ``head`` is trained with Adam (lr 1e-3) on lesion-centred crops
+(96³ by default, ±``jitter`` voxels) in the SLF map, with the grouped cross-entropy over the five
+attributes (Shape 5, Density 3, Heterogeneity 2, Surface 2, Invasion 2) read from each case's
+report.json. Cases (not lesions) are split into train / validation; per-attribute validation
+accuracy is written to ``eval.json`` and the metrics CSV. Checkpoint/resume as stage 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX, grouped_cross_entropy, split_logits
+from PASTALib.model.checkpoint import build_model_from_checkpoint, default_weights_path
+from PASTALib.model.preprocess import SLF_VALUES
+from PASTALib.model.unet import PastaUNet
+from PASTALib.train.common import (
+    IterationCallback,
+    MetricsCSV,
+    Progress,
+    StopFlag,
+    TrainingError,
+    amp_dtype,
+    atomic_torch_save,
+    autocast,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from PASTALib.train.data import LesionSample, LoadedCase, discover_cases, lesion_crop, lesion_samples, load_case
+from PASTALib.train.stage1 import CHECKPOINT_NAME, FINAL_NAME, METRICS_NAME, TrainResult, _config_json, check_resume_compatible
+
+STAGE2_FIELDS = ["iteration", "lr", "loss", "train_acc", "val_acc", "seconds"]
+
+
+@dataclass
+class Stage2Config:
+    data: str
+    out: str
+    init: str | None = None  # stage-1 model_final.pth or PASTA_final.pth (default: default_weights_path())
+    iterations: int = 2000
+    batch_size: int = 8
+    crop_size: tuple[int, int, int] = (96, 96, 96)
+    jitter: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    val_fraction: float = 0.2
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    resume: bool = True
+    progress_lines: bool = False
+    progress_bar: bool = True
+    num_threads: int | None = None
+    slf_values: tuple[float, ...] = SLF_VALUES
+
+
+class LesionBatcher:
+    """Draws lesion-centred crops (uniform over lesions, random jitter) with a restorable state."""
+
+    def __init__(self, cases: dict[str, LoadedCase], samples: Sequence[LesionSample], crop: Sequence[int],
+                 jitter: int, slf_values: Sequence[float], seed: int) -> None:
+        self.cases, self.samples = cases, list(samples)
+        self.crop, self.jitter, self.slf_values = tuple(crop), int(jitter), tuple(slf_values)
+        self.rng = np.random.default_rng(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bit_generator": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["bit_generator"]
+
+    def crops(self, samples: Sequence[LesionSample], jitter: bool) -> np.ndarray:
+        out = []
+        for s in samples:
+            j = self.rng.integers(-self.jitter, self.jitter + 1, size=3) if jitter and self.jitter else (0, 0, 0)
+            out.append(lesion_crop(self.cases[s.case], s, self.crop, j, self.slf_values))
+        return np.stack(out)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.rng.integers(len(self.samples), size=batch_size)
+        chosen = [self.samples[i] for i in idx]
+        return self.crops(chosen, jitter=True), np.array([s.targets for s in chosen], dtype=np.int64)
+
+
+def split_cases(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic case-level split (no lesion of a validation case is seen in training)."""
+    names = sorted(names)
+    if val_fraction <= 0 or len(names) < 2:
+        return names, []
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, int(round(val_fraction * len(names)))))
+    val = sorted(names[i] for i in order[:n_val])
+    return [n for n in names if n not in val], val
+
+
+def group_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Accuracy per attribute over the known targets (NaN when none) and their mean ('mean')."""
+    out = {}
+    for group, g, t in zip(ATTRIBUTE_GROUPS, split_logits(logits), targets.T):
+        known = t != IGNORE_INDEX
+        out[group.name] = float((g.argmax(1)[known] == t[known]).float().mean()) if known.any() else float("nan")
+    vals = [v for v in out.values() if v == v]
+    out["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+@torch.no_grad()
+def evaluate_attributes(model: PastaUNet, batcher: LesionBatcher, samples: Sequence[LesionSample], device: torch.device,
+                        batch_size: int = 8) -> dict[str, Any]:
+    """Per-attribute accuracy on centred crops of ``samples`` (no jitter)."""
+    if not samples:
+        return {}
+    model.eval()
+    logits, targets = [], []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        x = torch.from_numpy(batcher.crops(chunk, jitter=False)).to(device)
+        logits.append(model.classify(x).float().cpu())
+        targets.append(torch.tensor([s.targets for s in chunk], dtype=torch.long))
+    acc = group_accuracy(torch.cat(logits), torch.cat(targets))
+    acc["n_lesions"] = len(samples)
+    return acc
+
+
+def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None, stop: StopFlag | None = None) -> TrainResult:
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.eval_every < 1:
+        raise TrainingError("iterations, batch size, eval and checkpoint intervals must be ≥ 1")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    stop = stop or StopFlag()
+    seed_everything(cfg.seed)
+
+    init = Path(cfg.init) if cfg.init else default_weights_path()
+    model, _ = build_model_from_checkpoint(init)  # MissingWeightsError / CheckpointError explain themselves
+    if any(s % model.config.feature_stride for s in cfg.crop_size):
+        raise TrainingError(f"crop size {cfg.crop_size} must be multiples of {model.config.feature_stride}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("head."))
+    model.to(device)
+
+    records = [r for r in discover_cases(cfg.data) if r.report_path is not None]
+    if not records:
+        raise TrainingError(f"no case under {cfg.data} has a report.json with lesion attributes")
+    cases = {r.name: load_case(r) for r in records}
+    train_names, val_names = split_cases(list(cases), cfg.val_fraction, cfg.seed)
+    train_samples = [s for n in train_names for s in lesion_samples(cases[n])]
+    val_samples = [s for n in val_names for s in lesion_samples(cases[n])]
+    if not train_samples:
+        raise TrainingError("no lesion reports in the training cases")
+    batcher = LesionBatcher(cases, train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values, cfg.seed)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dtype = amp_dtype(device, cfg.amp)
+
+    iteration = 0
+    cfg_json = _config_json(cfg)
+    if cfg.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_resume_compatible(state["config"], cfg_json, ["crop_size", "batch_size", "lr", "seed", "val_fraction"], ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batcher.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        iteration = int(state["iteration"])
+    (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
+    (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+    (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
+    metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=iteration)
+
+    def save() -> None:
+        atomic_torch_save({
+            "kind": "pasta-train-stage2", "format": 1, "iteration": iteration, "model": model.state_dict(),
+            "model_config": model.config.to_dict(), "optimizer": optimizer.state_dict(),
+            "sampler": batcher.state_dict(), "rng": rng_state(), "config": cfg_json,
+        }, ckpt_path)
+
+    progress = Progress(cfg.iterations, iteration, "stage2", cfg.progress_lines, cfg.progress_bar,
+                        every=max(1, cfg.iterations // 200))
+    progress.message(iteration / cfg.iterations, f"stage2 start at iteration {iteration}/{cfg.iterations} on {device}, "
+                     f"{len(train_samples)} train / {len(val_samples)} validation lesions")
+    stopped = False
+    val: dict[str, Any] = {}
+    try:
+        while iteration < cfg.iterations:
+            if stop.stop:
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            x_np, t_np = batcher.sample(cfg.batch_size)
+            x = torch.from_numpy(x_np).to(device)
+            targets = torch.from_numpy(t_np).to(device)
+            model.eval()  # frozen UNet (InstanceNorm keeps no running stats; no dropout)
+            with torch.no_grad(), autocast(device, dtype):
+                feature = model.encode(x)
+            logits = model.head(feature.float())
+            loss = grouped_cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            iteration += 1
+            row: dict[str, Any] = {"iteration": iteration, "lr": cfg.lr, "loss": float(loss.detach()),
+                                   "train_acc": group_accuracy(logits.detach().cpu(), targets.cpu())["mean"],
+                                   "seconds": time.perf_counter() - t0}
+            if val_samples and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
+                val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
+                row["val_acc"] = val["mean"]
+            metrics.write(row)
+            if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+                save()
+            progress.update(iteration, f"stage2 iteration {iteration}/{cfg.iterations} loss {row['loss']:.4f}",
+                            loss=row["loss"])
+            if callback is not None:
+                callback(iteration, row)
+    finally:
+        progress.close()
+        if iteration > 0 and stopped and iteration % cfg.checkpoint_every != 0:
+            save()
+    final = None
+    if iteration >= cfg.iterations:
+        final = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / FINAL_NAME)
+        if val_samples and not val:
+            val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
+        (out / "eval.json").write_text(json.dumps(val, indent=2))
+        progress.message(1.0, f"stage2 done: {final}")
+    return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped, summary=val)
