@@ -36,6 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_lesion)
+    _add_generate_parser(group)
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -84,4 +85,82 @@ def _lesion(args: argparse.Namespace) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     print(result.report.to_text())
     print(f"wrote {out}/ct.nii.gz, label.nii.gz, report.json, report.txt, spec.json ({result.timings['total']:.2f} s)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- generate
+def _add_generate_parser(group: argparse._SubParsersAction) -> None:
+    g = group.add_parser(
+        "generate", help="batch-generate a PASTA-Gen-30K style dataset (resumable, sharded, parallel)",
+        description=(
+            "Generate N synthetic lesions per type from template CTs into <out>/<Organ>/<Kind>/<index>/ "
+            "(img.nii.gz 1 mm crop, label.nii.gz, total.nii.gz, type.json, report.json, case.json) plus "
+            "manifest.csv. Rerun the same command to resume after a kill; --shard i/n splits the cases "
+            "for a cluster job array. Templates: a folder of <name>/ct.nii.gz + <name>/organs.nii.gz "
+            "(TotalSegmentator 'total' ids; organs_pasta.nii.gz for PASTA 1-10) [+ impression.txt], "
+            "or a CSV with columns ct, organs [, name, labels_kind, impression]."
+        ),
+    )
+    g.add_argument("--templates", required=True, help="template folder or CSV (see above)")
+    g.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    g.add_argument("--per-type", type=int, required=True, help="cases per lesion type")
+    g.add_argument("--types", nargs="+", help="lesion types (default: all 15): " + ", ".join(t.slug for t in LesionType))
+    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--shard", default="0/1", help="i/n: generate every n-th case starting at i (default 0/1)")
+    g.add_argument("--seed", type=int, default=0, help="global seed; case seeds derive from (seed, type, index)")
+    g.add_argument("--crop-mm", type=int, default=None, help="edge of the 1 mm output crop in mm (default 128; PASTA-Gen-30K: 280)")
+    g.add_argument("--any-phase", action="store_true",
+                   help="use templates of any contrast phase (default: the type's template phases, DESIGN.md)")
+    g.add_argument("--max-attempts", type=int, default=None, help="tries per case with the next seed (default 5)")
+    g.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
+    g.add_argument("--no-bar", action="store_true", help="no tqdm progress bar on stderr")
+    g.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import sys
+
+    from PASTALib.errors import SpecificationError
+    from PASTALib.synth.generate import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, generate
+
+    types = tuple(LesionType.parse(t) for item in (args.types or [t.slug for t in LesionType]) for t in item.split(",") if t)
+    if not types:
+        raise SpecificationError("--types is empty.")
+    config = GenerateConfig(
+        out=Path(args.out), per_type=args.per_type, types=types, seed=args.seed,
+        crop_mm=args.crop_mm or DEFAULT_CROP_MM, any_phase=args.any_phase,
+        max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, workers=args.workers, shard=args.shard,
+    )
+    bar = None
+
+    def progress(done: int, total: int, row: dict) -> None:
+        nonlocal bar
+        if bar is None and not args.no_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=done - 1, desc="cases", unit="case", file=sys.stderr, dynamic_ncols=True)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"{row['case_id']} {row['status']}", refresh=False)
+        if args.progress_lines:
+            print(f"PROGRESS {done / max(total, 1):.4f} {done}/{total} {row['case_id']} {row['status']}", flush=True)
+
+    if args.progress_lines:
+        print("PROGRESS 0.0000 indexing templates", flush=True)
+    try:
+        summary = generate(args.templates, config, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    rate = summary.ok / summary.seconds * 3600 if summary.seconds > 0 else 0.0
+    print(f"{summary.ok} generated, {summary.failed} failed, {summary.skipped} already done of {summary.total} "
+          f"in {summary.seconds:.1f} s ({rate:.0f} cases/hour); manifest: {config.manifest_path}")
+    for row in summary.rows:
+        if row["status"] != "ok":
+            print(f"failed {row['case_id']}: {row.get('error', '')}", file=sys.stderr)
+    if summary.stopped:
+        print("stopped: finished cases are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if args.progress_lines:
+        print("PROGRESS 1.0000 done", flush=True)
     return 0

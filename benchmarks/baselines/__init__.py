@@ -1,0 +1,1 @@
+"""Re-implementations of published methods, used only as benchmark baselines (not part of PASTALib)."""
