@@ -2,7 +2,11 @@
 # Create .venv with PASTALib and its test dependencies. torch is pinned and installed FIRST:
 # any resolver that sees an unpinned torch would pull a multi-GB CUDA build.
 # Re-running is cheap: nothing is reinstalled while pyproject.toml is unchanged.
+# --with-benchmarks also installs PyRadiomics (benchmarks/realism_lung.py); its sdist only
+# builds without build isolation, so it is installed that way, after numpy.
 set -euo pipefail
+WITH_BENCHMARKS=0
+[ "${1:-}" = "--with-benchmarks" ] && WITH_BENCHMARKS=1
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${PASTA_VENV:-.venv}"
@@ -27,4 +31,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
+fi
+if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c 'import radiomics' 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q versioneer setuptools wheel
+  "$VENV/bin/python" -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
 fi
