@@ -1,5 +1,6 @@
 import json
 import tempfile
+import time
 from typing import Annotated, Optional
 
 import ctk
@@ -32,6 +33,7 @@ from PASTASynthLib import dependencies
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.mrml import MRMLContext
+from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
 
 #
@@ -117,6 +119,10 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._jobTimer = None
         self._updatingType = False
+        self.readerStudy = None
+        self._shortcuts = []
+        self._attributeRows = {}
+        self._caseShownAt = 0.0
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -157,10 +163,12 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.batchGenerateButton.connect("clicked(bool)", self.onBatchGenerate)
         self.ui.openStudyButton.connect("clicked(bool)", self.onOpenStudy)
+        self.ui.closeStudyButton.connect("clicked(bool)", self.onCloseStudy)
         self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
         for score, button in enumerate(self._likertButtons(), start=1):
             button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
+        self.setupReaderStudy()
 
         # Batch progress: the job's reader thread only fills a queue; this GUI-thread
         # timer polls it (no thread ever touches Qt).
@@ -191,12 +199,20 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
         if self._jobTimer is not None:
             self._jobTimer.stop()
+        if self.readerStudy is not None:
+            self.readerStudy.close()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.setParent(None)
+        self._shortcuts = []
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self._updateShortcuts(entered=True)
 
     def exit(self) -> None:
+        self._updateShortcuts(entered=False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -204,6 +220,11 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        if self.readerStudy is not None and self.readerStudy.is_open:
+            self.readerStudy.close()  # its nodes go with the scene; every answer is already saved
+            self._showCase(None)
+            self.ui.readerStudyStatusLabel.text = _("The scene was closed: open the study again to continue "
+                                                    "(your answers are saved).")
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -427,18 +448,225 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                      detailedText=job.output_tail)
 
     # -- reader study -------------------------------------------------------------------
+    # Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised case and
+    # commits each answer at once through PASTALib's ReaderSession; nothing is buffered here
+    # except the accuracy ratings and reason typed for the case on screen, which the realism
+    # rating (button or key 1-5) submits together.
+
+    #: Keys that must not rate a case twice: key ratings within this many seconds of a case
+    #: appearing are ignored (a double press would otherwise also rate the next case).
+    KEY_RATING_DEBOUNCE_S = 0.4
+
+    def setupReaderStudy(self) -> None:
+        from PASTALib.review import ATTRIBUTES
+
+        self.readerStudy = ReaderStudyLogic(self.logic.synthesis.context)
+        for score, (button, anchor) in enumerate(zip(self._likertButtons(), REALISM_ANCHORS), start=1):
+            button.toolTip = _("Realism {score}: {anchor} (key {score}; saves the case and shows the next)").format(
+                score=score, anchor=anchor.lower())
+        # One row per report attribute: its wording and an optional 1-5 accuracy rating.
+        grid = self.ui.attributeRatingsGroupBox.layout()
+        for row, attribute in enumerate(ATTRIBUTES):
+            label = qt.QLabel()
+            label.wordWrap = True
+            grid.addWidget(label, row, 0)
+            group = qt.QButtonGroup(self.ui.attributeRatingsGroupBox)
+            buttons = []
+            for score in range(1, 6):
+                radio = qt.QRadioButton(str(score))
+                radio.toolTip = _("{attribute} accuracy {score}: {anchor}").format(
+                    attribute=attribute.capitalize(), score=score, anchor=ACCURACY_ANCHORS[score - 1].lower())
+                group.addButton(radio, score)
+                grid.addWidget(radio, row, score)
+                buttons.append(radio)
+            self._attributeRows[attribute] = (label, group, buttons)
+        # Shortcuts live on the main window so they work while the reader scrolls a slice view;
+        # they are enabled only while this module is shown and a case is on screen.
+        parent = slicer.util.mainWindow() or self.parent
+        keys = [(str(score), lambda s=score: self.onLikertKey(s)) for score in range(1, 6)]
+        keys += [(qt.Qt.Key_Left, self.onPreviousCase), (qt.Qt.Key_PageUp, self.onPreviousCase),
+                 (qt.Qt.Key_Right, self.onNextCase), (qt.Qt.Key_PageDown, self.onNextCase)]
+        for key, slot in keys:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
+            shortcut.setContext(qt.Qt.WindowShortcut)
+            shortcut.connect("activated()", slot)
+            self._shortcuts.append(shortcut)
+        self._showCase(None)
+
+    def _updateShortcuts(self, entered=None) -> None:
+        if entered is None:
+            entered = bool(self.parent.isEntered) if hasattr(self.parent, "isEntered") else True
+        active = bool(entered and self.readerStudy is not None and self.readerStudy.is_open)
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(active)
+
+    def _reviewErrorDisplay(self, exc) -> None:
+        """A clear message for each PASTALib review error (the library's text says what to do)."""
+        from PASTALib.review import AnswerLockedError, RatingRangeError, StudyTamperedError, UnknownReaderError
+
+        if isinstance(exc, UnknownReaderError):
+            title = _("You are not registered as a reader of this study. Check the spelling of your name, "
+                      "or ask the study coordinator to add you (pasta review add-reader STUDY_DIR NAME).")
+        elif isinstance(exc, StudyTamperedError):
+            title = _("The study files were changed after the study was created, so this case cannot be "
+                      "read. Stop and tell the study coordinator.")
+        elif isinstance(exc, AnswerLockedError):
+            title = _("This case is already answered and this study does not allow changing answers.")
+        elif isinstance(exc, RatingRangeError):
+            title = _("Invalid rating.")
+        else:
+            title = _("Reader study")
+        self.ui.readerStudyStatusLabel.text = str(exc)
+        slicer.util.errorDisplay(title + "\n\n" + str(exc), windowTitle=_("Reader study"))
+
+    def _runReview(self, call, *args):
+        """(True, result) of a reader-study logic call, or (False, None) after showing a review error."""
+        from PASTALib.review import ReviewError
+
+        try:
+            with slicer.util.WaitCursor():
+                return True, call(*args)
+        except ReviewError as exc:
+            self._reviewErrorDisplay(exc)
+            return False, None
 
     def onOpenStudy(self) -> None:
-        slicer.util.infoDisplay(_("The blinded reader study is available when PASTALib.study lands."))
+        reader = self.ui.readerNameLineEdit.text.strip()
+        folder = self.ui.studyFolderPathLineEdit.currentPath
+        ok, view = self._runReview(self.readerStudy.open, folder, reader)
+        if not ok:
+            return
+        ok, shown = self._runReview(self.readerStudy.show_current)
+        answered, total = self.readerStudy.progress()
+        if ok:
+            self._showCase(shown)
+        if view is None:
+            status = _("All {total} cases are answered. Thank you! (Previous shows your answers.)").format(total=total)
+        elif answered:
+            status = _("Welcome back, {reader}: {answered} of {total} answered; resuming at case {position}.").format(
+                reader=reader, answered=answered, total=total, position=view.position)
+        else:
+            status = _("Study opened for {reader}: {total} cases.").format(reader=reader, total=total)
+        self.ui.readerStudyStatusLabel.text = status
+        self._updateShortcuts()
+
+    def onCloseStudy(self) -> None:
+        if self.readerStudy is not None:
+            self.readerStudy.close()
+        self._showCase(None)
+        self.ui.readerStudyStatusLabel.text = _("Study closed; every answer is saved.")
+        self._updateShortcuts()
+
+    def _requireOpenStudy(self) -> bool:
+        if self.readerStudy is None or not self.readerStudy.is_open:
+            self.ui.readerStudyStatusLabel.text = _("Open a study first (reader name + study folder).")
+            return False
+        return True
 
     def onPreviousCase(self) -> None:
-        self.onOpenStudy()
+        if self._requireOpenStudy():
+            ok, shown = self._runReview(self.readerStudy.previous)
+            self._showCase(shown)
 
     def onNextCase(self) -> None:
-        self.onOpenStudy()
+        if self._requireOpenStudy():
+            ok, shown = self._runReview(self.readerStudy.next)
+            self._showCase(shown)
+
+    def onLikertKey(self, score: int) -> None:
+        if time.monotonic() - self._caseShownAt < self.KEY_RATING_DEBOUNCE_S:
+            return
+        self.onLikert(score)
 
     def onLikert(self, score: int) -> None:
-        self.onOpenStudy()
+        """Save realism + accuracy ratings + reason for the case on screen at once, then go on."""
+        if not self._requireOpenStudy():
+            return
+        shown = self.readerStudy.shown
+        if shown is None:
+            self.ui.readerStudyStatusLabel.text = _("No case is shown: use Previous to review a case.")
+            return
+        if shown.locked:
+            self.ui.readerStudyStatusLabel.text = _("This case is already answered (answers cannot be changed here).")
+            return
+        ratings = {a: (group.checkedId() if group.checkedId() > 0 else None)
+                   for a, (label, group, buttons) in self._attributeRows.items() if a in shown.attributes}
+        ok, answer = self._runReview(self.readerStudy.rate, score, ratings, self.ui.reasonLineEdit.text)
+        if not ok:
+            self._showCase(self.readerStudy.shown)
+            return
+        answered, total = self.readerStudy.progress()
+        ok, shown = self._runReview(self.readerStudy.next)
+        self._showCase(shown)
+        self.ui.readerStudyStatusLabel.text = _("Saved realism {score} ({answered} of {total} answered).").format(
+            score=score, answered=answered, total=total)
+
+    def _setAttributeRow(self, attribute: str, wording, value) -> None:
+        label, group, buttons = self._attributeRows[attribute]
+        visible = wording is not None
+        label.text = f"{attribute.capitalize()}: \u201c{wording}\u201d" if visible else ""
+        group.setExclusive(False)  # an exclusive group cannot uncheck its last button
+        for score, radio in enumerate(buttons, start=1):
+            radio.checked = value == score
+        group.setExclusive(True)
+        for widget in [label] + buttons:
+            widget.visible = visible
+
+    def _showCase(self, shown) -> None:
+        """Put the shown case (or none) on the panel and centre the slice views on its lesion."""
+        self._caseShownAt = time.monotonic()
+        likert = self._likertButtons()
+        if shown is None:
+            for attribute in self._attributeRows:
+                self._setAttributeRow(attribute, None, None)
+            self.ui.attributeRatingsGroupBox.visible = False
+            self.ui.reasonLineEdit.text = ""
+            self.ui.answerLabel.text = ""
+            for button in likert:
+                button.enabled = False
+            self.ui.reasonLineEdit.enabled = False
+            isOpen = self.readerStudy is not None and self.readerStudy.is_open
+            if isOpen:
+                answered, total = self.readerStudy.progress()
+                self.ui.caseTitleLabel.text = _("End of the study: {answered} of {total} answered.").format(
+                    answered=answered, total=total)
+                self.ui.caseCounterLabel.text = _("{answered} of {total} answered").format(answered=answered, total=total)
+            else:
+                self.ui.caseTitleLabel.text = _("No case shown")
+                self.ui.caseCounterLabel.text = "0 of 0"
+            self.ui.previousCaseButton.enabled = isOpen
+            self.ui.nextCaseButton.enabled = False
+            self.ui.closeStudyButton.enabled = isOpen
+            return
+        slicer.util.setSliceViewerLayers(background=shown.volume_node, foreground=None, label=None, fit=True)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *shown.centre_ras,
+                                              slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        answer = shown.answer
+        self.ui.caseTitleLabel.text = _("{title}: {lesionType}").format(title=shown.title, lesionType=shown.lesion_type)
+        answered, total = self.readerStudy.progress()
+        self.ui.caseCounterLabel.text = _("{position} of {total} ({answered} answered)").format(
+            position=shown.position, total=total, answered=answered)
+        report = shown.report or {}
+        for attribute in self._attributeRows:
+            self._setAttributeRow(attribute, report.get(attribute),
+                                  answer.attributes.get(attribute) if answer is not None else None)
+        self.ui.attributeRatingsGroupBox.visible = bool(shown.attributes)
+        self.ui.attributeRatingsGroupBox.enabled = not shown.locked
+        self.ui.reasonLineEdit.text = (answer.reason or "") if answer is not None else ""
+        self.ui.reasonLineEdit.enabled = not shown.locked
+        for button in likert:
+            button.enabled = not shown.locked
+        if answer is None:
+            self.ui.answerLabel.text = ""
+        elif shown.locked:
+            self.ui.answerLabel.text = _("Answered: realism {realism} (saved; answers cannot be changed).").format(
+                realism=answer.realism)
+        else:
+            self.ui.answerLabel.text = _("Answered: realism {realism} (saved; a new rating replaces it).").format(
+                realism=answer.realism)
+        self.ui.previousCaseButton.enabled = shown.position > 1
+        self.ui.nextCaseButton.enabled = True
+        self.ui.closeStudyButton.enabled = True
 
 
 #
@@ -549,6 +777,8 @@ class PASTASynthTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_PASTASynthScenarios()
+        self.setUp()
+        self.test_PASTASynthReaderStudy()
 
     def test_PASTASynthScenarios(self):
         from PASTASynthLib import scenarios
@@ -556,4 +786,12 @@ class PASTASynthTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Running PASTASynth MRML scenarios")
         with tempfile.TemporaryDirectory() as workDir:
             scenarios.run_all(MRMLContext.from_slicer_application(), workDir)
+        self.delayDisplay("Test passed")
+
+    def test_PASTASynthReaderStudy(self):
+        from PASTASynthLib import scenarios
+
+        self.delayDisplay("Running the blinded reader study scenarios")
+        with tempfile.TemporaryDirectory() as workDir:
+            scenarios.run_reader_study(MRMLContext.from_slicer_application(), workDir)
         self.delayDisplay("Test passed")

@@ -520,3 +520,339 @@ def run_synthesis(ctx: MRMLContext, ct_path, label_path, names: dict[int, str], 
     scenario_preview_apply_undo(ctx, ct, segmentation, point)
     if os.name == "posix":
         scenario_batch_job_cancel(work_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Blinded reader study panel (ReaderStudyLogic)
+# ---------------------------------------------------------------------------------------
+
+#: A report whose five attributes the readers rate (both origins get one: no origin leak).
+READER_STUDY_REPORT = {"shape": "Irregular", "density": "Hyperdense", "heterogeneity": "Heterogeneous",
+                       "surface": "Ill-defined margin", "invasion": "Close relationship with adjacent structures"}
+
+
+def make_tiny_study(root, n: int = 3, *, allow_changes: bool = False, readers=("reader A",), seed: int = 5):
+    """A 2n-case lung-tumour study on small synthetic volumes (fast; runs inside Slicer too).
+
+    Real cases are ``real_<i>.nrrd`` files, synthetic ones synthesizer folders (``ct.nii.gz``,
+    ``label.nii.gz``, ``report.json``), so the origin shows in every source path: the blinding
+    checks look for exactly these. Returns ``(study_dir, key_dir)``.
+    """
+    import json
+
+    import SimpleITK as sitk
+
+    from PASTALib.review import StudySettings, add_reader, create_study, real_case, synthetic_case
+
+    root = Path(root)
+    sources = root / "sources"
+    sources.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    real, synthetic = [], []
+    for i in range(2 * n):
+        hu = rng.normal(-800, 30, (20, 24, 24)).astype(np.int16)
+        lo = rng.integers(6, 10, 3)
+        hu[lo[0]:lo[0] + 5, lo[1]:lo[1] + 6, lo[2]:lo[2] + 5] += 850
+        mask = np.zeros(hu.shape, np.uint8)
+        mask[lo[0]:lo[0] + 5, lo[1]:lo[1] + 6, lo[2]:lo[2] + 5] = 1
+        image, label = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(mask)
+        for im in (image, label):
+            im.SetSpacing((0.8, 0.8, 2.0) if i < n else (1.0, 1.0, 1.0))
+            im.SetOrigin((-10.0 * i, 5.0 * i, -100.0))
+        if i < n:
+            sitk.WriteImage(image, str(sources / f"real_{i}.nrrd"))
+            sitk.WriteImage(label, str(sources / f"real_{i}_mask.nrrd"))
+            real.append(real_case(sources / f"real_{i}.nrrd", sources / f"real_{i}_mask.nrrd", "lung_tumor",
+                                  dict(READER_STUDY_REPORT)))
+        else:
+            folder = sources / f"synthetic_{i}"
+            folder.mkdir(exist_ok=True)
+            sitk.WriteImage(image, str(folder / "ct.nii.gz"))
+            sitk.WriteImage(label * 11, str(folder / "label.nii.gz"))
+            (folder / "report.json").write_text(json.dumps({"lesion_type": "lung_tumor", **READER_STUDY_REPORT}))
+            synthetic.append(synthetic_case(folder))
+    study, key = root / "study", root / "study_key"
+    create_study(real, synthetic, study, key, settings=StudySettings(seed=seed, fov_mm=24, allow_changes=allow_changes))
+    for reader in readers:
+        add_reader(study, reader)
+    return study, key
+
+
+def forbidden_strings(study_dir, key_dir) -> list[str]:
+    """What must never appear in the scene: source paths and file names, the key, the study
+    folder and its case ids (file paths), and the origin words."""
+    import json
+
+    key = json.loads((Path(key_dir) / "key.json").read_text(encoding="utf-8"))
+    found = {str(Path(key_dir)), str(Path(key_dir).resolve()), str(Path(study_dir).resolve()), "key.json",
+             "image.nii.gz", "mask.nii.gz"}
+    for case_id, case in key["cases"].items():
+        found.add(case_id)
+        for p in (case["image"], case["mask"]):
+            path = Path(p)
+            found.update({str(path), path.name, path.parent.name})
+    return sorted(s for s in found if s)
+
+
+_ORIGIN_WORDS = ("synthetic", "synthesis", "synthesized", "real", "pasta-gen", "fake")
+
+
+def scene_leaks(ctx: MRMLContext, forbidden) -> list[str]:
+    """Every node's name, description and attributes, plus the scene as saved (XML), that
+    contain a forbidden string or an origin word."""
+    import re
+
+    scene = ctx.scene
+    texts = []
+    for i in range(scene.GetNumberOfNodes()):
+        node = scene.GetNthNode(i)
+        texts.append((f"{node.GetID()} name", node.GetName() or ""))
+        texts.append((f"{node.GetID()} description", node.GetDescription() or ""))
+        for name in node.GetAttributeNames() or ():
+            texts.append((f"{node.GetID()} attribute {name}", f"{name}={node.GetAttribute(name)}"))
+        if node.IsA("vtkMRMLStorageNode"):  # the saved XML makes file names relative (or empty)
+            files = [node.GetFileName() or "", node.GetURI() or ""]
+            files += [node.GetNthFileName(i) or "" for i in range(node.GetNumberOfFileNames())]
+            texts.append((f"{node.GetID()} file names", " ".join(files)))
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    texts.append(("scene XML", scene.GetSceneXMLString() or ""))
+    scene.SetSaveToXMLString(0)
+    words = re.compile(r"\b(" + "|".join(map(re.escape, _ORIGIN_WORDS)) + r")\b", re.I)
+    leaks = []
+    for where, text in texts:
+        for needle in forbidden:
+            for at in _find_all(text, needle):
+                leaks.append(f"{where} contains {needle!r}: ...{text[max(0, at - 40):at + len(needle) + 40]}...")
+        for match in words.finditer(text):
+            at = match.start()
+            leaks.append(f"{where} contains the word {match.group(0)!r}: ...{text[max(0, at - 40):match.end() + 40]}...")
+    return leaks
+
+
+def _find_all(text: str, needle: str) -> list[int]:
+    found, at = [], text.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = text.find(needle, at + 1)
+    return found
+
+
+def _node_ids(scene) -> list[str]:
+    return [scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())]
+
+
+def _lesion_centroid_ras(ctx: MRMLContext, shown) -> np.ndarray:
+    mask = mrml.segment_mask(ctx, shown.segmentation_node, mrml.segment_ids(shown.segmentation_node)[0],
+                             shown.volume_node)
+    kji = np.argwhere(mask)
+    assert len(kji), f"{shown.title}: the lesion segment is empty"
+    m = mrml.ijk_to_ras_matrix(shown.volume_node)
+    return (np.c_[kji[:, ::-1], np.ones(len(kji))] @ m[:3].T).mean(axis=0)
+
+
+def scenario_reader_study_blinding(ctx: MRMLContext, study_dir, key_dir, reader: str):
+    """Open as a registered reader and walk every case: neutral names only, nothing in the
+    scene names a source file, the origin, the study folder or the key; lesion-centred; the
+    node count stays constant; close removes every case node. Returns the titles seen."""
+    from .reader_study import LESION_SEGMENT_NAME, ReaderStudyLogic
+
+    forbidden = forbidden_strings(study_dir, key_dir)
+    nodes_before = _node_ids(ctx.scene)
+    # Inside Slicer the scene already holds the application's own nodes: only new leaks count.
+    baseline = set(scene_leaks(ctx, forbidden))
+    logic = ReaderStudyLogic(ctx)
+    view = logic.open(study_dir, reader)
+    assert view is not None and view.position == 1, f"a new reader starts at case 1, not {view}"
+    assert _node_ids(ctx.scene) == nodes_before, "open() alone must not add nodes"
+    shown = logic.show_current()
+    n_shown = ctx.scene.GetNumberOfNodes()
+    assert n_shown > len(nodes_before)
+    titles = []
+    answered, total = logic.progress()
+    assert (answered, total) == (0, shown.total), (answered, total)
+    while shown is not None:
+        expected = f"Case {shown.position} of {shown.total}"
+        titles.append(expected)
+        assert shown.title == expected and shown.volume_node.GetName() == expected, shown.volume_node.GetName()
+        assert shown.segmentation_node.GetName() == f"{expected} lesion", shown.segmentation_node.GetName()
+        assert mrml.segment_names(shown.segmentation_node) == [LESION_SEGMENT_NAME]
+        for node in logic.case_nodes():
+            assert not node.GetDescription(), f"{node.GetName()} has a description"
+            assert not (node.GetAttributeNames() or ()), f"{node.GetName()} has attributes {node.GetAttributeNames()}"
+            assert not getattr(node, "GetNumberOfStorageNodes", lambda: 0)(), f"{node.GetName()} has a storage node"
+        leaks = [leak for leak in scene_leaks(ctx, forbidden) if leak not in baseline]
+        assert not leaks, f"{expected}: the scene reveals the case: " + "; ".join(leaks[:10])
+        centroid = _lesion_centroid_ras(ctx, shown)
+        spacing = np.array(shown.volume_node.GetSpacing())
+        assert np.all(np.abs(centroid - np.array(shown.centre_ras)) <= spacing + 1e-6), (
+            f"{expected}: lesion at RAS {centroid}, view centre {shown.centre_ras}")
+        assert ctx.scene.GetNumberOfNodes() == n_shown, (
+            f"{expected}: {ctx.scene.GetNumberOfNodes()} nodes, {n_shown} with the first case (previous case left behind?)")
+        shown = logic.next()
+    assert len(titles) == total and len(set(titles)) == total
+    assert logic.case_nodes() == [] and _node_ids(ctx.scene) == nodes_before, "past the last case no case is shown"
+    back = logic.previous()
+    assert back is not None and back.position == total and ctx.scene.GetNumberOfNodes() == n_shown
+    logic.close()
+    assert _node_ids(ctx.scene) == nodes_before, "close() left case nodes in the scene"
+    return titles
+
+
+def scenario_reader_study_resume(ctx: MRMLContext, study_dir, reader: str, n_answers: int = 3) -> dict:
+    """Rate a few cases through the logic, close, reopen with a NEW logic (a restart): it resumes
+    at the first unanswered case and the database holds exactly the answers given."""
+    from PASTALib.review import ReaderSession
+
+    from .reader_study import ReaderStudyLogic
+
+    logic = ReaderStudyLogic(ctx)
+    logic.open(study_dir, reader)
+    shown = logic.show_current()
+    given: dict[str, dict] = {}
+    for i in range(n_answers):
+        assert shown is not None and shown.answer is None
+        attributes = {a: 1 + (i + j) % 5 for j, a in enumerate(shown.attributes[:3])}
+        realism = 1 + (2 * i) % 5
+        reason = f"reason {i}" if i % 2 == 0 else None
+        answer = logic.rate(realism, attributes, reason)
+        assert answer.case_id == shown.case_id and answer.realism == realism and answer.attributes == attributes
+        assert answer.seconds is not None and answer.seconds >= 0, "reading time not measured"
+        given[shown.case_id] = {"realism": realism, "attributes": attributes, "reason": reason}
+        assert logic.progress() == (i + 1, shown.total), logic.progress()
+        shown = logic.next()
+    logic.close()
+
+    restarted = ReaderStudyLogic(ctx)
+    view = restarted.open(study_dir, reader)
+    assert view is not None and view.position == n_answers + 1, f"resumed at {view}, not case {n_answers + 1}"
+    shown = restarted.show_current()
+    assert shown.position == n_answers + 1 and shown.answer is None
+    assert shown.title == f"Case {n_answers + 1} of {shown.total}"
+    assert restarted.progress() == (n_answers, shown.total)
+    first = restarted.previous()  # going back shows the saved answer, locked unless changes are allowed
+    assert first.answer is not None and first.answer.realism == given[first.case_id]["realism"]
+    assert first.locked == (not restarted.allow_changes)
+    restarted.close()
+
+    with ReaderSession(study_dir, reader) as session:
+        saved = session.answers()
+        assert session.first_unanswered() == n_answers
+    assert set(saved) == set(given), f"database answers {sorted(saved)} vs given {sorted(given)}"
+    for case_id, expected in given.items():
+        got = saved[case_id]
+        assert (got.realism, got.attributes, got.reason) == (expected["realism"], expected["attributes"],
+                                                              expected["reason"]), (case_id, got, expected)
+        assert got.revision == 1 and got.seconds is not None
+    return given
+
+
+def scenario_reader_study_errors(ctx: MRMLContext, study_dir, reader: str) -> list[str]:
+    """Unknown reader, locked answer, out-of-range rating and a tampered case come through as
+    PASTALib errors with their messages; unknown reader and locked/invalid answers change
+    neither the scene nor the database."""
+    from PASTALib.review import (
+        AnswerLockedError,
+        RatingRangeError,
+        ReaderSession,
+        ReviewError,
+        StudyTamperedError,
+        UnknownReaderError,
+    )
+
+    from .reader_study import ReaderStudyLogic
+
+    messages = []
+    logic = ReaderStudyLogic(ctx)
+    ids = _node_ids(ctx.scene)
+    for name in ("not registered", ""):
+        try:
+            logic.open(study_dir, name)
+        except (UnknownReaderError, ReviewError) as exc:
+            messages.append(str(exc))
+        else:
+            raise AssertionError(f"reader {name!r} opened the study")
+        assert _node_ids(ctx.scene) == ids, "a failed open changed the scene"
+        assert not logic.is_open
+    assert _has_all(messages[0], "Unknown reader 'not registered'", "add-reader"), messages[0]
+    assert "reader name" in messages[1], messages[1]
+
+    logic.open(study_dir, reader)
+    shown = logic.show_current()
+    if shown.answer is None:
+        logic.rate(3)
+    # An unknown reader while a study is open: the open study and its case stay as they are.
+    ids = _node_ids(ctx.scene)
+    try:
+        logic.open(study_dir, "someone else")
+    except UnknownReaderError:
+        pass
+    else:
+        raise AssertionError("an unknown reader opened the study")
+    assert _node_ids(ctx.scene) == ids and logic.shown is shown and logic.is_open
+
+    with ReaderSession(study_dir, reader) as session:
+        before = session.answers()
+    mtimes = [n.GetMTime() for n in logic.case_nodes()]
+    if not logic.allow_changes:
+        try:
+            logic.rate(5, reason="changed my mind")
+        except AnswerLockedError as exc:
+            messages.append(str(exc))
+            assert "does not allow changing answers" in str(exc), str(exc)
+        else:
+            raise AssertionError("a second answer was accepted in a study that does not allow changes")
+    for bad in (0, 6, 2.5):
+        try:
+            logic.rate(bad)
+        except RatingRangeError as exc:
+            messages.append(str(exc))
+            assert "from 1 to 5" in str(exc), str(exc)
+        except AnswerLockedError:
+            pass  # a locked case refuses before the range check
+        else:
+            raise AssertionError(f"realism {bad} was accepted")
+    assert _node_ids(ctx.scene) == ids and [n.GetMTime() for n in logic.case_nodes()] == mtimes, \
+        "a refused answer changed the scene"
+    with ReaderSession(study_dir, reader) as session:
+        assert session.answers() == before, "a refused answer changed the database"
+
+    # A case file changed after creation: StudyTamperedError, and no stale case stays on screen.
+    nxt = logic.next()
+    assert nxt is not None
+    image = Path(study_dir) / "cases" / nxt.case_id / "image.nii.gz"
+    original = image.read_bytes()
+    try:
+        image.write_bytes(original + b"\0")
+        logic.previous()
+        try:
+            logic.next()
+        except StudyTamperedError as exc:
+            messages.append(str(exc))
+            assert "modified after the study was created" in str(exc), str(exc)
+        else:
+            raise AssertionError("a tampered case was shown")
+        assert logic.case_nodes() == [] and logic.shown is None
+        try:
+            logic.rate(4)
+        except ReviewError as exc:
+            assert "No case is shown" in str(exc), str(exc)
+        else:
+            raise AssertionError("rated a case that is not on screen")
+    finally:
+        image.write_bytes(original)
+    assert logic.show_current() is not None  # restored: the case shows again
+    logic.close()
+    return messages
+
+
+def _has_all(message: str, *needles: str) -> bool:
+    return all(n in message for n in needles)
+
+
+def run_reader_study(ctx: MRMLContext, work_dir) -> None:
+    """Every reader-study scenario on a tiny generated study (Slicer's runTest and pytest)."""
+    study, key = make_tiny_study(Path(work_dir) / "reader_study", n=3, readers=("reader A", "reader B"))
+    scenario_reader_study_blinding(ctx, study, key, "reader A")
+    scenario_reader_study_resume(ctx, study, "reader B", n_answers=2)
+    scenario_reader_study_errors(ctx, study, "reader B")
