@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with PASTALib and its test dependencies. torch is pinned and installed FIRST:
 # any resolver that sees an unpinned torch would pull a multi-GB CUDA build.
-# Re-running is cheap: nothing is reinstalled while pyproject.toml is unchanged.
+# Re-running is cheap: nothing is reinstalled while pyproject.toml and this script are unchanged.
 # --with-benchmarks also installs PyRadiomics (benchmarks/realism_lung.py); its sdist only
 # builds without build isolation, so it is installed that way, after numpy.
 set -euo pipefail
@@ -25,7 +25,7 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 stamp="$VENV/.pasta-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
