@@ -320,6 +320,7 @@ def synthesize_lesion(
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
         "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,
         "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
+        "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
     if wall:
         details["wall_thickness_mm"] = thickness
