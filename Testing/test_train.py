@@ -37,30 +37,33 @@ TINY = dict(batch_size=2, patch_size=(32, 32, 32), base_channels=8, max_channels
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy")
-    make_toy_dataset(out, TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz", n_cases=10,
-                     radius_vox=(4.5, 6.5), density_delta_hu=150, lesions_per_case=2, seed=1)
+    make_toy_dataset(out, TS / "example_ct.nii.gz", TS / "example_seg_fast_force_split.nii.gz", n_cases=N_CASES,
+                     radius_vox=(4.5, 6.5), density_delta_hu=150, lesions_per_case=LESIONS_PER_CASE, seed=1)
     return out
 
 
 @pytest.fixture(scope="module")
 def stage1_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp("s1")
+    # the library's recipe (SGD 0.99 Nesterov, poly from 1e-2, Dice+CE with deep supervision, 26 classes)
+    # with two test settings: every patch centred on a lesion, and lesion classes weighted 10x in
+    # Dice and CE (unweighted, the lesion is 1/25 of the Dice mean and ~2.5 % of the CE voxels, and
+    # the tiny model learns only organs within the CPU budget)
     cfg = Stage1Config(data=str(toy), out=str(out), iterations=STAGE1_ITERATIONS, checkpoint_every=50,
-                       fg_fraction=1.0, lesion_priority=1.0, lr=STAGE1_LR, momentum=STAGE1_MOMENTUM, **TINY)
+                       fg_fraction=1.0, lesion_priority=1.0, lesion_weight=10.0, **TINY)
     return train_stage1(cfg)
 
 
-STAGE1_ITERATIONS = 100
-STAGE1_LR = 1e-2
-STAGE1_MOMENTUM = 0.99
+N_CASES, LESIONS_PER_CASE = 12, 3
+STAGE1_ITERATIONS = 160
 
 
 def test_toy_dataset_reads_back(toy):
     cases = discover_cases(toy)
-    assert len(cases) == 10
+    assert len(cases) == N_CASES
     case = load_case(cases[0])
     samples = lesion_samples(case)
-    assert len(samples) == 2
+    assert len(samples) == LESIONS_PER_CASE
     assert all(case.label[s.centre_index] == 12 for s in samples)  # centre_mm maps back onto the lesion
     assert {s.targets[1] for c in cases[:2] for s in lesion_samples(load_case(c))} == {0, 2}  # hypo + hyper
 
@@ -72,16 +75,15 @@ def test_schedule_and_ds_weights():
 
 
 def test_stage1_learns(stage1_run):
-    """Loss falls and organ Dice rises well above its start in 100 CPU iterations.
-
-    The lesion class itself is NOT reliably learned this fast by the tiny CPU model (its Dice stays
-    near 0 at 100-220 iterations in trials); see the report. Lesion Dice is still logged."""
+    """Training Dice of the lesion class (and of the organs) rises well above its start."""
     rows = MetricsCSV.read(stage1_run.metrics)
     assert len(rows) == STAGE1_ITERATIONS and stage1_run.final_model.is_file()
     assert {"dice_lesion", "dice_organ", "lr", "loss"} <= set(rows[0])
+    lesion = np.nan_to_num([r["dice_lesion"] for r in rows])
+    start, end = lesion[:10].mean(), lesion[-30:].mean()
+    assert end > STAGE1_MIN_LESION_DICE and end > start + 0.25, (start, end)
     organ = np.nan_to_num([r["dice_organ"] for r in rows])
-    start, end = organ[:10].mean(), organ[-15:].mean()
-    assert end > start + 0.25 and end > 0.6, (start, end)
+    assert organ[-30:].mean() > organ[:10].mean() + 0.25 and organ[-30:].mean() > 0.6
     assert np.mean([r["loss"] for r in rows[-10:]]) < np.mean([r["loss"] for r in rows[:10]]) - 0.5
     assert not list(stage1_run.out.glob(".*.tmp"))  # atomic writes leave no temporaries
 
@@ -119,24 +121,26 @@ def test_kill_and_resume_reproduces_loss_curve(toy, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.xfail(reason="open: the tiny CPU encoder's pooled features barely differ between hypo- and "
-                          "hyperdense lesions (feature std ~0.016 after InstanceNorm + GAP), so the head stays at chance "
-                          "for density within the CPU budget; the pipeline itself runs end to end", strict=False)
 def test_stage2_beats_chance_on_held_out_lesions(toy, stage1_run, tmp_path):
+    """Head on the frozen encoder trained above: 16³ lesion-centred crops (the lesion is ~1/3 of the
+    crop), features standardised into head.0, held-out cases only in the evaluation."""
     cfg = Stage2Config(data=str(toy), out=str(tmp_path / "s2"), init=str(stage1_run.final_model),
-                       iterations=STAGE2_ITERATIONS, batch_size=8, crop_size=(32, 32, 32), jitter=2, val_fraction=0.3,
-                       eval_every=1000, checkpoint_every=1000, device="cpu", progress_bar=False, num_threads=1)
+                       iterations=STAGE2_ITERATIONS, batch_size=8, crop_size=(16, 16, 16), jitter=2, val_fraction=1 / 3,
+                       standardize_features=True, eval_every=1000, checkpoint_every=1000, device="cpu",
+                       progress_bar=False, num_threads=1)
     result = train_stage2(cfg)
     ev = json.loads((tmp_path / "s2" / "eval.json").read_text())
-    assert ev["n_lesions"] == 6  # 3 held-out cases × 2 lesions
-    assert ev["density"] >= 5 / 6, ev  # hypo vs hyper: chance is 1/2
+    assert ev["n_lesions"] == 4 * LESIONS_PER_CASE  # 4 held-out cases
+    assert ev["density"] >= STAGE2_MIN_DENSITY_ACC, ev  # hypo vs hyper, balanced: chance is 1/2
     # the UNet stayed frozen: only head.* differs from the stage-1 weights
     s1, s2 = torch.load(stage1_run.final_model), torch.load(result.final_model)
     changed = {k.split(".")[0] for k in s1 if not torch.equal(s1[k], s2[k])}
     assert changed == {"head"}
 
 
-STAGE2_ITERATIONS = 60
+STAGE2_ITERATIONS = 300
+STAGE1_MIN_LESION_DICE = 0.35
+STAGE2_MIN_DENSITY_ACC = 0.75
 
 
 def test_cuda_without_cuda_is_a_clear_error(toy, tmp_path):

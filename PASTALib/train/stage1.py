@@ -62,12 +62,14 @@ class Stage1Config:
     batch_size: int = 2
     patch_size: tuple[int, int, int] = (128, 128, 128)
     lr: float = 1e-2
+    optimizer: str = "sgd"  # "sgd" (nnU-Net: momentum 0.99, Nesterov) or "adam" (small-model / CPU checks)
     momentum: float = 0.99
     weight_decay: float = 3e-5
     grad_clip: float = 12.0
     fg_fraction: float = 0.33
     lesion_priority: float = 0.5  # share of forced-foreground patches centred on a lesion class
     flip: bool = True
+    lesion_weight: float = 1.0  # class weight of the lesion classes 11-25 in Dice and CE (1 = unweighted, the recipe)
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
@@ -94,6 +96,8 @@ class Stage1Config:
         if min(self.patch_size) // cfg.divisor < 2:
             raise TrainingError(f"patch size {self.patch_size} leaves a 1-voxel bottleneck (instance norm needs ≥ 2); "
                                 f"use ≥ {2 * cfg.divisor} or fewer stages")
+        if self.optimizer not in ("sgd", "adam"):
+            raise TrainingError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.iterations < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise TrainingError("iterations, batch size and checkpoint interval must be ≥ 1")
 
@@ -109,6 +113,21 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov; the nnU-Net/PASTA recipe) or Adam; both under the poly schedule."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                           weight_decay=cfg.weight_decay)
+
+
+def class_weights(num_classes: int, lesion_weight: float) -> list[float] | None:
+    """Per-class loss weights: 1 everywhere, ``lesion_weight`` for the lesion labels 11-25 (None when 1)."""
+    if lesion_weight == 1.0:
+        return None
+    return [lesion_weight if c in LESION_LABELS else 1.0 for c in range(num_classes)]
+
+
 def deep_supervision_weights(n: int, drop_lowest: bool = True) -> list[float]:
     """1/2^i for i = 0..n-1, lowest resolution set to 0 (nnU-Net v1) when n > 2, normalised."""
     w = np.array([1 / 2**i for i in range(n)])
@@ -121,13 +140,14 @@ class DeepSupervisionLoss(torch.nn.Module):
     """Weighted sum of MONAI DiceCELoss over the deep-supervision outputs (full resolution first);
     targets are downsampled by nearest-neighbour striding."""
 
-    def __init__(self, n_outputs: int) -> None:
+    def __init__(self, n_outputs: int, class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         from monai.losses import DiceCELoss
 
         self.weights = deep_supervision_weights(n_outputs)
+        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         self.loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                               smooth_nr=1e-5, smooth_dr=1e-5)
+                               smooth_nr=1e-5, smooth_dr=1e-5, weight=weight)
 
     def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         total = outputs[0].new_zeros((), dtype=torch.float32)
@@ -194,18 +214,17 @@ def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None
     if cfg.init and not (cfg.resume and ckpt_path.is_file()):
         load_pasta_checkpoint(model, cfg.init, for_finetuning=True)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                                weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     dtype = amp_dtype(device, cfg.amp)
     scaler = make_grad_scaler(device, dtype)
-    criterion = DeepSupervisionLoss(mcfg.num_stages - 1)
+    criterion = DeepSupervisionLoss(mcfg.num_stages - 1, class_weights(cfg.num_classes, cfg.lesion_weight))
 
     iteration = 0
     cfg_json = _config_json(cfg)
     if cfg.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         check_resume_compatible(state["config"], cfg_json, ["num_classes", "base_channels", "max_channels",
-                                                            "num_stages", "patch_size", "batch_size", "lr", "seed"], ckpt_path)
+                                                            "num_stages", "patch_size", "batch_size", "lr", "optimizer", "lesion_weight", "seed"], ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):

@@ -65,6 +65,13 @@ class Stage2Config:
     progress_bar: bool = True
     num_threads: int | None = None
     slf_values: tuple[float, ...] = SLF_VALUES
+    #: fold the per-channel mean/std of the training lesions' encoder features into head.0 before
+    #: training (state-dict compatible feature standardisation). The pooled features of an
+    #: InstanceNorm encoder have tiny spread around a large common offset (each channel's spatial
+    #: mean before the LeakyReLU is its InstanceNorm bias), which leaves a freshly initialised head
+    #: badly conditioned. Use it when the head is untrained (a stage-1 model); it replaces the
+    #: function of an already trained head (PASTA_final.pth), so it is off by default.
+    standardize_features: bool = False
 
 
 class LesionBatcher:
@@ -93,6 +100,25 @@ class LesionBatcher:
         idx = self.rng.integers(len(self.samples), size=batch_size)
         chosen = [self.samples[i] for i in idx]
         return self.crops(chosen, jitter=True), np.array([s.targets for s in chosen], dtype=np.int64)
+
+
+@torch.no_grad()
+def fold_feature_standardization(model: PastaUNet, batcher: LesionBatcher, samples: Sequence[LesionSample],
+                                 device: torch.device, batch_size: int = 8, eps: float = 1e-6) -> dict[str, float]:
+    """Re-initialise head.0 as W/sd, b - W·mu/sd with mu/sd the per-channel statistics of the encoder
+    features of ``samples`` (centred crops), so the head sees standardised features."""
+    model.eval()
+    feats = []
+    for i in range(0, len(samples), batch_size):
+        x = torch.from_numpy(batcher.crops(samples[i:i + batch_size], jitter=False)).to(device)
+        feats.append(model.encode(x).float())
+    f = torch.cat(feats)
+    mu, sd = f.mean(0), f.std(0, unbiased=False).clamp_min(eps)
+    lin = model.head[0]
+    w = lin.weight / sd[None, :]
+    lin.bias.copy_(lin.bias - w @ mu)
+    lin.weight.copy_(w)
+    return {"feature_mean_abs": float(mu.abs().mean()), "feature_std": float(sd.mean())}
 
 
 def split_cases(names: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -178,6 +204,8 @@ def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None
         batcher.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         iteration = int(state["iteration"])
+    elif cfg.standardize_features:
+        fold_feature_standardization(model, batcher, train_samples, device, cfg.batch_size)
     (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
     (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
     (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
