@@ -47,6 +47,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s1.add_argument("--max-channels", type=int, help="channel cap (default 1024)")
     s1.add_argument("--stages", type=int, dest="num_stages", help="number of stages incl. bottleneck (default 6)")
     s1.add_argument("--init", help="start from these PASTA weights (segmentation heads re-initialised if classes differ)")
+    s1.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (default: nnU-Net recipe) or adam")
+    s1.add_argument("--lesion-weight", type=float,
+                    help="loss weight of the lesion classes 11-25 (default 1: the recipe; ~10 helps short runs)")
     s1.set_defaults(func=_stage1)
 
     s2 = sub.add_parser("stage2", help="attribute head on the frozen UNet (lesion-centred crops, grouped CE, Adam)")
@@ -56,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s2.add_argument("--crop-size", type=_size, help="lesion crop N or D,H,W (default 96)")
     s2.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2)")
     s2.add_argument("--eval-every", type=int)
+    s2.add_argument("--standardize-features", action="store_true", default=None,
+                    help="fold the training features' mean/std into the new head's first layer "
+                         "(helps a head trained from scratch; leave off when continuing a trained head)")
     s2.set_defaults(func=_stage2)
 
 
