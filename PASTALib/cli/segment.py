@@ -1,0 +1,127 @@
+"""``pasta segment``: whole-CT PASTA segmentation + structured reports (single CT or resumable batch).
+
+Register by adding "segment" to GROUPS in PASTALib/cli/main.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _size(text: str) -> tuple[int, int, int]:
+    parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected N or D,H,W (got {text!r})")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "segment", help="segment organs and lesions with PASTA and write structured reports",
+        description="Whole-CT PASTA inference: labels.nii.gz (+ labels.seg.nrrd), reports.json, reports.txt, "
+                    "lesions.json (confidences, longest diameter) and, for a DICOM series, a DICOM SEG (seg.dcm) "
+                    "and a TID 1500 SR (sr.dcm). Batch mode writes one folder per case and skips finished cases.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ct", help="CT file (NIfTI/NRRD/MHA) or DICOM series folder")
+    src.add_argument("--batch", help="folder of CTs (files or DICOM sub-folders) or CSV with columns ct[,id]")
+    p.add_argument("--out", required=True, help="output folder (batch: one sub-folder per case + manifest.csv)")
+    p.add_argument("--checkpoint", help="weights: PASTA_final.pth (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights) "
+                                        "or a `pasta train` model_final.pth")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--patch-size", type=_size, help="sliding-window size N or D,H,W (default 128)")
+    p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
+    p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 2)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
+    p.add_argument("--crop-size", type=_size, help="lesion crop for the attribute head N or D,H,W (default 96)")
+    p.add_argument("--spacing", type=float, help="canonical spacing in mm the model works at (default 1)")
+    p.add_argument("--min-lesion-volume", type=float, help="drop lesion components below this many mm³ (default 20)")
+    p.add_argument("--phase", choices=["auto", "plain", "enhanced"], help="enhancement wording (default auto)")
+    p.add_argument("--organs", help="TotalSegmentator 'total' label map of the CT, used for location and phase "
+                                    "instead of the predicted organs (single CT only)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    p.set_defaults(func=_segment)
+
+
+class _Progress:
+    """tqdm bar on stderr + throttled ``PROGRESS <fraction> <message>`` lines on stdout."""
+
+    def __init__(self, lines: bool, bar: bool) -> None:
+        self.lines, self.last, self.bar = lines, -1.0, None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, desc="segment", file=sys.stderr, dynamic_ncols=True, disable=None,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        self.n = 0
+
+    def __call__(self, fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if self.bar is not None:
+            target = int(fraction * 1000)
+            if target > self.n:
+                self.bar.update(target - self.n)
+                self.n = target
+            self.bar.set_postfix_str(message[:60], refresh=False)
+        if self.lines and (fraction - self.last >= 0.002 or fraction >= 1.0 or "window" not in message):
+            self.last = fraction
+            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from PASTALib.infer import InferenceConfig, load_model, run_batch, segment_case
+
+    overrides = {k: v for k, v in {
+        "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap, "batch_size": args.sw_batch_size,
+        "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
+        "num_threads": args.threads,
+    }.items() if v is not None}
+    cfg = InferenceConfig(device=args.device, mirroring=args.mirror, amp=args.amp, **overrides)
+    progress = _Progress(args.progress_lines, args.progress_bar)
+    try:
+        progress(0.0, "loading model")
+        model = load_model(args.checkpoint, device=args.device)
+        cfg.validate(model.divisor)
+        if args.batch:
+            if args.organs:
+                print("error: --organs applies to a single CT (--ct), not to --batch", file=sys.stderr)
+                return 2
+            summary = run_batch(args.batch, args.out, model, cfg, progress=progress)
+            progress(1.0, f"batch done: {len(summary['done'])} segmented, {len(summary['skipped'])} skipped, "
+                          f"{len(summary['failed'])} failed")
+            progress.close()
+            if args.json:
+                print(json.dumps(summary, indent=2))
+            else:
+                for cid, err in summary["failed"].items():
+                    print(f"FAILED {cid}: {err}", file=sys.stderr)
+            return 1 if summary["failed"] else 0
+        organ_masks = None
+        if args.organs:
+            from PASTALib.anatomy import OrganMasks
+            from PASTALib.io import read_ct, read_label
+
+            organ_masks = OrganMasks.from_label_map(read_label(args.organs), reference=read_ct(args.ct),
+                                                    source=args.organs)
+        result, files = segment_case(args.ct, args.out, model, cfg, organ_masks=organ_masks, progress=progress)
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps({"lesions": result.reports_json(), "files": {k: str(v) for k, v in files.items()},
+                          "warnings": result.warnings, "timings_s": result.timings}, indent=2, ensure_ascii=False))
+    else:
+        for line in result.report_lines() or ["no lesion found"]:
+            print(line)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,101 @@
+"""Inference settings (typed) and device selection."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from PASTALib.errors import PastaError
+
+
+class InferenceError(PastaError):
+    """An inference setting or input is wrong; the message says what to do."""
+
+
+@dataclass
+class InferenceConfig:
+    """Settings of whole-CT PASTA inference (:func:`PASTALib.infer.segment_ct`).
+
+    Geometry: the CT is reoriented to LPS and resampled to ``spacing_mm`` isotropic (the
+    training geometry), segmented there with MONAI's sliding window (Gaussian blending), and
+    the label map is mapped back onto the input grid with nearest neighbour.
+    """
+
+    patch_size: tuple[int, int, int] = (128, 128, 128)  # sliding-window size (canonical voxels, z, y, x)
+    overlap: float = 0.5  # fraction of a window shared with its neighbour (nnU-Net: 0.5)
+    mirroring: bool = False  # test-time augmentation: average over flips of ``mirror_axes``
+    mirror_axes: tuple[int, ...] = (0, 1, 2)  # canonical array axes (z, y, x) to flip (2**n passes)
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    batch_size: int = 2  # windows per forward pass (sw_batch_size)
+    amp: bool = True  # bf16/fp16 autocast on CUDA only (ignored on CPU)
+    sigma_scale: float = 0.125  # Gaussian importance map sigma as a fraction of the window (nnU-Net)
+    spacing_mm: float = 1.0  # canonical spacing the model was trained at
+    crop_to_body: bool = True  # run the windows only over the body's bounding box (HU > body_threshold_hu)
+    body_threshold_hu: float = -500.0
+    body_margin_mm: float = 8.0
+    min_lesion_volume_mm3: float = 20.0  # smaller lesion components are given back to the surrounding organ
+    organ_shell_mm: float = 3.0  # shell around a lesion in which the surrounding organ is voted
+    crop_size: tuple[int, int, int] = (96, 96, 96)  # lesion-centred crop for the attribute head (canonical voxels)
+    slf_values: tuple[float, ...] | None = None  # SLF map values; None: the checkpoint's config.json or the default
+    phase: str = "auto"  # enhancement wording source: auto | plain | enhanced
+    num_threads: int | None = None  # torch CPU threads (None: leave torch's setting)
+    aggregate_on_cpu: bool | None = None  # sliding-window output buffer on CPU (None: CPU unless CUDA has room)
+
+    def __post_init__(self) -> None:
+        self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
+        self.crop_size = tuple(int(v) for v in self.crop_size)  # type: ignore[assignment]
+        self.mirror_axes = tuple(int(v) for v in self.mirror_axes)
+        if self.slf_values is not None:
+            self.slf_values = tuple(float(v) for v in self.slf_values)
+
+    def validate(self, divisor: int = 32) -> None:
+        if len(self.patch_size) != 3 or any(s <= 0 or s % divisor for s in self.patch_size):
+            raise InferenceError(f"patch size {self.patch_size} must be 3 positive multiples of {divisor} (the network's downsampling)")
+        if len(self.crop_size) != 3 or any(s <= 0 or s % divisor for s in self.crop_size):
+            raise InferenceError(f"attribute crop size {self.crop_size} must be 3 positive multiples of {divisor}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise InferenceError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise InferenceError("batch size must be ≥ 1")
+        if any(a not in (0, 1, 2) for a in self.mirror_axes):
+            raise InferenceError(f"mirror axes must be among 0, 1, 2, got {self.mirror_axes}")
+        if self.phase not in ("auto", "plain", "enhanced"):
+            raise InferenceError(f"phase must be auto, plain or enhanced, not {self.phase!r}")
+        if self.spacing_mm <= 0:
+            raise InferenceError("spacing must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' → cuda if available else cpu; asking for CUDA without it raises InferenceError."""
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InferenceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = torch.__version__ + ("" if torch.version.cuda else ", a CPU-only build")
+            raise InferenceError(
+                f"--device {name} was requested but CUDA is not available (torch {build}; "
+                "torch.cuda.is_available() is False). Install a CUDA build of torch matching your driver, "
+                "check nvidia-smi / CUDA_VISIBLE_DEVICES, or use --device cpu."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InferenceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise InferenceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on CUDA when supported, else fp16; None (full precision) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

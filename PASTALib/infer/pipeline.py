@@ -1,0 +1,338 @@
+"""Whole-CT PASTA inference: canonical resampling → sliding window → labels on the input grid
+→ lesion instances → attributes from the head → structured reports; and the files written."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from PASTALib.geometry import Grid, from_canonical, to_canonical
+from PASTALib.infer.config import InferenceConfig, InferenceError, amp_dtype, resolve_device
+from PASTALib.infer.lesions import LesionFinding, build_lesion_report, classify_lesions, find_lesions
+from PASTALib.infer.sliding import segment_canonical
+from PASTALib.labels import LesionType, Phase
+from PASTALib.model.preprocess import SLF_VALUES
+
+ProgressFn = Callable[[float, str], None]
+
+LABELS_NAME = "labels.nii.gz"
+SEG_NRRD_NAME = "labels.seg.nrrd"
+REPORTS_NAME = "reports.json"
+REPORTS_TEXT_NAME = "reports.txt"
+LESIONS_NAME = "lesions.json"  # sidecar: confidences, probabilities, longest diameter, extents
+RUN_NAME = "run.json"
+DICOM_SEG_NAME = "seg.dcm"
+DICOM_SR_NAME = "sr.dcm"
+
+
+@dataclass
+class PastaModel:
+    """A PASTA network ready for inference: on its device, in eval mode, with its SLF map."""
+
+    network: torch.nn.Module
+    device: torch.device
+    slf_values: tuple[float, ...] = SLF_VALUES
+    checkpoint: Path | None = None
+
+    @property
+    def divisor(self) -> int:
+        return int(getattr(getattr(self.network, "config", None), "divisor", 32))
+
+
+def _checkpoint_slf_values(path: Path) -> tuple[float, ...] | None:
+    """SLF values from the training run's config.json beside the checkpoint, if there is one."""
+    cfg = path.parent / "config.json"
+    try:
+        values = json.loads(cfg.read_text()).get("slf_values") if cfg.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tuple(float(v) for v in values) if values else None
+
+
+def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "auto",
+               slf_values: tuple[float, ...] | None = None, allow_pickle: bool = False) -> PastaModel:
+    """Build the network from a weights file (layout read from it) and load it strictly.
+
+    ``checkpoint`` defaults to :func:`PASTALib.model.default_weights_path` (``PASTA_final.pth``); a
+    missing file raises MissingWeightsError saying where to download it. Also accepts this
+    library's training outputs (``model_final.pth``, ``checkpoint_last.pt``).
+    """
+    from PASTALib.model import build_model_from_checkpoint, default_weights_path
+
+    path = Path(checkpoint).expanduser() if checkpoint else default_weights_path()
+    dev = resolve_device(device)
+    network, _ = build_model_from_checkpoint(path, allow_pickle=allow_pickle, device=dev)
+    network.eval()
+    slf = tuple(slf_values) if slf_values else (_checkpoint_slf_values(path) or SLF_VALUES)
+    return PastaModel(network, dev, slf, path)
+
+
+def as_pasta_model(model: PastaModel | torch.nn.Module, cfg: InferenceConfig) -> PastaModel:
+    if isinstance(model, PastaModel):
+        if cfg.device not in ("auto", str(model.device)) and resolve_device(cfg.device) != model.device:
+            model.network.to(resolve_device(cfg.device))
+            model.device = resolve_device(cfg.device)
+        if cfg.slf_values:
+            model.slf_values = tuple(cfg.slf_values)
+        return model
+    device = resolve_device(cfg.device)
+    model.to(device).eval()
+    return PastaModel(model, device, tuple(cfg.slf_values or SLF_VALUES))
+
+
+@dataclass
+class SegmentationResult:
+    """Labels on the input grid (organs 1-10, lesions 11-25), lesions and their reports."""
+
+    labels: sitk.Image
+    instances: sitk.Image  # uint16 lesion instance map on the input grid (LesionFinding.index, 0 elsewhere)
+    lesions: list[LesionFinding]
+    phase: Phase
+    phase_source: str
+    canonical_grid: Grid
+    config: InferenceConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reports(self) -> list:
+        return [f.report for f in self.lesions if f.report is not None]
+
+    def reports_json(self) -> list[dict[str, Any]]:
+        """Schema-valid report dicts (validated), one per lesion, largest first."""
+        return [json.loads(r.to_json()) for r in self.reports]
+
+    def report_lines(self) -> list[str]:
+        return [f"Lesion {f.index}: {f.report.to_text()}" for f in self.lesions if f.report is not None]
+
+
+def _dicom_phase(ct: sitk.Image) -> Phase | None:
+    if ct.HasMetaDataKey("0018|0010"):  # Contrast/Bolus Agent: present and not empty → contrast given
+        agent = ct.GetMetaData("0018|0010").strip().upper()
+        if agent and agent not in ("NONE", "NO", "N/A"):
+            return Phase.ENHANCED
+    return None
+
+
+def decide_phase(cfg: InferenceConfig, ct: sitk.Image, labels: sitk.Image, organ_masks: Any = None,
+                 lesion_type: LesionType = LesionType.LIVER_TUMOR) -> tuple[Phase, str]:
+    """Enhancement wording: the setting, else DICOM Contrast/Bolus Agent, else aorta/IVC HU (with
+    organ masks), else kidney/liver HU in the predicted organs, else the lesion type's template phase."""
+    if cfg.phase != "auto":
+        return (Phase.PLAIN if cfg.phase == "plain" else Phase.ENHANCED), "setting"
+    tagged = _dicom_phase(ct)
+    if tagged is not None:
+        return tagged, "DICOM Contrast/Bolus Agent tag"
+    if organ_masks is not None:
+        from PASTALib.anatomy import detect_phase
+        from PASTALib.errors import AnatomyError
+
+        try:
+            result = detect_phase(ct, organ_masks)
+            return result.phase, result.explanation
+        except AnatomyError:
+            pass
+    from PASTALib.synth.pipeline import estimate_phase
+
+    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    lab_xyz = sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0)
+    return estimate_phase(ct_xyz, lab_xyz, lesion_type), "organ HU in the predicted labels (kidney > 100 / liver > 85 HU)"
+
+
+def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.Module,
+               cfg: InferenceConfig | None = None, *, organ_masks: Any = None,
+               progress: ProgressFn | None = None) -> SegmentationResult:
+    """Segment a CT with PASTA and report every lesion.
+
+    ``ct``: image (HU) or a path (NIfTI/NRRD/MHA/DICOM folder). ``organ_masks``: optional
+    :class:`PASTALib.anatomy.OrganMasks` (e.g. TotalSegmentator) used for the report location and
+    phase instead of the predicted organs. Returns labels on the input grid plus lesions/reports.
+    """
+    cfg = cfg or InferenceConfig()
+    report = progress or (lambda f, m: None)
+    if not isinstance(ct, sitk.Image):
+        from PASTALib.io import read_ct
+
+        ct = read_ct(ct)
+    pm = as_pasta_model(model, cfg)
+    cfg.validate(pm.divisor)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    report(0.02, "resampling to canonical 1 mm LPS")
+    t = time.perf_counter()
+    canonical, mapping = to_canonical(ct, is_label=False, spacing=cfg.spacing_mm)
+    hu = sitk.GetArrayFromImage(canonical)  # (z, y, x) float32 HU
+    timings["to_canonical"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    lab_c, box = segment_canonical(pm.network, hu, cfg, pm.device, slf_values=pm.slf_values, progress=report,
+                                   fraction_range=(0.05, 0.85))
+    timings["sliding_window"] = time.perf_counter() - t
+
+    report(0.86, "mapping labels to the input grid")
+    t = time.perf_counter()
+    lab_img = sitk.GetImageFromArray(lab_c)
+    lab_img.CopyInformation(canonical)
+    labels = from_canonical(lab_img, mapping, is_label=True, pixel_type=sitk.sitkUInt8)
+    timings["from_canonical"] = time.perf_counter() - t
+
+    result = report_lesions(ct, labels, pm, cfg, organ_masks=organ_masks, progress=report)
+    result.timings = {**timings, **result.timings, "total": time.perf_counter() - t0}
+    result.canonical_grid = mapping.canonical
+    if not mapping.is_exact_for_labels:
+        result.warnings.append(
+            "the input grid is not a whole-millimetre LPS grid: labels were predicted on the canonical grid and "
+            "mapped back with nearest neighbour, so boundaries are quantised to the canonical spacing")
+    return result
+
+
+def report_lesions(ct: sitk.Image, labels: sitk.Image, model: PastaModel | torch.nn.Module,
+                   cfg: InferenceConfig | None = None, *, organ_masks: Any = None,
+                   progress: ProgressFn | None = None) -> SegmentationResult:
+    """Lesion instances, attributes and structured reports for a label map on the CT's grid.
+
+    Used by :func:`segment_ct` on the prediction, and on its own for an edited segmentation
+    (e.g. corrected in Slicer's Segment Editor): reports are re-measured from the labels given.
+    """
+    cfg = cfg or InferenceConfig()
+    say = progress or (lambda f, m: None)
+    pm = as_pasta_model(model, cfg)
+    if labels.GetSize() != ct.GetSize():
+        raise InferenceError(f"label map size {labels.GetSize()} differs from the CT's {ct.GetSize()}; resample it onto the CT")
+    labels = sitk.Cast(labels, sitk.sitkUInt8)
+    labels.CopyInformation(ct)
+    timings: dict[str, float] = {}
+    say(0.88, "finding lesions")
+    t = time.perf_counter()
+    organ_labels = None
+    if organ_masks is not None:
+        from PASTALib.anatomy import OrganMasks
+
+        if organ_masks.label_map.GetSize() != ct.GetSize():
+            organ_masks = OrganMasks.from_label_map(organ_masks.label_map, organ_masks.names, reference=ct,
+                                                    source=organ_masks.source)
+        organ_labels = organ_masks.pasta_label_map(include_lesions=False)
+    labels, instances, lesions = find_lesions(ct, labels, min_volume_mm3=cfg.min_lesion_volume_mm3,
+                                              organ_shell_mm=cfg.organ_shell_mm, organ_labels=organ_labels)
+    timings["lesions"] = time.perf_counter() - t
+    phase, phase_source = decide_phase(cfg, ct, labels, organ_masks,
+                                       lesions[0].lesion_type if lesions else LesionType.LIVER_TUMOR)
+    if lesions:
+        from PASTALib.anatomy import OrganMasks
+
+        side_masks = organ_masks if organ_masks is not None else OrganMasks.from_pasta_label_map(labels)
+        for f in lesions:
+            f.location = side_masks.location_name(f.organ, f.measurement["centre_mm"])
+        say(0.92, f"classifying attributes of {len(lesions)} lesion(s)")
+        t = time.perf_counter()
+        preds = classify_lesions(pm.network, ct, [f.measurement["centre_mm"] for f in lesions], device=pm.device,
+                                 crop_size=cfg.crop_size, spacing=cfg.spacing_mm, slf_values=pm.slf_values,
+                                 batch_size=cfg.batch_size, dtype=amp_dtype(pm.device, cfg.amp))
+        for f, p in zip(lesions, preds):
+            f.attributes = p
+            f.report = build_lesion_report(f, phase)
+        timings["attributes"] = time.perf_counter() - t
+    say(0.97, f"done: {len(lesions)} lesion(s)")
+    from PASTALib.geometry import canonical_mapping
+
+    return SegmentationResult(labels, instances, lesions, phase, phase_source,
+                              canonical_mapping(ct, cfg.spacing_mm).canonical, cfg, timings, [])
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def is_dicom_input(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, *, source: str | os.PathLike | None = None,
+                  checkpoint: str | os.PathLike | None = None, dicom: bool | None = None) -> dict[str, Path]:
+    """Write labels.nii.gz, labels.seg.nrrd, reports.json, reports.txt, lesions.json, run.json and — for a
+    DICOM source — seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report). Each file is atomic."""
+    from PASTALib.io import write_image, write_segmentation
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "labels": write_image(result.labels, out / LABELS_NAME),
+        "labels_seg_nrrd": write_segmentation(result.labels, out / SEG_NRRD_NAME),
+        "reports": write_text_atomic(out / REPORTS_NAME, json.dumps(result.reports_json(), indent=2, ensure_ascii=False) + "\n"),
+        "reports_text": write_text_atomic(out / REPORTS_TEXT_NAME, "".join(line + "\n" for line in result.report_lines())),
+        "lesions": write_text_atomic(out / LESIONS_NAME, json.dumps([f.details() for f in result.lesions], indent=2, ensure_ascii=False) + "\n"),
+    }
+    warn = list(result.warnings)
+    if dicom is None:
+        dicom = source is not None and is_dicom_input(source)
+    if dicom:
+        if source is None:
+            raise InferenceError("DICOM SEG/SR export needs the source DICOM series folder")
+        from PASTALib.dicom import export_dicom
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dicom_files = export_dicom(result, source, out)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            warn.append(str(w.message))
+        files.update(dicom_files)
+    run = {
+        "source": str(source) if source is not None else None,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "config": result.config.to_dict(),
+        "phase": result.phase.value, "phase_source": result.phase_source,
+        "lesions": len(result.lesions),
+        "labels_present": sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(result.labels)) if v),
+        "canonical_grid": {"size": list(result.canonical_grid.size), "origin": list(result.canonical_grid.origin)},
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "warnings": warn,
+        "files": sorted(p.name for p in files.values()),
+    }
+    files["run"] = write_text_atomic(out / RUN_NAME, json.dumps(run, indent=2) + "\n")
+    return files
+
+
+def segment_case(ct_path: str | os.PathLike, out_dir: str | os.PathLike, model: PastaModel | torch.nn.Module,
+                 cfg: InferenceConfig | None = None, *, organ_masks: Any = None,
+                 progress: ProgressFn | None = None) -> tuple[SegmentationResult, dict[str, Path]]:
+    """Read a CT (file or DICOM folder), segment it and write every output file into ``out_dir``."""
+    from PASTALib.io import read_ct
+
+    ct = read_ct(ct_path)
+    result = segment_ct(ct, model, cfg, organ_masks=organ_masks, progress=progress)
+    checkpoint = model.checkpoint if isinstance(model, PastaModel) else None
+    files = write_outputs(result, out_dir, source=ct_path, checkpoint=checkpoint)
+    if progress:
+        progress(1.0, f"wrote {out_dir}")
+    return result, files
