@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from PASTALib.train import (
     MetricsCSV,
     Stage1Config,
@@ -197,3 +197,120 @@ def test_bad_inputs(tmp_path):
         discover_cases(tmp_path)
     with pytest.raises(TrainingError, match="multiples of 16"):
         Stage1Config(data=str(tmp_path), out=str(tmp_path / "o"), patch_size=(40, 32, 32), **{k: v for k, v in TINY.items() if k != "patch_size"}).validate()
+
+
+# --- multi-process, throughput options, logs, clear errors ----------------------------------------
+
+MICRO = ["--patch-size", "16", "--batch-size", "1", "--base-channels", "4", "--max-channels", "16", "--stages", "4",
+         "--device", "cpu", "--threads", "1", "--no-progress-bar"]
+MICRO_CFG = {"batch_size": 1, "patch_size": (16, 16, 16), "base_channels": 4, "max_channels": 16, "num_stages": 4,
+             "progress_bar": False, "num_threads": 1, "device": "cpu"}
+
+
+def test_torchrun_two_processes(toy, tmp_path):
+    """The plain CLI command under torchrun (2 CPU processes, gloo, DDP): rank 0 alone writes one
+    checkpoint holding both ranks' sampler states, and the metrics; losses are finite."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "PASTALib",
+           "train", "stage1", "--data", str(toy), "--out", str(out), "--iterations", "4", "--checkpoint-every", "2",
+           *MICRO]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('"final_model"') == 1  # only rank 0 reports
+    assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_last.pt"] and not list(out.glob(".*.tmp"))
+    state = torch.load(out / "checkpoint_last.pt", weights_only=True)
+    assert state["iteration"] == 4 and state["world_size"] == 2 and len(state["samplers"]) == 2
+    assert state["samplers"][0] != state["samplers"][1]  # per-rank patch streams
+    assert not any(k.startswith("module.") for k in state["model"])  # plain PASTA keys, not DDP's
+    rows = MetricsCSV.read(out / "metrics.csv")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in rows)
+    assert (out / "model_final.pth").is_file() and (out / "curves.png").is_file()
+
+
+def test_compile_channels_last_workers_and_logs(toy, tmp_path, capsys):
+    """--compile (the 'eager' dynamo backend here: inductor on CPU compiles for minutes), --channels-last,
+    DataLoader workers with an exact resume, TensorBoard events and curves.png."""
+    pytest.importorskip("torch._dynamo")
+    cfg = {"data": str(toy), "iterations": 4, "checkpoint_every": 2, **MICRO_CFG}
+    res = train_stage1(Stage1Config(out=str(tmp_path / "c"), compile=True, compile_backend="eager",
+                                    channels_last=True, **cfg))
+    rows = MetricsCSV.read(res.metrics)
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
+    png = tmp_path / "c" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "pip install tensorboard" in capsys.readouterr().err
+    else:
+        assert list((tmp_path / "c" / "tensorboard").glob("events.out.tfevents.*"))
+    # an unusable backend: a clear notice, then eager training
+    train_stage1(Stage1Config(out=str(tmp_path / "f"), compile=True, compile_backend="no-such-backend",
+                              tensorboard=False, curves=False, **{**cfg, "iterations": 1}))
+    assert "--compile: not compiling" in capsys.readouterr().err
+    # workers: batch i comes from (seed, rank, i), so a run resumed with another worker count matches
+    full = train_stage1(Stage1Config(out=str(tmp_path / "w2"), num_workers=2, tensorboard=False, curves=False, **cfg))
+
+    def kill_at_3(it, row):
+        if it == 3:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        train_stage1(Stage1Config(out=str(tmp_path / "w1"), num_workers=1, tensorboard=False, curves=False, **cfg),
+                     callback=kill_at_3)
+    resumed = train_stage1(Stage1Config(out=str(tmp_path / "w1"), num_workers=1, tensorboard=False, curves=False, **cfg))
+    assert [r["loss"] for r in MetricsCSV.read(full.metrics)] == [r["loss"] for r in MetricsCSV.read(resumed.metrics)]
+
+
+def test_out_of_memory_is_a_clear_error(toy, tmp_path, monkeypatch):
+    from PASTALib.model.unet import PastaUNet
+    from PASTALib.train import TrainingOutOfMemoryError
+
+    def boom(self, x, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(PastaUNet, "forward", boom)
+    cfg = Stage1Config(data=str(toy), out=str(tmp_path / "o"), iterations=2, tensorboard=False, **MICRO_CFG)
+    with pytest.raises(TrainingOutOfMemoryError, match=r"out of .*memory at training iteration 1.*--patch-size.*--batch-size"):
+        train_stage1(cfg)
+    monkeypatch.setattr(PastaUNet, "forward", lambda self, x, **kw: (_ for _ in ()).throw(RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes; out of memory")))
+    with pytest.raises(TrainingOutOfMemoryError):
+        train_stage1(cfg)
+    monkeypatch.setattr(PastaUNet, "forward", lambda self, x, **kw: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through unchanged
+        train_stage1(cfg)
+
+
+def test_missing_labels_are_clear_errors(toy, tmp_path):
+    import shutil
+
+    import SimpleITK as sitk
+
+    from PASTALib.model.unet import PastaUNet, UNetConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(toy / "case_000", data / "case_000")
+    shutil.copytree(toy / "case_001", data / "case_001")
+    (data / "case_001" / "label.nii.gz").unlink()
+    with pytest.raises(TrainingError, match=r"case case_001 .* no label map.*label\.nii\.gz"):
+        discover_cases(data)
+    # stage 2: a label map without any lesion label, but a report describing lesions
+    shutil.rmtree(data / "case_001")
+    lab = sitk.ReadImage(str(data / "case_000" / "label.nii.gz"))
+    arr = sitk.GetArrayFromImage(lab)
+    arr[arr >= 11] = 2
+    organs = sitk.GetImageFromArray(arr)
+    organs.CopyInformation(lab)
+    sitk.WriteImage(organs, str(data / "case_000" / "label.nii.gz"))
+    weights = tmp_path / "tiny.pth"
+    torch.save(PastaUNet(UNetConfig(base_channels=4, max_channels=16, num_stages=4)).state_dict(), weights)
+    cfg = Stage2Config(data=str(data), out=str(tmp_path / "s2"), init=str(weights), iterations=1, crop_size=(16, 16, 16),
+                       device="cpu", progress_bar=False, num_threads=1)
+    with pytest.raises(TrainingError, match=r"case case_000: label\.nii\.gz has no lesion label.*remove report\.json"):
+        train_stage2(cfg)

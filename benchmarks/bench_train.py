@@ -16,6 +16,11 @@ model-FLOPs utilisation against the device's dense bf16 peak (CUDA only; set --p
     python benchmarks/bench_train.py                       # CPU, tiny model, 32³ patches
     python benchmarks/bench_train.py --full --patch 32 --iterations 4   # full width, small patch
     python benchmarks/bench_train.py --device cuda --patch 128 --batch 2 --full --iterations 30
+    python benchmarks/bench_train.py --device cuda --patch 128 --batch 2 --full --iterations 30 \
+        --num-workers 4 --channels-last --compile --warmup 3     # throughput options (ours only)
+
+The throughput options apply to our loop only (the reference stays the hand-written loop); the first
+``--warmup`` iterations (which include torch.compile's compilation) are not timed.
 """
 
 from __future__ import annotations
@@ -148,6 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, help="device peak for the MFU estimate (default: table by GPU name)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--num-workers", type=int, help="our loop: DataLoader workers (default: 0 on CPU, a few on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="our loop: torch.compile")
+    ap.add_argument("--channels-last", action="store_true", help="our loop: channels_last_3d")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -165,13 +173,15 @@ def main(argv=None) -> int:
                            num_threads=args.threads if device.type == "cpu" else None, **width)
         n_params = sum(p.numel() for p in PastaUNet(cfg.model_config()).parameters())
         ref = reference_loop(cfg, args.iterations, args.warmup, device)
+        cfg.num_workers, cfg.compile, cfg.channels_last = args.num_workers, args.compile, args.channels_last
         rss_ref = peak_rss_mib()
         mine = ours(cfg, args.iterations, args.warmup, device)
         rss = peak_rss_mib()
 
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
            "torch": torch.__version__, "patch": args.patch, "batch": args.batch, "params": n_params, **width,
-           "iterations": args.iterations, "ours_it_per_s": mine["it_per_s"], "reference_it_per_s": ref["it_per_s"],
+           "iterations": args.iterations, "num_workers": args.num_workers, "compile": args.compile,
+           "channels_last": args.channels_last, "ours_it_per_s": mine["it_per_s"], "reference_it_per_s": ref["it_per_s"],
            "ratio_ours_over_reference": mine["it_per_s"] / ref["it_per_s"], "flops_per_iteration": ref["flops_per_it"],
            "achieved_tflops_ours": ref["flops_per_it"] * mine["it_per_s"] / 1e12}
     if device.type == "cuda":

@@ -1,12 +1,17 @@
 """``pasta train``: stage-1 segmentation pre-training and stage-2 attribute-head training.
 
 Register by adding "train" to GROUPS in PASTALib/cli/main.py.
+
+Several GPUs (or CPU processes): the same command under torchrun, e.g.
+``torchrun --nproc_per_node 4 -m PASTALib train stage1 --data gen/ --out runs/s1``
+(``--batch-size`` is per process; rank 0 writes the outputs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -24,6 +29,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, dest="num_threads", help="CPU threads for torch")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="do not write OUT/tensorboard event files (written when the tensorboard package is installed)")
+    p.add_argument("--no-curves", dest="curves", action="store_false", default=None,
+                   help="do not draw OUT/curves.png at checkpoints")
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -50,6 +59,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s1.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (default: nnU-Net recipe) or adam")
     s1.add_argument("--lesion-weight", type=float,
                     help="loss weight of the lesion classes 11-25 (default 1: the recipe; ~10 helps short runs)")
+    s1.add_argument("--num-workers", type=int,
+                    help="DataLoader worker processes making the patches (default: 0 on CPU, a few on CUDA); "
+                         "> 0 seeds each batch from (seed, rank, iteration): exactly resumable, but a different "
+                         "patch stream than 0, so keep it on/off across a resume")
+    s1.add_argument("--compile", action="store_true", default=None,
+                    help="torch.compile the model (falls back to eager with a notice where unsupported)")
+    s1.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
+    s1.add_argument("--channels-last", action="store_true", default=None,
+                    help="channels_last_3d memory format for the model and inputs (often faster with AMP on GPUs)")
     s1.set_defaults(func=_stage1)
 
     s2 = sub.add_parser("stage2", help="attribute head on the frozen UNet (lesion-centred crops, grouped CE, Adam)")
@@ -74,7 +92,13 @@ def _overrides(args: argparse.Namespace, cls) -> dict:
 
 
 def _run(args: argparse.Namespace, stage: str) -> int:
-    from PASTALib.train import StopFlag, Stage1Config, Stage2Config, train_stage1, train_stage2
+    from PASTALib.train import (
+        Stage1Config,
+        Stage2Config,
+        StopFlag,
+        train_stage1,
+        train_stage2,
+    )
 
     cls, fn = (Stage1Config, train_stage1) if stage == "stage1" else (Stage2Config, train_stage2)
     cfg = cls(**_overrides(args, cls))
@@ -86,9 +110,12 @@ def _run(args: argparse.Namespace, stage: str) -> int:
                "checkpoint": str(result.checkpoint), "metrics": str(result.metrics)}
     if result.summary:
         summary["validation"] = result.summary
-    print(json.dumps(summary, indent=2))
+    main = os.environ.get("RANK", "0") in ("", "0")  # under torchrun only rank 0 reports
+    if main:
+        print(json.dumps(summary, indent=2))
     if result.stopped_early:
-        print(f"stopped at iteration {result.iteration}; run the same command again to resume")
+        if main:
+            print(f"stopped at iteration {result.iteration}; run the same command again to resume")
         return 130
     return 0
 

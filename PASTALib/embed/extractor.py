@@ -35,6 +35,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from PASTALib import runtime
+
 from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
 from PASTALib.model import PastaUNet, build_model_from_checkpoint, default_weights_path
@@ -51,20 +53,8 @@ class EmbeddingError(PastaError):
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if isinstance(name, torch.device):
-        return name
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EmbeddingError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EmbeddingError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__}); "
-                             "use --device cpu")
-    return device
+    """'auto' → CUDA when available, else CPU; an unavailable CUDA request is an EmbeddingError."""
+    return runtime.resolve_device(name, error=EmbeddingError)
 
 
 @dataclass

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from PASTALib import runtime
 from PASTALib.errors import PastaError
+from PASTALib.runtime import amp_dtype  # noqa: F401  (infer.pipeline imports it from here)
 
 
 class InferenceError(PastaError):
@@ -70,32 +72,6 @@ class InferenceConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' → cuda if available else cpu; asking for CUDA without it raises InferenceError."""
-    text = (name or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise InferenceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = torch.__version__ + ("" if torch.version.cuda else ", a CPU-only build")
-            raise InferenceError(
-                f"--device {name} was requested but CUDA is not available (torch {build}; "
-                "torch.cuda.is_available() is False). Install a CUDA build of torch matching your driver, "
-                "check nvidia-smi / CUDA_VISIBLE_DEVICES, or use --device cpu."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InferenceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type != "cpu":
-        raise InferenceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on CUDA when supported, else fp16; None (full precision) on CPU or when disabled."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return runtime.resolve_device(name, error=InferenceError)

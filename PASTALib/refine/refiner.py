@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from PASTALib.runtime import amp_dtype
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
@@ -74,9 +76,7 @@ class Refiner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.scheduler = build_scheduler(config)
-        self.amp_dtype = None
-        if amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype(self.device, amp)
         self.source = source
         self.last_info: dict[str, Any] = {}
 

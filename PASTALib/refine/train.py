@@ -32,12 +32,12 @@ from PASTALib.refine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     RefinerCheckpointError,
-    atomic_save,
     config_from_checkpoint,
     load_model_state,
     read_checkpoint,
 )
 from PASTALib.refine.config import RefinerConfig
+from PASTALib.runtime import amp_dtype, atomic_torch_save, resolve_device as _resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
 
@@ -83,23 +83,8 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    name = (name or "cpu").lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RefinerTrainingError(
-            f"--device {name}: CUDA is not available in this torch ({torch.__version__}). Use --device cpu or a CUDA build."
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise RefinerTrainingError(f"--device {name}: use cpu, cuda or cuda:N.")
-    return device
-
-
-def _amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    if not amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """'auto' → CUDA when available, else CPU; an unavailable device is a RefinerTrainingError."""
+    return _resolve_device(name, error=RefinerTrainingError)
 
 
 def _val_set(cases: list[Case], config: RefinerConfig, options: TrainOptions) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
@@ -116,7 +101,7 @@ def _val_set(cases: list[Case], config: RefinerConfig, options: TrainOptions) ->
 
 
 @torch.no_grad()
-def _validate(model, inferer, val, batch: int, device, amp_dtype) -> float:
+def _validate(model, inferer, val, batch: int, device, autocast_dtype) -> float:
     model.eval()
     x, c, t, noise = val
     total = 0.0
@@ -124,7 +109,7 @@ def _validate(model, inferer, val, batch: int, device, amp_dtype) -> float:
         xb = torch.from_numpy(x[s:s + batch]).to(device)
         cb = torch.from_numpy(c[s:s + batch]).to(device)
         nb = noise[s:s + batch].to(device)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else _null():
+        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
             pred = inferer(inputs=xb, diffusion_model=model, noise=nb, timesteps=t[s:s + batch].to(device), condition=cb, mode="concat")
         total += float(F.l1_loss(pred.float(), nb, reduction="sum"))
     model.train()
@@ -193,13 +178,13 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
-    amp_dtype = _amp_dtype(device, options.amp)
+    autocast_dtype = amp_dtype(device, options.amp)
     t_start = time.perf_counter()
 
     torch.manual_seed(options.seed)  # weight init
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
     inferer = DiffusionInferer(build_scheduler(config))
     sampler_rng = np.random.default_rng([options.seed, 0])
     gen = torch.Generator().manual_seed(options.seed)
@@ -246,7 +231,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
             "rng": {"sampler": sampler_rng.bit_generator.state, "torch": gen.get_state()},
             "history": {"train": train_hist, "val": val_hist}, "options": {k: str(v) for k, v in vars(options).items()},
         })
-        atomic_save(payload, ckpt_path)
+        atomic_torch_save(payload, ckpt_path)
         write_curves(out, train_hist, val_hist)
 
     bar = None
@@ -260,7 +245,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
             print(f"PROGRESS {it / max(options.iterations, 1):.4f} {msg}", flush=True)
 
     if start == 0 and not val_hist:
-        val_hist.append((0, _validate(model, inferer, val, options.batch, device, amp_dtype)))
+        val_hist.append((0, _validate(model, inferer, val, options.batch, device, autocast_dtype)))
         progress(0, f"validation L1 {val_hist[-1][1]:.4f}")
 
     model.train()
@@ -273,7 +258,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
         xb = torch.from_numpy(config.normalize(x)).to(device)
         cb = torch.from_numpy(c).to(device)
         noise_d = noise.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else _null():
+        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
             pred = inferer(inputs=xb, diffusion_model=model, noise=noise_d, timesteps=t.to(device), condition=cb, mode="concat")
         loss = F.l1_loss(pred.float(), noise_d)
         loss_value = float(loss.detach())
@@ -291,7 +276,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
         train_hist.append((it, loss_value))
         msg = f"iteration {it}/{options.iterations} L1 {loss_value:.4f}"
         if it % options.val_every == 0 or it == options.iterations:
-            val_hist.append((it, _validate(model, inferer, val, options.batch, device, amp_dtype)))
+            val_hist.append((it, _validate(model, inferer, val, options.batch, device, autocast_dtype)))
             msg += f" validation L1 {val_hist[-1][1]:.4f}"
         if bar is not None:
             bar.update(1)
@@ -309,6 +294,6 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
     if it >= options.iterations and not stopped:
         if not ckpt_path.is_file() or start == options.iterations:
             save(it)
-        files["weights"] = atomic_save(_weights_payload(model, config, it), out / WEIGHTS_NAME)
+        files["weights"] = atomic_torch_save(_weights_payload(model, config, it), out / WEIGHTS_NAME)
         progress(options.iterations, f"done: {files['weights']}")
     return TrainResult(out, it, train_hist, val_hist, time.perf_counter() - t_start, stopped, files)

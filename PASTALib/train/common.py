@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from PASTALib import runtime
 from PASTALib.errors import PastaError
+from PASTALib.runtime import amp_dtype, atomic_torch_save  # noqa: F401  (part of train's API)
 
 
 class TrainingError(PastaError):
@@ -26,35 +28,7 @@ class TrainingError(PastaError):
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' → cuda if available else cpu; 'cuda'/'cuda:N' without CUDA → TrainingError."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = torch.__version__ + ("" if torch.version.cuda else ", a CPU-only build")
-            raise TrainingError(
-                f"--device {name} was requested but CUDA is not available (torch {build}; "
-                "torch.cuda.is_available() is False). Install a CUDA build of torch matching your driver, "
-                "check nvidia-smi / CUDA_VISIBLE_DEVICES, or use --device cpu."
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise TrainingError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise TrainingError("--device mps was requested but MPS is not available; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise TrainingError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """bf16 on CUDA when supported, else fp16 on CUDA; None (full precision) elsewhere."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return runtime.resolve_device(name, error=TrainingError)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -101,24 +75,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- checkpoints ------------------------------------------------------------------------------
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """Write to a temporary file in the same folder, fsync, then os.replace (never a half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
 
 def poly_lr(base_lr: float, iteration: int, max_iterations: int, exponent: float = 0.9) -> float:
     """nnU-Net poly schedule: base_lr * (1 - it / max_it) ** 0.9."""
@@ -191,7 +147,7 @@ class StopFlag:
         self.stop = False
 
     @contextlib.contextmanager
-    def install_signal_handlers(self) -> Iterator["StopFlag"]:
+    def install_signal_handlers(self) -> Iterator[StopFlag]:
         import signal
         import threading
 
@@ -200,7 +156,7 @@ class StopFlag:
             return
         old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
-        def handler(signum, frame):  # noqa: ARG001
+        def handler(signum, frame):
             self.stop = True
 
         for s in old:
@@ -213,3 +169,256 @@ class StopFlag:
 
 
 IterationCallback = Callable[[int, dict[str, float]], None]
+
+
+# --- out of memory ----------------------------------------------------------------------------
+
+class TrainingOutOfMemoryError(TrainingError):
+    """The training step ran out of (GPU) memory; the message says which settings to lower."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or a RuntimeError whose message says 'out of memory' (CPU allocator,
+    cuDNN/cuBLAS workspace failures, MPS)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def out_of_memory_error(exc: BaseException, *, iteration: int, device: torch.device, batch_size: int,
+                        size: Sequence[int], size_flag: str, amp: bool) -> TrainingOutOfMemoryError:
+    hints = [f"a smaller {size_flag} (now {'x'.join(str(s) for s in size)}; multiples of 16)",
+             f"a smaller --batch-size (now {batch_size})"]
+    if not amp and device.type == "cuda":
+        hints.append("mixed precision (drop --no-amp)")
+    hints.append("--channels-last / fewer --base-channels for a smaller model")
+    where = "GPU" if device.type == "cuda" else device.type.upper()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TrainingOutOfMemoryError(
+        f"out of {where} memory at training iteration {iteration + 1} on {device} ({first[:200]}). "
+        f"Try {', '.join(hints[:-1])} or {hints[-1]}; the last checkpoint is kept, so the same command "
+        "with smaller settings starts over only if the changed settings differ from the checkpoint's "
+        "(then use another --out or --no-resume)."
+    )
+
+
+@contextlib.contextmanager
+def translate_out_of_memory(**context: Any) -> Iterator[None]:
+    """Turn an out-of-memory error raised inside the block into a TrainingOutOfMemoryError with hints."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except BaseException as exc:
+        if not is_out_of_memory(exc):
+            raise
+        if torch.cuda.is_available():
+            with contextlib.suppress(Exception):
+                torch.cuda.empty_cache()
+        raise out_of_memory_error(exc, **context) from exc
+
+
+# --- distributed (torchrun) -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class DistContext:
+    """Where this process sits in a torchrun job. ``world_size == 1`` (plain ``python -m PASTALib``)
+    means no process group and no collectives: the single-process path is exactly the old one."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    initialised_here: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return values
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+    def close(self) -> None:
+        if self.initialised_here:
+            import torch.distributed as dist
+
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+            self.initialised_here = False
+
+
+def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.device]:
+    """Read torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT) and, with more
+    than one process, join the process group: NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``),
+    gloo on CPU. Without torchrun (no WORLD_SIZE or WORLD_SIZE=1) returns a 1-process context."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    device = resolve_device(device_name)
+    if world <= 1:
+        return DistContext(), device
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if device.type == "cuda":
+        if device.index is not None and device.index != 0:
+            raise TrainingError(f"--device {device_name} with torchrun: each process uses cuda:LOCAL_RANK; "
+                                "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES")
+        if local_rank >= torch.cuda.device_count():
+            raise TrainingError(f"torchrun started {local_rank + 1}+ processes on this node but only "
+                                f"{torch.cuda.device_count()} CUDA device(s) are visible; lower --nproc_per_node")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise TrainingError(f"multi-process training supports cuda (NCCL) and cpu (gloo), not {device.type}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        here = True
+    return DistContext(rank, local_rank, world, here), device
+
+
+def rank_seed(seed: int, rank: int, *extra: int) -> np.random.SeedSequence:
+    """Independent, reproducible stream per (global seed, rank[, iteration...]). Rank 0 of a plain
+    run keeps ``seed`` itself (see PatchSampler) so single-process results are unchanged."""
+    return np.random.SeedSequence([int(seed), int(rank), *[int(e) for e in extra]])
+
+
+# --- torch.compile / channels-last ------------------------------------------------------------
+
+def maybe_compile(module: torch.nn.Module, enabled: bool, backend: str = "inductor",
+                  log: Callable[[str], None] = print) -> tuple[torch.nn.Module, bool]:
+    """torch.compile(module) when asked and possible; else the module itself with a one-line notice.
+    Returns (module to call, compiled?). Compilation happens lazily at the first call: callers catch
+    failures there with :func:`compile_failure`."""
+    if not enabled:
+        return module, False
+    reason = None
+    if not hasattr(torch, "compile"):
+        reason = f"torch {torch.__version__} has no torch.compile"
+    elif sys.platform == "win32" and backend == "inductor":
+        reason = "the inductor backend is not supported on Windows"
+    elif sys.version_info >= (3, 14) and not _dynamo_supported():
+        reason = f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor} in this torch"
+    elif backend == "inductor" and not torch.cuda.is_available() and not _have_c_compiler():
+        reason = "inductor on CPU needs a C++ compiler (gcc/clang) and none was found"
+    if reason is None:
+        try:
+            return torch.compile(module, backend=backend), True
+        except Exception as exc:  # noqa: BLE001 - invalid backend, unsupported platform...
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    log(f"--compile: not compiling ({reason}); training runs eagerly")
+    return module, False
+
+
+def _dynamo_supported() -> bool:
+    try:
+        import torch._dynamo  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _have_c_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
+# --- curves: TensorBoard + PNG ---------------------------------------------------------------
+
+class TrainingLog:
+    """Everything rank 0 writes per iteration besides the CSV: TensorBoard scalars (when the
+    ``tensorboard`` package is installed; otherwise one notice) and a PNG of the loss / Dice curves
+    redrawn from the CSV at every checkpoint and at the end (matplotlib Agg, no pyplot state)."""
+
+    def __init__(self, out: Path, csv_path: Path, curves: Sequence[tuple[str, Sequence[str]]], *,
+                 tensorboard: bool = True, enabled: bool = True, purge_step: int | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.out, self.csv_path, self.curves, self.enabled = Path(out), Path(csv_path), list(curves), enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # noqa: BLE001 - ImportError, or a broken protobuf
+                log("TensorBoard logging off: `pip install tensorboard` to get OUT/tensorboard event files "
+                    "(metrics.csv and curves.png are written anyway)")
+            else:
+                self.writer = SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=purge_step or None)
+
+    def scalars(self, iteration: int, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "iteration" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(f"train/{key}", value, iteration)
+
+    def checkpoint(self) -> Path | None:
+        if self.writer is not None:
+            self.writer.flush()
+        return self.plot() if self.enabled else None
+
+    def plot(self) -> Path | None:
+        if not self.csv_path.is_file():
+            return None
+        rows = MetricsCSV.read(self.csv_path)
+        if not rows:
+            return None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5 * len(self.curves), 3.6), dpi=100)
+        FigureCanvasAgg(fig)
+        it = np.array([r["iteration"] for r in rows])
+        for i, (title, keys) in enumerate(self.curves):
+            ax = fig.add_subplot(1, len(self.curves), i + 1)
+            for key in keys:
+                y = np.array([r.get(key, math.nan) for r in rows], dtype=float)
+                ok = np.isfinite(y)
+                if not ok.any():
+                    continue
+                ax.plot(it[ok], y[ok], lw=0.6, alpha=0.35 if ok.sum() > 20 else 1.0, label=key)
+                if ok.sum() > 20:  # moving average over ~5 % of the run
+                    k = max(2, ok.sum() // 20)
+                    smooth = np.convolve(y[ok], np.ones(k) / k, mode="valid")
+                    ax.plot(it[ok][k - 1:], smooth, lw=1.5, label=f"{key} (mean of {k})")
+            ax.set_title(title)
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = self.out / "curves.png"
+        tmp = path.with_name(".curves.png.tmp")
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from PASTALib.model.attributes import encode_attributes
 from PASTALib.model.preprocess import slf_normalize
@@ -52,6 +53,16 @@ def discover_cases(root: str | Path) -> list[CaseRecord]:
             report = next((folder / n for n in REPORT_NAMES if (folder / n).is_file()), None)
             cases.append(CaseRecord(str(folder.relative_to(root)) or folder.name, image, label_path, report))
     cases.sort(key=lambda c: c.name)
+    with_label = {c.label_path.parent for c in cases}
+    unlabelled = sorted({p.parent for n in IMAGE_NAMES for p in root.rglob(n)} - with_label)
+    if unlabelled:
+        names = [str(f.relative_to(root)) or f.name for f in unlabelled]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise TrainingError(
+            f"case {shown} under {root} has a CT but no label map ({' or '.join(LABEL_NAMES)}): training needs "
+            "one per case (organs 1-10, lesions 11-25; `pasta synth` writes both). Add the label map or move "
+            "the folder out of --data."
+        )
     if not cases:
         raise TrainingError(
             f"no cases found under {root}: expected case folders each with {IMAGE_NAMES[0]} (or ct.nii.gz) and "
@@ -116,7 +127,8 @@ class PatchSampler:
     """
 
     def __init__(self, cases: Sequence[LoadedCase], patch_size: Sequence[int], *, fg_fraction: float = 0.33,
-                 lesion_priority: float = 0.5, flip: bool = True, seed: int = 0) -> None:
+                 lesion_priority: float = 0.5, flip: bool = True,
+                 seed: int | np.random.SeedSequence = 0) -> None:
         if not cases:
             raise TrainingError("no training cases")
         self.cases = list(cases)
@@ -165,6 +177,50 @@ class PatchSampler:
             labels.append(np.ascontiguousarray(lab)[None])
         self.drawn += batch_size
         return np.stack(images), np.stack(labels)
+
+
+def lesion_label_values(case: LoadedCase) -> list[int]:
+    """Lesion label values (11-25) present in the case's label map."""
+    return sorted(v for v in case.class_voxels if v in LESION_LABELS)
+
+
+class IterationPatchBatches(torch.utils.data.IterableDataset):
+    """Stage-1 batches for iterations ``start .. stop-1`` for a torch DataLoader with worker processes.
+
+    Why this keeps the GPU fed: patch cropping, flips and the SLF map run in ``num_workers`` forked
+    processes (the volumes are shared copy-on-write, nothing is re-read from disk) while the GPU runs
+    the previous steps; the loader keeps ``prefetch_factor`` batches per worker queued, and with
+    ``pin_memory`` the host->device copy is asynchronous (``non_blocking``). The main process only
+    launches kernels.
+
+    Why it stays exactly resumable: batch ``i`` is drawn by a PatchSampler seeded from
+    ``(seed, rank, i)`` alone, so it does not depend on which worker made it, on how many workers
+    there are, or on what was drawn before; resuming at iteration ``k`` just starts at ``k``. Workers
+    take iterations round-robin (worker w: start+w, start+w+n, ...) and the DataLoader returns them
+    round-robin, i.e. in iteration order (checked via the index yielded with each batch).
+    """
+
+    def __init__(self, cases: Sequence[LoadedCase], patch_size: Sequence[int], batch_size: int, *, seed: int,
+                 rank: int, start: int, stop: int, slf_values: Sequence[float], **sampler_kw: Any) -> None:
+        super().__init__()
+        self.cases, self.patch_size, self.batch_size = list(cases), tuple(patch_size), int(batch_size)
+        self.seed, self.rank, self.start, self.stop = int(seed), int(rank), int(start), int(stop)
+        self.slf_values, self.sampler_kw = tuple(slf_values), sampler_kw
+
+    def batch(self, iteration: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        from PASTALib.model.preprocess import slf_normalize
+
+        seq = np.random.SeedSequence([self.seed, self.rank, int(iteration)])
+        sampler = PatchSampler(self.cases, self.patch_size, seed=seq, **self.sampler_kw)
+        img, lab = sampler.sample(self.batch_size)
+        x = torch.from_numpy(np.ascontiguousarray(slf_normalize(img, values=self.slf_values), dtype=np.float32))
+        return iteration, x, torch.from_numpy(lab.astype(np.int64))
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid, n = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(self.start + wid, self.stop, n):
+            yield self.batch(i)
 
 
 # --- stage 2: lesions with attribute targets ---------------------------------------------------

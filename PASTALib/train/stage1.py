@@ -14,11 +14,28 @@ Exact resume: ``<out>/checkpoint_last.pt`` (written atomically every ``checkpoin
 iterations, on SIGTERM/SIGINT and at the end) holds the model, optimizer, AMP scaler, iteration,
 patch-sampler state and the python/numpy/torch RNG states. On CPU a resumed run reproduces the
 uninterrupted loss curve bit for bit; on CUDA up to cuDNN's non-deterministic kernels.
+
+Multi-GPU: the same command under ``torchrun --nproc_per_node N -m PASTALib train stage1 ...``
+joins a process group (NCCL on CUDA with one GPU per process, gloo on CPU) and wraps the model in
+DistributedDataParallel; ``batch_size`` is per process (global batch = N x batch_size). Every
+rank draws its own patches (sampler seed derived from ``seed`` and the rank; rank 0 keeps ``seed``
+so a 1-process run is unchanged); rank 0 alone writes config/metrics/TensorBoard/curves/progress
+and the checkpoint, which holds every rank's sampler and RNG state (gathered at the save, then a
+barrier). Resuming with the same world size is exact; with a different one the weights, optimizer
+and iteration are restored, the per-rank patch streams are re-seeded from (seed, rank, iteration)
+and a notice says the continuation is not bit-identical to any uninterrupted run.
+
+Throughput options: ``num_workers`` (DataLoader worker processes making the batches, see
+data.IterationPatchBatches; default 0 on CPU, a few on CUDA), ``compile`` (torch.compile) and
+``channels_last`` (channels_last_3d memory format for the model and inputs).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,22 +48,33 @@ from PASTALib.model.checkpoint import load_pasta_checkpoint
 from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.train.common import (
+    DistContext,
     IterationCallback,
     MetricsCSV,
     Progress,
     StopFlag,
     TrainingError,
+    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
+    init_distributed,
     make_grad_scaler,
+    maybe_compile,
     poly_lr,
-    resolve_device,
+    rank_seed,
     rng_state,
     seed_everything,
     set_rng_state,
+    translate_out_of_memory,
 )
-from PASTALib.train.data import LESION_LABELS, PatchSampler, discover_cases, load_case
+from PASTALib.train.data import (
+    LESION_LABELS,
+    IterationPatchBatches,
+    PatchSampler,
+    discover_cases,
+    load_case,
+)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 FINAL_NAME = "model_final.pth"
@@ -84,6 +112,17 @@ class Stage1Config:
     progress_bar: bool = True
     num_threads: int | None = None
     slf_values: tuple[float, ...] = SLF_VALUES
+    #: DataLoader worker processes producing the batches (None: 0 on CPU, min(6, cores per process - 1)
+    #: on CUDA). 0 draws patches in the training process from one restorable sampler (the historical
+    #: stream); > 0 seeds each iteration's batch from (seed, rank, iteration) - also exactly
+    #: resumable, but a different patch stream, so keep the setting's on/off state across a resume.
+    num_workers: int | None = None
+    prefetch_factor: int = 2
+    compile: bool = False  # torch.compile the model (falls back to eager with a notice where unsupported)
+    compile_backend: str = "inductor"
+    channels_last: bool = False  # torch.channels_last_3d memory format (model and inputs)
+    tensorboard: bool = True  # OUT/tensorboard event files when the tensorboard package is installed
+    curves: bool = True  # OUT/curves.png (loss / Dice) at every checkpoint and at the end
 
     def model_config(self) -> UNetConfig:
         return UNetConfig(num_seg_classes=self.num_classes, base_channels=self.base_channels,
@@ -191,29 +230,78 @@ def check_resume_compatible(saved: dict, current: dict, keys: Sequence[str], pat
         )
 
 
+def resolve_num_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
+    """Explicit setting, else 0 on CPU (the training process is the CPU bottleneck anyway) and on CUDA
+    enough workers to overlap patch making with the GPU step (cores per process - 1, at most 6)."""
+    if requested is not None:
+        if requested < 0:
+            raise TrainingError("--num-workers must be ≥ 0")
+        return int(requested)
+    if device.type != "cuda":
+        return 0
+    return max(1, min(6, (os.cpu_count() or 2) // max(world_size, 1) - 1))
+
+
+def _unused_parameters(model: PastaUNet, ds_weights: Sequence[float]) -> list[str]:
+    """Parameters stage 1 never gives a gradient: the attribute head and the segmentation output whose
+    deep-supervision weight is 0. Freezing them is a no-op for SGD/Adam (they skip grad-less
+    parameters) and lets DistributedDataParallel run without find_unused_parameters."""
+    n_out = len(ds_weights)
+    names = [n for n, _ in model.named_parameters() if n.startswith("head.")]
+    for i, w in enumerate(ds_weights):
+        if w == 0:  # outputs are full resolution first: output i is seg_outputs[n_out - 1 - i]
+            names += [n for n, _ in model.named_parameters() if n.startswith(f"seg_outputs.{n_out - 1 - i}.")]
+    return names
+
+
 def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None,
                  stop: StopFlag | None = None) -> TrainResult:
-    """Run (or resume) stage-1 training; returns where the model and metrics are."""
+    """Run (or resume) stage-1 training; returns where the model and metrics are. Under torchrun
+    (WORLD_SIZE > 1) runs data-parallel; see the module docstring."""
     cfg.validate()
-    device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
-    stop = stop or StopFlag()
+    dist_ctx, device = init_distributed(cfg.device)
+    try:
+        return _train_stage1(cfg, dist_ctx, device, callback, stop or StopFlag())
+    finally:
+        dist_ctx.close()
 
-    seed_everything(cfg.seed)
+
+def _log(dist_ctx: DistContext, text: str) -> None:
+    if dist_ctx.is_main:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device,
+                  callback: IterationCallback | None, stop: StopFlag) -> TrainResult:
+    out = Path(cfg.out)
+    main = dist_ctx.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    log = lambda text: _log(dist_ctx, text)
+    rank, world = dist_ctx.rank, dist_ctx.world_size
+
+    seed_everything(cfg.seed)  # same on every rank: identical initial weights (DDP also broadcasts rank 0's)
     records = discover_cases(cfg.data)
     cases = [load_case(r, seed=cfg.seed + i) for i, r in enumerate(records)]
-    sampler = PatchSampler(cases, cfg.patch_size, fg_fraction=cfg.fg_fraction,
-                           lesion_priority=cfg.lesion_priority, flip=cfg.flip, seed=cfg.seed)
+    sampler_kw = {"fg_fraction": cfg.fg_fraction, "lesion_priority": cfg.lesion_priority, "flip": cfg.flip}
+    sampler = PatchSampler(cases, cfg.patch_size, seed=cfg.seed if rank == 0 else rank_seed(cfg.seed, rank),
+                           **sampler_kw)
+    num_workers = resolve_num_workers(cfg.num_workers, device, world)
+    loader_mode = "per-iteration" if num_workers > 0 else "stream"
 
     mcfg = cfg.model_config()
     model = PastaUNet(mcfg)
     if cfg.init and not (cfg.resume and ckpt_path.is_file()):
         load_pasta_checkpoint(model, cfg.init, for_finetuning=True)
-    model.to(device)
+    ds_weights = deep_supervision_weights(mcfg.num_stages - 1)
+    for name, p in model.named_parameters():
+        if name in set(_unused_parameters(model, ds_weights)):
+            p.requires_grad_(False)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
     dtype = amp_dtype(device, cfg.amp)
     scaler = make_grad_scaler(device, dtype)
@@ -229,71 +317,182 @@ def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
         iteration = int(state["iteration"])
-    (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-    (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
-    metrics = MetricsCSV(out / METRICS_NAME, STAGE1_FIELDS, resume_iteration=iteration)
+        saved_world = int(state.get("world_size", 1))
+        samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
+        if saved_world == world:
+            sampler.load_state_dict(samplers[rank])
+            set_rng_state(rngs[rank])
+        else:
+            log(f"resuming a {saved_world}-process checkpoint with {world} process(es): weights, optimizer and "
+                f"iteration {iteration} are restored, the per-rank patch streams are re-seeded from (seed, rank, "
+                "iteration); the continuation is valid training but not bit-identical to an uninterrupted run")
+            sampler = PatchSampler(cases, cfg.patch_size, seed=rank_seed(cfg.seed, rank, iteration), **sampler_kw)
+            set_rng_state(rngs[0])
+        saved_mode = state.get("loader", "stream")
+        if saved_mode != loader_mode:
+            log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the {loader_mode!r} one "
+                f"(--num-workers {'> 0' if num_workers else '0'}): valid training, not bit-identical to an "
+                "uninterrupted run")
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
+        (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
+        metrics = MetricsCSV(out / METRICS_NAME, STAGE1_FIELDS, resume_iteration=iteration)
+    curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])],
+                         tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)
+
+    # DDP over the raw model (its state dict keeps the plain PASTA keys), then torch.compile
+    train_model: torch.nn.Module = model
+    if dist_ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    eager_model = train_model
+    train_model, compiled = maybe_compile(train_model, cfg.compile, cfg.compile_backend, log=log)
 
     def save() -> None:
-        atomic_torch_save({
-            "kind": "pasta-train-stage1", "format": 1, "iteration": iteration,
-            "model": model.state_dict(), "model_config": mcfg.to_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "sampler": sampler.state_dict(),
-            "rng": rng_state(), "config": cfg_json,
-        }, ckpt_path)
+        # collective: every rank contributes its sampler / RNG state, rank 0 writes, all wait
+        samplers_now = dist_ctx.all_gather_object(sampler.state_dict())
+        rngs_now = dist_ctx.all_gather_object(rng_state())
+        if main:
+            atomic_torch_save({
+                "kind": "pasta-train-stage1", "format": 1, "iteration": iteration,
+                "model": model.state_dict(), "model_config": mcfg.to_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "sampler": samplers_now[0],
+                "rng": rngs_now[0], "config": cfg_json, "world_size": world, "loader": loader_mode,
+                **({"samplers": samplers_now, "rngs": rngs_now} if world > 1 else {}),
+            }, ckpt_path)
+            curves.checkpoint()
+        dist_ctx.barrier()
 
-    progress = Progress(cfg.iterations, iteration, "stage1", cfg.progress_lines, cfg.progress_bar,
+    batches = None
+    if num_workers > 0 and iteration < cfg.iterations:
+        dataset = IterationPatchBatches(cases, cfg.patch_size, cfg.batch_size, seed=cfg.seed, rank=rank,
+                                        start=iteration, stop=cfg.iterations, slf_values=cfg.slf_values, **sampler_kw)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                                             pin_memory=device.type == "cuda", persistent_workers=True,
+                                             prefetch_factor=max(1, cfg.prefetch_factor))
+        batches = iter(loader)
+
+    def next_batch(it: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if batches is None:
+            img, lab = sampler.sample(cfg.batch_size)
+            return torch.from_numpy(slf_normalize(img, values=cfg.slf_values)), torch.from_numpy(lab.astype(np.int64))
+        got, x, y = next(batches)
+        if got != it:  # cannot happen with the round-robin DataLoader; guards exact resume
+            raise TrainingError(f"data loader returned the batch of iteration {got} for iteration {it}")
+        return x, y
+
+    oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.patch_size,
+                   "size_flag": "--patch-size", "amp": dtype is not None}
+    progress = Progress(cfg.iterations, iteration, "stage1", cfg.progress_lines and main, cfg.progress_bar and main,
                         every=max(1, cfg.iterations // 200))
-    progress.message(iteration / cfg.iterations, f"stage1 start at iteration {iteration}/{cfg.iterations} on {device}")
+    progress.message(iteration / cfg.iterations, f"stage1 start at iteration {iteration}/{cfg.iterations} on {device}"
+                     + (f" x {world} processes" if world > 1 else ""))
     model.train()
-    stopped = False
+    stopped = failed = False
+    stop_requested = False  # agreed by all ranks (all-reduced with the step's statistics)
+    first_step = True
+
+    def forward_backward(x: torch.Tensor, y: torch.Tensor, net: torch.nn.Module):
+        with autocast(device, dtype):
+            outputs = net(x).segmentation
+        loss = criterion(outputs, y)
+        d_lesion, d_organ = batch_dice(outputs[0].detach(), y)
+        local_stop = float(stop.stop)
+        if dist_ctx.enabled:  # mean loss / Dice over ranks (NaN Dice = no voxels: left out) and the stop flag
+            vals = torch.tensor([float(loss.detach()), 0.0 if math.isnan(d_lesion) else d_lesion,
+                                 float(not math.isnan(d_lesion)), 0.0 if math.isnan(d_organ) else d_organ,
+                                 float(not math.isnan(d_organ)), local_stop], dtype=torch.float64, device=device)
+            vals = dist_ctx.all_reduce_sum(vals).tolist()
+            loss_value = vals[0] / world
+            d_lesion = vals[1] / vals[2] if vals[2] else math.nan
+            d_organ = vals[3] / vals[4] if vals[4] else math.nan
+            local_stop = vals[5]
+        else:
+            loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"loss became {loss_value} at iteration {iteration + 1}; lower --lr or disable --amp")
+        if scaler is not None:
+            scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return loss_value, d_lesion, d_organ, local_stop > 0
+
     try:
         while iteration < cfg.iterations:
-            if stop.stop:
+            if stop_requested or (not dist_ctx.enabled and stop.stop):
                 stopped = True
                 break
             t0 = time.perf_counter()
             lr = poly_lr(cfg.lr, iteration, cfg.iterations)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            img, lab = sampler.sample(cfg.batch_size)
-            x = torch.from_numpy(slf_normalize(img, values=cfg.slf_values)).to(device, non_blocking=True)
-            y = torch.from_numpy(lab.astype(np.int64)).to(device, non_blocking=True)
+            x, y = next_batch(iteration)
+            x = x.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            y = y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device, dtype):
-                outputs = model(x).segmentation
-            loss = criterion(outputs, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss)} at iteration {iteration + 1}; lower --lr or disable --amp")
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+            with translate_out_of_memory(iteration=iteration, **oom_context):
+                try:
+                    loss_value, d_lesion, d_organ, stop_requested = forward_backward(x, y, train_model)
+                except Exception as exc:
+                    if not (compiled and first_step) or isinstance(exc, TrainingError) or _is_oom(exc):
+                        raise
+                    log(f"--compile: torch.compile failed at the first step ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}); training runs eagerly")
+                    train_model, compiled = eager_model, False
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_value, d_lesion, d_organ, stop_requested = forward_backward(x, y, train_model)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+            first_step = False
             iteration += 1
-            d_lesion, d_organ = batch_dice(outputs[0].detach(), y)
-            row = {"iteration": iteration, "lr": lr, "loss": float(loss.detach()), "dice_lesion": d_lesion,
+            row = {"iteration": iteration, "lr": lr, "loss": loss_value, "dice_lesion": d_lesion,
                    "dice_organ": d_organ, "seconds": time.perf_counter() - t0}
-            metrics.write(row)
+            if main:
+                metrics.write(row)
+                curves.scalars(iteration, row)
             if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
                 save()
             progress.update(iteration, f"stage1 iteration {iteration}/{cfg.iterations} loss {row['loss']:.4f}",
                             loss=row["loss"])
             if callback is not None:
                 callback(iteration, row)
+    except BaseException:
+        failed = True
+        raise
     finally:
         progress.close()
-        if iteration > 0 and (stopped or stop.stop) and iteration % cfg.checkpoint_every != 0:
+        batches = None  # shuts the DataLoader workers down
+        # single process: also after an error once a stop was requested (the old behaviour); with
+        # several processes only on an agreed stop (a collective after one rank failed would hang)
+        want = stopped or (not dist_ctx.enabled and stop.stop)
+        if iteration > 0 and want and iteration % cfg.checkpoint_every != 0 and not (failed and dist_ctx.enabled):
             save()
+        if main:
+            curves.checkpoint() if not failed else None
+            curves.close()
     final = None
     if iteration >= cfg.iterations:
-        final = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / FINAL_NAME)
+        if main:
+            final = atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                                      out / FINAL_NAME)
+        else:
+            final = out / FINAL_NAME
+        dist_ctx.barrier()
         progress.message(1.0, f"stage1 done: {final}")
     return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    from PASTALib.train.common import is_out_of_memory
+
+    return is_out_of_memory(exc)

@@ -6,11 +6,17 @@ the file) and stays frozen; only ``head`` is trained with Adam (lr 1e-3) on lesi
 attributes (Shape 5, Density 3, Heterogeneity 2, Surface 2, Invasion 2) read from each case's
 report.json. Cases (not lesions) are split into train / validation; per-attribute validation
 accuracy is written to ``eval.json`` and the metrics CSV. Checkpoint/resume as stage 1.
+
+Under torchrun the head is wrapped in DistributedDataParallel (the frozen UNet runs as is on every
+rank), each rank draws its own lesion crops (seed from ``seed`` and the rank), rank 0 evaluates and
+writes; checkpoints hold every rank's sampler/RNG state (same-world-size resume is exact).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,26 +25,50 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX, grouped_cross_entropy, split_logits
+from PASTALib.model.attributes import (
+    ATTRIBUTE_GROUPS,
+    IGNORE_INDEX,
+    grouped_cross_entropy,
+    split_logits,
+)
 from PASTALib.model.checkpoint import build_model_from_checkpoint, default_weights_path
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet
 from PASTALib.train.common import (
+    DistContext,
     IterationCallback,
     MetricsCSV,
     Progress,
     StopFlag,
     TrainingError,
+    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
-    resolve_device,
+    init_distributed,
+    rank_seed,
     rng_state,
     seed_everything,
     set_rng_state,
+    translate_out_of_memory,
 )
-from PASTALib.train.data import LesionSample, LoadedCase, discover_cases, lesion_crop, lesion_samples, load_case
-from PASTALib.train.stage1 import CHECKPOINT_NAME, FINAL_NAME, METRICS_NAME, TrainResult, _config_json, check_resume_compatible
+from PASTALib.train.data import (
+    LesionSample,
+    LoadedCase,
+    discover_cases,
+    lesion_crop,
+    lesion_label_values,
+    lesion_samples,
+    load_case,
+)
+from PASTALib.train.stage1 import (
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    METRICS_NAME,
+    TrainResult,
+    _config_json,
+    check_resume_compatible,
+)
 
 STAGE2_FIELDS = ["iteration", "lr", "loss", "train_acc", "val_acc", "seconds"]
 
@@ -72,13 +102,15 @@ class Stage2Config:
     #: badly conditioned. Use it when the head is untrained (a stage-1 model); it replaces the
     #: function of an already trained head (PASTA_final.pth), so it is off by default.
     standardize_features: bool = False
+    tensorboard: bool = True  # OUT/tensorboard event files when the tensorboard package is installed
+    curves: bool = True  # OUT/curves.png (loss / accuracy) at every checkpoint and at the end
 
 
 class LesionBatcher:
     """Draws lesion-centred crops (uniform over lesions, random jitter) with a restorable state."""
 
     def __init__(self, cases: dict[str, LoadedCase], samples: Sequence[LesionSample], crop: Sequence[int],
-                 jitter: int, slf_values: Sequence[float], seed: int) -> None:
+                 jitter: int, slf_values: Sequence[float], seed: int | np.random.SeedSequence) -> None:
         self.cases, self.samples = cases, list(samples)
         self.crop, self.jitter, self.slf_values = tuple(crop), int(jitter), tuple(slf_values)
         self.rng = np.random.default_rng(seed)
@@ -161,16 +193,42 @@ def evaluate_attributes(model: PastaUNet, batcher: LesionBatcher, samples: Seque
     return acc
 
 
+def check_lesion_labels(case: LoadedCase) -> None:
+    """A case with a report must have lesion voxels (11-25) in its label map."""
+    if case.record.report_path is not None and not lesion_label_values(case):
+        present = sorted(case.class_voxels)
+        raise TrainingError(
+            f"case {case.record.name}: {case.record.label_path.name} has no lesion label (values 11-25; found "
+            f"{present or 'only background'}) but {case.record.report_path.name} describes lesions. Stage 2 needs "
+            "the lesion masks: use the label map written with the lesions (`pasta synth` output), or remove "
+            f"{case.record.report_path.name} from that case to leave it out of stage 2."
+        )
+
+
 def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None, stop: StopFlag | None = None) -> TrainResult:
-    device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.eval_every < 1:
         raise TrainingError("iterations, batch size, eval and checkpoint intervals must be ≥ 1")
+    dist_ctx, device = init_distributed(cfg.device)
+    try:
+        return _train_stage2(cfg, dist_ctx, device, callback, stop or StopFlag())
+    finally:
+        dist_ctx.close()
+
+
+def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device, callback: IterationCallback | None,
+                  stop: StopFlag) -> TrainResult:
+    main, rank, world = dist_ctx.is_main, dist_ctx.rank, dist_ctx.world_size
+
+    def log(text: str) -> None:
+        if main:
+            print(text, file=sys.stderr, flush=True)
+
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
-    stop = stop or StopFlag()
     seed_everything(cfg.seed)
 
     init = Path(cfg.init) if cfg.init else default_weights_path()
@@ -185,12 +243,15 @@ def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None
     if not records:
         raise TrainingError(f"no case under {cfg.data} has a report.json with lesion attributes")
     cases = {r.name: load_case(r) for r in records}
+    for case in cases.values():
+        check_lesion_labels(case)
     train_names, val_names = split_cases(list(cases), cfg.val_fraction, cfg.seed)
     train_samples = [s for n in train_names for s in lesion_samples(cases[n])]
     val_samples = [s for n in val_names for s in lesion_samples(cases[n])]
     if not train_samples:
         raise TrainingError("no lesion reports in the training cases")
-    batcher = LesionBatcher(cases, train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values, cfg.seed)
+    batcher = LesionBatcher(cases, train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values,
+                            cfg.seed if rank == 0 else rank_seed(cfg.seed, rank))
     optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dtype = amp_dtype(device, cfg.amp)
 
@@ -201,32 +262,56 @@ def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None
         check_resume_compatible(state["config"], cfg_json, ["crop_size", "batch_size", "lr", "seed", "val_fraction"], ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        batcher.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
         iteration = int(state["iteration"])
+        samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
+        if int(state.get("world_size", 1)) == world:
+            batcher.load_state_dict(samplers[rank])
+            set_rng_state(rngs[rank])
+        else:
+            log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {world} process(es): head, optimizer "
+                f"and iteration {iteration} restored, crop streams re-seeded (not bit-identical to an uninterrupted run)")
+            batcher.rng = np.random.default_rng(rank_seed(cfg.seed, rank, iteration))
+            set_rng_state(rngs[0])
     elif cfg.standardize_features:
-        fold_feature_standardization(model, batcher, train_samples, device, cfg.batch_size)
-    (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-    (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-    (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
-    metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=iteration)
+        fold_feature_standardization(model, batcher, train_samples, device, cfg.batch_size)  # same data on every rank
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
+        (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+        (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
+        metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=iteration)
+    curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])],
+                         tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)
+    head: torch.nn.Module = model.head
+    if dist_ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        head = DistributedDataParallel(model.head, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save() -> None:
-        atomic_torch_save({
-            "kind": "pasta-train-stage2", "format": 1, "iteration": iteration, "model": model.state_dict(),
-            "model_config": model.config.to_dict(), "optimizer": optimizer.state_dict(),
-            "sampler": batcher.state_dict(), "rng": rng_state(), "config": cfg_json,
-        }, ckpt_path)
+        samplers_now = dist_ctx.all_gather_object(batcher.state_dict())
+        rngs_now = dist_ctx.all_gather_object(rng_state())
+        if main:
+            atomic_torch_save({
+                "kind": "pasta-train-stage2", "format": 1, "iteration": iteration, "model": model.state_dict(),
+                "model_config": model.config.to_dict(), "optimizer": optimizer.state_dict(),
+                "sampler": samplers_now[0], "rng": rngs_now[0], "config": cfg_json, "world_size": world,
+                **({"samplers": samplers_now, "rngs": rngs_now} if world > 1 else {}),
+            }, ckpt_path)
+            curves.checkpoint()
+        dist_ctx.barrier()
 
-    progress = Progress(cfg.iterations, iteration, "stage2", cfg.progress_lines, cfg.progress_bar,
+    oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.crop_size,
+                   "size_flag": "--crop-size", "amp": dtype is not None}
+    progress = Progress(cfg.iterations, iteration, "stage2", cfg.progress_lines and main, cfg.progress_bar and main,
                         every=max(1, cfg.iterations // 200))
     progress.message(iteration / cfg.iterations, f"stage2 start at iteration {iteration}/{cfg.iterations} on {device}, "
-                     f"{len(train_samples)} train / {len(val_samples)} validation lesions")
-    stopped = False
+                     f"{len(train_samples)} train / {len(val_samples)} validation lesions"
+                     + (f", {world} processes" if world > 1 else ""))
+    stopped = failed = stop_requested = False
     val: dict[str, Any] = {}
     try:
         while iteration < cfg.iterations:
-            if stop.stop:
+            if stop_requested or (not dist_ctx.enabled and stop.stop):
                 stopped = True
                 break
             t0 = time.perf_counter()
@@ -234,36 +319,57 @@ def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None
             x = torch.from_numpy(x_np).to(device)
             targets = torch.from_numpy(t_np).to(device)
             model.eval()  # frozen UNet (InstanceNorm keeps no running stats; no dropout)
-            with torch.no_grad(), autocast(device, dtype):
-                feature = model.encode(x)
-            logits = model.head(feature.float())
-            loss = grouped_cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with translate_out_of_memory(iteration=iteration, **oom_context):
+                with torch.no_grad(), autocast(device, dtype):
+                    feature = model.encode(x)
+                logits = head(feature.float())
+                loss = grouped_cross_entropy(logits, targets)
+                train_acc = group_accuracy(logits.detach().cpu(), targets.cpu())["mean"]
+                loss_value = float(loss.detach())
+                if dist_ctx.enabled:  # mean loss / accuracy over ranks, agreed stop flag
+                    vals = dist_ctx.all_reduce_sum(torch.tensor(
+                        [loss_value, 0.0 if math.isnan(train_acc) else train_acc, float(not math.isnan(train_acc)),
+                         float(stop.stop)], dtype=torch.float64, device=device)).tolist()
+                    loss_value = vals[0] / world
+                    train_acc = vals[1] / vals[2] if vals[2] else math.nan
+                    stop_requested = vals[3] > 0
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             iteration += 1
-            row: dict[str, Any] = {"iteration": iteration, "lr": cfg.lr, "loss": float(loss.detach()),
-                                   "train_acc": group_accuracy(logits.detach().cpu(), targets.cpu())["mean"],
-                                   "seconds": time.perf_counter() - t0}
-            if val_samples and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
+            row: dict[str, Any] = {"iteration": iteration, "lr": cfg.lr, "loss": loss_value,
+                                   "train_acc": train_acc, "seconds": time.perf_counter() - t0}
+            if main and val_samples and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
                 val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
                 row["val_acc"] = val["mean"]
-            metrics.write(row)
+            if main:
+                metrics.write(row)
+                curves.scalars(iteration, row)
             if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
                 save()
             progress.update(iteration, f"stage2 iteration {iteration}/{cfg.iterations} loss {row['loss']:.4f}",
                             loss=row["loss"])
             if callback is not None:
                 callback(iteration, row)
+    except BaseException:
+        failed = True
+        raise
     finally:
         progress.close()
-        if iteration > 0 and stopped and iteration % cfg.checkpoint_every != 0:
+        if iteration > 0 and stopped and iteration % cfg.checkpoint_every != 0 and not (failed and dist_ctx.enabled):
             save()
+        if main:
+            if not failed:
+                curves.checkpoint()
+            curves.close()
     final = None
     if iteration >= cfg.iterations:
-        final = atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / FINAL_NAME)
-        if val_samples and not val:
-            val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
-        (out / "eval.json").write_text(json.dumps(val, indent=2))
+        final = out / FINAL_NAME
+        if main:
+            atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, final)
+            if val_samples and not val:
+                val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
+            (out / "eval.json").write_text(json.dumps(val, indent=2))
+        dist_ctx.barrier()
         progress.message(1.0, f"stage2 done: {final}")
     return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped, summary=val)
