@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from PASTASynthLib import mrml
-from PASTASynthLib.mrml import MRMLContext
+from PASTASynthLib.mrml import MRMLLogicBase
 
 #: Name of the manifest the fine-tuning command reads in a few-shot training folder.
 FEWSHOT_MANIFEST = "pasta_fewshot.json"
@@ -42,24 +42,8 @@ def cli_command(subcommand: str, *args: str, python: str | None = None) -> list[
     return [python or sys.executable, "-m", "PASTALib.cli.main", subcommand, *map(str, args)]
 
 
-class SegmentationReportLogic:
+class SegmentationReportLogic(MRMLLogicBase):
     """Load CTs, import PASTA predictions as segments, export few-shot training cases."""
-
-    def __init__(self, scene=None, volumes_logic=None, segmentations_logic=None, *,
-                 context: MRMLContext | None = None):
-        if context is None:
-            if scene is None or volumes_logic is None or segmentations_logic is None:
-                raise ValueError("Pass scene, volumes_logic and segmentations_logic, or context=")
-            context = MRMLContext(scene, volumes_logic, segmentations_logic)
-        self.context = context
-
-    @classmethod
-    def headless(cls) -> "SegmentationReportLogic":
-        return cls(context=MRMLContext.headless())
-
-    @classmethod
-    def from_slicer_application(cls) -> "SegmentationReportLogic":
-        return cls(context=MRMLContext.from_slicer_application())
 
     def load_ct(self, path: str | os.PathLike, name: str | None = None):
         return mrml.load_volume(self.context, path, name)

@@ -1,6 +1,4 @@
 """``pasta segment``: whole-CT PASTA segmentation + structured reports (single CT or resumable batch).
-
-Register by adding "segment" to GROUPS in PASTALib/cli/main.py.
 """
 
 from __future__ import annotations
@@ -9,14 +7,7 @@ import argparse
 import json
 import sys
 
-
-def _size(text: str) -> tuple[int, int, int]:
-    parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected N or D,H,W (got {text!r})")
-    return tuple(parts)  # type: ignore[return-value]
+from PASTALib.cli.args import size_triple
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,12 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="weights: PASTA_final.pth (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights) "
                                         "or a `pasta train` model_final.pth")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    p.add_argument("--patch-size", type=_size, help="sliding-window size N or D,H,W (default 128)")
+    p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
     p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
-    p.add_argument("--crop-size", type=_size, help="lesion crop for the attribute head N or D,H,W (default 96)")
+    p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
     p.add_argument("--spacing", type=float, help="canonical spacing in mm the model works at (default 1)")
     p.add_argument("--min-lesion-volume", type=float, help="drop lesion components below this many mm³ (default 20)")
     p.add_argument("--phase", choices=["auto", "plain", "enhanced"], help="enhancement wording (default auto)")

@@ -1,6 +1,5 @@
 """``pasta train``: stage-1 segmentation pre-training and stage-2 attribute-head training.
 
-Register by adding "train" to GROUPS in PASTALib/cli/main.py.
 
 Several GPUs (or CPU processes): the same command under torchrun, e.g.
 ``torchrun --nproc_per_node 4 -m PASTALib train stage1 --data gen/ --out runs/s1``
@@ -12,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+from PASTALib.cli.args import size_triple
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,22 +36,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="do not draw OUT/curves.png at checkpoints")
 
 
-def _size(text: str) -> tuple[int, int, int]:
-    parts = [int(v) for v in text.lower().replace("x", ",").split(",") if v.strip()]
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected N or D,H,W (got {text!r})")
-    return tuple(parts)  # type: ignore[return-value]
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("train", help="pre-train PASTA (stage 1 segmentation, stage 2 attributes)")
     sub = group.add_subparsers(dest="command", metavar="STAGE")
 
     s1 = sub.add_parser("stage1", help="segmentation of organs 1-10 + lesions 11-25 (Dice+CE, deep supervision, SGD poly)")
     _common(s1)
-    s1.add_argument("--patch-size", type=_size, help="patch size N or D,H,W (default 128)")
+    s1.add_argument("--patch-size", type=size_triple, help="patch size N or D,H,W (default 128)")
     s1.add_argument("--fg-fraction", type=float, help="share of each batch forced onto foreground (default 0.33)")
     s1.add_argument("--base-channels", type=int, help="channels of the first stage (default 64)")
     s1.add_argument("--max-channels", type=int, help="channel cap (default 1024)")
@@ -74,7 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(s2)
     s2.add_argument("--init", help="UNet weights: stage-1 OUT/model_final.pth or PASTA_final.pth "
                                    "(default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
-    s2.add_argument("--crop-size", type=_size, help="lesion crop N or D,H,W (default 96)")
+    s2.add_argument("--crop-size", type=size_triple, help="lesion crop N or D,H,W (default 96)")
     s2.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2)")
     s2.add_argument("--eval-every", type=int)
     s2.add_argument("--standardize-features", action="store_true", default=None,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import mrml
-from .mrml import MRMLContext
+from .mrml import MRMLLogicBase
 
 #: Node reference role from the output segmentation (and volume) to the report text node.
 REPORT_REFERENCE_ROLE = "PASTAReport"
@@ -64,28 +64,8 @@ class PreviewOutput:
     box: tuple = field(default_factory=tuple)  # input-grid index range (x, y, z) of the crop
 
 
-class SynthesisLogic:
+class SynthesisLogic(MRMLLogicBase):
     """Load CTs, convert nodes <-> SimpleITK, build segmentations, run synthesis."""
-
-    def __init__(self, scene=None, volumes_logic=None, segmentations_logic=None, *,
-                 context: MRMLContext | None = None):
-        if context is None:
-            if scene is None or volumes_logic is None or segmentations_logic is None:
-                raise ValueError("Pass scene, volumes_logic and segmentations_logic, or context=")
-            context = MRMLContext(scene, volumes_logic, segmentations_logic)
-        self.context = context
-
-    @classmethod
-    def headless(cls) -> SynthesisLogic:
-        return cls(context=MRMLContext.headless())
-
-    @classmethod
-    def from_slicer_application(cls) -> SynthesisLogic:
-        return cls(context=MRMLContext.from_slicer_application())
-
-    @property
-    def scene(self):
-        return self.context.scene
 
     # -- volumes ------------------------------------------------------------------------
 

@@ -544,3 +544,30 @@ def segment_terminology(segmentation_node, segment_id: str) -> str:
     """The serialised terminology entry of a segment ('' when none)."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     return segment.GetTerminology() or "" if segment.HasTerminology() else ""
+
+
+class MRMLLogicBase:
+    """Shared constructor of the module logics: an injected MRMLContext (scene + logics)."""
+
+    def __init__(self, scene=None, volumes_logic=None, segmentations_logic=None, *,
+                 context: MRMLContext | None = None):
+        if context is None:
+            if scene is None or volumes_logic is None or segmentations_logic is None:
+                raise ValueError("Pass scene, volumes_logic and segmentations_logic, or context=")
+            context = MRMLContext(scene, volumes_logic, segmentations_logic)
+        self.context = context
+
+    @classmethod
+    def headless(cls):
+        """A logic on a fresh scene of PyPI slicer-core (tests, scripts)."""
+        return cls(context=MRMLContext.headless())
+
+    @classmethod
+    def from_slicer_application(cls):
+        """A logic on the running Slicer application's scene."""
+        return cls(context=MRMLContext.from_slicer_application())
+
+    @property
+    def scene(self):
+        return self.context.scene
+
