@@ -22,7 +22,6 @@ from PASTALib.eval import (
     auc_rows,
     bootstrap_ci,
     bootstrap_mean_ci,
-    classification_summary,
     dice,
     dice_binary,
     macro_f1,
@@ -30,7 +29,6 @@ from PASTALib.eval import (
     paired_permutation_test,
     plot_fewshot,
     summarize_fewshot,
-    to_markdown,
     wilcoxon_test,
     write_table,
 )

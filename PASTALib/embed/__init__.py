@@ -32,6 +32,14 @@ from PASTALib.embed.stability import (
     summarize_by_kind,
 )
 
+__all__ = [
+    "ProbeFit", "ProbeResult", "binary_auc_many", "cosine_similarity_matrix", "crop_at_point", "crop_grid",
+    "icc_2_1", "knn_probe", "logistic_probe", "perturbations", "perturbed_features", "point_inside", "ras_to_lps",
+    "repeated_split_auc", "stability_report", "stratified_three_way_split", "summarize_by_kind",
+    "COORD_COLUMNS", "DEFAULT_CROP_SIZE", "EmbeddingError", "FEATURE_PREFIX", "LesionEmbedder", "embed_table",
+    "load_embedder", "read_features", "resolve_device", "write_npz",
+]
+
 _LAZY = {
     "COORD_COLUMNS", "DEFAULT_CROP_SIZE", "EmbeddingError", "FEATURE_PREFIX", "LesionEmbedder", "embed_table",
     "load_embedder", "read_features", "resolve_device", "write_npz",

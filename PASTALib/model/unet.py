@@ -20,7 +20,7 @@ stage ``4-u`` → ``conv_blocks_localization[u]`` (two one-block stacks) → ``s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch

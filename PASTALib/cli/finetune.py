@@ -1,0 +1,75 @@
+"""``pasta finetune``: K-shot segmentation fine-tuning on cases exported by the PASTA module.
+
+    pasta finetune --data FEWSHOT_FOLDER --out runs/ft [--init PASTA_final.pth] [--k 4] [--fold 0 --folds 5]
+                   [--iterations 2000] [--lr 1e-4] [--patch-size 128] [--device cuda] [--progress-lines]
+
+Writes OUT/model_final.pth (use it with ``pasta segment --checkpoint``), OUT/classes.json (output
+channel → annotated label value and name), OUT/splits.json, OUT/metrics.csv, OUT/validation.csv
+(DSC per held-out case) and OUT/checkpoint_last.pt (the same command resumes exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from PASTALib.cli.args import size_triple
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("finetune", help="few-shot segmentation fine-tuning on annotated cases (pasta_fewshot.json)")
+    p.add_argument("--data", required=True, help="few-shot folder: pasta_fewshot.json, imagesTr/, labelsTr/")
+    p.add_argument("--out", help="output folder (default: DATA/finetune)")
+    p.add_argument("--init", "--checkpoint", dest="init",
+                   help="PASTA weights to start from (default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
+    p.add_argument("--k", type=int, help="number of training cases drawn from the training folds (default: all)")
+    p.add_argument("--fold", type=int, default=0, help="held-out fold (default 0)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--patch-size", type=size_triple, default=(128, 128, 128), help="N or D,H,W (multiples of 32)")
+    p.add_argument("--fg-fraction", type=float, default=0.33, help="share of each batch forced onto annotated voxels")
+    p.add_argument("--spacing", type=float, default=1.0, dest="spacing_mm",
+                   help="canonical LPS spacing in mm the cases are resampled to (default 1, the model's); 0: keep the files' grids")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--no-resume", dest="resume", action="store_false")
+    p.add_argument("--no-validation", dest="evaluate", action="store_false",
+                   help="skip the DSC of the held-out fold at the end")
+    p.add_argument("--threads", type=int, dest="num_threads")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from PASTALib.finetune import FinetuneConfig, finetune
+    from PASTALib.train import StopFlag
+
+    fields = FinetuneConfig.__dataclass_fields__
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kw["out"] = args.out or str(Path(args.data) / "finetune")
+    if kw.get("spacing_mm") == 0:
+        kw["spacing_mm"] = None
+    cfg = FinetuneConfig(**kw)
+    stop = StopFlag()
+    with stop.install_signal_handlers():
+        result = finetune(cfg, stop=stop)
+    print(json.dumps({
+        "iteration": result.iteration, "out": str(result.out),
+        "final_model": str(result.final_model) if result.final_model else None,
+        "classes": str(result.classes), "splits": str(result.splits), "metrics": str(result.metrics),
+        "validation": str(result.validation_csv) if result.validation_csv else None,
+        "mean_dice": result.mean_dice,
+    }, indent=2))
+    if result.stopped_early:
+        print(f"stopped at iteration {result.iteration}; run the same command again to resume")
+        return 130
+    return 0

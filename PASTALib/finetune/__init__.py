@@ -1,0 +1,30 @@
+"""Few-shot segmentation fine-tuning of PASTA on cases annotated in Slicer (DESIGN.md, "PASTA model":
+downstream few-shot segmentation, K ∈ {1, 2, 4, 8, 16}, 2,000 iterations, 5-fold CV).
+
+    from PASTALib.finetune import FinetuneConfig, finetune
+    result = finetune(FinetuneConfig(data="fewshot/", out="runs/ft", k=4, fold=0))
+    result.final_model, result.validation   # DIR/model_final.pth, per held-out case DSC
+
+CLI: ``pasta finetune --data FOLDER --out DIR [--init CKPT] [--k K] [--fold i --folds 5] ...``.
+The training loop, patch sampler, loss and exact resume are stage 1's (PASTALib.train.train_stage1).
+"""
+
+from PASTALib.finetune.core import (
+    CLASSES_NAME,
+    SPLITS_NAME,
+    VALIDATION_NAME,
+    FewshotCase,
+    FinetuneConfig,
+    FinetuneResult,
+    class_mapping,
+    evaluate_cases,
+    finetune,
+    make_splits,
+    prepare_case,
+    read_fewshot_folder,
+)
+
+__all__ = [
+    "CLASSES_NAME", "SPLITS_NAME", "VALIDATION_NAME", "FewshotCase", "FinetuneConfig", "FinetuneResult",
+    "class_mapping", "evaluate_cases", "finetune", "make_splits", "prepare_case", "read_fewshot_folder",
+]
