@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import InputImageError
+
+if TYPE_CHECKING:
+    from PASTALib.geometry import Grid
 
 PathLike = str | os.PathLike
 
@@ -218,10 +222,16 @@ def image_to_array(image: sitk.Image) -> np.ndarray:
     return sitk.GetArrayFromImage(image).transpose(2, 1, 0).copy()
 
 
-def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    """Image from an (x, y, z) array with ``reference``'s geometry."""
-    if tuple(array.shape) != tuple(reference.GetSize()):
-        raise ValueError(f"array shape {array.shape} differs from reference size {reference.GetSize()}")
+def array_to_image(array: np.ndarray, reference: "sitk.Image | Grid") -> sitk.Image:
+    """Image from an (x, y, z) array with the geometry of ``reference`` (an image or a geometry Grid)."""
+    size = tuple(reference.GetSize()) if isinstance(reference, sitk.Image) else tuple(reference.size)
+    if tuple(array.shape) != size:
+        raise ValueError(f"array shape {array.shape} differs from reference size {size}")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    image.CopyInformation(reference)
+    if isinstance(reference, sitk.Image):
+        image.CopyInformation(reference)
+    else:
+        image.SetOrigin(reference.origin)
+        image.SetSpacing(reference.spacing)
+        image.SetDirection(reference.direction)
     return image

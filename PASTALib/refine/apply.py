@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from PASTALib.errors import InputImageError
 from PASTALib.geometry import local_grid, resample_to_grid
+from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType
 from PASTALib.refine.refiner import Refiner
 
@@ -23,14 +24,6 @@ def _xyz(image: sitk.Image) -> np.ndarray:
 def _image(array_xyz: np.ndarray, reference: sitk.Image) -> sitk.Image:
     img = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
     img.CopyInformation(reference)
-    return img
-
-
-def _grid_image(array_xyz: np.ndarray, grid: Any) -> sitk.Image:
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
-    img.SetOrigin(grid.origin)
-    img.SetSpacing(grid.spacing)
-    img.SetDirection(grid.direction)
     return img
 
 
@@ -98,8 +91,8 @@ def refine_case(ct: sitk.Image, labels: sitk.Image, refiner: Refiner, *, seed: i
         res = refiner.refine_crop(ct_c, organ_c, lesion_c, seed_i, margin_mm=margin)
         delta_c = (res.ct - ct_c).astype(np.float32)
 
-        delta_in = _xyz(sitk.Resample(_grid_image(delta_c, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-        weight_in = _xyz(sitk.Resample(_grid_image(res.weight, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        delta_in = _xyz(sitk.Resample(array_to_image(delta_c, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        weight_in = _xyz(sitk.Resample(array_to_image(res.weight, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
         dist_in = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
         touched = (weight_in > 0) & (dist_in < margin)
         region = _xyz(reference)

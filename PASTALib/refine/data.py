@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from PASTALib.anatomy.health import MIN_HEALTHY_VOLUME_MM3
 from PASTALib.errors import InputImageError
 from PASTALib.geometry import Grid, resample_to_grid
 from PASTALib.geometry.canonical import IDENTITY_DIRECTION
@@ -31,7 +32,6 @@ CT_NAMES = ("ct", "img", "image")
 LABEL_NAMES = ("organs", "label", "labels", "seg")
 SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: Organs smaller than this (mm^3) are not sampled (as the synthesizer's healthy-organ check).
-MIN_ORGAN_MM3 = 4000.0
 _MAX_CENTRES = 20000
 
 
@@ -102,7 +102,7 @@ def load_case(name: str, ct: sitk.Image, labels: sitk.Image, labels_kind: str = 
         if value == 0:
             continue
         idx = np.argwhere(organs == value)
-        if len(idx) * voxel_mm3 < MIN_ORGAN_MM3:
+        if len(idx) * voxel_mm3 < MIN_HEALTHY_VOLUME_MM3:
             continue
         if len(idx) > _MAX_CENTRES:
             idx = idx[np.sort(rng.choice(len(idx), _MAX_CENTRES, replace=False))]
@@ -120,7 +120,7 @@ def load_cases(root: str | os.PathLike, labels_kind: str = "pasta") -> list[Case
         if case.centres:
             cases.append(case)
     if not cases:
-        raise InputImageError(f"No case under {root} has an organ of at least {MIN_ORGAN_MM3:.0f} mm^3 in its labels.")
+        raise InputImageError(f"No case under {root} has an organ of at least {MIN_HEALTHY_VOLUME_MM3:.0f} mm^3 in its labels.")
     return cases
 
 

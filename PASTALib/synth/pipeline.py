@@ -11,14 +11,28 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.errors import AnatomyError, InputImageError, LesionFitError, SpecificationError
+from PASTALib.errors import (
+    AnatomyError,
+    InputImageError,
+    LesionFitError,
+    SpecificationError,
+)
 from PASTALib.geometry import local_grid, resample_to_grid
+from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
-from PASTALib.synth import intensity, placement, shape as shp
+from PASTALib.synth import intensity, placement
+from PASTALib.synth import shape as shp
 from PASTALib.synth.attributes import Shape
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
 from PASTALib.synth.report import StructuredReport, build_report
-from PASTALib.synth.spec import STREAM_INTENSITY, STREAM_LOCATION, STREAM_REFINER, STREAM_SHAPE, LesionSpec, stream
+from PASTALib.synth.spec import (
+    STREAM_INTENSITY,
+    STREAM_LOCATION,
+    STREAM_REFINER,
+    STREAM_SHAPE,
+    LesionSpec,
+    stream,
+)
 
 #: refiner(ct_crop, organ_crop, lesion_alpha_crop, rng) -> refined ct_crop (1 mm canonical crop, HU).
 Refiner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
@@ -113,14 +127,6 @@ def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness:
 
 #: Context (mm) around the shape box: the parenchyma reference is measured there.
 _CONTEXT_MM = 10.0
-
-
-def _image_from(array_xyz: np.ndarray, grid: Any) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
-    image.SetOrigin(grid.origin)
-    image.SetSpacing(grid.spacing)
-    image.SetDirection(grid.direction)
-    return image
 
 
 def _build_sdf(
@@ -349,10 +355,10 @@ def _paste(
     hi = np.array([b[1] for b in box])
     reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
     alpha_in = sitk.GetArrayFromImage(
-        sitk.Resample(_image_from(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        sitk.Resample(array_to_image(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     ).transpose(2, 1, 0)
     delta_in = sitk.GetArrayFromImage(
-        sitk.Resample(_image_from(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     ).transpose(2, 1, 0)
 
     region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)

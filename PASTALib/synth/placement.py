@@ -9,12 +9,12 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from PASTALib.anatomy.health import MIN_HEALTHY_VOLUME_MM3
 from PASTALib.errors import AnatomyError, LesionFitError
 from PASTALib.labels import Organ
 from PASTALib.synth.shape import distance_to_mask
 
 #: Smallest organ volume the synthesizer accepts (DESIGN.md healthy-organ check).
-MIN_ORGAN_VOLUME_MM3 = 4000.0
 #: Placement runs on the organ's bounding box subsampled to about this spacing (speed, not accuracy:
 #: the lesion itself is built at 1 mm and clipped to the exact organ).
 _PLACEMENT_SPACING_MM = 2.0
@@ -85,9 +85,9 @@ def organ_region(labels_xyz: np.ndarray, image: sitk.Image, organ: Organ, side: 
         mask &= (x > midline) if side == "left" else (x <= midline)  # LPS: +x is patient left
         name = f"{side} {name}"
     volume = float(np.count_nonzero(mask)) * voxel_mm3
-    if volume <= MIN_ORGAN_VOLUME_MM3:
+    if volume <= MIN_HEALTHY_VOLUME_MM3:
         raise AnatomyError(
-            f"The {name} is too small for lesion synthesis: {volume:.0f} mm³ (needs > {MIN_ORGAN_VOLUME_MM3:.0f} mm³). "
+            f"The {name} is too small for lesion synthesis: {volume:.0f} mm³ (needs > {MIN_HEALTHY_VOLUME_MM3:.0f} mm³). "
             "It may be cut off by the scan or missing; pick another organ or scan."
         )
     return OrganRegion(organ, side, lo, mask, spacing, direction, origin, volume)
