@@ -21,7 +21,6 @@ reported as RMS over features (0 = same means), plus the mean |z| of each lesion
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.radiomics_features import make_extractor, original_features
 from PASTALib.anatomy import classical_lung_mask
 from PASTALib.errors import PastaError
 from PASTALib.labels import LesionType, Phase
@@ -49,10 +49,8 @@ from PASTALib.refine import (
 from PASTALib.synth import LesionSpec, synthesize_lesion
 
 DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "pyradiomics"
-SETTINGS = {"binWidth": 25, "voxelArrayShift": 2000, "label": 1, "padDistance": 5, "interpolator": None,
-            "resampledPixelSpacing": None}
 FEATURES = [
-    "firstorder_Mean", "firstorder_10Percentile", "firstorder_90Percentile", "firstorder_sd", "firstorder_Skewness",
+    "firstorder_Mean", "firstorder_10Percentile", "firstorder_90Percentile", "sd", "firstorder_Skewness",
     "firstorder_Kurtosis", "firstorder_Entropy", "firstorder_Uniformity",
     "glcm_Contrast", "glcm_Correlation", "glcm_JointEntropy", "glcm_Idm", "glcm_ClusterProminence", "glcm_Imc1",
 ]
@@ -73,20 +71,11 @@ def lung_case(name: str):
 
 
 def extractor():
-    from radiomics import featureextractor
-
-    logging.getLogger("radiomics").setLevel(logging.ERROR)
-    ex = featureextractor.RadiomicsFeatureExtractor(**SETTINGS)
-    ex.disableAllFeatures()
-    ex.enableFeatureClassByName("firstorder")
-    ex.enableFeatureClassByName("glcm")
-    return ex
+    return make_extractor("firstorder", "glcm")
 
 
 def features(ex, image: sitk.Image, mask: sitk.Image) -> np.ndarray:
-    out = ex.execute(image, sitk.Cast(mask > 0, sitk.sitkUInt8))
-    f = {k[len("original_"):]: float(v) for k, v in out.items() if k.startswith("original_")}
-    f["firstorder_sd"] = float(np.sqrt(f["firstorder_Variance"]))
+    f = original_features(ex, image, mask)
     return np.array([f[k] for k in FEATURES])
 
 

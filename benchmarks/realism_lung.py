@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.baselines import synthetic_tumors as st
+from benchmarks.radiomics_features import make_extractor, original_features
 from PASTALib.anatomy import classical_lung_mask
 from PASTALib.errors import PastaError
 from PASTALib.geometry import from_canonical, to_canonical
@@ -47,8 +47,6 @@ from PASTALib.labels import LesionType, Phase
 from PASTALib.synth import LesionSpec, synthesize_lesion
 
 DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "pyradiomics"
-SETTINGS = {"binWidth": 25, "voxelArrayShift": 2000, "label": 1, "padDistance": 5, "interpolator": None,
-            "resampledPixelSpacing": None}
 TABLE_FEATURES = [
     "firstorder_Mean", "firstorder_Median", "firstorder_10Percentile", "firstorder_90Percentile",
     "firstorder_Variance", "firstorder_Skewness", "firstorder_Kurtosis", "firstorder_Entropy",
@@ -62,20 +60,11 @@ DIST_FEATURES = ["firstorder_Mean", "firstorder_10Percentile", "firstorder_90Per
 
 
 def extractor():
-    from radiomics import featureextractor
-
-    logging.getLogger("radiomics").setLevel(logging.ERROR)
-    ex = featureextractor.RadiomicsFeatureExtractor(**SETTINGS)
-    ex.disableAllFeatures()
-    ex.enableFeatureClassByName("firstorder")
-    ex.enableFeatureClassByName("shape")
-    return ex
+    return make_extractor("firstorder", "shape")
 
 
 def features(ex, image: sitk.Image, mask: sitk.Image) -> dict[str, float]:
-    out = ex.execute(image, mask)
-    f = {k[len("original_"):]: float(v) for k, v in out.items() if k.startswith("original_")}
-    f["sd"] = float(np.sqrt(f["firstorder_Variance"]))
+    f = original_features(ex, image, mask)
     f["log_volume"] = float(np.log(f["shape_MeshVolume"]))
     return f
 
