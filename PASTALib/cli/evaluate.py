@@ -45,8 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cmp_.set_defaults(func=_compare)
 
     few = group.add_parser("fewshot", help="few-shot curve (metric vs K) with shaded 95%% CI per method")
-    few.add_argument("--csv", required=True, help="CSV with columns method, K, value (one row per repeat/case), "
-                                                  "or method, K, value, low, high")
+    few.add_argument("--csv", required=True, nargs="+",
+                     help="CSV(s) with columns method, K, value (one row per repeat/case), or method, K, value, "
+                          "low, high; several files (e.g. the fewshot.csv of a PASTA and a scratch sweep) are "
+                          "concatenated")
     few.add_argument("--plot", required=True, help="output image (.png / .pdf / .svg)")
     few.add_argument("--value-col", default="value", help="metric column (default value)")
     few.add_argument("--k-col", default="K", help="K column (default K)")
@@ -145,7 +147,7 @@ def _fewshot(args: argparse.Namespace) -> int:
 
     from PASTALib.eval.plots import plot_fewshot, summarize_fewshot
 
-    df = pd.read_csv(args.csv)
+    df = pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True)
     summary = summarize_fewshot(df, rng=np.random.default_rng(args.seed), k_col=args.k_col, value_col=args.value_col,
                                 group_col=args.method_col, n_resamples=args.n_boot)
     path = plot_fewshot(summary, args.plot, metric=args.metric, title=args.title)

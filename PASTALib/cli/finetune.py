@@ -6,14 +6,35 @@
 Writes OUT/model_final.pth (use it with ``pasta segment --checkpoint``), OUT/classes.json (output
 channel → annotated label value and name), OUT/splits.json, OUT/metrics.csv, OUT/validation.csv
 (DSC per held-out case) and OUT/checkpoint_last.pt (the same command resumes exactly).
+
+Several K (``--k 1,2,4,8,16``) or folds (``--fold all`` / ``--fold 0,2``) run the paper's few-shot
+protocol: one run per (K, fold) in OUT/k{K}/fold{f}/ and OUT/fewshot.csv (method, K, fold, case,
+class, name, value) for ``pasta evaluate fewshot``; ``--init scratch`` is the from-scratch baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from PASTALib.cli.args import size_triple
+
+
+def int_list(text: str) -> list[int]:
+    """``4`` or ``1,2,4,8,16`` → [ints]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list such as 1,2,4,8,16 (got {text!r})")
+    return values
+
+
+def fold_list(text: str) -> list[int] | None:
+    """``0``, ``0,2`` or ``all`` (None)."""
+    return None if text.strip().lower() == "all" else int_list(text)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,9 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="few-shot folder: pasta_fewshot.json, imagesTr/, labelsTr/")
     p.add_argument("--out", help="output folder (default: DATA/finetune)")
     p.add_argument("--init", "--checkpoint", dest="init",
-                   help="PASTA weights to start from (default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
-    p.add_argument("--k", type=int, help="number of training cases drawn from the training folds (default: all)")
-    p.add_argument("--fold", type=int, default=0, help="held-out fold (default 0)")
+                   help="PASTA weights to start from (default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth); "
+                        "'scratch': the same architecture from random init (the baseline)")
+    p.add_argument("--layout", help="with --init scratch: take the network layout (widths, stages) from these weights "
+                                    "instead of the published PASTA layout")
+    p.add_argument("--k", type=int_list, help="training cases drawn from the training folds (default: all; a sweep: "
+                                              "1,2,4,8,16); several (1,2,4,8,16) run a few-shot sweep into OUT/k{K}/fold{f}")
+    p.add_argument("--fold", type=fold_list, default=[0],
+                   help="held-out fold (default 0); 'all' or a list (0,2) runs a few-shot sweep")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -44,22 +70,47 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int)
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
+    p.add_argument("--method", help="sweep: name of the curve in fewshot.csv (default PASTA, or scratch with --init scratch)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from PASTALib.finetune import FinetuneConfig, finetune
+    from PASTALib.eval.plots import FEW_SHOT_K
+    from PASTALib.finetune import FinetuneConfig, finetune, run_sweep
     from PASTALib.train import StopFlag
 
     fields = FinetuneConfig.__dataclass_fields__
-    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    kw = {k: v for k, v in vars(args).items() if k in fields and v is not None and k not in ("k", "fold")}
     kw["out"] = args.out or str(Path(args.data) / "finetune")
     if kw.get("spacing_mm") == 0:
         kw["spacing_mm"] = None
-    cfg = FinetuneConfig(**kw)
+    if (args.init or "").lower() == "scratch":
+        kw["scratch"], kw["init"] = True, args.layout
+    elif args.layout:
+        print("error: --layout applies to --init scratch (fine-tuning takes the layout of --init)", file=sys.stderr)
+        return 2
+    ks, folds = args.k, args.fold
+    sweep = folds is None or len(folds) > 1 or (ks is not None and len(ks) > 1)
     stop = StopFlag()
+    if sweep:
+        cfg = FinetuneConfig(**kw)
+        with stop.install_signal_handlers():
+            res = run_sweep(cfg, ks or list(FEW_SHOT_K), folds, method=args.method, stop=stop)
+        print(json.dumps({
+            "out": str(res.out), "method": res.method, "fewshot_csv": str(res.csv) if res.csv else None,
+            "runs": [{"K": r.k, "fold": r.fold, "out": str(r.out), "status": r.status, "mean_dice": r.mean_dice}
+                     for r in res.runs],
+            "skipped": res.notes,
+        }, indent=2))
+        if res.stopped_early:
+            print("sweep stopped; run the same command again to resume")
+            return 130
+        return 0
+    if args.method:
+        print("note: --method names a sweep's curve in fewshot.csv; a single run writes no fewshot.csv", file=sys.stderr)
+    cfg = FinetuneConfig(**kw, k=ks[0] if ks else None, fold=folds[0])
     with stop.install_signal_handlers():
         result = finetune(cfg, stop=stop)
     print(json.dumps({

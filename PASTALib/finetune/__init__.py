@@ -5,7 +5,10 @@ downstream few-shot segmentation, K ∈ {1, 2, 4, 8, 16}, 2,000 iterations, 5-fo
     result = finetune(FinetuneConfig(data="fewshot/", out="runs/ft", k=4, fold=0))
     result.final_model, result.validation   # DIR/model_final.pth, per held-out case DSC
 
-CLI: ``pasta finetune --data FOLDER --out DIR [--init CKPT] [--k K] [--fold i --folds 5] ...``.
+    from PASTALib.finetune import run_sweep             # every (K, fold) → OUT/k{K}/fold{f}, OUT/fewshot.csv
+    run_sweep(FinetuneConfig(data="fewshot/", out="runs/pasta"), ks=(1, 2, 4, 8, 16))
+
+CLI: ``pasta finetune --data FOLDER --out DIR [--init CKPT|scratch] [--k K|1,2,4,8,16] [--fold i|all --folds 5] ...``.
 The training loop, patch sampler, loss and exact resume are stage 1's (PASTALib.train.train_stage1).
 """
 
@@ -21,10 +24,14 @@ from PASTALib.finetune.core import (
     finetune,
     make_splits,
     prepare_case,
+    read_classes,
     read_fewshot_folder,
+    read_validation,
 )
+from PASTALib.finetune.sweep import FEWSHOT_NAME, SweepResult, SweepRun, plan_sweep, run_sweep
 
 __all__ = [
     "CLASSES_NAME", "SPLITS_NAME", "VALIDATION_NAME", "FewshotCase", "FinetuneConfig", "FinetuneResult",
     "class_mapping", "evaluate_cases", "finetune", "make_splits", "prepare_case", "read_fewshot_folder",
+    "read_classes", "read_validation", "FEWSHOT_NAME", "SweepResult", "SweepRun", "plan_sweep", "run_sweep",
 ]

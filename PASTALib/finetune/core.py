@@ -19,6 +19,11 @@ numbering (lesions 11-25), so for fine-tuning classes 1..C ``dice_organ`` is the
 annotated class" (C ≤ 10) and ``dice_lesion`` is empty. At the end every held-out case is segmented
 with PASTALib.infer's sliding window (Gaussian blending, on the canonical grid) and scored per class
 (DSC, PASTALib.eval.dice) into ``validation.csv``.
+
+``scratch=True`` trains the same architecture from random init (seeded), the paper's baseline. The
+K x fold sweep that writes ``fewshot.csv`` is :mod:`PASTALib.finetune.sweep`. ``pasta segment
+--checkpoint OUT/model_final.pth`` reads ``classes.json`` beside the model (:func:`read_classes`) and
+writes the annotated label values.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ class FinetuneConfig:
     data: str
     out: str
     init: str | None = None  # PASTA weights (None: PASTA_final.pth at default_weights_path())
+    #: train the same architecture from random init (the paper's "from scratch" baseline): ``init``, when
+    #: given, only supplies the layout (widths, stages); None: the published PASTA layout (UNetConfig())
+    scratch: bool = False
     k: int | None = None  # training cases drawn from the training folds (None: all of them)
     fold: int = 0
     folds: int = 5
@@ -146,6 +154,28 @@ def read_fewshot_folder(folder: str | os.PathLike) -> tuple[dict[str, int], list
     if bad:
         raise TrainingError(f"label values must be 1-255 (0 is background): {bad}")
     return labels, sorted(cases, key=lambda c: c.id)
+
+
+def read_classes(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The classes of a ``classes.json`` written by :func:`finetune`: [{class, name, label_value}] with
+    classes 1..C in order (output channel c of the network = annotated label value of class c)."""
+    from PASTALib.model.checkpoint import CheckpointError
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        classes = [{"class": int(c["class"]), "name": str(c["name"]), "label_value": int(c["label_value"])}
+                   for c in doc["classes"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a valid fine-tuning classes file ({exc!r}); copy the classes.json "
+                              "that `pasta finetune` wrote beside the model, or delete it for a PASTA-numbered model") from None
+    if [c["class"] for c in classes] != list(range(1, len(classes) + 1)):
+        raise CheckpointError(f"{path}: classes must be numbered 1..{len(classes)} in order; copy the classes.json "
+                              "that `pasta finetune` wrote beside the model")
+    values = [c["label_value"] for c in classes]
+    if len(set(values)) != len(values) or not all(1 <= v <= 255 for v in values):
+        raise CheckpointError(f"{path}: label values {values} must be distinct and in 1-255")
+    return classes
 
 
 def class_mapping(labels: dict[str, int]) -> list[dict[str, Any]]:
@@ -245,16 +275,34 @@ def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes:
     return rows
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
-    fields = ["case", "class", "name", "label_value", "dice", "reference_voxels", "predicted_voxels"]
+VALIDATION_FIELDS = ["case", "class", "name", "label_value", "dice", "reference_voxels", "predicted_voxels"]
+
+
+def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str],
+                     float_fields: Sequence[str] = ()) -> Path:
+    """CSV written to a temporary name and renamed (never a half-written table); NaN in a
+    ``float_fields`` column is written empty (pandas reads it back as NaN)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, "dice": "" if math.isnan(r["dice"]) else f"{r['dice']:.6f}"})
+            writer.writerow({**r, **{f: "" if math.isnan(float(r[f])) else f"{float(r[f]):.6f}" for f in float_fields}})
     os.replace(tmp, path)
     return path
+
+
+def read_validation(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a ``validation.csv`` (dice NaN where the class is absent from reference and prediction)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{"case": r["case"], "class": int(r["class"]), "name": r["name"], "label_value": int(r["label_value"]),
+                 "dice": float(r["dice"]) if r["dice"] else math.nan,
+                 "reference_voxels": int(r["reference_voxels"]), "predicted_voxels": int(r["predicted_voxels"])}
+                for r in csv.DictReader(fh)]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
+    return write_csv_atomic(path, rows, VALIDATION_FIELDS, float_fields=("dice",))
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -265,24 +313,30 @@ def _write_json(path: Path, data: Any) -> None:
 
 # --- the run -----------------------------------------------------------------------------------
 
+def resolve_init(cfg: FinetuneConfig) -> Path | None:
+    """The weights file a run starts from (from scratch: the layout source, or None for the published
+    layout); MissingWeightsError (saying where to download PASTA_final.pth) when it is not there."""
+    from PASTALib.model.checkpoint import _missing_message, default_weights_path
+
+    init = Path(cfg.init).expanduser() if cfg.init else (None if cfg.scratch else default_weights_path())
+    if init is not None and not init.is_file():
+        raise MissingWeightsError(_missing_message(init))
+    return init
+
+
 def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
              stop: StopFlag | None = None) -> FinetuneResult:
     """Run (or resume) K-shot fine-tuning of fold ``cfg.fold``; see the module docstring."""
-    from PASTALib.model.checkpoint import (
-        _missing_message,
-        default_weights_path,
-        infer_config,
-        load_state_dict_file,
-    )
+    from PASTALib.model import UNetConfig
+    from PASTALib.model.checkpoint import infer_config, load_state_dict_file
     from PASTALib.train import Stage1Config, train_stage1
 
     cfg.validate()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    init = Path(cfg.init).expanduser() if cfg.init else default_weights_path()
-    if not init.is_file():
-        raise MissingWeightsError(_missing_message(init))
-    pre = infer_config(load_state_dict_file(init))
+    init = resolve_init(cfg)
+    # from scratch: only the layout is read (from init when given, else the published PASTA layout)
+    pre = infer_config(load_state_dict_file(init)) if init is not None else UNetConfig()
 
     labels, cases = read_fewshot_folder(cfg.data)
     classes = class_mapping(labels)
@@ -302,7 +356,8 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
     _write_json(splits_path, splits)
     _write_json(classes_path, classes_doc)
     _write_json(out / "finetune_config.json",
-                {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | {"init": str(init)})
+                {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+                | {"init": str(init) if init is not None else None})
 
     value_to_class = {c["label_value"]: c["class"] for c in classes}
     by_id = {c.id: c for c in cases}
@@ -319,7 +374,7 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
         patch_size=tuple(cfg.patch_size), lr=cfg.lr, optimizer=cfg.optimizer, fg_fraction=cfg.fg_fraction,
         lesion_priority=0.0, checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, device=cfg.device, amp=cfg.amp,
         num_classes=len(classes) + 1, base_channels=pre.base_channels, max_channels=pre.max_channels,
-        num_stages=pre.num_stages, init=str(init), resume=cfg.resume, progress_lines=cfg.progress_lines,
+        num_stages=pre.num_stages, init=None if cfg.scratch else str(init), resume=cfg.resume, progress_lines=cfg.progress_lines,
         progress_bar=cfg.progress_bar, num_threads=cfg.num_threads, num_workers=cfg.num_workers,
         tensorboard=cfg.tensorboard, curves=cfg.curves,
     )

@@ -1,5 +1,6 @@
 """Lesion instances from a predicted label map: components, organ/location, measurements,
-attributes from the model head, and the structured report of each lesion.
+attributes from the model head, and the structured report of each lesion; and, for a fine-tuned
+model, the components of its annotated classes that are not PASTA lesion types (no report).
 
 All measurements are taken on the output (input-grid) label map with
 :func:`PASTALib.synth.report.measure_lesion`, the same code the synthesis reports use, so a
@@ -52,15 +53,17 @@ class LesionFinding:
 
     @property
     def size_zxy_mm(self) -> tuple[int, int, int]:
-        x, y, z = (int(round(float(v))) for v in self.measurement["extents_xyz_mm"])
-        return (z, x, y)
+        return _size_zxy_mm(self.measurement)
 
     def details(self) -> dict[str, Any]:
         """JSON-ready sidecar entry (what the schema-strict report cannot hold)."""
         out: dict[str, Any] = {
+            "kind": "lesion",
             "index": self.index,
+            "name": self.lesion_type.display_name,
             "label_value": self.label_value,
             "lesion_type": self.lesion_type.slug,
+            **_common_measures(self.measurement),
             "location": self.location,
             "voxels": self.voxels,
             "volume_mm3": round(float(self.measurement["volume_mm3"]), 1),
@@ -78,6 +81,93 @@ class LesionFinding:
         if self.report is not None:
             out["text"] = self.report.to_text()
         return out
+
+
+def _size_zxy_mm(measurement: dict[str, Any]) -> tuple[int, int, int]:
+    """Report order and rounding of measure_lesion's extents (the report's "Z×X×Y mm")."""
+    x, y, z = (int(round(float(v))) for v in measurement["extents_xyz_mm"])
+    return (z, x, y)
+
+
+def _common_measures(measurement: dict[str, Any]) -> dict[str, Any]:
+    """Keys every lesions.json entry has (lesion or annotated component), so a viewer reads them alike."""
+    size = _size_zxy_mm(measurement)
+    return {
+        "volume_ml": round(float(measurement["volume_mm3"]) / 1000.0, 4),
+        "size_zxy_mm": list(size),
+        "size": "×".join(str(v) for v in size) + " mm",
+        "centroid": [round(float(v), 2) for v in measurement["centre_mm"]],  # LPS mm
+        "mean_hu": round(float(measurement["mean_hu"]), 1),
+    }
+
+
+@dataclass
+class AnnotatedComponent:
+    """A connected component of an annotated class of a fine-tuned model whose label value is not a
+    PASTA lesion type (11-25): listed in lesions.json with its measurements, no structured report."""
+
+    index: int  # numbered after the lesions (largest first), unique in lesions.json
+    label_value: int
+    name: str
+    voxels: int
+    box_zyx: tuple[tuple[int, int], ...]  # input-grid array index range (end exclusive)
+    measurement: dict[str, Any]  # measure_lesion output (extents_xyz_mm, volume_mm3, centre_mm, mean_hu, ...)
+
+    @property
+    def size_zxy_mm(self) -> tuple[int, int, int]:
+        return _size_zxy_mm(self.measurement)
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "kind": "annotated",
+            "index": self.index,
+            "name": self.name,
+            "label_value": self.label_value,
+            **_common_measures(self.measurement),
+            "voxels": self.voxels,
+            "volume_mm3": round(float(self.measurement["volume_mm3"]), 1),
+            "extents_xyz_mm": [round(float(v), 2) for v in self.measurement["extents_xyz_mm"]],
+            "box_zyx": [list(b) for b in self.box_zyx],
+        }
+
+
+def find_components(ct: sitk.Image, labels: sitk.Image, names: dict[int, str], *, min_volume_mm3: float,
+                    first_index: int = 1) -> tuple[sitk.Image, list[AnnotatedComponent]]:
+    """Connected components (26-connectivity, as :func:`find_lesions`) of each label value in ``names``.
+
+    Components below ``min_volume_mm3`` are set to background (prediction specks, as lesion specks are
+    dropped); the others are measured with measure_lesion (extents, volume, centroid, HU) and numbered
+    from ``first_index``, largest first. Returns the cleaned label map (same grid) and the components.
+    """
+    if not names:
+        return labels, []
+    lab = sitk.GetArrayFromImage(labels)
+    spacing_zyx = np.asarray(labels.GetSpacing(), float)[::-1]
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    found: list[AnnotatedComponent] = []
+    for value, name in sorted(names.items()):
+        comp, _n = ndimage.label(lab == value, structure=np.ones((3, 3, 3), bool))
+        for i, sl in enumerate(ndimage.find_objects(comp), start=1):
+            if sl is None:
+                continue
+            local = comp[sl] == i
+            count = int(local.sum())
+            if count * voxel_mm3 < min_volume_mm3:
+                lab[sl][local] = 0
+                continue
+            # measure this component alone: a crop whose label holds only its voxels
+            (z0, z1), (y0, y1), (x0, x1) = ((b.start, b.stop) for b in sl)
+            crop = sitk.GetImageFromArray(local.astype(np.uint8))
+            ct_crop = ct[x0:x1, y0:y1, z0:z1]
+            crop.CopyInformation(ct_crop)
+            m = measure_lesion(ct_crop, crop, 1, 0, shell_mm=0.0)
+            found.append(AnnotatedComponent(0, int(value), str(name), count, tuple((b.start, b.stop) for b in sl), m))
+    found.sort(key=lambda c: (-c.voxels, c.label_value, c.box_zyx))
+    for k, c in enumerate(found):
+        c.index = first_index + k
+    out = sitk.GetImageFromArray(lab)
+    out.CopyInformation(labels)
+    return out, found
 
 
 def _pad_box(sl: Sequence[slice], pad: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:

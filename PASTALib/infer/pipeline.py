@@ -18,9 +18,18 @@ import torch
 
 from PASTALib.geometry import Grid, from_canonical, to_canonical
 from PASTALib.infer.config import InferenceConfig, InferenceError, amp_dtype, resolve_device
-from PASTALib.infer.lesions import LesionFinding, build_lesion_report, classify_lesions, find_lesions
+from PASTALib.infer.lesions import (
+    LESION_MAX,
+    LESION_MIN,
+    AnnotatedComponent,
+    LesionFinding,
+    build_lesion_report,
+    classify_lesions,
+    find_components,
+    find_lesions,
+)
 from PASTALib.infer.sliding import segment_canonical
-from PASTALib.labels import LesionType, Phase
+from PASTALib.labels import LesionType, Phase, label_name
 from PASTALib.model.preprocess import SLF_VALUES
 
 ProgressFn = Callable[[float, str], None]
@@ -33,20 +42,54 @@ LESIONS_NAME = "lesions.json"  # sidecar: confidences, probabilities, longest di
 RUN_NAME = "run.json"
 DICOM_SEG_NAME = "seg.dcm"
 DICOM_SR_NAME = "sr.dcm"
+CLASSES_NAME = "classes.json"  # written by `pasta finetune` beside model_final.pth (PASTALib.finetune)
 
 
 @dataclass
 class PastaModel:
-    """A PASTA network ready for inference: on its device, in eval mode, with its SLF map."""
+    """A PASTA network ready for inference: on its device, in eval mode, with its SLF map.
+
+    ``classes`` (a fine-tuned model, from the classes.json beside its checkpoint): output channel
+    ``class`` → annotated ``label_value`` and ``name``; None: the channels are PASTA label values.
+    """
 
     network: torch.nn.Module
     device: torch.device
     slf_values: tuple[float, ...] = SLF_VALUES
     checkpoint: Path | None = None
+    classes: list[dict[str, Any]] | None = None
 
     @property
     def divisor(self) -> int:
         return int(getattr(getattr(self.network, "config", None), "divisor", 32))
+
+    @property
+    def num_outputs(self) -> int:
+        return int(getattr(getattr(self.network, "config", None), "num_seg_classes", 26))
+
+    def channel_values(self) -> np.ndarray | None:
+        """Lookup table output channel → label value written (None: identity, the PASTA numbering)."""
+        if not self.classes:
+            return None
+        lut = np.zeros(self.num_outputs, np.uint8)
+        for c in self.classes:
+            lut[int(c["class"])] = int(c["label_value"])
+        return lut
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        """Name of every label value the model writes: the annotated names of a fine-tuned model, else
+        PASTA's (PASTALib.labels; "Label N" past 25 for a network trained with more classes)."""
+        if self.classes:
+            return {int(c["label_value"]): str(c["name"]) for c in self.classes}
+        return {v: label_name(v) if v <= LESION_MAX else f"Label {v}" for v in range(1, self.num_outputs)}
+
+    @property
+    def annotated_names(self) -> dict[int, str]:
+        """Annotated classes that are not PASTA lesion types: listed as components, not reported."""
+        if not self.classes:
+            return {}
+        return {v: n for v, n in self.label_names.items() if not LESION_MIN <= v <= LESION_MAX}
 
 
 def _checkpoint_slf_values(path: Path) -> tuple[float, ...] | None:
@@ -65,7 +108,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
 
     ``checkpoint`` defaults to :func:`PASTALib.model.default_weights_path` (``PASTA_final.pth``); a
     missing file raises MissingWeightsError saying where to download it. Also accepts this
-    library's training outputs (``model_final.pth``, ``checkpoint_last.pt``).
+    library's training outputs (``model_final.pth``, ``checkpoint_last.pt``). A ``classes.json``
+    beside the file (``pasta finetune``) maps the output channels to the annotated label values;
+    CheckpointError when its class count does not fit the network's output channels.
     """
     from PASTALib.model import build_model_from_checkpoint, default_weights_path
 
@@ -74,7 +119,21 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
     network, _ = build_model_from_checkpoint(path, allow_pickle=allow_pickle, device=dev)
     network.eval()
     slf = tuple(slf_values) if slf_values else (_checkpoint_slf_values(path) or SLF_VALUES)
-    return PastaModel(network, dev, slf, path)
+    model = PastaModel(network, dev, slf, path)
+    classes_path = path.parent / CLASSES_NAME
+    if classes_path.is_file():
+        from PASTALib.finetune.core import read_classes
+        from PASTALib.model.checkpoint import CheckpointError
+
+        classes = read_classes(classes_path)
+        if len(classes) + 1 != model.num_outputs:
+            raise CheckpointError(
+                f"{classes_path} lists {len(classes)} class(es) + background = {len(classes) + 1} output channels, but "
+                f"{path} has {model.num_outputs} output channels: they come from different runs. Keep each "
+                f"model_final.pth with the {CLASSES_NAME} that `pasta finetune` wrote beside it (or remove "
+                f"{CLASSES_NAME} for a model that predicts PASTA's label values)")
+        model.classes = classes
+    return model
 
 
 def as_pasta_model(model: PastaModel | torch.nn.Module, cfg: InferenceConfig) -> PastaModel:
@@ -103,6 +162,10 @@ class SegmentationResult:
     config: InferenceConfig
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: components of a fine-tuned model's annotated classes outside 11-25 (lesions.json, no report)
+    components: list[AnnotatedComponent] = field(default_factory=list)
+    #: name of every label value the model writes (run.json "label_names", segment names)
+    label_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def reports(self) -> list:
@@ -180,6 +243,9 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
     t = time.perf_counter()
     lab_c, box = segment_canonical(pm.network, hu, cfg, pm.device, slf_values=pm.slf_values, progress=report,
                                    fraction_range=(0.05, 0.85))
+    lut = pm.channel_values()
+    if lut is not None:  # fine-tuned: output channel c → the annotated label value of class c
+        lab_c = lut[lab_c]
     timings["sliding_window"] = time.perf_counter() - t
 
     report(0.86, "mapping labels to the input grid")
@@ -227,13 +293,19 @@ def report_lesions(ct: sitk.Image, labels: sitk.Image, model: PastaModel | torch
         organ_labels = organ_masks.pasta_label_map(include_lesions=False)
     labels, instances, lesions = find_lesions(ct, labels, min_volume_mm3=cfg.min_lesion_volume_mm3,
                                               organ_shell_mm=cfg.organ_shell_mm, organ_labels=organ_labels)
+    labels, components = find_components(ct, labels, pm.annotated_names, min_volume_mm3=cfg.min_lesion_volume_mm3,
+                                         first_index=len(lesions) + 1)
     timings["lesions"] = time.perf_counter() - t
     phase, phase_source = decide_phase(cfg, ct, labels, organ_masks,
                                        lesions[0].lesion_type if lesions else LesionType.LIVER_TUMOR)
     if lesions:
         from PASTALib.anatomy import OrganMasks
 
-        side_masks = organ_masks if organ_masks is not None else OrganMasks.from_pasta_label_map(labels)
+        if organ_masks is not None:
+            side_masks = organ_masks
+        else:  # annotated values past 25 (a fine-tuned model's own classes) are no PASTA organ: left out
+            pasta_only = sitk.Mask(labels, sitk.BinaryThreshold(labels, 0, LESION_MAX, 1, 0))
+            side_masks = OrganMasks.from_pasta_label_map(pasta_only)
         for f in lesions:
             f.location = side_masks.location_name(f.organ, f.measurement["centre_mm"])
         say(0.92, f"classifying attributes of {len(lesions)} lesion(s)")
@@ -245,11 +317,12 @@ def report_lesions(ct: sitk.Image, labels: sitk.Image, model: PastaModel | torch
             f.attributes = p
             f.report = build_lesion_report(f, phase)
         timings["attributes"] = time.perf_counter() - t
-    say(0.97, f"done: {len(lesions)} lesion(s)")
+    say(0.97, f"done: {len(lesions)} lesion(s)" + (f", {len(components)} annotated component(s)" if components else ""))
     from PASTALib.geometry import canonical_mapping
 
     return SegmentationResult(labels, instances, lesions, phase, phase_source,
-                              canonical_mapping(ct, cfg.spacing_mm).canonical, cfg, timings, [])
+                              canonical_mapping(ct, cfg.spacing_mm).canonical, cfg, timings, [],
+                              components=components, label_names=pm.label_names)
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -280,17 +353,23 @@ def is_dicom_input(path: str | os.PathLike) -> bool:
 def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, *, source: str | os.PathLike | None = None,
                   checkpoint: str | os.PathLike | None = None, dicom: bool | None = None) -> dict[str, Path]:
     """Write labels.nii.gz, labels.seg.nrrd, reports.json, reports.txt, lesions.json, run.json and — for a
-    DICOM source — seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report). Each file is atomic."""
+    DICOM source — seg.dcm (DICOM SEG) and sr.dcm (TID 1500 measurement report). Each file is atomic.
+
+    lesions.json lists the lesions (``"kind": "lesion"``, with report details) and then a fine-tuned
+    model's annotated components (``"kind": "annotated"``); run.json ``label_names`` names every label
+    value the model writes (viewers name segments from it)."""
     from PASTALib.io import write_image, write_segmentation
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    names = result.label_names or {v: label_name(v) for v in range(1, LESION_MAX + 1)}  # a result built by hand
     files = {
         "labels": write_image(result.labels, out / LABELS_NAME),
-        "labels_seg_nrrd": write_segmentation(result.labels, out / SEG_NRRD_NAME),
+        "labels_seg_nrrd": write_segmentation(result.labels, out / SEG_NRRD_NAME, names=names),
         "reports": write_text_atomic(out / REPORTS_NAME, json.dumps(result.reports_json(), indent=2, ensure_ascii=False) + "\n"),
         "reports_text": write_text_atomic(out / REPORTS_TEXT_NAME, "".join(line + "\n" for line in result.report_lines())),
-        "lesions": write_text_atomic(out / LESIONS_NAME, json.dumps([f.details() for f in result.lesions], indent=2, ensure_ascii=False) + "\n"),
+        "lesions": write_text_atomic(out / LESIONS_NAME, json.dumps([f.details() for f in [*result.lesions, *result.components]],
+                                                                    indent=2, ensure_ascii=False) + "\n"),
     }
     warn = list(result.warnings)
     if dicom is None:
@@ -313,6 +392,8 @@ def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, *, sou
         "config": result.config.to_dict(),
         "phase": result.phase.value, "phase_source": result.phase_source,
         "lesions": len(result.lesions),
+        "annotated_components": len(result.components),
+        "label_names": {str(v): n for v, n in sorted(names.items())},
         "labels_present": sorted(int(v) for v in np.unique(sitk.GetArrayViewFromImage(result.labels)) if v),
         "canonical_grid": {"size": list(result.canonical_grid.size), "origin": list(result.canonical_grid.origin)},
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
