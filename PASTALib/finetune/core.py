@@ -43,6 +43,7 @@ import SimpleITK as sitk
 import torch
 
 from PASTALib.errors import MissingWeightsError
+from PASTALib.io.files import write_json_atomic
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
 MANIFEST_NAME = "pasta_fewshot.json"
@@ -305,10 +306,6 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
     return write_csv_atomic(path, rows, VALIDATION_FIELDS, float_fields=("dice",))
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -316,11 +313,11 @@ def _write_json(path: Path, data: Any) -> None:
 def resolve_init(cfg: FinetuneConfig) -> Path | None:
     """The weights file a run starts from (from scratch: the layout source, or None for the published
     layout); MissingWeightsError (saying where to download PASTA_final.pth) when it is not there."""
-    from PASTALib.model.checkpoint import _missing_message, default_weights_path
+    from PASTALib.model.checkpoint import missing_weights_message, default_weights_path
 
     init = Path(cfg.init).expanduser() if cfg.init else (None if cfg.scratch else default_weights_path())
     if init is not None and not init.is_file():
-        raise MissingWeightsError(_missing_message(init))
+        raise MissingWeightsError(missing_weights_message(init))
     return init
 
 
@@ -353,9 +350,9 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
             if path.is_file() and json.loads(path.read_text(encoding="utf-8")) != now:
                 raise TrainingError(f"{path} differs from this run's (the few-shot folder or --k/--fold/--folds/--seed "
                                     "changed since the checkpoint); use another --out or --no-resume")
-    _write_json(splits_path, splits)
-    _write_json(classes_path, classes_doc)
-    _write_json(out / "finetune_config.json",
+    write_json_atomic(splits_path, splits)
+    write_json_atomic(classes_path, classes_doc)
+    write_json_atomic(out / "finetune_config.json",
                 {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
                 | {"init": str(init) if init is not None else None})
 

@@ -29,6 +29,7 @@ from PASTALib.infer.lesions import (
     find_lesions,
 )
 from PASTALib.infer.sliding import segment_canonical
+from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.labels import LesionType, Phase, label_name
 from PASTALib.model.preprocess import SLF_VALUES
 
@@ -327,17 +328,6 @@ def report_lesions(ct: sitk.Image, labels: sitk.Image, model: PastaModel | torch
 
 # --- files ------------------------------------------------------------------------------------
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def is_dicom_input(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.is_dir():
@@ -366,10 +356,9 @@ def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, *, sou
     files = {
         "labels": write_image(result.labels, out / LABELS_NAME),
         "labels_seg_nrrd": write_segmentation(result.labels, out / SEG_NRRD_NAME, names=names),
-        "reports": write_text_atomic(out / REPORTS_NAME, json.dumps(result.reports_json(), indent=2, ensure_ascii=False) + "\n"),
+        "reports": write_json_atomic(out / REPORTS_NAME, result.reports_json()),
         "reports_text": write_text_atomic(out / REPORTS_TEXT_NAME, "".join(line + "\n" for line in result.report_lines())),
-        "lesions": write_text_atomic(out / LESIONS_NAME, json.dumps([f.details() for f in [*result.lesions, *result.components]],
-                                                                    indent=2, ensure_ascii=False) + "\n"),
+        "lesions": write_json_atomic(out / LESIONS_NAME, [f.details() for f in [*result.lesions, *result.components]]),
     }
     warn = list(result.warnings)
     if dicom is None:
@@ -400,7 +389,7 @@ def write_outputs(result: SegmentationResult, out_dir: str | os.PathLike, *, sou
         "warnings": warn,
         "files": sorted(p.name for p in files.values()),
     }
-    files["run"] = write_text_atomic(out / RUN_NAME, json.dumps(run, indent=2) + "\n")
+    files["run"] = write_json_atomic(out / RUN_NAME, run)
     return files
 
 

@@ -9,6 +9,7 @@ from PASTALib.io.image import (
     read_label,
     write_image,
 )
+from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.segmentation import ijk_to_lps, write_segmentation
 
 __all__ = [
@@ -20,5 +21,7 @@ __all__ = [
     "read_image",
     "read_label",
     "write_image",
+    "write_json_atomic",
     "write_segmentation",
+    "write_text_atomic",
 ]

@@ -70,7 +70,7 @@ def _read_dicom_series(path: Path) -> tuple[sitk.Image, dict[str, str]]:
     return image, tags
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     with open(path, "rb") as stream:
         header = stream.read(132)
     return len(header) == 132 and header[128:132] == b"DICM"
@@ -114,7 +114,7 @@ def read_image(path: PathLike) -> sitk.Image:
     if not path.exists():
         raise InputImageError(f"Image not found: {path}. Check the path.")
     tags: dict[str, str] = {}
-    if path.is_dir() or _is_dicom_file(path):
+    if path.is_dir() or is_dicom_file(path):
         image, tags = _read_dicom_series(path)
     else:
         if _suffix(path) in (".nii", ".nii.gz"):

@@ -51,7 +51,7 @@ def default_weights_path() -> Path:
     return default_weights_dir() / WEIGHTS_FILENAME
 
 
-def _missing_message(path: Path) -> str:
+def missing_weights_message(path: Path) -> str:
     return (
         f"PASTA weights not found at {path}. {WEIGHTS_SOURCE} and put it at {default_weights_path()} "
         f"(or set {WEIGHTS_ENV} to the folder holding {WEIGHTS_FILENAME}, or pass the file's path)."
@@ -100,7 +100,7 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     ``allow_pickle=False`` uses ``weights_only=True`` (safe for untrusted files)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise MissingWeightsError(_missing_message(path))
+        raise MissingWeightsError(missing_weights_message(path))
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (interrupted download?). {WEIGHTS_SOURCE} again.")
     is_zip = zipfile.is_zipfile(path)  # torch.save writes zip archives since torch 1.6

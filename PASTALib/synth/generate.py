@@ -60,6 +60,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import AnatomyError, PastaError, SpecificationError
+from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ, Phase
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -229,10 +230,6 @@ def _read_index(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------- cases
@@ -579,7 +576,7 @@ def build_index(templates: list[Template], out: Path, map_fn: Callable = map) ->
         index[t.name] = entry
     if todo:
         merged = {**cached, **index}
-        _atomic_write_text(cache_path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(cache_path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
     return index
 
 
