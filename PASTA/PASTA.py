@@ -27,8 +27,17 @@ except ImportError:  # Slicer < 5.4
         return text
 
 # GUI-free helpers only: the model (torch) runs in a subprocess of the PASTALib CLI.
-from PASTALogicLib.logic import SegmentationReportLogic, cli_command, parse_progress
+from PASTALogicLib.logic import (
+    SegmentationReportLogic,
+    fine_tuned_classes,
+    fine_tuned_model_path,
+    finetune_command,
+    resolve_checkpoint,
+    segment_command,
+)
+from PASTALogicLib.reports import ReportEditError
 from PASTASynthLib import dependencies
+from PASTASynthLib.jobs import BatchJob
 from PASTASynthLib.mrml import MRMLContext
 
 #
@@ -67,8 +76,10 @@ Interpretation", arXiv 2502.06171). Built on 3D Slicer's scripted module templat
 class PASTAParameterNode:
     """Module state, saved with the scene.
 
-    inputVolume - CT to segment. checkpointPath - PASTA state dict (.pth).
-    device - "auto", "cpu" or "cuda". trainingSegmentation - annotated few-shot case.
+    inputVolume - CT to segment. checkpointPath - PASTA weights (.pth; empty: PASTA_final.pth in
+    ~/.pasta/weights or $PASTA_WEIGHTS_DIR). device - "auto", "cpu" or "cuda". outputSegmentation -
+    the PASTA segmentation whose report cards are shown. trainingFolder / trainingSegmentation -
+    few-shot training data. useFineTuned - segment with TRAINING_FOLDER/finetune/model_final.pth.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -86,7 +97,7 @@ class PASTAParameterNode:
 
 
 class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess."""
+    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASynthLib.jobs)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -94,8 +105,11 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._process = None
-        self._reports = []
+        self._job = None
+        self._jobKind = None
+        self._jobFinished = None
+        self._jobTimer = None
+        self._cardsSegmentation = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -111,15 +125,18 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
-        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.exportJsonButton.connect("clicked(bool)", self.onExportJson)
         self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.markTrainingCaseButton.connect("clicked(bool)", self.onMarkTrainingCase)
-        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTune)
+        self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTuneButton)
         self.ui.trainingFolderPathLineEdit.connect("currentPathChanged(QString)", self.refreshTrainingCases)
 
-        self.ui.cancelButton.enabled = False
+        # Job progress: the job's reader thread only fills a queue; this GUI-thread timer polls it.
+        self._jobTimer = qt.QTimer()
+        self._jobTimer.setInterval(200)
+        self._jobTimer.connect("timeout()", self.onJobTimer)
+
         self.ui.progressBar.hide()
         self.ui.fineTuneProgressBar.hide()
         self.initializeParameterNode()
@@ -129,7 +146,10 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self.onCancel()
+        if self._job is not None:
+            self._job.cancel()
+        if self._jobTimer is not None:
+            self._jobTimer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -166,10 +186,16 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        self.ui.segmentButton.enabled = bool(p and p.inputVolume and self._process is None)
+        idle = self._job is None
+        self.ui.segmentButton.enabled = bool(p and p.inputVolume) or self._jobKind == "segment"
         self.ui.markTrainingCaseButton.enabled = bool(p and p.inputVolume and p.trainingSegmentation
                                                       and p.trainingFolder)
-        self.ui.fineTuneButton.enabled = bool(p and p.trainingFolder and self._process is None)
+        self.ui.fineTuneButton.enabled = bool(p and p.trainingFolder and idle) or self._jobKind == "finetune"
+        self.ui.checkpointStatusLabel.text = self.logic.checkpointStatus(p) if p else ""
+        self.updateFineTunedStatus()
+        segmentation = p.outputSegmentation if p else None
+        if segmentation is not self._cardsSegmentation:
+            self.showReportCards(segmentation)
 
     # -- dependencies -------------------------------------------------------------------
 
@@ -183,90 +209,149 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             dependencies.install_in_slicer()
         self.updateDependencyStatus()
 
-    # -- long jobs (CLI subprocess streaming PROGRESS lines) ----------------------------
+    # -- long jobs (CLI subprocess streaming PROGRESS lines; the start button becomes Cancel) --
 
-    def _runCli(self, args, progressBar, onFinished) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("PASTALib.cli") is None:
-            slicer.util.infoDisplay(_("This action is available when the PASTALib command line (pasta) lands."))
-            return
-        command = cli_command(*args, python=slicer.app.pythonExecutable if hasattr(slicer.app, "pythonExecutable") else None)
-        self._process = qt.QProcess()
-        self._process.setProcessChannelMode(qt.QProcess.MergedChannels)
-
-        def readOutput():
-            text = bytes(self._process.readAllStandardOutput()).decode("utf-8", "replace")
-            for line in text.splitlines():
-                progress = parse_progress(line)
-                if progress:
-                    progressBar.value = int(progress[0] * 100)
-                    self.ui.statusLabel.text = progress[1]
-
-        def finished(exitCode, exitStatus=None):
-            readOutput()
-            self._process = None
-            progressBar.hide()
-            self.ui.cancelButton.enabled = False
-            self._checkCanApply()
-            onFinished(exitCode == 0)
-
-        self._process.connect("readyReadStandardOutput()", readOutput)
-        self._process.connect("finished(int,QProcess::ExitStatus)", finished)
-        progressBar.value = 0
-        progressBar.show()
-        self.ui.cancelButton.enabled = True
+    def _startJob(self, kind: str, command, onFinished) -> None:
+        self._job = BatchJob(command, on_progress=self.onJobProgress).start()
+        self._jobKind, self._jobFinished = kind, onFinished
+        bar, button = self._jobWidgets(kind)
+        bar.value = 0
+        bar.show()
+        button.text = _("Cancel")
+        button.toolTip = _("Stop the job (kills the process and its children)")
         self._checkCanApply()
-        self._process.start(command[0], command[1:])
+        self._jobTimer.start()
 
-    def onCancel(self) -> None:
-        if self._process is not None:
-            self._process.kill()
+    def _jobWidgets(self, kind: str):
+        if kind == "segment":
+            return self.ui.progressBar, self.ui.segmentButton
+        return self.ui.fineTuneProgressBar, self.ui.fineTuneButton
 
-    # -- segmentation and reports -------------------------------------------------------
+    def onJobProgress(self, fraction: float, message: str) -> None:
+        self._jobWidgets(self._jobKind)[0].value = round(100 * fraction)
+        self.ui.statusLabel.text = message
 
-    def onSegment(self) -> None:
-        p = self._parameterNode
-        workDir = tempfile.mkdtemp(prefix="pasta_")
-        ctPath = os.path.join(workDir, "ct.nii.gz")
-        self.logic.saveVolume(p.inputVolume, ctPath)
-        args = ["segment", "--input", ctPath, "--output", workDir, "--device", p.device]
-        if p.checkpointPath:
-            args += ["--checkpoint", p.checkpointPath]
-        self._runCli(args, self.ui.progressBar, lambda ok: self.onSegmentFinished(ok, workDir))
-
-    def onSegmentFinished(self, ok: bool, workDir: str) -> None:
-        if not ok:
-            slicer.util.errorDisplay(_("PASTA segmentation failed; see the Python console for the log."))
+    def onJobTimer(self) -> None:
+        if self._job is None:
+            self._jobTimer.stop()
             return
-        with slicer.util.tryWithErrorDisplay(_("Could not load the PASTA results."), waitCursor=True):
-            segmentation, self._reports = self.logic.loadResults(workDir, self._parameterNode.inputVolume)
-            self._parameterNode.outputSegmentation = segmentation
-            self.showReportCards()
+        state = self._job.poll()
+        if state == "running":
+            return
+        self._jobTimer.stop()
+        job, kind, onFinished = self._job, self._jobKind, self._jobFinished
+        self._job = self._jobKind = self._jobFinished = None
+        bar, button = self._jobWidgets(kind)
+        bar.hide()
+        button.text = _("Segment") if kind == "segment" else _("Fine-tune")
+        button.toolTip = ""
+        self._checkCanApply()
+        if state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled")
+        elif state == "failed":
+            self.ui.statusLabel.text = _("Failed")
+            lastError = next((line for line in reversed(job.output_tail.splitlines()) if line.startswith("error:")), "")
+            slicer.util.errorDisplay(
+                _("The PASTA job failed (exit code {code}). {error}").format(code=job.returncode, error=lastError),
+                detailedText=job.output_tail)
+        else:
+            onFinished()
 
-    def showReportCards(self) -> None:
+    # -- segmentation and report cards --------------------------------------------------------
+
+    def onSegmentButton(self) -> None:
+        if self._jobKind == "segment":
+            self._job.cancel()
+            return
+        if self._job is not None:
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot start PASTA segmentation."), waitCursor=True):
+            checkpoint = self.logic.resolveCheckpoint(p)  # missing weights: says where to get them
+            workDir = tempfile.mkdtemp(prefix="pasta_")
+            ctPath = os.path.join(workDir, "ct.nii.gz")
+            self.logic.saveVolume(p.inputVolume, ctPath)
+            outDir = os.path.join(workDir, "out")
+            ctNode = p.inputVolume
+            self._startJob("segment", segment_command(ctPath, outDir, checkpoint=checkpoint, device=p.device),
+                           lambda: self.onSegmentFinished(outDir, ctNode))
+            self.ui.statusLabel.text = _("Segmenting with {checkpoint}").format(checkpoint=os.path.basename(checkpoint))
+
+    def onSegmentFinished(self, outDir: str, ctNode) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the PASTA results."), waitCursor=True):
+            imported = self.logic.core.import_segment_outputs(outDir, ctNode)
+            self._parameterNode.outputSegmentation = imported.segmentation_node
+            self.ui.statusLabel.text = _("{count} lesion(s) found").format(count=len(imported.cards))
+
+    def showReportCards(self, segmentation) -> None:
+        """One card per lesion from the card model: combo boxes for enumerated attributes, line edits
+        for the size; every edit is validated by the logic and stored on the scene at once."""
+        self._cardsSegmentation = segmentation
         layout = self.ui.reportCardsWidget.layout()
         while layout.count():
             item = layout.takeAt(0)
             if item.widget():
                 item.widget().deleteLater()
-        for index, report in enumerate(self._reports, start=1):
-            card = ctk.ctkCollapsibleGroupBox()
-            card.title = _("Lesion {index}").format(index=index)
-            form = qt.QFormLayout(card)
-            for key, value in report.items():
-                edit = qt.QLineEdit(str(value))
-                edit.connect("textEdited(QString)", lambda text, r=report, k=key: r.__setitem__(k, text))
-                form.addRow(key, edit)
-            layout.addWidget(card)
+        cards = self.logic.reportCards(segmentation)
+        for card in cards or []:
+            box = ctk.ctkCollapsibleGroupBox()
+            box.title = card.title
+            form = qt.QFormLayout(box)
+            textLabel = qt.QLabel(card.text)
+            textLabel.wordWrap = True
+            textLabel.setTextInteractionFlags(qt.Qt.TextSelectableByMouse)
+            for field in card.fields():
+                if field.is_choice:
+                    editor = qt.QComboBox()
+                    editor.addItems(list(field.choices))
+                    editor.currentText = field.value
+                    editor.connect("activated(int)", lambda i, c=card.index, f=field.key, w=editor, t=textLabel:
+                                   self.onCardEdited(c, f, w.currentText, w, t))
+                else:
+                    editor = qt.QLineEdit(field.value)
+                    editor.toolTip = _("Z×X×Y in whole millimetres (craniocaudal × right-left × anterior-posterior)")
+                    editor.connect("editingFinished()", lambda c=card.index, f=field.key, w=editor, t=textLabel:
+                                   self.onCardEdited(c, f, w.text, w, t))
+                confidence = card.confidence(field.key)
+                label = field.label if confidence is None else f"{field.label} ({confidence:.0%})"
+                form.addRow(label, editor)
+            form.addRow(textLabel)
+            layout.addWidget(box)
+        hasCards = bool(cards)
+        self.ui.exportJsonButton.enabled = hasCards
+        ctNode = self.logic.sourceVolume(segmentation)
+        self.ui.exportDicomButton.enabled = hasCards and self.logic.core.dicom_source_of(ctNode) is not None
+        self.ui.exportDicomButton.toolTip = "" if self.ui.exportDicomButton.enabled else _(
+            "Available when the CT was loaded from DICOM")
+
+    def onCardEdited(self, lesionIndex: int, key: str, value: str, editor, textLabel) -> None:
+        segmentation = self._cardsSegmentation
+        try:
+            stored = self.logic.core.edit_report(segmentation, lesionIndex, key, value)
+        except ReportEditError as exc:
+            slicer.util.warningDisplay(str(exc))
+            stored = self.logic.core.report_cards(segmentation).card(lesionIndex).value(key)
+        if hasattr(editor, "currentText"):
+            editor.currentText = stored
+        else:
+            editor.text = stored
+        textLabel.text = self.logic.core.report_cards(segmentation).card(lesionIndex).text
 
     def onExportJson(self) -> None:
         path = qt.QFileDialog.getSaveFileName(None, _("Export reports"), "pasta_reports.json", "JSON (*.json)")
         if path:
-            SegmentationReportLogic.save_reports(self._reports, path)
+            with slicer.util.tryWithErrorDisplay(_("Could not export the reports."), waitCursor=True):
+                self.logic.core.export_reports_json(self._cardsSegmentation, path)
+                self.ui.statusLabel.text = _("Reports written to {path}").format(path=path)
 
     def onExportDicom(self) -> None:
-        slicer.util.infoDisplay(_("DICOM SEG + SR export is available when PASTALib's DICOM writer lands."))
+        folder = qt.QFileDialog.getExistingDirectory(None, _("Folder for the DICOM SEG and SR"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
+                segmentation = self._cardsSegmentation
+                files = self.logic.core.export_dicom(segmentation, self.logic.sourceVolume(segmentation), folder)
+                self.ui.statusLabel.text = _("Wrote {files}").format(
+                    files=", ".join(os.path.basename(str(f)) for f in files.values()))
 
     # -- few-shot -----------------------------------------------------------------------
 
@@ -274,28 +359,52 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         caseId = self.ui.caseIdLineEdit.text.strip() or p.inputVolume.GetName().replace(" ", "_")
         with slicer.util.tryWithErrorDisplay(_("Could not export the training case."), waitCursor=True):
-            self.logic.markTrainingCase(p.inputVolume, p.trainingSegmentation, p.trainingFolder, caseId)
+            self.logic.core.export_training_case(p.inputVolume, p.trainingSegmentation, p.trainingFolder, caseId)
         self.refreshTrainingCases()
 
     def refreshTrainingCases(self, path=None) -> None:
         self.ui.trainingCasesListWidget.clear()
         folder = self.ui.trainingFolderPathLineEdit.currentPath
         if folder and os.path.isdir(folder):
-            for caseId in self.logic.listTrainingCases(folder):
+            for caseId in self.logic.core.list_training_cases(folder):
                 self.ui.trainingCasesListWidget.addItem(caseId)
+        self.updateFineTunedStatus()
 
-    def onFineTune(self) -> None:
+    def onFineTuneButton(self) -> None:
+        if self._jobKind == "finetune":
+            self._job.cancel()
+            return
+        if self._job is not None:
+            return
         p = self._parameterNode
-        args = ["finetune", "--data", p.trainingFolder, "--device", p.device]
-        if p.checkpointPath:
-            args += ["--checkpoint", p.checkpointPath]
-        self._runCli(args, self.ui.fineTuneProgressBar, self.onFineTuneFinished)
+        with slicer.util.tryWithErrorDisplay(_("Cannot start fine-tuning."), waitCursor=True):
+            cases = self.logic.core.list_training_cases(p.trainingFolder)
+            if len(cases) < 2:
+                raise ValueError(_("Fine-tuning needs at least 2 marked training cases (one is held out); "
+                                   "{count} marked.").format(count=len(cases)))
+            init = resolve_checkpoint(p.checkpointPath or None)  # the PASTA weights to start from
+            folds = str(max(2, min(5, len(cases))))
+            command = finetune_command(p.trainingFolder, init=init, device=p.device, extra=["--folds", folds])
+            self._startJob("finetune", command, self.onFineTuneFinished)
+            self.ui.statusLabel.text = _("Fine-tuning on {count} case(s)").format(count=len(cases))
 
-    def onFineTuneFinished(self, ok: bool) -> None:
-        if ok:
-            self.ui.useFineTunedCheckBox.enabled = True
+    def onFineTuneFinished(self) -> None:
+        self.ui.statusLabel.text = _("Fine-tuning finished")
+        self.updateFineTunedStatus()
+        if self.ui.useFineTunedCheckBox.enabled:
+            self._parameterNode.useFineTuned = True
+
+    def updateFineTunedStatus(self) -> None:
+        p = self._parameterNode
+        folder = p.trainingFolder if p else ""
+        model = fine_tuned_model_path(folder) if folder else None
+        available = bool(model and model.is_file())
+        self.ui.useFineTunedCheckBox.enabled = available
+        if available:
+            self.ui.fineTunedModelLabel.text = _("Fine-tuned model: {path}\nClasses: {classes}").format(
+                path=model, classes=", ".join(fine_tuned_classes(folder)))
         else:
-            slicer.util.errorDisplay(_("Fine-tuning failed; see the Python console for the log."))
+            self.ui.fineTunedModelLabel.text = _("No fine-tuned model yet: mark at least 2 cases, then Fine-tune.")
 
 
 #
@@ -320,31 +429,30 @@ class PASTALogic(ScriptedLoadableModuleLogic):
 
         sitk.WriteImage(mrml.volume_to_sitk(volumeNode), path, True)
 
-    def loadResults(self, workDir: str, ctNode):
-        """Segmentation + reports written by ``pasta segment`` (labels.nii.gz, reports.json)."""
-        import json
+    @staticmethod
+    def resolveCheckpoint(parameterNode):
+        """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth)."""
+        return resolve_checkpoint(parameterNode.checkpointPath or None, parameterNode.useFineTuned,
+                                  parameterNode.trainingFolder or None)
 
-        from PASTALib.labels import LesionType
+    def checkpointStatus(self, parameterNode) -> str:
+        try:
+            return _("Weights: {path}").format(path=self.resolveCheckpoint(parameterNode))
+        except Exception as exc:  # shown, not raised: the user fixes it before pressing Segment
+            return str(exc)
 
-        names = {int(t): t.display_name for t in LesionType}
-        segmentation = self.core.import_prediction(os.path.join(workDir, "labels.nii.gz"), ctNode, names)
-        reportsPath = os.path.join(workDir, "reports.json")
-        reports = json.load(open(reportsPath, encoding="utf-8")) if os.path.exists(reportsPath) else []
-        return segmentation, reports
+    def reportCards(self, segmentation):
+        """The report cards of a PASTA segmentation, or None for any other segmentation."""
+        if segmentation is None or self.core.report_node_of(segmentation) is None:
+            return None
+        return self.core.report_cards(segmentation)
 
-    def markTrainingCase(self, ctNode, segmentationNode, folder: str, caseId: str) -> dict:
-        from PASTALib.labels import LesionType, Organ
+    def sourceVolume(self, segmentation):
+        """The CT a PASTA segmentation was imported for."""
+        from PASTALogicLib.logic import SOURCE_VOLUME_ATTRIBUTE
 
-        values = {o.display_name: int(o) for o in Organ}
-        values.update({t.display_name: int(t) for t in LesionType})
-        from PASTASynthLib import mrml
-
-        for i, name in enumerate(mrml.segment_names(segmentationNode)):
-            values.setdefault(name, 100 + i)  # user-named segments keep a stable, unused value
-        return self.core.export_training_case(ctNode, segmentationNode, folder, caseId, values)
-
-    def listTrainingCases(self, folder: str):
-        return self.core.list_training_cases(folder)
+        nodeId = segmentation.GetAttribute(SOURCE_VOLUME_ATTRIBUTE) if segmentation is not None else None
+        return self.core.scene.GetNodeByID(nodeId) if nodeId else None
 
 
 #
@@ -365,7 +473,7 @@ class PASTATest(ScriptedLoadableModuleTest):
     def test_PASTAScenarios(self):
         from PASTALogicLib import scenarios
 
-        self.delayDisplay("Running PASTA MRML scenarios")
+        self.delayDisplay("Running PASTA MRML scenarios (import, report cards, checkpoints, fine-tune)")
         with tempfile.TemporaryDirectory() as workDir:
-            scenarios.run_all(MRMLContext.from_slicer_application(), workDir)
+            scenarios.run_all(MRMLContext.from_slicer_application(), workDir, run_finetune=True)
         self.delayDisplay("Test passed")
