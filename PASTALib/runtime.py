@@ -58,6 +58,23 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):
+    """A GradScaler for fp16 only (bf16 needs none)."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """zero_grad → backward → step, through the fp16 GradScaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename: never a half file."""
     path = Path(path)

@@ -769,6 +769,7 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
         amp_dtype,
         autocast,
         make_grad_scaler,
+        optimizer_step,
         translate_out_of_memory,
     )
 
@@ -832,14 +833,7 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
                 with autocast(device, dtype):
                     logits = model(x)
             loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise ClassifyError(f"fold {fold}: the loss became {value} at iteration {it + 1}; lower --lr "

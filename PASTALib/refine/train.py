@@ -37,7 +37,8 @@ from PASTALib.refine.checkpoint import (
     read_checkpoint,
 )
 from PASTALib.refine.config import RefinerConfig
-from PASTALib.runtime import amp_dtype, atomic_torch_save, resolve_device as _resolve_device
+from PASTALib.runtime import amp_dtype, atomic_torch_save, make_grad_scaler, optimizer_step
+from PASTALib.runtime import resolve_device as _resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
 
@@ -184,7 +185,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
     torch.manual_seed(options.seed)  # weight init
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+    scaler = make_grad_scaler(device, autocast_dtype)
     inferer = DiffusionInferer(build_scheduler(config))
     sampler_rng = np.random.default_rng([options.seed, 0])
     gen = torch.Generator().manual_seed(options.seed)
@@ -265,14 +266,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
         if not math.isfinite(loss_value):
             save(it - 1)
             raise RefinerTrainingError(f"Loss became {float(loss)} at iteration {it}; lower the learning rate or disable --amp.")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         train_hist.append((it, loss_value))
         msg = f"iteration {it}/{options.iterations} L1 {loss_value:.4f}"
         if it % options.val_every == 0 or it == options.iterations:

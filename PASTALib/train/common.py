@@ -17,7 +17,7 @@ import torch
 
 from PASTALib import runtime
 from PASTALib.errors import PastaError
-from PASTALib.runtime import amp_dtype, atomic_torch_save  # noqa: F401  (part of train's API)
+from PASTALib.runtime import amp_dtype, atomic_torch_save, make_grad_scaler, optimizer_step  # noqa: F401  (part of train's API)
 
 
 class TrainingError(PastaError):
@@ -35,11 +35,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):
-    """A GradScaler for fp16 only (bf16 needs none)."""
-    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 # --- RNG ------------------------------------------------------------------------------------
