@@ -23,3 +23,7 @@ class LesionFitError(PastaError):
 
 class MissingWeightsError(PastaError):
     """Model weights (PASTA or TotalSegmentator) are not installed."""
+
+
+class CheckpointError(PastaError):
+    """A weights file is corrupt or does not fit the model; the message says what it probably is."""

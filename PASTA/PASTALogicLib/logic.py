@@ -95,7 +95,7 @@ def fine_tuned_classes(training_folder: str | os.PathLike) -> list[str]:
     path = fine_tuned_model_path(training_folder).with_name(FINETUNED_CLASSES)
     if not path.is_file():
         return []
-    from PASTALib.finetune.core import read_classes
+    from PASTALib.weights import read_classes
 
     return [c["name"] for c in read_classes(path)]
 
@@ -118,12 +118,9 @@ def resolve_checkpoint(path: str | os.PathLike | None, use_fine_tuned: bool = Fa
             raise MissingWeightsError(f"No fine-tuned model at {model}: mark training cases and run Fine-tune "
                                       f"first (`pasta finetune --data {Path(training_folder)}` writes it there).")
         return model
-    from PASTALib.model.checkpoint import missing_weights_message, default_weights_path
+    from PASTALib.weights import require_weights
 
-    candidate = Path(path).expanduser() if path else default_weights_path()
-    if not candidate.is_file():
-        raise MissingWeightsError(missing_weights_message(candidate))
-    return candidate
+    return require_weights(path)
 
 
 # --- the logic ----------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from PASTALib import runtime
 
 from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
-from PASTALib.model import PastaUNet, build_model_from_checkpoint, default_weights_path
+from PASTALib.model import PastaUNet, build_model_from_checkpoint
+from PASTALib.weights import weights_path
 from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
@@ -111,7 +112,7 @@ def load_embedder(checkpoint: str | os.PathLike | None = None, *, device: str | 
                   **settings) -> LesionEmbedder:
     """Build the model from a weights file (layout read from the file; default
     :func:`~PASTALib.model.default_weights_path`, MissingWeightsError when absent)."""
-    path = Path(checkpoint).expanduser() if checkpoint else default_weights_path()
+    path = weights_path(checkpoint)
     dev = resolve_device(device)
     model, _ = build_model_from_checkpoint(path, allow_pickle=allow_pickle, device="cpu")
     return LesionEmbedder(model, dev, crop_size=crop_size, batch_size=batch_size, **settings)

@@ -62,6 +62,7 @@ from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet, UNetConfig
+from PASTALib.weights import weights_path
 from PASTALib.train.common import StopFlag, TrainingError
 
 TASKS = ("detection", "roi", "attributes")
@@ -520,7 +521,6 @@ def read_init(init: str | None) -> tuple[UNetConfig, dict[str, torch.Tensor] | N
     None → :func:`~PASTALib.model.default_weights_path` (MissingWeightsError says where to get the file)."""
     from PASTALib.model.checkpoint import (
         CheckpointError,
-        default_weights_path,
         describe_state_dict,
         infer_config,
         load_state_dict_file,
@@ -528,7 +528,7 @@ def read_init(init: str | None) -> tuple[UNetConfig, dict[str, torch.Tensor] | N
 
     if init is not None and str(init).strip().lower() == "scratch":
         return UNetConfig(), None, "scratch"
-    path = Path(init).expanduser() if init else default_weights_path()
+    path = weights_path(init)
     sd = load_state_dict_file(path)
     if not any(k.startswith("conv_blocks_context.") for k in sd):
         raise CheckpointError(f"{path} is {describe_state_dict(sd)}; --init needs PASTA weights (or 'scratch')")

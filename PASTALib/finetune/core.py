@@ -42,12 +42,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PASTALib.errors import MissingWeightsError
 from PASTALib.io.files import write_json_atomic
+from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
 MANIFEST_NAME = "pasta_fewshot.json"
-CLASSES_NAME = "classes.json"
 SPLITS_NAME = "splits.json"
 VALIDATION_NAME = "validation.csv"
 PREPARED_DIR = "prepared"
@@ -155,28 +154,6 @@ def read_fewshot_folder(folder: str | os.PathLike) -> tuple[dict[str, int], list
     if bad:
         raise TrainingError(f"label values must be 1-255 (0 is background): {bad}")
     return labels, sorted(cases, key=lambda c: c.id)
-
-
-def read_classes(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The classes of a ``classes.json`` written by :func:`finetune`: [{class, name, label_value}] with
-    classes 1..C in order (output channel c of the network = annotated label value of class c)."""
-    from PASTALib.model.checkpoint import CheckpointError
-
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        classes = [{"class": int(c["class"]), "name": str(c["name"]), "label_value": int(c["label_value"])}
-                   for c in doc["classes"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a valid fine-tuning classes file ({exc!r}); copy the classes.json "
-                              "that `pasta finetune` wrote beside the model, or delete it for a PASTA-numbered model") from None
-    if [c["class"] for c in classes] != list(range(1, len(classes) + 1)):
-        raise CheckpointError(f"{path}: classes must be numbered 1..{len(classes)} in order; copy the classes.json "
-                              "that `pasta finetune` wrote beside the model")
-    values = [c["label_value"] for c in classes]
-    if len(set(values)) != len(values) or not all(1 <= v <= 255 for v in values):
-        raise CheckpointError(f"{path}: label values {values} must be distinct and in 1-255")
-    return classes
 
 
 def class_mapping(labels: dict[str, int]) -> list[dict[str, Any]]:
@@ -313,12 +290,11 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
 def resolve_init(cfg: FinetuneConfig) -> Path | None:
     """The weights file a run starts from (from scratch: the layout source, or None for the published
     layout); MissingWeightsError (saying where to download PASTA_final.pth) when it is not there."""
-    from PASTALib.model.checkpoint import missing_weights_message, default_weights_path
+    from PASTALib.weights import require_weights
 
-    init = Path(cfg.init).expanduser() if cfg.init else (None if cfg.scratch else default_weights_path())
-    if init is not None and not init.is_file():
-        raise MissingWeightsError(missing_weights_message(init))
-    return init
+    if cfg.scratch and not cfg.init:
+        return None
+    return require_weights(cfg.init)
 
 
 def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,

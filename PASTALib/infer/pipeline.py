@@ -29,9 +29,11 @@ from PASTALib.infer.lesions import (
     find_lesions,
 )
 from PASTALib.infer.sliding import segment_canonical
+from PASTALib.errors import CheckpointError
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.labels import LesionType, Phase, label_name
 from PASTALib.model.preprocess import SLF_VALUES
+from PASTALib.weights import CLASSES_NAME, read_classes, weights_path
 
 ProgressFn = Callable[[float, str], None]
 
@@ -43,7 +45,6 @@ LESIONS_NAME = "lesions.json"  # sidecar: confidences, probabilities, longest di
 RUN_NAME = "run.json"
 DICOM_SEG_NAME = "seg.dcm"
 DICOM_SR_NAME = "sr.dcm"
-CLASSES_NAME = "classes.json"  # written by `pasta finetune` beside model_final.pth (PASTALib.finetune)
 
 
 @dataclass
@@ -113,9 +114,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
     beside the file (``pasta finetune``) maps the output channels to the annotated label values;
     CheckpointError when its class count does not fit the network's output channels.
     """
-    from PASTALib.model import build_model_from_checkpoint, default_weights_path
+    from PASTALib.model import build_model_from_checkpoint
 
-    path = Path(checkpoint).expanduser() if checkpoint else default_weights_path()
+    path = weights_path(checkpoint)
     dev = resolve_device(device)
     network, _ = build_model_from_checkpoint(path, allow_pickle=allow_pickle, device=dev)
     network.eval()
@@ -123,9 +124,6 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
     model = PastaModel(network, dev, slf, path)
     classes_path = path.parent / CLASSES_NAME
     if classes_path.is_file():
-        from PASTALib.finetune.core import read_classes
-        from PASTALib.model.checkpoint import CheckpointError
-
         classes = read_classes(classes_path)
         if len(classes) + 1 != model.num_outputs:
             raise CheckpointError(

@@ -21,41 +21,21 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from PASTALib.errors import MissingWeightsError, PastaError
+from PASTALib.errors import CheckpointError, MissingWeightsError, PastaError  # noqa: F401  (CheckpointError re-exported)
 from PASTALib.model.unet import PastaUNet, UNetConfig
-
-WEIGHTS_FILENAME = "PASTA_final.pth"
-WEIGHTS_ENV = "PASTA_WEIGHTS_DIR"
-WEIGHTS_SOURCE = (
-    "Download PASTA_final.pth from the PASTA project (https://github.com/LWHYC/PASTA, see its "
-    "README for the release / model download link)"
+from PASTALib.weights import (  # noqa: F401  (re-exported by PASTALib.model)
+    WEIGHTS_ENV,
+    WEIGHTS_FILENAME,
+    WEIGHTS_SOURCE,
+    default_weights_dir,
+    default_weights_path,
+    missing_weights_message,
 )
+
 FIRST_CONV_KEY = "conv_blocks_context.0.blocks.0.conv.weight"
 FINETUNE_SKIP_PREFIXES = ("seg_outputs.", "head.")
 _WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net", "network")
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(PastaError):
-    """A weights file is corrupt or does not fit the model; the message says what it probably is."""
-
-
-def default_weights_dir() -> Path:
-    """``$PASTA_WEIGHTS_DIR`` if set, else ``~/.pasta/weights``."""
-    env = os.environ.get(WEIGHTS_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".pasta" / "weights"
-
-
-def default_weights_path() -> Path:
-    """Where the public weights are expected: ``<default_weights_dir()>/PASTA_final.pth``."""
-    return default_weights_dir() / WEIGHTS_FILENAME
-
-
-def missing_weights_message(path: Path) -> str:
-    return (
-        f"PASTA weights not found at {path}. {WEIGHTS_SOURCE} and put it at {default_weights_path()} "
-        f"(or set {WEIGHTS_ENV} to the folder holding {WEIGHTS_FILENAME}, or pass the file's path)."
-    )
 
 
 def _strip(key: str) -> str:

@@ -31,7 +31,8 @@ from PASTALib.model.attributes import (
     grouped_cross_entropy,
     split_logits,
 )
-from PASTALib.model.checkpoint import build_model_from_checkpoint, default_weights_path
+from PASTALib.model.checkpoint import build_model_from_checkpoint
+from PASTALib.weights import weights_path
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet
 from PASTALib.train.common import (
@@ -231,7 +232,7 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
     ckpt_path = out / CHECKPOINT_NAME
     seed_everything(cfg.seed)
 
-    init = Path(cfg.init) if cfg.init else default_weights_path()
+    init = weights_path(cfg.init)
     model, _ = build_model_from_checkpoint(init)  # MissingWeightsError / CheckpointError explain themselves
     if any(s % model.config.feature_stride for s in cfg.crop_size):
         raise TrainingError(f"crop size {cfg.crop_size} must be multiples of {model.config.feature_stride}")
