@@ -262,6 +262,10 @@ def test_helper_packages_import_without_torch():
     code = ("import sys; sys.path[:0] = [%r, %r, %r];"
             "import PASTASynthLib.logic, PASTASynthLib.scenarios, PASTASynthLib.dependencies, "
             "PASTALogicLib.logic, PASTALogicLib.scenarios;"
+            # the widget checks for the weights when the panel opens: that must not load torch either
+            "from PASTALib.errors import MissingWeightsError\n"
+            "try: PASTALogicLib.logic.resolve_checkpoint('/nonexistent/PASTA_final.pth', False, None)\n"
+            "except MissingWeightsError: pass\n"
             "assert 'torch' not in sys.modules, 'torch imported'; assert 'qt' not in sys.modules")
     code = code % (str(REPO), str(REPO / "PASTA"), str(REPO / "PASTASynth"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
