@@ -3,7 +3,9 @@
 # any resolver that sees an unpinned torch would pull a multi-GB CUDA build.
 # Re-running is cheap: nothing is reinstalled while pyproject.toml and this script are unchanged.
 # --with-benchmarks also installs PyRadiomics (benchmarks/realism_lung.py); its sdist only
-# builds without build isolation, so it is installed that way, after numpy.
+# builds without build isolation, so it is installed that way, after numpy. And nnU-Net v2's
+# predictor (benchmarks/bench_infer.py), with --no-deps: its metadata wants torch, so the
+# runtime modules the predictor imports are pinned one by one instead of resolved.
 set -euo pipefail
 WITH_BENCHMARKS=0
 [ "${1:-}" = "--with-benchmarks" ] && WITH_BENCHMARKS=1
@@ -38,4 +40,13 @@ fi
 if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c 'import radiomics' 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q versioneer setuptools wheel
   "$VENV/bin/python" -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
+fi
+# The smallest set that makes `from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor`
+# import on top of the test environment (numpy, scipy, scikit-image, SimpleITK, tqdm are there).
+# blosc2 (imported by acvl-utils) needs numexpr, msgpack, ndindex and httpx at import time.
+if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c \
+    'from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor' >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip install -q --no-deps "nnunetv2==2.8.1" "acvl-utils==0.2.6" \
+    "dynamic-network-architectures==0.4.4" "batchgenerators==0.25.5" "blosc2==4.14.1" \
+    "numexpr==2.14.2" "msgpack==1.2.4" "ndindex==1.10.1" "httpx==0.28.1"
 fi
