@@ -2,7 +2,7 @@
 PASTA model trained once per session on lesions synthesized into the real CT, with its
 `pasta segment` output (used by test_infer.py and test_pasta_logic.py).
 
-Cost control (2 shared cores): the test model works at a 3 mm canonical grid (``spacing_mm=3``; the
+Cost control (2 shared cores): the test model works at a 4.5 mm canonical grid (``spacing_mm=4.5``; the
 default is the paper's 1 mm) with 32³ windows and 5 stages. Heavy imports stay inside the fixtures.
 """
 
@@ -39,9 +39,15 @@ def ts_data(shared_data: Path) -> Path:
 
 # --- the trained test model and its `pasta segment` output (session-scoped: trained once) ---------
 
-SPACING = 3.0
+#: Canonical grid of the test model. 4.5 mm (not 3 mm, the CT's own grid) so that one 32³ patch covers about half
+#: of the cropped abdomen instead of a ninth: every patch shows the tumour in its organ context and the lesion
+#: is learnt within the budget below (at 3 mm the same recipe needs ~3x the iterations). It also exercises the
+#: inexact grid round trip (labels mapped back onto the 3 mm input grid with nearest neighbour).
+SPACING = 4.5
 PATCH = 32
-ITERATIONS = 300
+ITERATIONS = 500
+LESION_WEIGHT = 2.0  # CE weight of the lesion classes: 10 (the former setting) floods the liver and kidneys with lesion
+TRAIN_THREADS = 2  # the training loop is the suite's largest single cost; 2 threads halve it on the 2-core machine
 
 
 def segment_cli(argv: list[str]) -> tuple[int, str, str]:
@@ -67,7 +73,7 @@ def segment_cli(argv: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="session")
 def case(ts_data, tmp_path_factory):
     """A crop of example_ct (3 mm, RAS) around liver and kidneys with a large hypodense liver tumour and a
-    right kidney cyst; training cases (same crop, other seeds + this one) in canonical 3 mm LPS."""
+    right kidney cyst; training cases (same crop, other seeds + this one) in canonical SPACING mm LPS."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -116,30 +122,45 @@ def case(ts_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def checkpoint(case):
     """Tiny UNet (UNetConfig.tiny, 5 stages, base 8) over-fitted on the synthetic cases with the library's
-    patch sampler and SLF input map; weighted CE (lesions ×10), Adam. Saved as a plain state dict."""
+    patch sampler and SLF input map. Weighted CE (lesions x LESION_WEIGHT) with stage 1's deep-supervision
+    weights, Adam under stage 1's poly schedule. Saved as a plain state dict.
+
+    Why not Dice+CE (stage 1's loss): with 25 foreground classes in the soft Dice mean the two lesion
+    classes get 1/25 of its gradient and 500 iterations find no lesion; CE with a mild lesion weight does.
+    """
     import numpy as np
     import torch
 
     from PASTALib.model import PastaUNet, UNetConfig
     from PASTALib.model.preprocess import slf_normalize
-    from PASTALib.train import PatchSampler, discover_cases, load_case
+    from PASTALib.train import PatchSampler, deep_supervision_weights, discover_cases, load_case, poly_lr
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
     torch.manual_seed(0)
     cases = [load_case(r) for r in discover_cases(case.data)]
     sampler = PatchSampler(cases, (PATCH,) * 3, fg_fraction=0.5, lesion_priority=0.9, flip=False, seed=0)
     model = PastaUNet(UNetConfig.tiny(num_stages=5, base_channels=8))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    lr = 1e-2
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     weight = torch.ones(model.config.num_seg_classes)
-    weight[11:] = 10.0
+    weight[11:] = LESION_WEIGHT
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
-    for _ in range(ITERATIONS):
-        img, lab = sampler.sample(2)
-        logits = model(torch.from_numpy(slf_normalize(img))).segmentation[0]
-        loss = loss_fn(logits, torch.from_numpy(lab[:, 0].astype(np.int64)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    ds_weights = deep_supervision_weights(model.config.num_stages - 1)  # full resolution first; lowest dropped
+    try:
+        for it in range(ITERATIONS):
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(lr, it, ITERATIONS)
+            img, lab = sampler.sample(2)
+            target = torch.from_numpy(lab[:, 0].astype(np.int64))
+            outputs = model(torch.from_numpy(slf_normalize(img))).segmentation
+            loss = sum(w * loss_fn(out, target[:, ::2**i, ::2**i, ::2**i])
+                       for i, (w, out) in enumerate(zip(ds_weights, outputs)) if w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     path = case.root / "model_final.pth"
     torch.save(model.state_dict(), path)
     return path

@@ -31,10 +31,14 @@ from conftest import segment_args as _args
 from conftest import segment_cli as _cli
 
 REPO = Path(__file__).resolve().parents[1]
-#: Whole-CT "any lesion" DSC measured with this recipe: 0.155 (liver tumour 0.11; the same network scores
-#: 0.80 on a lesion-centred 32³ patch like its training patches: 300 iterations under-train it for
-#: arbitrary window positions). The bound keeps a ~2x margin; raise it when the test model trains longer.
-LESION_DSC_BOUND = 0.08
+#: Whole-CT DSC measured with the conftest recipe (4.5 mm grid, 500 iterations, CE lesions x2 + deep supervision,
+#: poly lr): "any lesion" 0.63, liver tumour 0.74 (0.42 / 0.47 with another training seed, which stands in for
+#: another CPU's floating point taking another path); the kidney cyst (-1 HU in a 14 HU plain-CT kidney) is
+#: not found. The bounds sit well below the worst seed; the former recipe (3 mm, 300 iterations, CE x10) gave
+#: 0.155 / 0.11 with 54 lesion components.
+LESION_DSC_BOUND = 0.25
+LIVER_TUMOR_DSC_BOUND = 0.25
+MAX_LESIONS = 12  # bounds the false-positive components (the former recipe: 54)
 
 
 def _dsc(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,9 +52,11 @@ def test_segment_finds_the_lesions(case, segmented):
     dsc_liver_tumor = _dsc(gt == 12, pred == 12)
     print(f"lesion DSC any={dsc_any:.3f} liver_tumor={dsc_liver_tumor:.3f} kidney_cyst={_dsc(gt == 24, pred == 24):.3f} "
           f"organs liver={_dsc(gt == 2, pred == 2):.3f}; CLI {segmented.seconds:.1f}s")
-    assert dsc_any > LESION_DSC_BOUND
+    assert dsc_any > LESION_DSC_BOUND and dsc_liver_tumor > LIVER_TUMOR_DSC_BOUND
     reports = json.loads((segmented.out / "reports.json").read_text())
-    assert reports and any(r["location"] == "Liver" and r["lesion_type"] == "liver_tumor" for r in reports)
+    print(f"{len(reports)} lesion(s): {[(r['lesion_type'], r['volume_mm3']) for r in reports]}")
+    assert 1 <= len(reports) <= MAX_LESIONS
+    assert reports[0]["lesion_type"] == "liver_tumor" and reports[0]["location"] == "Liver"  # the largest is the tumour
 
 
 def test_output_grid_equals_input_grid(case, segmented):
