@@ -3,7 +3,7 @@ import tempfile
 import time
 from typing import Annotated, Optional
 
-import ctk
+import ctk  # noqa: F401  (the scripted-module template imports it; the contract test checks)
 import qt
 import slicer
 import vtk

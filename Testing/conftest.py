@@ -178,3 +178,15 @@ def segmented(case, checkpoint):
     rc, stdout, stderr = segment_cli(["--ct", str(case.ct), "--out", str(out), "--progress-lines", *segment_args(checkpoint)])
     assert rc == 0, stderr
     return SimpleNamespace(out=out, stdout=stdout, seconds=time.perf_counter() - t0)
+
+
+@pytest.fixture
+def ctx():
+    """A fresh MRML scene of Slicer's real core (PyPI slicer-core) with the Colors / Volumes /
+    Segmentations logics (DESIGN.md bootstrap), cleared afterwards."""
+    pytest.importorskip("slicer")
+    from PASTASynthLib import mrml
+
+    context = mrml.MRMLContext.headless()
+    yield context
+    context.scene.Clear(1)

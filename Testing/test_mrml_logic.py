@@ -7,16 +7,11 @@ here they run on a synthetic oblique case and on the TotalSegmentator example CT
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO / "PASTASynth", REPO / "PASTA"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
@@ -24,14 +19,6 @@ sitk = pytest.importorskip("SimpleITK")
 from PASTALogicLib import scenarios as pasta_scenarios  # noqa: E402
 from PASTASynthLib import mrml, scenarios  # noqa: E402
 from PASTASynthLib.logic import SynthesisLogic  # noqa: E402
-
-
-@pytest.fixture
-def ctx() -> mrml.MRMLContext:
-    """A fresh MRML scene with the Colors / Volumes / Segmentations logics (DESIGN.md bootstrap)."""
-    context = mrml.MRMLContext.headless()
-    yield context
-    context.scene.Clear(1)
 
 
 @pytest.fixture

@@ -11,16 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO / "PASTASynth", REPO / "PASTA"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
 
 slicer = pytest.importorskip("slicer")
 
@@ -35,13 +29,6 @@ from PASTALogicLib.logic import (  # noqa: E402
 from PASTASynthLib import mrml  # noqa: E402
 
 from PASTALib.errors import MissingWeightsError, SpecificationError  # noqa: E402
-
-
-@pytest.fixture
-def ctx():
-    context = mrml.MRMLContext.headless()
-    yield context
-    context.scene.Clear(1)
 
 
 @pytest.fixture

@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-for _p in (REPO / "PASTASynth",):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+from conftest import SHARED_DATA
 
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
@@ -29,13 +26,6 @@ from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic
 
 from PASTALib.errors import AnatomyError, MissingWeightsError, PastaError
 from PASTALib.labels import LesionType, Organ, Phase
-
-
-@pytest.fixture
-def ctx():
-    context = mrml.MRMLContext.headless()
-    yield context
-    context.scene.Clear(1)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +76,7 @@ def test_kidney_cyst_sampled_location(ctx, ts_case):
     # The side in the report is the side of the kidney segment the cyst sits in.
     side = out.report["location"].split()[0].lower()
     names = {5: "liver", 2: "kidney_right", 3: "kidney_left"}
-    labels = sitk.ReadImage(str(Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data"))
-                                / "totalsegmentator" / "example_seg_fast_force_split.nii.gz"))
+    labels = sitk.ReadImage(str(SHARED_DATA / "totalsegmentator" / "example_seg_fast_force_split.nii.gz"))
     index = labels.TransformPhysicalPointToIndex(out.report["centre_mm"])
     assert names.get(labels.GetPixel(index), "").endswith(side), (out.report["location"], labels.GetPixel(index))
     # Same request, same seed: same lesion (reproducible); outputs are separate nodes.

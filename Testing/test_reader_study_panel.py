@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +17,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "PASTASynth") not in sys.path:
-    sys.path.insert(0, str(REPO / "PASTASynth"))
 
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
@@ -37,13 +34,6 @@ from PASTALib.review import (
     real_case,
     synthetic_case,
 )
-
-
-@pytest.fixture
-def ctx():
-    context = mrml.MRMLContext.headless()
-    yield context
-    context.scene.Clear(1)
 
 
 def _synthesize_lung_tumour(ct, seed: int):
