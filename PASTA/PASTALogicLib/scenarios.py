@@ -33,6 +33,17 @@ from .logic import (
 from .reports import ReportEditError
 
 
+
+def _expect_error(error: type[Exception], call, *needles: str, what: str) -> str:
+    """Run ``call()``; it must raise ``error`` whose message contains every needle (no pytest in Slicer)."""
+    try:
+        call()
+    except error as exc:
+        text = str(exc)
+        assert all(n in text for n in needles), text
+        return text
+    raise AssertionError(f"{what} did not fail with {error.__name__}")
+
 def scenario_progress_parsing() -> None:
     assert parse_progress("PROGRESS 0.25 loading") == (0.25, "loading")
     assert parse_progress("PROGRESS 40% inference") == (0.4, "inference")
@@ -127,18 +138,10 @@ def scenario_edit_and_export_json(ctx: MRMLContext, segmentation_node, work_dir)
     cards = logic.report_cards(segmentation_node)
     card = cards.cards[0]
     before = logic.report_node_of(segmentation_node).GetText()
-    try:
-        logic.edit_report(segmentation_node, card.index, "density", "Very dense")
-    except ReportEditError as exc:
-        assert "Allowed values: Hypodense, Isodense, Hyperdense" in str(exc), str(exc)
-    else:
-        raise AssertionError("an invalid density was accepted")
-    try:
-        logic.edit_report(segmentation_node, card.index, "size", "about 3 cm")
-    except ReportEditError as exc:
-        assert "Z×X×Y" in str(exc), str(exc)
-    else:
-        raise AssertionError("an invalid size was accepted")
+    _expect_error(ReportEditError, lambda: logic.edit_report(segmentation_node, card.index, "density", "Very dense"),
+                  "Allowed values: Hypodense, Isodense, Hyperdense", what="an invalid density")
+    _expect_error(ReportEditError, lambda: logic.edit_report(segmentation_node, card.index, "size", "about 3 cm"),
+                  "Z×X×Y", what="an invalid size")
     assert logic.report_node_of(segmentation_node).GetText() == before, "a refused edit changed the scene"
 
     density = next(d for d in ("Hyperdense", "Isodense", "Hypodense") if d != card.report["density"])
@@ -196,13 +199,10 @@ def scenario_failed_import_leaves_scene(ctx: MRMLContext, ct_node, out_dir, work
         shutil.copytree(out_dir, broken)
         damage(broken)
         before = ctx.scene.GetNumberOfNodes()
-        try:
-            logic.import_segment_outputs(broken, ct_node)
-        except SegmentImportError as exc:
-            messages.append(str(exc))
-            assert "run the segmentation again" in str(exc).lower(), str(exc)
-        else:
-            raise AssertionError(f"{what} outputs were imported")
+        text = _expect_error(SegmentImportError, lambda: logic.import_segment_outputs(broken, ct_node),
+                             what=f"importing {what} outputs")
+        assert "run the segmentation again" in text.lower(), text
+        messages.append(text)
         assert ctx.scene.GetNumberOfNodes() == before, f"{what}: a failed import left nodes in the scene"
     return messages
 
@@ -248,12 +248,9 @@ def scenario_dicom_export(ctx: MRMLContext, dicom_folder, out_dir, work_dir) -> 
 
     plain = SegmentationReportLogic(context=ctx)
     nifti_ct = mrml.sitk_to_volume(ctx, mrml.volume_to_sitk(ct), "CT without DICOM source")
-    try:
-        plain.export_dicom(imported.segmentation_node, nifti_ct, Path(work_dir) / "never")
-    except DicomExportError as exc:
-        assert "not loaded from DICOM" in str(exc) and "Export JSON" in str(exc), str(exc)
-    else:
-        raise AssertionError("DICOM export without a DICOM source did not fail")
+    _expect_error(DicomExportError, lambda: plain.export_dicom(imported.segmentation_node, nifti_ct,
+                                                               Path(work_dir) / "never"),
+                  "not loaded from DICOM", "Export JSON", what="DICOM export without a DICOM source")
     assert not (Path(work_dir) / "never").exists()
     return {"files": files, "density": density, "lesion": card.index, "evaluations": evaluations}
 
@@ -283,23 +280,14 @@ def scenario_checkpoint_messages(checkpoint, training_folder, work_dir) -> None:
     empty.mkdir(parents=True, exist_ok=True)
     with _weights_dir(empty):
         for args in ((None,), (empty / "PASTA_final.pth",)):
-            try:
-                resolve_checkpoint(*args)
-            except MissingWeightsError as exc:
-                text = str(exc)
-                assert "PASTA_final.pth" in text and "github.com/LWHYC/PASTA" in text and str(empty) in text, text
-            else:
-                raise AssertionError("missing PASTA weights were not reported")
+            _expect_error(MissingWeightsError, lambda: resolve_checkpoint(*args), "PASTA_final.pth",
+                          "github.com/LWHYC/PASTA", str(empty), what="missing PASTA weights")
         assert resolve_checkpoint(checkpoint) == Path(checkpoint)
         shutil.copy(checkpoint, empty / "PASTA_final.pth")
         assert resolve_checkpoint(None) == empty / "PASTA_final.pth"
     for folder, needle in ((None, "no training folder"), (training_folder, "run Fine-tune")):
-        try:
-            resolve_checkpoint(checkpoint, True, folder)
-        except MissingWeightsError as exc:
-            assert needle in str(exc), str(exc)
-        else:
-            raise AssertionError("a missing fine-tuned model was not reported")
+        _expect_error(MissingWeightsError, lambda: resolve_checkpoint(checkpoint, True, folder), needle,
+                      what="a missing fine-tuned model")
 
 
 def scenario_few_shot(ctx: MRMLContext, ct_node, segmentation_node, training_folder, init_checkpoint,
