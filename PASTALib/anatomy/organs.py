@@ -62,6 +62,24 @@ def resample_labels_to(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return out
 
 
+def label_locations(labels: np.ndarray, *, max_per_label: int, rng: np.random.Generator,
+                    min_voxels: int = 0) -> dict[int, np.ndarray]:
+    """Voxel indices (rows of ``np.argwhere``) of each non-zero label with at least ``min_voxels`` voxels;
+    labels with more than ``max_per_label`` keep a random subset in index order (nnU-Net also keeps a random
+    subset of class locations: it bounds memory and sampling cost). ``rng`` is drawn from in label order."""
+    locations = {}
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        idx = np.argwhere(labels == value)
+        if len(idx) < min_voxels:
+            continue
+        if len(idx) > max_per_label:
+            idx = idx[np.sort(rng.choice(len(idx), max_per_label, replace=False))]
+        locations[int(value)] = idx
+    return locations
+
+
 def world_x_mm(image: sitk.Image, indices_xyz: np.ndarray) -> np.ndarray:
     """LPS x (mm) of voxel indices (N x 3, x,y,z order); +x is the patient's left."""
     d = np.asarray(image.GetDirection()).reshape(3, 3)

@@ -14,6 +14,7 @@ straight from the input around a random voxel of a random organ; the condition i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.anatomy.health import MIN_HEALTHY_VOLUME_MM3
+from PASTALib.anatomy.organs import label_locations
 from PASTALib.errors import InputImageError
 from PASTALib.geometry import Grid, resample_to_grid
 from PASTALib.geometry.canonical import IDENTITY_DIRECTION
@@ -96,17 +98,11 @@ def pasta_organ_array(labels: sitk.Image, ct: sitk.Image, labels_kind: str = "pa
 def load_case(name: str, ct: sitk.Image, labels: sitk.Image, labels_kind: str = "pasta", seed: int = 0) -> Case:
     organs = pasta_organ_array(labels, ct, labels_kind)
     voxel_mm3 = float(np.prod(ct.GetSpacing()))
-    rng = np.random.default_rng(seed)
-    centres = {}
-    for value in np.unique(organs):
-        if value == 0:
-            continue
-        idx = np.argwhere(organs == value)
-        if len(idx) * voxel_mm3 < MIN_HEALTHY_VOLUME_MM3:
-            continue
-        if len(idx) > _MAX_CENTRES:
-            idx = idx[np.sort(rng.choice(len(idx), _MAX_CENTRES, replace=False))]
-        centres[int(value)] = idx
+    min_voxels = math.ceil(MIN_HEALTHY_VOLUME_MM3 / voxel_mm3)  # smallest n with n * voxel >= the minimum volume
+    if (min_voxels - 1) * voxel_mm3 >= MIN_HEALTHY_VOLUME_MM3:  # the division rounded up past an exact multiple
+        min_voxels -= 1
+    centres = label_locations(organs, max_per_label=_MAX_CENTRES, rng=np.random.default_rng(seed),
+                              min_voxels=min_voxels)
     return Case(name, ct, organs, centres)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from PASTALib.anatomy.organs import label_locations
 from PASTALib.model.attributes import encode_attributes
 from PASTALib.model.preprocess import slf_normalize
 from PASTALib.train.common import TrainingError
@@ -90,15 +91,8 @@ def load_case(record: CaseRecord, max_voxels_per_class: int = 20000, seed: int =
     if lab.min() < 0 or lab.max() > 255:
         raise TrainingError(f"{record.name}: label values must be 0-255 (organs 1-10, lesions 11-25)")
     lab = lab.astype(np.uint8)
-    rng = np.random.default_rng(seed)
-    voxels = {}
-    for value in np.unique(lab):
-        if value == 0:
-            continue
-        idx = np.argwhere(lab == value)
-        if len(idx) > max_voxels_per_class:  # nnU-Net also keeps a random subset of class locations
-            idx = idx[np.sort(rng.choice(len(idx), max_voxels_per_class, replace=False))]
-        voxels[int(value)] = idx.astype(np.int32)
+    locations = label_locations(lab, max_per_label=max_voxels_per_class, rng=np.random.default_rng(seed))
+    voxels = {value: idx.astype(np.int32) for value, idx in locations.items()}
     return LoadedCase(record, img, lab, image, voxels)
 
 
