@@ -466,14 +466,21 @@ def test_auc_and_threshold_metrics_by_hand():
     # Pairs (real > synthetic) + half ties: 5>4,2,1; 4=4 (0.5), 4>2,1; 3>2,1 => 7.5 of 9.
     assert analysis.auc(scores, is_real) == pytest.approx(7.5 / 9)
     assert analysis._auc_rank(scores, is_real) == pytest.approx(7.5 / 9)
-    assert analysis.mann_whitney(real, syn)["U"] == pytest.approx(7.5)
     m = analysis.threshold_metrics(scores, is_real, 4)  # called real: 5, 4 | 4
     assert (m["sensitivity"], m["specificity"], m["accuracy"]) == pytest.approx((2 / 3, 2 / 3, 4 / 6))
-    boot = analysis.bootstrap_auc(np.array([[5, 5, 4, 1, 2, 1.0]]), is_real, 200, seed=0)
-    assert boot["auc"] == 1.0 and boot["ci95"] == [1.0, 1.0]
-    a = analysis.bootstrap_auc(np.array([scores, scores[::-1]], float), is_real, 300, seed=4)
-    assert a == analysis.bootstrap_auc(np.array([scores, scores[::-1]], float), is_real, 300, seed=4)
+    boot = analysis.bootstrap_auc(np.array([5, 5, 4, 1, 2, 1.0]), is_real, 200, seed=0)
+    assert boot["auc"] == 1.0 and boot["ci95"] == [1.0, 1.0] and boot["n_undefined"] == 0
+    a = analysis.bootstrap_auc(scores.astype(float), is_real, 300, seed=4)
+    assert a == analysis.bootstrap_auc(scores.astype(float), is_real, 300, seed=4)
     assert a["ci95"][0] <= a["auc"] <= a["ci95"][1]
+    # A reader who rated one real and one synthetic case: replicates that draw only the NaN case(s) are undefined.
+    partial = analysis.bootstrap_auc(np.array([5, np.nan, np.nan, 1, np.nan, np.nan]), is_real, 300, seed=1)
+    assert partial["auc"] == 1.0 and 0 < partial["n_undefined"] < 300
+    # Wilson interval and exact binomial test (statsmodels / scipy) against their formulas.
+    z = 1.959963984540054
+    centre, half = (4 + z * z / 2) / (6 + z * z), z / (6 + z * z) * np.sqrt(4 * 2 / 6 + z * z / 4)
+    assert analysis.proportion_ci(4, 6) == pytest.approx([centre - half, centre + half])
+    assert analysis.binomial_test(4, 6) == pytest.approx(2 * (15 + 6 + 1) / 64)
 
 
 def test_quadratic_kappa_by_hand():
@@ -529,20 +536,76 @@ def test_krippendorff_ordinal_alpha_by_hand():
     assert analysis.krippendorff_ordinal(m) == pytest.approx(_alpha_ordinal_by_hand(m))
 
 
-def test_tost_by_hand():
-    from scipy import stats
+def test_quadratic_kappa_rows_equals_sklearn():
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(1, 6, (2, 40, 9))
+    fast = analysis.quadratic_kappa_rows(a, b)
+    slow = [analysis.weighted_kappa(x, y) for x, y in zip(a, b)]
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+    assert np.isnan(analysis.quadratic_kappa_rows([3, 3, 3], [3, 3, 3])[0])
 
-    x, y, margin = np.array([4, 5, 3, 4, 5, 4.0]), np.array([3, 4, 4, 2, 4.0]), 1.0
-    pooled = np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2))
-    se = pooled * np.sqrt(1 / x.size + 1 / y.size)
-    dof = x.size + y.size - 2
-    diff = x.mean() - y.mean()
-    p = max(stats.t.sf((diff + margin) / se, dof), stats.t.cdf((diff - margin) / se, dof))
-    result = analysis.tost(x, y, margin)
-    assert result["p"] == pytest.approx(p) and result["dof"] == dof
+
+def _rows(matrix: np.ndarray, origin: list[str], lesion_type: list[str]) -> list[dict]:
+    return [{"reader": f"R{i}", "case_id": f"c{j:02d}", "origin": origin[j], "lesion_type": lesion_type[j],
+             "realism": int(v), **{k: 3 for k in ATTRIBUTES}}
+            for i, row in enumerate(matrix) for j, v in enumerate(row) if not np.isnan(v)]
+
+
+def test_mixed_model_matches_balanced_anova_and_tost_holm():
+    """Balanced crossed design: the fixed-effect SE of a case-level factor equals the closed form
+    sqrt((sigma_case^2 + sigma_e^2 / R) * (1/n_real + 1/n_syn)) and the estimate the mean difference."""
+    rng = np.random.default_rng(5)
+    n_readers, n_cases = 4, 12
+    origin = ["real" if j % 2 == 0 else "synthetic" for j in range(n_cases)]
+    lesion = ["lung" if j < 6 else "liver" for j in range(n_cases)]
+    case_effect = rng.normal(0, 0.7, n_cases)
+    matrix = np.clip(np.round(3 + case_effect[None] + rng.normal(0, 0.6, (n_readers, n_cases))
+                              + np.arange(n_readers)[:, None] * 0.3), 1, 5)
+    rows = _rows(matrix, origin, lesion)
+    fit = analysis.mixed_model_difference(rows, margin=1.0)
+    real = np.array([o == "real" for o in origin])
+    case_means = matrix.mean(axis=0)
+    assert fit["difference"] == pytest.approx(case_means[real].mean() - case_means[~real].mean(), abs=1e-6)
+    vc = fit["variance_components"]
+    expected_se = np.sqrt((vc["case"] + vc["residual"] / n_readers) * (1 / real.sum() + 1 / (~real).sum()))
+    assert fit["se"] == pytest.approx(expected_se, rel=1e-3)
+    lo, hi = fit["ci90"]
+    assert hi - lo == pytest.approx(2 * 1.6448536 * fit["se"])
+    assert (fit["tost_p"] < 0.05) == (-1.0 < lo and hi < 1.0)
+    both = analysis.realism_differences(rows, margin=1.0)
+    ps = sorted(e["tost_p"] for e in both["by_type"])
+    holm = sorted(e["tost_p_holm"] for e in both["by_type"])
+    assert holm[0] == pytest.approx(min(1.0, 2 * ps[0]))
+    assert holm[1] == pytest.approx(min(1.0, max(2 * ps[0], ps[1])))
+
+
+def test_interim_study_does_not_crash_and_says_why():
+    """Early in a study with shuffled orders: no case has two readers yet, readers have seen one class."""
+    origin = ["real", "synthetic"] * 4
+    matrix = np.full((4, 8), np.nan)
+    for i in range(4):
+        matrix[i, 2 * i] = 4 if i % 2 else 5   # each reader: one real and one synthetic case of their own
+        matrix[i, 2 * i + 1] = 2
+    results = analysis.analyze_rows(_rows(matrix, origin, ["lung"] * 8), n_boot=50)
+    json.dumps(analysis._clean(results), allow_nan=False)
+    assert results["complete"] is False
+    alpha = results["agreement"]["krippendorff_alpha"]
+    assert np.isnan(alpha["value"]) and "no case has been rated by two readers" in alpha["reason"]
+    assert all("0 case(s) rated by both readers" in k["reason"] for k in results["agreement"]["kappa_pairs"])
+    assert "undefined: 0 case(s) rated by every reader" in results["agreement"]["icc_primary"]["reason"]
+    assert any("incomplete design" in n for n in results["all_readers"]["auc"]["notes"])
+    # One reader so far: no random-reader analysis, and the reason is given.
+    one = analysis.analyze_rows(_rows(matrix[:1], origin, ["lung"] * 8), n_boot=20)
+    assert any("at least 2 readers" in n for n in one["all_readers"]["auc"]["notes"])
+    assert "too few" in one["realism_difference"]["all"]["reason"]
+    assert one["agreement"]["note"] == "Agreement needs at least two readers."
 
 
 # ------------------------------------------------------------------ end to end: CLI + analysis
+
+
+def matrix_of(table: dict, plans: dict, ids: list) -> np.ndarray:
+    return np.array([[table[r, c] for c in ids] for r in plans], float)
 
 
 def test_cli_end_to_end_analysis(lung_study, tmp_path, capsys):
@@ -596,11 +659,19 @@ def test_cli_end_to_end_analysis(lung_study, tmp_path, capsys):
     auc = {p["reader"]: p["auc"] for p in results["per_reader"]}
     # A: all real > all synthetic = 1; B: real {4,3} vs synthetic {4,2}: (0.5+1+0+1)/4; C: all ties = 0.5.
     assert auc == pytest.approx({"A": 1.0, "B": 2.5 / 4, "C": 0.5})
-    assert results["pooled_auc"]["auc"] == pytest.approx(np.mean(list(auc.values())))
-    lo, hi = results["pooled_auc"]["ci95"]
-    assert lo <= results["pooled_auc"]["auc"] <= hi and results["pooled_auc"]["n_boot"] == 1000
+    mrmc = results["all_readers"]["auc"]
+    assert mrmc["estimate"] == pytest.approx(np.mean(list(auc.values())))
+    from PASTALib.eval.mrmc import or_hillis
+
+    expected = or_hillis(matrix_of(table, plans, ids), np.array([origin[c] == "real" for c in ids]))["modalities"][0]
+    assert mrmc["ci95"] == pytest.approx(expected["ci"]) and mrmc["p_vs_null"] == pytest.approx(expected["p"])
+    assert mrmc["df"] == pytest.approx(expected["df"]) and mrmc["notes"] == []
+    # "All readers" accuracy is the mean of the reader accuracies (not pooled ratings), with its OR CI.
+    assert results["all_readers"]["accuracy"]["estimate"] == pytest.approx(np.mean([p["accuracy"] for p in results["per_reader"]]))
+    assert "realism difference" in html.lower() and "Obuchowski" in html and "Primary ICC: ICC(A,1)" in html
     a = {p["reader"]: p for p in results["per_reader"]}["A"]
     assert (a["sensitivity"], a["specificity"], a["accuracy"]) == (1.0, 1.0, 1.0)
+    assert a["accuracy_ci95"] == pytest.approx(analysis.proportion_ci(4, 4)) and a["accuracy_p_vs_50"] == pytest.approx(0.125)
     pairs = {tuple(k["readers"]): k["kappa_quadratic"] for k in results["agreement"]["kappa_pairs"]}
     matrix = np.array([[table[r, c] for c in ids] for r in plans], float)
     assert pairs["A", "B"] == pytest.approx(analysis.weighted_kappa(matrix[0], matrix[1]))
@@ -609,8 +680,9 @@ def test_cli_end_to_end_analysis(lung_study, tmp_path, capsys):
     accuracy = {(e["lesion_type"], e["origin"]): e for e in results["attribute_accuracy"]}
     assert accuracy["lung_tumor", "synthetic"]["shape"]["mean"] == 4.0
     assert accuracy["lung_tumor", "real"]["invasion"]["mean"] == 2.0
-    print("lung study results:", json.dumps({"per_reader_auc": auc, "pooled": results["pooled_auc"],
-                                             "tost": results["tost"], "mann_whitney": results["mann_whitney"],
+    assert results["agreement"]["icc_primary"]["n_cases"] == 4
+    print("lung study results:", json.dumps({"per_reader_auc": auc, "all_readers_auc": mrmc,
+                                             "realism_difference": results["realism_difference"]["all"],
                                              "alpha": results["agreement"]["krippendorff_alpha_ordinal"]}))
 
 

@@ -232,9 +232,18 @@ def _analyze(args: argparse.Namespace) -> int:
 
     results = analyze(args.study, args.key, args.out, threshold=args.threshold, margin=args.margin,
                       n_boot=args.n_boot, seed=args.seed)
-    pooled = results["pooled_auc"]
-    print(f"AUC (real vs synthetic, mean over readers) {pooled['auc']:.3f} [{pooled['ci95'][0]:.3f}, {pooled['ci95'][1]:.3f}]"
-          if pooled["auc"] is not None else "AUC not defined (one origin has no answers)")
+    auc = results["all_readers"]["auc"]
+    if auc["p_vs_null"] is not None:
+        print(f"AUC (real vs synthetic, mean over readers, Obuchowski-Rockette/Hillis) {auc['estimate']:.3f} "
+              f"[{auc['ci95'][0]:.3f}, {auc['ci95'][1]:.3f}], p (AUC = 0.5) {auc['p_vs_null']:.4f}")
+    else:
+        print("AUC CI not defined yet: " + "; ".join(auc["notes"]))
+    diff = results["realism_difference"]["all"]
+    if diff.get("tost_p") is not None:
+        print(f"realism real - synthetic {diff['difference']:.2f}, 90% CI [{diff['ci90'][0]:.2f}, {diff['ci90'][1]:.2f}], "
+              f"TOST p {diff['tost_p']:.4f} (margin {diff['margin']})")
+    else:
+        print("realism difference not defined yet: " + diff["reason"])
     print(f"report: {args.out}/report.html; numbers: {args.out}/results.json")
     return 0
 

@@ -27,6 +27,7 @@ OR model (fully crossed design) does not strictly cover; :func:`or_hillis` says 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -62,7 +63,9 @@ def jackknife_covariance(ratings: np.ndarray, truth: np.ndarray,
     """Covariance of the (modality, reader) FOMs by case jackknife, shape (T*R, T*R).
 
     cov = (C-1)/C * sum_k (theta_(k) - mean_k theta_(k)) (theta_(k) - ...)^T (Obuchowski & Rockette 1995;
-    Hillis et al. 2005 eq. 12). Leave-one-out replicates that are undefined (NaN) are dropped.
+    Hillis et al. 2005 eq. 12). A leave-one-out replicate that is undefined for one FOM (NaN: the left-out
+    case was that reader's only case of a class) is dropped for the pairs involving that FOM only; a pair
+    with fewer than 2 common replicates gets NaN.
     """
     n_cases = ratings.shape[2]
     all_cases = np.ones(n_cases, bool)
@@ -72,10 +75,14 @@ def jackknife_covariance(ratings: np.ndarray, truth: np.ndarray,
         keep[k] = False
         reps.append(_fom_matrix(ratings, truth, fom, keep).ravel())
     reps = np.asarray(reps)
-    reps = reps[~np.isnan(reps).any(axis=1)]
-    n = reps.shape[0]
-    centred = reps - reps.mean(axis=0)
-    return (n - 1) / n * centred.T @ centred
+    finite = ~np.isnan(reps)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: NaN, reported by the caller
+        centred = np.where(finite, reps - np.nanmean(np.where(finite, reps, np.nan), axis=0), 0.0)
+        n = finite.T.astype(float) @ finite.astype(float)  # common replicates of each pair
+        cov = (n - 1) / n * (centred.T @ centred)
+    cov[n < 2] = np.nan
+    return cov
 
 
 def delong_covariance(ratings: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -152,6 +159,12 @@ def or_hillis(
         cov = delong_covariance(ratings, truth)
     else:
         cov = jackknife_covariance(ratings, truth, fom)
+    if np.isnan(cov).any():
+        notes.append("undefined: the case jackknife leaves a reader without cases of both classes "
+                     "(each reader needs at least 2 rated cases of each class)")
+        out["modalities"] = [{"fom": float(theta[t].mean()), "se": float("nan"), "df": float("nan"),
+                              "ci": [float("nan")] * 2, "t": float("nan"), "p": float("nan")} for t in range(n_mod)]
+        return out
     avg = _cov_averages(cov, n_mod, n_read)
     out["covariances"] = {"var_error": avg["var"], "cov1": avg["cov1"], "cov2": avg["cov2"], "cov3": avg["cov3"]}
 

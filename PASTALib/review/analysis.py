@@ -3,8 +3,17 @@
 Conventions: the realism score is used to detect REAL cases (positive class = real), so an
 AUC of 0.5 means readers cannot tell synthetic from real. At a threshold (default >= 4)
 a rating "calls" a case real; sensitivity = real called real, specificity = synthetic called
-synthetic. Pooled tests (Mann-Whitney U, TOST) treat ratings as independent, which they are
-not within a reader or case; the case x reader bootstrap AUC CI is the clustered estimate.
+synthetic.
+
+Methods (ratings are clustered within readers and within cases, so nothing pools them as
+independent): reader-averaged AUC / accuracy / sensitivity / specificity with the
+Obuchowski-Rockette CI and Hillis degrees of freedom (readers and cases random,
+:mod:`PASTALib.eval.mrmc`) and the test against 0.5; the realism difference real - synthetic from
+a linear mixed model with crossed random reader and case intercepts, TOST on its 90% CI, Holm
+across lesion types; per reader Wilson CIs and an exact binomial test of accuracy vs 50 %;
+agreement (kappa, Krippendorff's alpha) with case-bootstrap CIs and counted undefined replicates;
+the primary ICC is ICC(A,1) on the cases every reader rated. Interim studies (readers part-way,
+shuffled orders) are analysed: every statistic that is undefined says why instead of raising.
 """
 
 from __future__ import annotations
@@ -57,6 +66,21 @@ def weighted_kappa(a: np.ndarray, b: np.ndarray) -> float:
     return float(cohen_kappa_score(np.asarray(a, int), np.asarray(b, int), labels=list(LIKERT), weights="quadratic"))
 
 
+def quadratic_kappa_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Quadratic-weighted kappa of many resamples at once (rows of ``a`` and ``b``), NaN where undefined.
+
+    Hand-written for the bootstrap only (sklearn's per-call validation costs ~25 ms, x 1000 replicates
+    x reader pairs): with weights (i - j)^2 kappa equals 2 cov(a, b) / (var a + var b + (mean a - mean b)^2)
+    with population moments (Cohen 1968; Fleiss & Cohen 1973); the test checks it against sklearn.
+    """
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    ma, mb = a.mean(axis=-1, keepdims=True), b.mean(axis=-1, keepdims=True)
+    cov = ((a - ma) * (b - mb)).mean(axis=-1)
+    denominator = a.var(axis=-1) + b.var(axis=-1) + (ma - mb)[..., 0] ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, 2 * cov / np.where(denominator > 0, denominator, 1), np.nan)
+
+
 def krippendorff_ordinal(matrix: np.ndarray) -> float:
     """Ordinal Krippendorff's alpha; ``matrix`` is readers x cases with NaN for missing ratings."""
     import krippendorff
@@ -102,23 +126,6 @@ def icc_table(matrix: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def tost(x: np.ndarray, y: np.ndarray, margin: float) -> dict[str, float]:
-    """Two one-sided tests (pingouin, Student pooled variance): equivalent if p < alpha."""
-    import pingouin
-
-    result = pingouin.tost(np.asarray(x, float), np.asarray(y, float), bound=margin)
-    return {"margin": float(margin), "p": float(result["pval"].iloc[0]), "dof": float(result["dof"].iloc[0]),
-            "mean_difference": float(np.mean(x) - np.mean(y))}
-
-
-def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Two-sided Mann-Whitney U (scipy) of real ``x`` vs synthetic ``y``."""
-    from scipy.stats import mannwhitneyu
-
-    result = mannwhitneyu(np.asarray(x, float), np.asarray(y, float), alternative="two-sided")
-    return {"U": float(result.statistic), "p": float(result.pvalue)}
-
-
 def threshold_metrics(scores: np.ndarray, is_real: np.ndarray, threshold: int) -> dict[str, float]:
     """Accuracy / sensitivity / specificity when a rating >= ``threshold`` calls the case real."""
     called = np.asarray(scores) >= threshold
@@ -127,44 +134,182 @@ def threshold_metrics(scores: np.ndarray, is_real: np.ndarray, threshold: int) -
     n_real, n_syn = int(is_real.sum()), int((~is_real).sum())
     return {"threshold": threshold, "accuracy": (tp + tn) / max(is_real.size, 1),
             "sensitivity": tp / n_real if n_real else float("nan"),
-            "specificity": tn / n_syn if n_syn else float("nan"), "n": int(is_real.size)}
+            "specificity": tn / n_syn if n_syn else float("nan"), "n": int(is_real.size),
+            "n_correct": tp + tn, "n_real": n_real, "n_real_called_real": tp,
+            "n_synthetic": n_syn, "n_synthetic_called_synthetic": tn}
 
 
-# ---------------------------------------------------------------- bootstrap
+def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> list[float]:
+    """Wilson score interval (statsmodels); NaNs when n = 0."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n == 0:
+        return [float("nan"), float("nan")]
+    lo, hi = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
+    return [float(lo), float(hi)]
 
 
-def bootstrap_auc(
-    matrix: np.ndarray, is_real: np.ndarray, n_boot: int, seed: int, *, resample_readers: bool = True,
-) -> dict[str, Any]:
-    """Mean-over-readers AUC with a case x reader bootstrap CI (cases resampled within origin).
+def binomial_test(successes: int, n: int, p: float = 0.5) -> float:
+    """Exact two-sided binomial test (scipy) of a proportion against ``p``; NaN when n = 0."""
+    from scipy.stats import binomtest
 
-    ``matrix`` is readers x cases (NaN = not rated). Resampling cases within each origin keeps
-    both classes in every replicate; resampling readers adds reader variability to the CI.
+    return float(binomtest(successes, n, p).pvalue) if n else float("nan")
+
+
+# ---------------------------------------------------------------- bootstrap (one reader, cases resampled)
+
+
+def bootstrap_auc(scores: np.ndarray, is_real: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """One reader's AUC with a case bootstrap CI (cases resampled within origin, so both classes stay).
+
+    NaN scores (cases the reader has not rated) are dropped per replicate; a replicate left without
+    one class is undefined: counted in ``n_undefined`` and left out of the percentiles.
     """
     rng = np.random.default_rng(seed)
-    matrix = np.asarray(matrix, float)
-    is_real = np.asarray(is_real, bool)
+    scores, is_real = np.asarray(scores, float), np.asarray(is_real, bool)
     real_idx, syn_idx = np.flatnonzero(is_real), np.flatnonzero(~is_real)
-    n_readers = matrix.shape[0]
 
-    def mean_auc(rows: np.ndarray, cols: np.ndarray) -> float:
-        values = []
-        for r in rows:
-            s = matrix[r, cols]
-            ok = ~np.isnan(s)
-            values.append(_auc_rank(s[ok], is_real[cols][ok]))
-        return float(np.nanmean(values)) if not np.all(np.isnan(values)) else float("nan")
+    def value(cols: np.ndarray) -> float:
+        s = scores[cols]
+        ok = ~np.isnan(s)
+        return _auc_rank(s[ok], is_real[cols][ok])
 
-    estimate = mean_auc(np.arange(n_readers), np.arange(matrix.shape[1]))
-    replicates = np.empty(n_boot)
-    for b in range(n_boot):
-        rows = rng.integers(0, n_readers, n_readers) if resample_readers else np.arange(n_readers)
-        cols = np.concatenate([rng.choice(real_idx, real_idx.size), rng.choice(syn_idx, syn_idx.size)])
-        replicates[b] = mean_auc(rows, cols)
+    estimate = value(np.arange(scores.size))
+    out: dict[str, Any] = {"auc": estimate, "ci95": [float("nan")] * 2, "n_boot": n_boot, "seed": seed,
+                           "n_undefined": 0, "method": "case bootstrap within origin, percentile"}
+    if math.isnan(estimate):
+        out["reason"] = "undefined: this reader has not rated cases of both origins"
+        return out
+    replicates = np.array([value(np.concatenate([rng.choice(real_idx, real_idx.size), rng.choice(syn_idx, syn_idx.size)]))
+                           for _ in range(n_boot)])
     valid = replicates[~np.isnan(replicates)]
-    lo, hi = (np.percentile(valid, [2.5, 97.5]) if valid.size else (float("nan"), float("nan")))
-    return {"auc": estimate, "ci95": [float(lo), float(hi)], "n_boot": n_boot, "seed": seed,
-            "method": "case x reader bootstrap (cases within origin)" if resample_readers else "case bootstrap (within origin)"}
+    out["n_undefined"] = int(n_boot - valid.size)
+    if valid.size:
+        out["ci95"] = [float(v) for v in np.percentile(valid, [2.5, 97.5])]
+    return out
+
+
+def _bootstrap_cases(statistic, matrix: np.ndarray, n_boot: int, seed: int, batch=None) -> dict[str, Any]:
+    """Case (column) bootstrap CI of ``statistic(matrix)`` via :func:`PASTALib.eval.stats.bootstrap_ci`:
+    undefined replicates (NaN or ValueError) are redrawn and counted in ``n_undefined``."""
+    from PASTALib.eval.stats import bootstrap_ci
+
+    try:
+        ci = bootstrap_ci(lambda cols: statistic(matrix[:, cols]), np.arange(matrix.shape[1]),
+                          rng=np.random.default_rng(seed), n_resamples=n_boot,
+                          batch_statistic=None if batch is None else lambda idx: batch(matrix[:, idx]))
+    except ValueError as exc:
+        return {"ci95": [float("nan")] * 2, "reason": f"undefined CI: {exc}"}
+    return {"ci95": [ci.low, ci.high], "n_boot": n_boot, "n_undefined": ci.n_redrawn, "seed": seed,
+            "method": "case bootstrap, percentile (undefined replicates redrawn and counted)"}
+
+
+# ---------------------------------------------------------------- MRMC and mixed model
+
+
+def mrmc_fom(matrix: np.ndarray, is_real: np.ndarray, fom: str = "auc", threshold: int = 4,
+             null: float = 0.5) -> dict[str, Any]:
+    """Reader-averaged figure of merit with the Obuchowski-Rockette / Hillis CI and the test of FOM = ``null``.
+
+    ``fom``: "auc" (trapezoidal), or "accuracy" / "sensitivity" / "specificity" at ``threshold``.
+    Readers and cases are both random (:func:`PASTALib.eval.mrmc.or_hillis`, jackknife covariance);
+    for the AUC with complete ratings the DeLong-covariance result is added as ``delong``.
+    """
+    from PASTALib.eval import mrmc
+
+    def at_threshold(key: str):
+        def f(scores: np.ndarray, truth: np.ndarray) -> float:
+            ok = ~np.isnan(scores)
+            value = threshold_metrics(scores[ok], truth[ok], threshold)[key]
+            return value if ok.any() else float("nan")
+        return f
+
+    function = mrmc.trapezoidal_auc if fom == "auc" else at_threshold(fom)
+    result = mrmc.or_hillis(matrix, is_real, fom=function, null=null)
+    m = result["modalities"][0]
+    out = {"fom": fom, "estimate": m["fom"], "ci95": m["ci"], "se": m["se"], "df": m["df"], "t": m["t"],
+           "p_vs_null": m["p"], "null": null, "n_readers": result["n_readers"], "n_cases": result["n_cases"],
+           "method": result["method"] + " (Obuchowski & Rockette 1995; Hillis 2007, 2008)",
+           "covariances": result.get("covariances"), "notes": result["notes"]}
+    if fom == "auc" and not np.isnan(matrix).any() and "covariances" in result:
+        d = mrmc.or_hillis(matrix, is_real, covariance="delong", null=null)["modalities"][0]
+        out["delong"] = {"ci95": d["ci"], "se": d["se"], "df": d["df"], "p_vs_null": d["p"]}
+    return out
+
+
+def mixed_model_difference(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """Realism difference real - synthetic from a linear mixed model with crossed random reader and
+    case intercepts (statsmodels MixedLM, REML, variance components), with 95% and 90% CIs and TOST.
+
+    Equivalence (TOST at alpha 0.05) holds when the 90% CI lies inside (-margin, margin); the TOST
+    p-value is the larger of the two one-sided p-values. Wald (normal) intervals, as statsmodels reports.
+    """
+    import pandas as pd
+    import statsmodels.formula.api as smf
+    from scipy import stats
+
+    frame = pd.DataFrame({"realism": [float(r["realism"]) for r in rows],
+                          "real": [1.0 if r["origin"] == "real" else 0.0 for r in rows],
+                          "reader": [r["reader"] for r in rows], "case": [r["case_id"] for r in rows]})
+    n_readers, n_cases = frame["reader"].nunique(), frame["case"].nunique()
+    out: dict[str, Any] = {"n_ratings": len(frame), "n_readers": n_readers, "n_cases": n_cases, "margin": margin,
+                           "model": "realism ~ real + (1|reader) + (1|case), REML"}
+    if frame["real"].nunique() < 2:
+        out["reason"] = "undefined: ratings of both origins are needed"
+        return out
+    if n_cases < 4:
+        out["reason"] = f"undefined: {n_cases} cases are too few for a case random effect"
+        return out
+    components = {"case": "0 + C(case)"}
+    if n_readers >= 2:
+        components["reader"] = "0 + C(reader)"
+    else:
+        out["model"] = "realism ~ real + (1|case), REML (one reader: no reader effect)"
+    frame["all"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence / boundary warnings: checked below via converged
+        try:
+            # Variance components often sit on the boundary (0) in small studies, where the gradient
+            # optimisers stop unconverged: statsmodels then tries the derivative-free ones in turn.
+            fit = smf.mixedlm("realism ~ real", frame, groups="all", re_formula="0",
+                              vc_formula=components).fit(reml=True, method=["lbfgs", "powell", "nm"])
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            out["reason"] = f"undefined: the mixed model could not be fitted ({exc})"
+            return out
+    estimate, se = float(fit.fe_params["real"]), float(fit.bse_fe["real"])
+    if not (math.isfinite(se) and se > 0):
+        out["reason"] = "undefined: the mixed model gave no standard error (e.g. all ratings equal)"
+        out["difference"] = estimate
+        return out
+    z90, z95 = stats.norm.ppf(0.95), stats.norm.ppf(0.975)
+    p_lower = float(stats.norm.sf((estimate + margin) / se))  # H0: difference <= -margin
+    p_upper = float(stats.norm.cdf((estimate - margin) / se))  # H0: difference >= +margin
+    variances = dict(zip(fit.model.exog_vc.names, (float(v) for v in fit.vcomp)))
+    out.update({"difference": estimate, "se": se, "ci95": [estimate - z95 * se, estimate + z95 * se],
+                "ci90": [estimate - z90 * se, estimate + z90 * se], "p_difference": float(2 * stats.norm.sf(abs(estimate / se))),
+                "tost_p": max(p_lower, p_upper), "converged": bool(fit.converged),
+                "variance_components": {**variances, "residual": float(fit.scale)}})
+    out["equivalent"] = out["tost_p"] < 0.05
+    if not fit.converged:
+        out["notes"] = ["the optimiser did not report convergence: read the estimate with care"]
+    return out
+
+
+def realism_differences(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
+    """:func:`mixed_model_difference` per lesion type and for all types; Holm across the lesion types."""
+    from statsmodels.stats.multitest import multipletests
+
+    types = sorted({r["lesion_type"] for r in rows})
+    entries = [{"lesion_type": t, **mixed_model_difference([r for r in rows if r["lesion_type"] == t], margin)} for t in types]
+    for key in ("tost_p", "p_difference"):
+        defined = [e for e in entries if e.get(key) is not None and math.isfinite(e[key])]
+        if defined:
+            adjusted = multipletests([e[key] for e in defined], method="holm")[1]
+            for e, p in zip(defined, adjusted):
+                e[f"{key}_holm"] = float(p)
+    overall = {"lesion_type": "all", **mixed_model_difference(rows, margin)}
+    return {"by_type": entries, "all": overall,
+            "multiple_comparisons": f"Holm over the {len(entries)} lesion type(s) (statsmodels multipletests)"}
 
 
 # ---------------------------------------------------------------- study-level analysis
@@ -184,6 +329,16 @@ def _matrix(rows: list[dict[str, Any]], readers: list[str], cases: list[str], co
         if row.get(column) is not None:
             matrix[r_index[row["reader"]], c_index[row["case_id"]]] = row[column]
     return matrix
+
+
+def _reader_threshold(scores: np.ndarray, labels: np.ndarray, threshold: int) -> dict[str, Any]:
+    m = threshold_metrics(scores, labels, threshold)
+    m["accuracy_ci95"] = proportion_ci(m["n_correct"], m["n"])
+    m["accuracy_p_vs_50"] = binomial_test(m["n_correct"], m["n"])
+    m["sensitivity_ci95"] = proportion_ci(m["n_real_called_real"], m["n_real"])
+    m["specificity_ci95"] = proportion_ci(m["n_synthetic_called_synthetic"], m["n_synthetic"])
+    m["ci_method"] = "Wilson score; accuracy vs 50 %: exact binomial test"
+    return m
 
 
 def analyze_rows(
@@ -206,11 +361,8 @@ def analyze_rows(
     by_type = []
     for t in types + ["all"]:
         sel = np.array([t == "all" or r["lesion_type"] == t for r in rows])
-        entry = {"lesion_type": t, "real": _summary(realism[sel & row_real]),
-                 "synthetic": _summary(realism[sel & ~row_real])}
-        if entry["real"]["n"] and entry["synthetic"]["n"]:
-            entry["mann_whitney"] = mann_whitney(realism[sel & row_real], realism[sel & ~row_real])
-        by_type.append(entry)
+        by_type.append({"lesion_type": t, "real": _summary(realism[sel & row_real]),
+                        "synthetic": _summary(realism[sel & ~row_real])})
 
     per_reader = []
     for i, reader in enumerate(readers):
@@ -219,45 +371,90 @@ def analyze_rows(
         fpr, tpr, _ = roc_curve(labels, scores) if 0 < labels.sum() < labels.size else ([], [], [])
         per_reader.append({
             "reader": reader, "n": int(ok.sum()), "auc": auc(scores, labels),
-            "auc_case_bootstrap": bootstrap_auc(matrix[i : i + 1], is_real_case, n_boot, seed, resample_readers=False),
+            "auc_case_bootstrap": bootstrap_auc(matrix[i], is_real_case, n_boot, seed),
             "roc": {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]},
-            **threshold_metrics(scores, labels, threshold),
+            **_reader_threshold(scores, labels, threshold),
         })
+
+    # "All readers": every figure of merit is the mean over readers, each with its OR-Hillis CI
+    # (readers and cases random); pooled ratings are not mixed in.
+    all_readers = {"auc": mrmc_fom(matrix, is_real_case, "auc", threshold)}
+    for fom in ("accuracy", "sensitivity", "specificity"):
+        all_readers[fom] = mrmc_fom(matrix, is_real_case, fom, threshold)
 
     results: dict[str, Any] = {
         "n_readers": len(readers), "n_cases": len(cases), "n_answers": len(rows),
         "n_cases_by_origin": {"real": int(is_real_case.sum()), "synthetic": int((~is_real_case).sum())},
+        "complete": bool(not np.isnan(matrix).any()),
         "settings": {"threshold": threshold, "tost_margin": margin, "n_boot": n_boot, "seed": seed},
         "realism_by_type": by_type,
+        "realism_difference": realism_differences(rows, margin),
         "rating_counts": {o: [int(((realism == v) & (row_real == (o == "real"))).sum()) for v in LIKERT]
                           for o in ("real", "synthetic")},
         "per_reader": per_reader,
-        "pooled_auc": bootstrap_auc(matrix, is_real_case, n_boot, seed),
-        "pooled_threshold": threshold_metrics(realism, row_real, threshold),
-        "mann_whitney": mann_whitney(realism[row_real], realism[~row_real]),
-        "tost": tost(realism[row_real], realism[~row_real], margin),
-        "agreement": agreement(matrix, readers),
+        "all_readers": all_readers,
+        "agreement": agreement(matrix, readers, n_boot=n_boot, seed=seed),
         "attribute_accuracy": attribute_accuracy(rows),
     }
     return results
 
 
-def agreement(matrix: np.ndarray, readers: list[str]) -> dict[str, Any]:
-    """ICC (cases rated by all readers), pairwise quadratic kappa, ordinal Krippendorff's alpha."""
+def agreement(matrix: np.ndarray, readers: list[str], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """ICC (cases rated by all readers), pairwise quadratic kappa and ordinal Krippendorff's alpha,
+    each with a case-bootstrap CI; every undefined value carries a ``reason``."""
     out: dict[str, Any] = {"n_readers": len(readers)}
     if len(readers) < 2:
         out["note"] = "Agreement needs at least two readers."
         return out
     complete = ~np.isnan(matrix).any(axis=0)
-    out["icc_n_cases"] = int(complete.sum())
-    out["icc"] = icc_table(matrix[:, complete]) if complete.sum() >= 3 else None
+    n_complete = int(complete.sum())
+    out["icc_n_cases"] = n_complete
+    out["icc_primary"] = {"form": ICC_MAIN, "description": _ICC_NAMES[ICC_MAIN], "n_cases": n_complete,
+                          "n_readers": len(readers)}
+    if n_complete >= 3:
+        try:
+            out["icc"] = icc_table(matrix[:, complete])
+            main = next(i for i in out["icc"] if i["type"] == ICC_MAIN)
+            out["icc_primary"].update(icc=main["icc"], ci95=main["ci95"], p=main["p"])
+        except (ValueError, AssertionError) as exc:
+            out["icc"] = None
+            out["icc_primary"]["reason"] = f"undefined: {exc}"
+    else:
+        out["icc"] = None
+        out["icc_primary"]["reason"] = f"undefined: {n_complete} case(s) rated by every reader; the ICC needs 3"
     pairs = []
-    for i, j in combinations(range(len(readers)), 2):
+    for k, (i, j) in enumerate(combinations(range(len(readers)), 2)):
         both = ~np.isnan(matrix[i]) & ~np.isnan(matrix[j])
-        pairs.append({"readers": [readers[i], readers[j]], "n": int(both.sum()),
-                      "kappa_quadratic": weighted_kappa(matrix[i, both], matrix[j, both]) if both.sum() >= 2 else float("nan")})
+        entry: dict[str, Any] = {"readers": [readers[i], readers[j]], "n": int(both.sum())}
+        pair = matrix[[i, j]][:, both]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 when both readers are constant: NaN, reason below
+            entry["kappa_quadratic"] = weighted_kappa(pair[0], pair[1]) if both.sum() >= 2 else float("nan")
+            if both.sum() < 2:
+                entry["reason"] = f"undefined: {int(both.sum())} case(s) rated by both readers"
+            elif math.isnan(entry["kappa_quadratic"]):
+                entry["reason"] = "undefined: both readers gave one and the same rating to every shared case"
+            else:
+                entry["bootstrap"] = _bootstrap_cases(lambda m: weighted_kappa(m[0], m[1]), pair, n_boot, seed + k,
+                                                      batch=lambda m: quadratic_kappa_rows(m[0], m[1]))
+        pairs.append(entry)
     out["kappa_pairs"] = pairs
-    out["krippendorff_alpha_ordinal"] = krippendorff_ordinal(matrix)
+    n_units = int((np.sum(~np.isnan(matrix), axis=0) >= 2).sum())
+    out["krippendorff_n_cases"] = n_units
+    alpha: dict[str, Any] = {"n_cases_with_2_ratings": n_units}
+    if n_units == 0:
+        alpha.update(value=float("nan"), reason="undefined: no case has been rated by two readers yet")
+    else:
+        try:
+            alpha["value"] = krippendorff_ordinal(matrix)
+        except ValueError as exc:  # e.g. every rating the same: no variation to compare with
+            alpha.update(value=float("nan"), reason=f"undefined: {exc}")
+        else:
+            def safe_alpha(m: np.ndarray) -> float:
+                return krippendorff_ordinal(m) if (np.sum(~np.isnan(m), axis=0) >= 2).any() else float("nan")
+            alpha["bootstrap"] = _bootstrap_cases(safe_alpha, matrix, n_boot, seed)
+    out["krippendorff_alpha"] = alpha
+    out["krippendorff_alpha_ordinal"] = alpha["value"]
     return out
 
 

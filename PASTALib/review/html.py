@@ -30,6 +30,8 @@ def _figure(width: float = 7.0, height: float = 3.6):
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     if isinstance(value, list) and len(value) == 2 and all(isinstance(v, (float, int, type(None))) for v in value):
@@ -113,34 +115,69 @@ def render(results: dict[str, Any]) -> str:
     sections = [f"<h1>Realism reader study</h1><p>{r['n_readers']} readers, {r['n_cases']} cases "
                 f"({r['n_cases_by_origin']['real']} real, {r['n_cases_by_origin']['synthetic']} synthetic), "
                 f"{r['n_answers']} answers. AUC 0.5 = readers cannot tell synthetic from real.</p>"]
+    if not r.get("complete", True):
+        sections.append("<p><b>Interim analysis:</b> not every reader has rated every case yet; statistics that are "
+                        "not defined yet say why.</p>")
+    d = r["realism_difference"]
     sections.append("<h2>Realism by lesion type</h2>" + _realism_figure(r) + _table(
-        ["lesion type", "real n", "real mean", "real SD", "synthetic n", "synthetic mean", "synthetic SD", "Mann–Whitney p"],
+        ["lesion type", "real n", "real mean", "real SD", "synthetic n", "synthetic mean", "synthetic SD"],
         [[e["lesion_type"], e["real"]["n"], e["real"]["mean"], e["real"]["sd"], e["synthetic"]["n"],
-          e["synthetic"]["mean"], e["synthetic"]["sd"], e.get("mann_whitney", {}).get("p")] for e in r["realism_by_type"]]))
-    sections.append("<h2>Discrimination</h2>" + _roc_figure(r) + _histogram_figure(r) + _table(
-        ["reader", "n", "AUC", "AUC 95% CI (case bootstrap)", "accuracy", "sensitivity", "specificity"],
-        [[p["reader"], p["n"], p["auc"], p["auc_case_bootstrap"]["ci95"], p["accuracy"], p["sensitivity"], p["specificity"]]
-         for p in r["per_reader"]]
-        + [["all readers", r["n_answers"], r["pooled_auc"]["auc"], r["pooled_auc"]["ci95"], r["pooled_threshold"]["accuracy"],
-            r["pooled_threshold"]["sensitivity"], r["pooled_threshold"]["specificity"]]])
-        + f"<p>Threshold: rating ≥ {r['settings']['threshold']} calls a case real. Pooled CI: {html.escape(r['pooled_auc']['method'])}, "
-        f"{r['pooled_auc']['n_boot']} replicates, seed {r['pooled_auc']['seed']}.</p>")
-    t, mw = r["tost"], r["mann_whitney"]
-    sections.append("<h2>Tests (all ratings pooled)</h2>" + _table(
-        ["test", "statistic", "p"],
-        [["Mann–Whitney U, real vs synthetic (two-sided)", mw["U"], mw["p"]],
-         [f"TOST equivalence, margin ±{t['margin']} (mean difference {_fmt(t['mean_difference'])})", f"dof {_fmt(t['dof'], 1)}", t["p"]]]))
+          e["synthetic"]["mean"], e["synthetic"]["sd"]] for e in r["realism_by_type"]])
+        + "<h3>Realism difference (real − synthetic), mixed model</h3>" + _table(
+        ["lesion type", "ratings", "cases", "difference", "95% CI", "90% CI", "p (difference = 0)", "p Holm",
+         f"TOST p (margin ±{r['settings']['tost_margin']})", "TOST p Holm", "equivalent", "note"],
+        [[e["lesion_type"], e["n_ratings"], e["n_cases"], e.get("difference"), e.get("ci95"), e.get("ci90"),
+          e.get("p_difference"), e.get("p_difference_holm"), e.get("tost_p"), e.get("tost_p_holm"),
+          e.get("equivalent"), e.get("reason") or " ".join(e.get("notes", []))] for e in [*d["by_type"], d["all"]]])
+        + f"<p>Linear mixed model with crossed random reader and case intercepts (statsmodels MixedLM, REML, Wald "
+        f"intervals); equivalence (TOST, α = 0.05) when the 90% CI lies within the margin. "
+        f"{html.escape(d['multiple_comparisons'])}; the 'all' row is the pre-specified overall test.</p>")
+
+    per_reader_rows = [[p["reader"], p["n"], p["auc"], p["auc_case_bootstrap"]["ci95"], p["accuracy"], p["accuracy_ci95"],
+                        p["accuracy_p_vs_50"], p["sensitivity"], p["sensitivity_ci95"], p["specificity"], p["specificity_ci95"]]
+                       for p in r["per_reader"]]
+    a = r["all_readers"]
+    per_reader_rows.append(["all readers (mean, OR-Hillis)", r["n_cases"], a["auc"]["estimate"], a["auc"]["ci95"],
+                            a["accuracy"]["estimate"], a["accuracy"]["ci95"], a["accuracy"]["p_vs_null"],
+                            a["sensitivity"]["estimate"], a["sensitivity"]["ci95"], a["specificity"]["estimate"],
+                            a["specificity"]["ci95"]])
+    auc = a["auc"]
+    notes = "".join(f"<li>{html.escape(n)}</li>" for fom in a.values() for n in fom["notes"])
+    sections.append("<h2>Discrimination</h2>"
+        + f"<p><b>Reader-averaged AUC {_fmt(auc['estimate'])}, 95% CI {_fmt(auc['ci95'])}, test of AUC = 0.5: "
+        f"t = {_fmt(auc['t'], 2)}, df = {_fmt(auc['df'], 1)}, p = {_fmt(auc['p_vs_null'], 4)}</b> "
+        f"({html.escape(auc['method'])}; readers and cases random; {auc['n_readers']} readers, {auc['n_cases']} cases)."
+        + (f" DeLong covariance instead: 95% CI {_fmt(auc['delong']['ci95'])}, p = {_fmt(auc['delong']['p_vs_null'], 4)}." if auc.get("delong") else "")
+        + "</p>" + (f"<ul>{notes}</ul>" if notes else "")
+        + _roc_figure(r) + _histogram_figure(r) + _table(
+        ["reader", "n", "AUC", "AUC 95% CI", "accuracy", "95% CI", "p (accuracy = 50%)", "sensitivity", "95% CI",
+         "specificity", "95% CI"], per_reader_rows)
+        + f"<p>Threshold: rating ≥ {r['settings']['threshold']} calls a case real. Per reader: AUC CI by case bootstrap "
+        f"({r['settings']['n_boot']} replicates, seed {r['settings']['seed']}; undefined replicates: "
+        f"{', '.join(str(p['auc_case_bootstrap']['n_undefined']) for p in r['per_reader'])}), proportions with Wilson CIs "
+        f"and an exact binomial test. All readers: the mean of the reader values with the Obuchowski–Rockette CI "
+        f"(Hillis df) and its t test against 0.5.</p>")
     a = r["agreement"]
     agreement = "<h2>Inter-reader agreement</h2>"
     if a.get("note"):
         agreement += f"<p>{html.escape(a['note'])}</p>"
     else:
-        agreement += f"<p>Ordinal Krippendorff's α = {_fmt(a['krippendorff_alpha_ordinal'])}</p>"
+        alpha = a["krippendorff_alpha"]
+        boot = alpha.get("bootstrap", {})
+        agreement += (f"<p>Ordinal Krippendorff's α = {_fmt(alpha['value'])}, 95% CI {_fmt(boot.get('ci95'))} "
+                      f"({alpha['n_cases_with_2_ratings']} cases with ≥ 2 ratings; undefined bootstrap replicates "
+                      f"{boot.get('n_undefined', '–')}) {html.escape(alpha.get('reason') or boot.get('reason') or '')}</p>")
+        icc = a["icc_primary"]
+        agreement += (f"<p>Primary ICC: {icc['form']} ({html.escape(icc['description'])}) = {_fmt(icc.get('icc'))}, "
+                      f"95% CI {_fmt(icc.get('ci95'))}, on the {icc['n_cases']} cases rated by all {icc['n_readers']} readers "
+                      f"{html.escape(icc.get('reason', ''))}</p>")
         if a.get("icc"):
             agreement += _table(["ICC", "form", "value", "95% CI", "p"],
                                 [[i["type"], i["description"], i["icc"], i["ci95"], i["p"]] for i in a["icc"]])
-        agreement += _table(["readers", "n", "quadratic-weighted κ"],
-                            [[" vs ".join(k["readers"]), k["n"], k["kappa_quadratic"]] for k in a["kappa_pairs"]])
+        agreement += _table(["readers", "n", "quadratic-weighted κ", "95% CI (case bootstrap)", "undefined replicates", "note"],
+                            [[" vs ".join(k["readers"]), k["n"], k["kappa_quadratic"], k.get("bootstrap", {}).get("ci95"),
+                              k.get("bootstrap", {}).get("n_undefined"), k.get("reason") or k.get("bootstrap", {}).get("reason")]
+                             for k in a["kappa_pairs"]])
     sections.append(agreement)
     if r["attribute_accuracy"]:
         figure = _attribute_figure(r) or ""
