@@ -153,7 +153,7 @@ def _tiny_cases(root: Path, n: int, seed: int) -> tuple[list[SourceCase], list[S
         else:
             folder = root / f"syn{i}"
             folder.mkdir()
-            sitk.WriteImage(img, str(folder / "ct.nii.gz"))
+            sitk.WriteImage(img, str(folder / "img.nii.gz"))  # `pasta synth generate` layout (lung_study: ct.nii.gz)
             sitk.WriteImage(lab * 11, str(folder / "label.nii.gz"))
             (folder / "report.json").write_text(json.dumps({"lesion_type": "lung_tumor", **REPORT_LUNG}))
             synthetic.append(synthetic_case(folder))
@@ -175,6 +175,27 @@ def tiny_study(tmp_path: Path):
         return study
 
     return make
+
+
+def test_duplicate_sources_are_refused(tmp_path: Path):
+    """A scan used twice would be analysed as two independent cases: refuse (same file, or same voxels)."""
+    real, synthetic = _tiny_cases(tmp_path, 3, seed=9)
+    assert synthetic[0].image.name == "img.nii.gz"  # generate's layout is read
+    with pytest.raises(ReviewError, match=r"same scan is used twice \(same source file\).*real0.nrrd"):
+        create_study([*real, real[0]], [*synthetic, synthetic[1]], tmp_path / "s1")
+    shutil.copy(tmp_path / "real0.nrrd", tmp_path / "real0_copy.nrrd")
+    copy = real_case(tmp_path / "real0_copy.nrrd", tmp_path / "real0_mask.nrrd", "lung_tumor", dict(REPORT_LUNG))
+    # A relabelled folder holding the same voxels as a real scan (converted to NIfTI: other file bytes).
+    folder = tmp_path / "syn_copy"
+    folder.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "real1.nrrd")), str(folder / "ct.nii.gz"))
+    sitk.WriteImage(sitk.ReadImage(str(tmp_path / "real1_mask.nrrd")) * 11, str(folder / "label.nii.gz"))
+    (folder / "report.json").write_text(json.dumps({"lesion_type": "lung_tumor", **REPORT_LUNG}))
+    for reals, synths in (([*real[:2], copy], synthetic), (real, [*synthetic[:2], synthetic_case(folder)])):
+        with pytest.raises(ReviewError, match=r"identical voxels"):
+            create_study(reals, synths, tmp_path / "s2", tmp_path / "k2", settings=StudySettings(fov_mm=16))
+        assert not (tmp_path / "s2").exists() and not (tmp_path / "k2").exists()
+        assert not list(tmp_path.glob(".s2.partial*"))
 
 
 def _count(db_path: Path, table: str, reader: str | None = None) -> int:

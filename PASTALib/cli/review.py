@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--real-csv", action="append", default=[], metavar="CSV",
                         help="real cases: columns image, mask, lesion_type[, report][, lesion_values]")
     create.add_argument("--synthetic", action="append", default=[], metavar="DIR",
-                        help="folder searched for synthesizer cases (ct.nii.gz, label.nii.gz, report.json)")
+                        help="folder searched for synthesizer cases: `pasta synth generate` output (img.nii.gz, label.nii.gz, report.json; ct.nii.gz also read)")
     create.add_argument("--key", help="key folder, outside the study (default: STUDY_key beside it)")
     create.add_argument("--seed", type=int, default=0, help="seed for balancing and case ids")
     create.add_argument("--spacing", type=float, default=1.0, help="common isotropic spacing in mm")

@@ -104,26 +104,39 @@ def real_case(
                       tuple(int(v) for v in lesion_values) if lesion_values else None)
 
 
+#: The CT of a synthesizer case folder: ``img.nii.gz`` is the PASTA-Gen layout that `pasta synth generate`
+#: writes and the trainers read (PASTALib.train.data, refine, finetune); ``ct.nii.gz`` (what
+#: `pasta synth lesion` writes) is read too.
+SYNTHETIC_CT_NAMES = ("img.nii.gz", "ct.nii.gz")
+
+
 def synthetic_case(folder: str | os.PathLike) -> SourceCase:
-    """A synthesizer output folder: ct.nii.gz, label.nii.gz (lesion 11-25), report.json."""
+    """A synthesizer output folder: img.nii.gz (or ct.nii.gz), label.nii.gz (lesion 11-25), report.json."""
     folder = Path(folder)
-    for name in ("ct.nii.gz", "label.nii.gz", "report.json"):
-        if not (folder / name).is_file():
-            raise ReviewError(f"{folder} is not a synthetic case folder: {name} is missing "
-                              "(expected ct.nii.gz, label.nii.gz, report.json from `pasta synth`).")
+    ct = next((folder / n for n in SYNTHETIC_CT_NAMES if (folder / n).is_file()), None)
+    missing = [n for n, ok in (("img.nii.gz (or ct.nii.gz)", ct is not None),
+                               ("label.nii.gz", (folder / "label.nii.gz").is_file()),
+                               ("report.json", (folder / "report.json").is_file())) if not ok]
+    if missing:
+        raise ReviewError(f"{folder} is not a synthetic case folder: {', '.join(missing)} missing "
+                          "(expected img.nii.gz, label.nii.gz, report.json as written by `pasta synth generate`; "
+                          "ct.nii.gz from `pasta synth lesion` is accepted for the CT).")
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     if "lesion_type" not in report:
         raise ReviewError(f"{folder / 'report.json'} has no 'lesion_type'.")
     lesion_type = LesionType.parse(report["lesion_type"])
     value = int(report.get("label_value", int(lesion_type)))
-    return SourceCase("synthetic", folder / "ct.nii.gz", folder / "label.nii.gz", lesion_type, report, (value,))
+    return SourceCase("synthetic", ct, folder / "label.nii.gz", lesion_type, report, (value,))
 
 
 def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]:
-    """Every folder under ``roots`` (or a root itself) that holds a report.json."""
+    """Every folder under ``roots`` (or a root itself) that holds a report.json (hidden folders such as
+    `pasta synth generate`'s unfinished ``.partial`` cases are skipped)."""
     found = []
     for root in roots:
         for report in sorted(Path(root).rglob("report.json")):
+            if any(part.startswith(".") for part in report.relative_to(root).parts[:-1]):
+                continue
             found.append(synthetic_case(report.parent))
     return found
 
@@ -235,6 +248,9 @@ def _anonymise(case: SourceCase, settings: StudySettings, out_dir: Path, mtime: 
     from PASTALib.io import read_ct
 
     ct = read_ct(case.image)
+    voxels = hashlib.sha256(np.ascontiguousarray(sitk.GetArrayViewFromImage(ct)).data)
+    # Spacing rounded: NIfTI stores it as float32, so the same scan converted from NRRD reads 0.800000011.
+    voxels.update(repr((ct.GetSize(), tuple(round(v, 4) for v in ct.GetSpacing()))).encode())
     mask, centre = _lesion_centre_and_mask(case)
     if settings.fov_mm:
         grid = local_grid(centre, (settings.fov_mm,) * 3, settings.spacing_mm)
@@ -253,7 +269,28 @@ def _anonymise(case: SourceCase, settings: StudySettings, out_dir: Path, mtime: 
 
     write_nifti(out_dir / IMAGE_NAME, image, settings.spacing_mm, origin, mtime)
     write_nifti(out_dir / MASK_NAME, lesion, settings.spacing_mm, origin, mtime)
-    return {"centre_source_lps_mm": [round(float(v), 3) for v in centre], "size_voxels": list(image.shape)}
+    return {"centre_source_lps_mm": [round(float(v), 3) for v in centre], "size_voxels": list(image.shape),
+            "voxels_sha256": voxels.hexdigest()}
+
+
+# ---------------------------------------------------------------- duplicates
+
+
+def _duplicate_message(first: SourceCase, second: SourceCase, how: str) -> str:
+    return (f"The same scan is used twice ({how}): {first.origin} {first.image} and {second.origin} {second.image}. "
+            "The analysis treats every case as an independent scan, so a scan used twice would be counted twice; "
+            "keep one case per scan (remove the duplicate from the CSV or the synthetic folders) and create the study again.")
+
+
+def _refuse_duplicate_files(cases: Sequence[SourceCase]) -> None:
+    """Refuse two cases on the same CT file (by resolved path); identical voxels in different files
+    are caught while the cases are read (create_study)."""
+    seen: dict[Path, SourceCase] = {}
+    for case in cases:
+        path = case.image.resolve()
+        if path in seen:
+            raise ReviewError(_duplicate_message(seen[path], case, "same source file"))
+        seen[path] = case
 
 
 # ---------------------------------------------------------------- checksums
@@ -316,6 +353,7 @@ def create_study(
     cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
     if len(cases) != len(real) + len(synthetic):
         raise ReviewError("A case is listed under the wrong origin (real vs synthetic).")
+    _refuse_duplicate_files(cases)
     kept, dropped = balance(cases, settings.seed)
     if not kept:
         raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
@@ -338,10 +376,15 @@ def create_study(
         p.mkdir(parents=True)
     try:
         key_cases: dict[str, dict[str, Any]] = {}
+        seen_voxels: dict[str, SourceCase] = {}
         for n, (index, case_id) in enumerate(zip(order, ids), 1):
             case = kept[int(index)]
             case_dir = stage / "cases" / case_id
             info = _anonymise(case, settings, case_dir, mtime)
+            voxels = info.pop("voxels_sha256")
+            if voxels in seen_voxels:
+                raise ReviewError(_duplicate_message(seen_voxels[voxels], case, "identical voxels"))
+            seen_voxels[voxels] = case
             visible = {"case_id": case_id, "lesion_type": case.lesion_type.display_name,
                        "report": _visible_report(case, settings), "image": IMAGE_NAME, "mask": MASK_NAME,
                        "centre_lps_mm": [0.0, 0.0, 0.0], "spacing_mm": settings.spacing_mm}
