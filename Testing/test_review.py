@@ -620,6 +620,15 @@ def test_interim_study_does_not_crash_and_says_why():
     assert any("at least 2 readers" in n for n in one["all_readers"]["auc"]["notes"])
     assert "too few" in one["realism_difference"]["all"]["reason"]
     assert one["agreement"]["note"] == "Agreement needs at least two readers."
+    # One reader who rated every case once: ratings independent, the model is OLS = Student's t-test.
+    from scipy import stats
+
+    ratings = np.array([[5, 2, 4, 3, 4, 1, 3, 2.0]])
+    solo = analysis.mixed_model_difference(_rows(ratings, origin, ["lung"] * 8), margin=0.5)
+    assert solo["model"] == "realism ~ real, OLS" and "no random effect" in solo["notes"][0]
+    real = np.array([o == "real" for o in origin])
+    t = stats.ttest_ind(ratings[0, real], ratings[0, ~real])
+    assert solo["p_difference"] == pytest.approx(t.pvalue) and solo["difference"] == pytest.approx(2.0)
 
 
 # ------------------------------------------------------------------ end to end: CLI + analysis

@@ -260,38 +260,53 @@ def mixed_model_difference(rows: list[dict[str, Any]], margin: float) -> dict[st
     if n_cases < 4:
         out["reason"] = f"undefined: {n_cases} cases are too few for a case random effect"
         return out
-    components = {"case": "0 + C(case)"}
+    # A random effect is estimable only with replication: a case effect needs cases rated twice (else it
+    # is the residual), a reader effect two readers. Without either, the ratings are independent: OLS.
+    components = {}
+    if frame.groupby("case").size().max() >= 2:
+        components["case"] = "0 + C(case)"
     if n_readers >= 2:
         components["reader"] = "0 + C(reader)"
-    else:
-        out["model"] = "realism ~ real + (1|case), REML (one reader: no reader effect)"
+    out["model"] = "realism ~ real" + "".join(f" + (1|{k})" for k in components) + (", REML" if components else ", OLS")
+    if not components:
+        out["notes"] = ["one reader and one rating per case so far: no random effect is estimable, plain least squares"]
     frame["all"] = 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence / boundary warnings: checked below via converged
         try:
-            # Variance components often sit on the boundary (0) in small studies, where the gradient
-            # optimisers stop unconverged: statsmodels then tries the derivative-free ones in turn.
-            fit = smf.mixedlm("realism ~ real", frame, groups="all", re_formula="0",
-                              vc_formula=components).fit(reml=True, method=["lbfgs", "powell", "nm"])
+            if components:
+                # Variance components often sit on the boundary (0) in small studies, where the gradient
+                # optimisers stop unconverged: statsmodels then tries the derivative-free ones in turn.
+                fit = smf.mixedlm("realism ~ real", frame, groups="all", re_formula="0",
+                                  vc_formula=components).fit(reml=True, method=["lbfgs", "powell", "nm"])
+            else:
+                fit = smf.ols("realism ~ real", frame).fit()
         except (ValueError, np.linalg.LinAlgError) as exc:
             out["reason"] = f"undefined: the mixed model could not be fitted ({exc})"
             return out
-    estimate, se = float(fit.fe_params["real"]), float(fit.bse_fe["real"])
+    if components:
+        estimate, se = float(fit.fe_params["real"]), float(fit.bse_fe["real"])
+        variances = {**dict(zip(fit.model.exog_vc.names, (float(v) for v in fit.vcomp))), "residual": float(fit.scale)}
+        converged = bool(fit.converged)
+    else:
+        estimate, se = float(fit.params["real"]), float(fit.bse["real"])
+        variances, converged = {"residual": float(fit.scale)}, True
     if not (math.isfinite(se) and se > 0):
-        out["reason"] = "undefined: the mixed model gave no standard error (e.g. all ratings equal)"
+        out["reason"] = "undefined: the model gave no standard error (e.g. all ratings equal)"
         out["difference"] = estimate
         return out
-    z90, z95 = stats.norm.ppf(0.95), stats.norm.ppf(0.975)
-    p_lower = float(stats.norm.sf((estimate + margin) / se))  # H0: difference <= -margin
-    p_upper = float(stats.norm.cdf((estimate - margin) / se))  # H0: difference >= +margin
-    variances = dict(zip(fit.model.exog_vc.names, (float(v) for v in fit.vcomp)))
+    # Wald intervals with the normal for the mixed model (as statsmodels reports), t for OLS.
+    dist = stats.norm if components else stats.t(float(fit.df_resid))
+    z90, z95 = dist.ppf(0.95), dist.ppf(0.975)
+    p_lower = float(dist.sf((estimate + margin) / se))  # H0: difference <= -margin
+    p_upper = float(dist.cdf((estimate - margin) / se))  # H0: difference >= +margin
     out.update({"difference": estimate, "se": se, "ci95": [estimate - z95 * se, estimate + z95 * se],
-                "ci90": [estimate - z90 * se, estimate + z90 * se], "p_difference": float(2 * stats.norm.sf(abs(estimate / se))),
-                "tost_p": max(p_lower, p_upper), "converged": bool(fit.converged),
-                "variance_components": {**variances, "residual": float(fit.scale)}})
+                "ci90": [estimate - z90 * se, estimate + z90 * se], "p_difference": float(2 * dist.sf(abs(estimate / se))),
+                "tost_p": max(p_lower, p_upper), "converged": converged,
+                "variance_components": variances})
     out["equivalent"] = out["tost_p"] < 0.05
-    if not fit.converged:
-        out["notes"] = ["the optimiser did not report convergence: read the estimate with care"]
+    if not converged:
+        out.setdefault("notes", []).append("the optimiser did not report convergence: read the estimate with care")
     return out
 
 
