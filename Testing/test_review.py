@@ -617,6 +617,9 @@ def test_interim_study_does_not_crash_and_says_why():
     assert any("incomplete design" in n for n in results["all_readers"]["auc"]["notes"])
     # One reader so far: no random-reader analysis, and the reason is given.
     one = analysis.analyze_rows(_rows(matrix[:1], origin, ["lung"] * 8), n_boot=20)
+    only_real = analysis.analyze_rows(_rows(matrix[:1, :1], origin, ["lung"] * 8), n_boot=20)["per_reader"][0]
+    assert "has not rated cases of both origins" in only_real["auc_case_bootstrap"]["reason"]
+    assert "not rated a synthetic case yet" in only_real["specificity_reason"] and only_real["accuracy_ci95"][1] > 0
     assert any("at least 2 readers" in n for n in one["all_readers"]["auc"]["notes"])
     assert "too few" in one["realism_difference"]["all"]["reason"]
     assert one["agreement"]["note"] == "Agreement needs at least two readers."

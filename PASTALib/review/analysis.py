@@ -353,6 +353,10 @@ def _reader_threshold(scores: np.ndarray, labels: np.ndarray, threshold: int) ->
     m["sensitivity_ci95"] = proportion_ci(m["n_real_called_real"], m["n_real"])
     m["specificity_ci95"] = proportion_ci(m["n_synthetic_called_synthetic"], m["n_synthetic"])
     m["ci_method"] = "Wilson score; accuracy vs 50 %: exact binomial test"
+    if not m["n_real"]:
+        m["sensitivity_reason"] = "undefined: this reader has not rated a real case yet"
+    if not m["n_synthetic"]:
+        m["specificity_reason"] = "undefined: this reader has not rated a synthetic case yet"
     return m
 
 

@@ -156,7 +156,8 @@ def render(results: dict[str, Any]) -> str:
         f"({r['settings']['n_boot']} replicates, seed {r['settings']['seed']}; undefined replicates: "
         f"{', '.join(str(p['auc_case_bootstrap']['n_undefined']) for p in r['per_reader'])}), proportions with Wilson CIs "
         f"and an exact binomial test. All readers: the mean of the reader values with the Obuchowski–Rockette CI "
-        f"(Hillis df) and its t test against 0.5.</p>")
+        f"(Hillis df) and its t test against 0.5; as in the OR-DBM MRMC software, these intervals are not "
+        f"truncated to [0, 1].</p>")
     a = r["agreement"]
     agreement = "<h2>Inter-reader agreement</h2>"
     if a.get("note"):
