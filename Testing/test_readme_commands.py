@@ -72,8 +72,8 @@ BLOCKS: dict[str, Run | Parse] = {
 
 
 def bash_blocks(text: str) -> list[str]:
-    """The ```bash blocks of a markdown text, in order."""
-    return re.findall(r"^```bash[ \t]*\n(.*?)^```", text, flags=re.S | re.M)
+    """The ```bash (or ```sh / ```shell) blocks of a markdown text, in order."""
+    return re.findall(r"^```(?:bash|sh|shell)[ \t]*\n(.*?)^```", text, flags=re.S | re.M)
 
 
 def _commands(block: str) -> list[list[str]]:
@@ -82,14 +82,20 @@ def _commands(block: str) -> list[list[str]]:
     return [shlex.split(line, comments=True) for line in joined.splitlines() if shlex.split(line, comments=True)]
 
 
-def _blocks() -> dict[str, str]:
-    return {block.splitlines()[0]: block for block in bash_blocks(README.read_text(encoding="utf-8"))}
+def _blocks(text: str | None = None) -> dict[str, str]:
+    text = README.read_text(encoding="utf-8") if text is None else text
+    return {block.splitlines()[0]: block for block in bash_blocks(text)}
+
+
+def unlisted_blocks(text: str) -> list[str]:
+    """First lines of the text's shell blocks that BLOCKS does not cover."""
+    return [first for first in _blocks(text) if first not in BLOCKS]
 
 
 def test_every_bash_block_is_listed():
     found = _blocks()
     assert len(found) == len(bash_blocks(README.read_text(encoding="utf-8"))), "two README bash blocks start with the same line"
-    unlisted = [first for first in found if first not in BLOCKS]
+    unlisted = unlisted_blocks(README.read_text(encoding="utf-8"))
     assert not unlisted, ("README.md has ```bash blocks that no test runs or checks; add each to BLOCKS in "
                           f"Testing/test_readme_commands.py (Run or Parse): {unlisted}")
     stale = [first for first in BLOCKS if first not in found]
@@ -97,9 +103,12 @@ def test_every_bash_block_is_listed():
 
 
 def test_block_extraction_and_command_splitting():
-    text = "x\n```bash\npasta a --b 1 \\\n    --c 2   # note\n# out\ncat f\n```\n```python\nno\n```\n"
-    (block,) = bash_blocks(text)
+    text = "x\n```bash\npasta a --b 1 \\\n    --c 2   # note\n# out\ncat f\n```\n```python\nno\n```\n```sh\nls\n```\n"
+    block, other = bash_blocks(text)
     assert _commands(block) == [["pasta", "a", "--b", "1", "--c", "2"], ["cat", "f"]]
+    # A block nobody listed is reported (the README test then fails); a listed one is not.
+    assert unlisted_blocks(text) == ["pasta a --b 1 \\", "ls"]
+    assert unlisted_blocks("```bash\n" + next(iter(BLOCKS)) + "\n```\n") == []
 
 
 def _check_command(words: list[str]) -> None:
@@ -178,3 +187,11 @@ def test_run_block(first: str, tmp_path: Path, shared_data: Path):
         results = json.loads((tmp_path / "results" / "results.json").read_text())
         assert results["n_answers"] == 4 and results["n_cases_by_origin"] == {"real": 2, "synthetic": 2}
         assert any("at least 2 readers" in n for n in results["all_readers"]["auc"]["notes"])  # one reader so far
+
+
+def test_parse_check_catches_the_old_reader_study_example():
+    """The README's former example (options --study / --real that `review create` never had) fails the check."""
+    with pytest.raises(pytest.fail.Exception, match="does not parse"):
+        _check_command(shlex.split("pasta review create --real real.csv --synthetic generated/ --study study/ --seed 1"))
+    with pytest.raises(pytest.fail.Exception, match="no check for this README command"):
+        _check_command(["curl", "https://example.org"])
