@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("--out", required=True, help="folder for report.html, results.json, answers.csv")
     analyze.add_argument("--threshold", type=int, default=4, help="rating >= this calls a case real")
     analyze.add_argument("--margin", type=float, default=0.5, help="TOST equivalence margin (rating points)")
-    analyze.add_argument("--n-boot", type=int, default=1000)
+    analyze.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
     analyze.add_argument("--seed", type=int, default=0)
     analyze.set_defaults(func=_analyze)
 
