@@ -27,6 +27,7 @@ def _load_fetcher():
     """scripts/fetch_test_data.py as a module (a script, not a package: loaded by path)."""
     spec = importlib.util.spec_from_file_location("fetch_test_data", REPO_ROOT / "scripts" / "fetch_test_data.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

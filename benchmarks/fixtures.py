@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fetch_test_data.py"
@@ -13,6 +14,7 @@ def test_data_root() -> Path:
     """The fetched fixtures' root; exits with one ``error:`` line when they have not been fetched."""
     spec = importlib.util.spec_from_file_location("fetch_test_data", _SCRIPT)
     fetcher = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = fetcher  # its dataclasses look their module up there
     spec.loader.exec_module(fetcher)
     root = fetcher.data_root()
     if not (root / fetcher.STAMP).is_file():
