@@ -23,7 +23,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_fetcher():
+def _load_fetch_script():
     """scripts/fetch_test_data.py as a module (a script, not a package: loaded by path)."""
     spec = importlib.util.spec_from_file_location("fetch_test_data", REPO_ROOT / "scripts" / "fetch_test_data.py")
     module = importlib.util.module_from_spec(spec)
@@ -32,16 +32,16 @@ def _load_fetcher():
     return module
 
 
-_FETCHER = _load_fetcher()
+FETCH_TEST_DATA = _load_fetch_script()
 #: Root of the fetched fixtures ($PASTA_TEST_DATA, else ~/.cache/pasta-test-data/<version>). The name is
 #: kept from when the data lay in a shared folder beside the checkout; test modules import it.
-TEST_DATA = SHARED_DATA = _FETCHER.data_root()
+TEST_DATA = SHARED_DATA = FETCH_TEST_DATA.data_root()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the fetched test data (same layout for every test: totalsegmentator/, pyradiomics/, ...)."""
-    if not (TEST_DATA / _FETCHER.STAMP).is_file():
+    if not (TEST_DATA / FETCH_TEST_DATA.STAMP).is_file():
         pytest.fail(f"Test data not found at {TEST_DATA}; run `bash scripts/fetch_test_data.sh` "
                     f"(or set PASTA_TEST_DATA to a folder it filled)")
     return TEST_DATA
