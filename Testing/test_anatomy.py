@@ -1,4 +1,4 @@
-"""PASTALib.anatomy on real CTs and TotalSegmentator label maps from ../shared/data."""
+"""PASTALib.anatomy on real CTs and TotalSegmentator label maps from the fetched test data."""
 
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def test_layout_labels_reports_and_template_phases(reference):
         assert type_json["report"] == row["report_text"] and type_json["Enhancement status"] == row["phase"]
         meta = json.loads((case / "case.json").read_text())
         assert meta["seed"] == int(row["seed"]) and meta["template"] == row["template"]
-        # Template phases (DESIGN.md): kidney stone on plain CT only, pancreas tumour on contrast only.
+        # Template phases (docs/labels-and-reports.md): kidney stone on plain CT only, pancreas tumour on contrast only.
         if kind is LesionType.KIDNEY_STONE:
             assert row["template"] == "plain" and row["phase"] == "Plain CT"
         if kind is LesionType.PANCREAS_TUMOR:

@@ -1,4 +1,4 @@
-"""PASTALib.io on the real CTs in ../shared/data: formats, DICOM, errors, atomic writes."""
+"""PASTALib.io on the real CTs of the fetched test data: formats, DICOM, errors, atomic writes."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def test_reads_jpeg2000_dicom_series_with_empty_uids(ts_data: Path) -> None:
     assert 0 < np.median(values[10, 200:300, 150:250]) < 250
 
 
-def test_single_dicom_file_reads_its_whole_series(shared_data: Path) -> None:
-    folder = shared_data / "dcmqi" / "ct-3slice"
-    by_file = read_ct(folder / "02.dcm")
+def test_single_dicom_file_reads_its_whole_series(ts_data: Path) -> None:
+    # The series has empty Study/Series UIDs: the file's neighbours are still found as one series.
+    folder = ts_data / "example_ct_dicom"
+    by_file = read_ct(sorted(folder.iterdir())[7])
     by_folder = read_ct(folder)
-    assert by_file.GetSize() == by_folder.GetSize() == (512, 512, 3)
+    assert by_file.GetSize() == by_folder.GetSize() == (512, 512, 20)
     assert np.array_equal(sitk.GetArrayViewFromImage(by_file), sitk.GetArrayViewFromImage(by_folder))
 
 

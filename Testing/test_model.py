@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA
 from PASTALib.errors import MissingWeightsError, PastaError
 from PASTALib.model import (
     GROUP_SIZES,
@@ -27,7 +26,8 @@ from PASTALib.model import (
 )
 from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
-LAYOUT = SHARED_DATA.parent / "pasta_state_dict_layout.json"
+#: Parameter names and shapes of the published PASTA checkpoint (provenance: docs/model.md).
+LAYOUT = Path(__file__).resolve().parent / "data" / "pasta_state_dict_layout.json"
 
 torch.set_num_threads(2)
 
@@ -35,7 +35,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="module")
 def layout() -> dict[str, list]:
     if not LAYOUT.is_file():
-        pytest.fail(f"{LAYOUT} not found; set PASTA_SHARED_DATA to ../shared/data")
+        pytest.fail(f"{LAYOUT} not found (it is part of the repository)")
     return json.loads(LAYOUT.read_text())["parameters"]
 
 

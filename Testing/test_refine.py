@@ -1,7 +1,7 @@
 """Refinement DDPM (PASTALib.refine): training, exact resume, refinement contract, errors, CLI.
 
 Tiny network on CPU (channels (8, 8, 16), 32 mm crops, one thread) on the real TotalSegmentator
-example CT with its organ labels from ../shared/data.
+example CT with its organ labels from the fetched test data.
 """
 
 from __future__ import annotations

@@ -6,14 +6,13 @@ naive : for every row, read the CT, resample the WHOLE CT to canonical LPS 1 mm
         (PASTALib.geometry.to_canonical), cut the 96³ crop with numpy, SLF, encode.
 
 Run:  python benchmarks/bench_embed.py [--rows 6] [--full] [--threads 1]
-Needs ../shared/data/pyradiomics (lung1, lung2). ``--full`` adds the published-width model
+Needs the fetched test data (pyradiomics lung1, lung2; scripts/fetch_test_data.sh). ``--full`` adds the published-width model
 (~241M parameters, random weights) at 96³, batch 1 (slow on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,13 +24,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import test_data_root  # noqa: E402
 from PASTALib.embed.crop import crop_at_point  # noqa: E402
 from PASTALib.embed.extractor import LesionEmbedder  # noqa: E402
 from PASTALib.geometry import to_canonical  # noqa: E402
 from PASTALib.io import read_ct  # noqa: E402
 from PASTALib.model import PastaUNet, UNetConfig  # noqa: E402
 
-DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "pyradiomics"
+DATA = test_data_root() / "pyradiomics"
 
 
 def lesion_rows(n: int) -> list[tuple[Path, np.ndarray]]:

@@ -13,7 +13,7 @@ is printed: a speed comparison of different computations would mean nothing.
     python benchmarks/bench_infer.py --smoke                              # tiny, 64³ windows, seconds
     python benchmarks/bench_infer.py                                      # tiny, example_ct_sm, 128³ windows
     python benchmarks/bench_infer.py --width full --max-size 128 128 192  # full width, 2 windows
-    python benchmarks/bench_infer.py --device cuda --width full --ct ../shared/data/totalsegmentator/example_ct.nii.gz
+    python benchmarks/bench_infer.py --device cuda --width full --ct "$(bash scripts/fetch_test_data.sh --print-root)/totalsegmentator/example_ct.nii.gz"
 
 Like-for-like choices: the array is padded at its far ends with air (-1000 HU, SLF 0) to the
 window size and to a whole number of window steps, so MONAI's fixed stride and nnU-Net's evenly
@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -48,8 +49,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
-DEFAULT_CT = DATA / "example_ct_sm.nii.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.fixtures import test_data_root  # noqa: E402
+
+DEFAULT_CT = "<test data>/totalsegmentator/example_ct_sm.nii.gz"
 
 
 def _sync(device: torch.device) -> None:
@@ -183,7 +186,7 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ct", default=str(DEFAULT_CT), help="CT file or DICOM folder (default: example_ct_sm)")
+    ap.add_argument("--ct", default=DEFAULT_CT, help="CT file or DICOM folder (default: example_ct_sm)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--width", choices=["tiny", "full"], default="tiny", help="random-weight PastaUNet width")
     ap.add_argument("--checkpoint", help="weights file instead of random weights (its width wins)")
@@ -241,6 +244,8 @@ def main() -> None:
     cfg.validate(pm.divisor)
     dtype = amp_dtype(device, args.amp)
 
+    if args.ct == DEFAULT_CT:
+        args.ct = str(test_data_root() / "totalsegmentator" / "example_ct_sm.nii.gz")
     ct = read_ct(args.ct)
     canonical_crop, hu_body = prepare_input(ct, cfg, tuple(args.max_size) if args.max_size else None)
     shape = aligned_shape(hu_body.shape, patch, args.overlap)

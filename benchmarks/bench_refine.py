@@ -21,7 +21,6 @@ reported as RMS over features (0 = same means), plus the mean |z| of each lesion
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import test_data_root
 from benchmarks.radiomics_features import make_extractor, original_features
 from PASTALib.anatomy import classical_lung_mask
 from PASTALib.errors import PastaError
@@ -48,7 +48,7 @@ from PASTALib.refine import (
 )
 from PASTALib.synth import LesionSpec, synthesize_lesion
 
-DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "pyradiomics"
+DATA = test_data_root() / "pyradiomics"
 FEATURES = [
     "firstorder_Mean", "firstorder_10Percentile", "firstorder_90Percentile", "sd", "firstorder_Skewness",
     "firstorder_Kurtosis", "firstorder_Entropy", "firstorder_Uniformity",

@@ -38,6 +38,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import test_data_root
 from benchmarks.baselines import synthetic_tumors as st
 from PASTALib.anatomy import OrganMasks, assess_organ
 from PASTALib.errors import PastaError
@@ -45,7 +46,7 @@ from PASTALib.geometry import to_canonical
 from PASTALib.labels import LesionType, Phase
 from PASTALib.synth import LesionSpec, profile, synthesize_lesion
 
-DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = test_data_root()
 
 
 def load_1mm():

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import tempfile
@@ -40,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import test_data_root
 from PASTALib.model.preprocess import slf_normalize
 from PASTALib.model.unet import PastaUNet
 from PASTALib.train import Stage1Config, discover_cases, load_case, train_stage1
@@ -47,7 +47,7 @@ from PASTALib.train.data import PatchSampler
 from PASTALib.train.stage1 import deep_supervision_weights
 from PASTALib.train.toydata import make_toy_dataset
 
-SHARED = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "totalsegmentator"
+TS_DATA = test_data_root() / "totalsegmentator"
 
 #: dense bf16 tensor-core peaks (TFLOP/s) by device-name substring
 PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0,
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
         data = Path(tmp) / "data"
         crop = tuple(min(max(args.patch, 48), n) for n in (112, 101, 122))
-        make_toy_dataset(data, SHARED / "example_ct.nii.gz", SHARED / "example_seg_fast_force_split.nii.gz",
+        make_toy_dataset(data, TS_DATA / "example_ct.nii.gz", TS_DATA / "example_seg_fast_force_split.nii.gz",
                          n_cases=4, crop=crop, radius_vox=(4.5, 6.5), density_delta_hu=150, seed=0)
         cfg = Stage1Config(data=str(data), out=str(Path(tmp) / "run"), batch_size=args.batch, patch_size=(args.patch,) * 3,
                            device=str(device), progress_bar=False, checkpoint_every=10**6, resume=False,

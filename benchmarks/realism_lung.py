@@ -3,7 +3,7 @@
 
 1. Check: PyRadiomics (settings of its own reference run: binWidth 25, voxelArrayShift 2000,
    original grid, label 1) on the REAL tumours lung1/lung2 must reproduce
-   ../shared/data/pyradiomics/baseline/baseline_{firstorder,shape}.csv.
+   <test data>/pyradiomics/baseline/baseline_{firstorder,shape}.csv.
 2. Synthetic: N lung tumours (half in each real chest CT, sizes and attributes sampled from the
    lung-tumour prior, seeds 0..) into the classical lung mask (PASTALib.anatomy.classical_lung_mask)
    minus a 10 mm margin around the real tumour; features on the CT's own grid (0.6 x 0.6 x 5 mm).
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from scipy import ndimage, stats
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import test_data_root
 from benchmarks.baselines import synthetic_tumors as st
 from benchmarks.radiomics_features import make_extractor, original_features
 from PASTALib.anatomy import classical_lung_mask
@@ -46,7 +46,7 @@ from PASTALib.geometry import from_canonical, to_canonical
 from PASTALib.labels import LesionType, Phase
 from PASTALib.synth import LesionSpec, synthesize_lesion
 
-DATA = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data")) / "pyradiomics"
+DATA = test_data_root() / "pyradiomics"
 TABLE_FEATURES = [
     "firstorder_Mean", "firstorder_Median", "firstorder_10Percentile", "firstorder_90Percentile",
     "firstorder_Variance", "firstorder_Skewness", "firstorder_Kurtosis", "firstorder_Entropy",

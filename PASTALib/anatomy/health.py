@@ -26,7 +26,7 @@ from PASTALib.anatomy.totalseg_classes import ORGAN_STRUCTURES, Side
 from PASTALib.errors import AnatomyError
 from PASTALib.labels import Organ
 
-#: PASTA-Gen only synthesises lesions in organs larger than this (DESIGN.md).
+#: PASTA-Gen only synthesises lesions in organs larger than this (docs/labels-and-reports.md).
 MIN_HEALTHY_VOLUME_MM3 = 4000.0
 
 #: Synonyms per organ (regex fragments, matched with word boundaries, case-insensitive).

@@ -56,7 +56,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[3/4] synthesizing a lung tumour")
     size = tuple(float(v) for v in args.size.split(","))
     spec = LesionSpec(LesionType.LUNG_TUMOR, size_mm=size, seed=args.seed)
-    # Lung tumours are synthesized on plain-CT templates (DESIGN.md); this CT has no aorta
+    # Lung tumours are synthesized on plain-CT templates (docs/labels-and-reports.md); this CT has no aorta
     # mask to measure the phase from, so the template phase is used.
     result = synthesize_lesion(ct, organs.pasta_label_map(), spec, phase=Phase.PLAIN)
     print(f"      {result.report.to_text()}")

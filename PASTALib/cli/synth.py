@@ -110,7 +110,7 @@ def _add_generate_parser(group: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="global seed; case seeds derive from (seed, type, index)")
     g.add_argument("--crop-mm", type=int, default=None, help="edge of the 1 mm output crop in mm (default 128; PASTA-Gen-30K: 280)")
     g.add_argument("--any-phase", action="store_true",
-                   help="use templates of any contrast phase (default: the type's template phases, DESIGN.md)")
+                   help="use templates of any contrast phase (default: the type's template phases, docs/labels-and-reports.md)")
     g.add_argument("--max-attempts", type=int, default=None, help="tries per case with the next seed (default 5)")
     g.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     g.add_argument("--no-bar", action="store_true", help="no tqdm progress bar on stderr")

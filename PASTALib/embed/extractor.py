@@ -4,7 +4,7 @@ Choices (and how they differ from TumorImagingBench's PASTA extractor, which the
 come from):
 
 * Crop: default **96³ at 1 mm**, the lesion-centred crop size of PASTA's stage 2 (the attribute
-  head is trained on the encoder feature of 96³ crops, DESIGN.md). TumorImagingBench crops
+  head is trained on the encoder feature of 96³ crops, docs/model.md). TumorImagingBench crops
   **48³** for every model (``get_transforms(spatial_size=(48, 48, 48))``); pass ``crop_size=48``
   to compare with it. The public ``feature_extraction.py`` of LWHYC/PASTA runs a 128³ example.
 * Intensity: the SLF map (``slf_normalize``; −1000/−200/200/1000 HU → 0/0.2/0.9/1, or the public

@@ -1,4 +1,4 @@
-"""Few-shot segmentation fine-tuning of PASTA on cases annotated in Slicer (DESIGN.md, "PASTA model":
+"""Few-shot segmentation fine-tuning of PASTA on cases annotated in Slicer (docs/model.md, "Downstream tasks":
 downstream few-shot segmentation, K ∈ {1, 2, 4, 8, 16}, 2,000 iterations, 5-fold CV).
 
     from PASTALib.finetune import FinetuneConfig, finetune

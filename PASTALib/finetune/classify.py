@@ -1,6 +1,6 @@
 """Downstream classification fine-tuning of the PASTA encoder with k-fold cross-validation.
 
-DESIGN.md, downstream tasks: plain-CT detection (organ box + margin, padded/resized to 128³,
+docs/model.md, downstream tasks: plain-CT detection (organ box + margin, padded/resized to 128³,
 class weights 10:1), staging / survival from ROIs at lesion points, report generation from 96³
 crops; AUC / ACC / F1 with 1,000-replicate bootstrap CIs; 5-fold CV. Three tasks:
 

@@ -1,6 +1,6 @@
 """Classification inputs: organ-box crops (plain-CT detection) and point-centred ROI crops.
 
-Detection crop (DESIGN.md "plain-CT detection: organ box + margin, padded/resized to 128³"):
+Detection crop (docs/model.md "Plain-CT detection: organ box + margin, padded/resized to 128³"):
 
 1. the organ's bounding box in LPS millimetres (voxel corners of the organ mask on the CT grid,
    so oblique CTs are covered), grown by ``margin_mm`` on every side;

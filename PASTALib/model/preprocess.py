@@ -1,6 +1,6 @@
 """Input normalisation of the PASTA network.
 
-SLF map (DESIGN.md): piecewise-linear HU → [0, 1] through (−1000, −200, 200, 1000) →
+SLF map (docs/model.md): piecewise-linear HU → [0, 1] through (−1000, −200, 200, 1000) →
 (0, 0.2, 0.9, 1), clipped outside. The public example ``feature_extraction.py`` of LWHYC/PASTA
 uses (0, 0.2, 0.8, 1) for the same thresholds (``SLF_VALUES_PUBLIC_EXAMPLE``); the values are a
 parameter so a checkpoint can be used with the map it was trained with.

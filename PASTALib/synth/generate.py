@@ -16,7 +16,7 @@ impression``; relative paths are relative to the CSV's folder. Templates are ide
 Output (PASTA-Gen-30K layout, one folder per case)::
 
     <out>/<Organ>/<Kind>/<index>/img.nii.gz    1 mm LPS CT crop (crop_mm³) centred on the lesion, int16
-                                 label.nii.gz  organs 1-10 + the lesion 11-25 (DESIGN.md), same grid
+                                 label.nii.gz  organs 1-10 + the lesion 11-25 (docs/labels-and-reports.md), same grid
                                  total.nii.gz  the template's organ segmentation (TotalSegmentator ids or PASTA 1-10)
                                  type.json     the 8 report attributes (PASTA-Gen style)
                                  report.json   our StructuredReport JSON (schema: report.schema.json)

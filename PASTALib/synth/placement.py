@@ -14,7 +14,7 @@ from PASTALib.errors import AnatomyError, LesionFitError
 from PASTALib.labels import Organ
 from PASTALib.synth.shape import distance_to_mask
 
-#: Smallest organ volume the synthesizer accepts (DESIGN.md healthy-organ check).
+#: Smallest organ volume the synthesizer accepts (docs/labels-and-reports.md, healthy-organ check).
 #: Placement runs on the organ's bounding box subsampled to about this spacing (speed, not accuracy:
 #: the lesion itself is built at 1 mm and clipped to the exact organ).
 _PLACEMENT_SPACING_MM = 2.0
