@@ -124,7 +124,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    # `pasta weights` may already exist (its `info` command lives in PASTALib.cli.weights): add to it.
+    """The ``data`` group, and ``download``/``import`` in the ``weights`` group (created here unless a
+    group registered earlier in GROUPS, PASTALib.cli.weights with ``info``, made it)."""
     weights = subparsers.choices.get("weights") or subparsers.add_parser(
         "weights", help="PASTA weights: download, import", description="Install and check the PASTA weights.")
     add_weights_commands(_subcommands(weights))
