@@ -113,7 +113,7 @@ def check_totalsegmentator_weights(fast: bool = False, roi_subset: Sequence[str]
         raise MissingWeightsError(_offline_steps(fast, missing, why))
     if not allow_download:
         why = (f"PASTA does not let TotalSegmentator download them ({size}) unless asked: on a machine with "
-               "internet run again with --allow-download (in Slicer: tick 'Allow TotalSegmentator download').")
+               "internet run again with --allow-download (in Slicer: tick 'Allow download' beside Run TotalSegmentator).")
         raise MissingWeightsError(_offline_steps(fast, missing, why))
     log.warning("TotalSegmentator will download its weights for task 'total'%s (%s) into %s",
                 " --fast" if fast else "", size, weights_dir)
