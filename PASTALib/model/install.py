@@ -50,25 +50,38 @@ class InstallResult:
         return f"{self.action}: {self.path} (SHA-256 {self.sha256}){' - ' + self.layout if self.layout else ''}"
 
 
+def _layout_problems(path: Path) -> tuple[str, list[str], int | None]:
+    """(what the file looks like, differences from the published layout, segmentation classes)."""
+    sd = load_state_dict_file(path, mmap=True)
+    if SEG_KEY not in sd:
+        return describe_state_dict(sd), [f"no {SEG_KEY}"], None
+    classes = int(sd[SEG_KEY].shape[0])
+    with torch.device("meta"):
+        expected = PastaUNet(UNetConfig(num_seg_classes=classes)).state_dict()
+    problems = _mismatch_report(expected, sd)
+    return describe_state_dict(sd), problems, classes if not problems else None
+
+
 def verify_published_layout(path: str | os.PathLike) -> str:
     """Check that ``path`` holds the published PASTA layout (every key and shape; the number of
     segmentation classes is read from the file). Returns a one-line description; raises
     CheckpointError naming the first differences otherwise."""
     path = Path(path)
-    sd = load_state_dict_file(path, mmap=True)
-    if SEG_KEY not in sd:
-        raise CheckpointError(f"{path} is not PASTA_final.pth: it has no {SEG_KEY} (it looks like {describe_state_dict(sd)}). "
-                              f"Download the file linked at {WEIGHTS_PAGE}.")
-    with torch.device("meta"):
-        expected = PastaUNet(UNetConfig(num_seg_classes=int(sd[SEG_KEY].shape[0]))).state_dict()
-    problems = _mismatch_report(expected, sd)
+    # The memory-mapped tensors are released when _layout_problems returns, before any error is
+    # raised, so the caller can delete or rename the file (Windows refuses that on a mapped file).
+    looks_like, problems, classes = _layout_problems(path)
     if problems:
         raise CheckpointError(
-            f"{path} does not have the published PASTA layout (it looks like {describe_state_dict(sd)}):\n  "
+            f"{path} does not have the published PASTA layout (it looks like {looks_like}):\n  "
             + "\n  ".join(problems) + f"\nDownload the file linked at {WEIGHTS_PAGE}, or use the file as a "
             "fine-tuned/trained checkpoint (--checkpoint) instead of installing it."
         )
-    return f"published layout, {len(sd)} tensors, {int(sd[SEG_KEY].shape[0])} segmentation classes"
+    return f"published layout, {len(_published_keys())} tensors, {classes} segmentation classes"
+
+
+def _published_keys() -> list[str]:
+    with torch.device("meta"):
+        return list(PastaUNet(UNetConfig()).state_dict())
 
 
 def _record(path: Path, digest: str) -> None:
