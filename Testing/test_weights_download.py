@@ -215,3 +215,18 @@ def test_segment_download_weights_installs_before_loading(server, tmp_path, monk
     assert "does not have the published PASTA layout" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "w").iterdir()] == [] and not (tmp_path / "seg").exists()
     assert ("/tiny.pth", None) in _Handler.log
+
+
+def test_default_source_is_the_authors_drive_file(monkeypatch):
+    """The URL is the Drive file the PASTA README links, in the form gdown resolves through Drive's
+    download confirmation (the part that cannot run without internet)."""
+    from gdown.parse_url import parse_url
+
+    from PASTALib.weights import WEIGHTS_DRIVE_ID, WEIGHTS_URL, weights_url
+
+    monkeypatch.delenv("PASTA_WEIGHTS_URL", raising=False)
+    assert weights_url() == WEIGHTS_URL
+    assert parse_url(WEIGHTS_URL) == (WEIGHTS_DRIVE_ID, True)
+    assert WEIGHTS_DRIVE_ID == "1A_PjIAqKg0y_Z986HSfTsYKLhc99EMkD"  # github.com/LWHYC/PASTA README, "Google Drive"
+    monkeypatch.setenv("PASTA_WEIGHTS_URL", "https://mirror.example/PASTA_final.pth")
+    assert weights_url() == "https://mirror.example/PASTA_final.pth"

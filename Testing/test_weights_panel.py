@@ -61,7 +61,7 @@ def test_download_button_cancel_then_resume(server, tmp_path, monkeypatch):
     parts = list(weights.iterdir())
     assert len(parts) == 1 and parts[0].name.startswith("PASTA_final.pth.unverified.download") and parts[0].suffix == ".part"
     kept = parts[0].stat().st_size
-    assert kept == 3 << 19
+    assert 0 < kept <= 3 << 19  # what arrived before the stall (cancel may come after any chunk)
     # Pressing the button again resumes from the kept bytes and installs the checked file.
     command = weights_download_command(url=f"{server}/PASTA_final.pth")
     assert command[3:6] == ["weights", "download", "--progress-lines"]
