@@ -20,7 +20,7 @@ WEIGHTS_PAGE = f"https://drive.google.com/file/d/{WEIGHTS_DRIVE_ID}/view"
 WEIGHTS_URL_ENV = "PASTA_WEIGHTS_URL"  # a mirror (e.g. an institution's file server) instead of Drive
 CHECKSUM_SUFFIX = ".sha256"
 WEIGHTS_SOURCE = (
-    "Run `pasta weights download`, or without internet download PASTA_final.pth by hand from "
+    "Download PASTA_final.pth with `pasta weights download`, or without internet by hand from "
     f"{WEIGHTS_PAGE} (linked from https://github.com/LWHYC/PASTA) and run `pasta weights import FILE`"
 )
 
