@@ -32,8 +32,10 @@ from PASTALogicLib.logic import (
     fine_tuned_classes,
     fine_tuned_model_path,
     finetune_command,
+    public_weights_installed,
     resolve_checkpoint,
     segment_command,
+    weights_download_command,
 )
 from PASTALogicLib.reports import ReportEditError
 from PASTASynthLib import dependencies
@@ -126,6 +128,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.downloadWeightsButton.connect("clicked(bool)", self.onDownloadWeightsButton)
         self.ui.exportJsonButton.connect("clicked(bool)", self.onExportJson)
         self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.markTrainingCaseButton.connect("clicked(bool)", self.onMarkTrainingCase)
@@ -192,6 +195,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                       and p.trainingFolder)
         self.ui.fineTuneButton.enabled = bool(p and p.trainingFolder and idle) or self._jobKind == "finetune"
         self.ui.checkpointStatusLabel.text = self.logic.checkpointStatus(p) if p else ""
+        self.ui.downloadWeightsButton.visible = self._jobKind == "weights" or not public_weights_installed()
+        self.ui.downloadWeightsButton.enabled = idle or self._jobKind == "weights"
         self.updateFineTunedStatus()
         segmentation = p.outputSegmentation if p else None
         if segmentation is not self._cardsSegmentation:
@@ -225,6 +230,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _jobWidgets(self, kind: str):
         if kind == "segment":
             return self.ui.progressBar, self.ui.segmentButton
+        if kind == "weights":
+            return self.ui.progressBar, self.ui.downloadWeightsButton
         return self.ui.fineTuneProgressBar, self.ui.fineTuneButton
 
     def onJobProgress(self, fraction: float, message: str) -> None:
@@ -243,7 +250,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = self._jobKind = self._jobFinished = None
         bar, button = self._jobWidgets(kind)
         bar.hide()
-        button.text = _("Segment") if kind == "segment" else _("Fine-tune")
+        button.text = {"segment": _("Segment"), "weights": _("Download weights")}.get(kind, _("Fine-tune"))
         button.toolTip = ""
         self._checkCanApply()
         if state == "cancelled":
@@ -276,6 +283,19 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._startJob("segment", segment_command(ctPath, outDir, checkpoint=checkpoint, device=p.device),
                            lambda: self.onSegmentFinished(outDir, ctNode))
             self.ui.statusLabel.text = _("Segmenting with {checkpoint}").format(checkpoint=os.path.basename(checkpoint))
+
+    def onDownloadWeightsButton(self) -> None:
+        if self._jobKind == "weights":
+            self._job.cancel()  # the partial file stays: the next download resumes it
+            return
+        if self._job is not None:
+            return
+        self._startJob("weights", weights_download_command(), self.onWeightsDownloaded)
+        self.ui.statusLabel.text = _("Downloading PASTA_final.pth (about 1 GB)")
+
+    def onWeightsDownloaded(self) -> None:
+        self.ui.statusLabel.text = _("PASTA weights installed and checked")
+        self._checkCanApply()
 
     def onSegmentFinished(self, outDir: str, ctNode) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not load the PASTA results."), waitCursor=True):

@@ -27,3 +27,7 @@ class MissingWeightsError(PastaError):
 
 class CheckpointError(PastaError):
     """A weights file is corrupt or does not fit the model; the message says what it probably is."""
+
+
+class DownloadError(PastaError):
+    """A download failed (no network, timeout, checksum mismatch); the message says what to do by hand."""

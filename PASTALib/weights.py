@@ -13,9 +13,15 @@ from PASTALib.errors import CheckpointError, MissingWeightsError
 WEIGHTS_FILENAME = "PASTA_final.pth"
 WEIGHTS_ENV = "PASTA_WEIGHTS_DIR"
 CLASSES_NAME = "classes.json"  # beside a fine-tuned model_final.pth: output channel -> annotated label
+#: The Google Drive file the PASTA authors link from their README (https://github.com/LWHYC/PASTA).
+WEIGHTS_DRIVE_ID = "1A_PjIAqKg0y_Z986HSfTsYKLhc99EMkD"
+WEIGHTS_URL = f"https://drive.google.com/uc?id={WEIGHTS_DRIVE_ID}"
+WEIGHTS_PAGE = f"https://drive.google.com/file/d/{WEIGHTS_DRIVE_ID}/view"
+WEIGHTS_URL_ENV = "PASTA_WEIGHTS_URL"  # a mirror (e.g. an institution's file server) instead of Drive
+CHECKSUM_SUFFIX = ".sha256"
 WEIGHTS_SOURCE = (
-    "Download PASTA_final.pth from the PASTA project (https://github.com/LWHYC/PASTA, see its "
-    "README for the release / model download link)"
+    "Download PASTA_final.pth with `pasta weights download`, or without internet by hand from "
+    f"{WEIGHTS_PAGE} (linked from https://github.com/LWHYC/PASTA) and run `pasta weights import FILE`"
 )
 
 
@@ -32,9 +38,29 @@ def default_weights_path() -> Path:
 
 def missing_weights_message(path: Path) -> str:
     return (
-        f"PASTA weights not found at {path}. {WEIGHTS_SOURCE} and put it at {default_weights_path()} "
+        f"PASTA weights not found at {path}. {WEIGHTS_SOURCE}; both install it at {default_weights_path()} "
         f"(or set {WEIGHTS_ENV} to the folder holding {WEIGHTS_FILENAME}, or pass the file's path)."
     )
+
+
+def weights_url() -> str:
+    """``$PASTA_WEIGHTS_URL`` if set, else the authors' Google Drive file."""
+    return os.environ.get(WEIGHTS_URL_ENV) or WEIGHTS_URL
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """``<file>.sha256`` beside a weights file, in ``sha256sum`` format (``sha256sum -c`` checks it)."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def recorded_sha256(path: str | os.PathLike) -> str | None:
+    """The SHA-256 recorded beside ``path`` at install, or None when there is no readable record."""
+    try:
+        digest = checksum_path(path).read_text(encoding="utf-8").split()[0].lower()
+    except (OSError, IndexError):
+        return None
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
 
 
 def weights_path(checkpoint: str | os.PathLike | None = None) -> Path:

@@ -323,7 +323,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.warningDisplay(_("Select a CT volume first."))
             return
         with slicer.util.tryWithErrorDisplay(_("TotalSegmentator failed."), waitCursor=True):
-            segmentation = self.logic.totalSegmentatorSegmentation(ct, fast=self.ui.totalSegmentatorFastCheckBox.checked)
+            segmentation = self.logic.totalSegmentatorSegmentation(
+                ct, fast=self.ui.totalSegmentatorFastCheckBox.checked,
+                allowDownload=self.ui.totalSegmentatorAllowDownloadCheckBox.checked)
             self._parameterNode.organSegmentation = segmentation
             self.updateEnhancement()
 
@@ -744,7 +746,7 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
     def lungMaskSegmentation(self, ctNode):
         return self.synthesis.lung_mask_segmentation(ctNode)
 
-    def totalSegmentatorSegmentation(self, ctNode, fast: bool = True):
+    def totalSegmentatorSegmentation(self, ctNode, fast: bool = True, allowDownload: bool = False):
         import importlib.util
 
         device = "cpu"
@@ -752,7 +754,8 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return self.synthesis.totalsegmentator_segmentation(ctNode, fast=fast, device=device)
+        return self.synthesis.totalsegmentator_segmentation(ctNode, fast=fast, device=device,
+                                                            allow_download=allowDownload)
 
     @staticmethod
     def reportText(report: dict) -> str:

@@ -82,6 +82,19 @@ def finetune_command(training_folder: str | os.PathLike, *, init: str | os.PathL
     return cli_command(*args, *extra, python=python)
 
 
+def weights_download_command(*, url: str | None = None, python: str | None = None) -> list[str]:
+    """``pasta weights download --progress-lines`` (the panel's Download weights button): the authors'
+    PASTA_final.pth into the weights folder, checked and recorded; a partial download resumes."""
+    return cli_command("weights", "download", "--progress-lines", *(["--url", url] if url else []), python=python)
+
+
+def public_weights_installed() -> bool:
+    """Whether PASTA_final.pth is at its default place (``$PASTA_WEIGHTS_DIR`` or ``~/.pasta/weights``)."""
+    from PASTALib.weights import default_weights_path
+
+    return default_weights_path().is_file()
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 

@@ -25,6 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     organs.add_argument("--names", help="JSON {id: name} or CSV with columns id,structure for --labels")
     organs.add_argument("--fast", action="store_true", help="TotalSegmentator --fast (3 mm model)")
     organs.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="TotalSegmentator device")
+    download = organs.add_mutually_exclusive_group()
+    download.add_argument("--allow-download", action="store_true",
+                          help="let TotalSegmentator download its missing weights (~1.5 GB, --fast ~0.2 GB)")
+    download.add_argument("--offline", action="store_true", default=None,
+                          help="never let TotalSegmentator download (also: PASTA_OFFLINE=1)")
     organs.add_argument("--impression", default=None, help="report impression text (organs it names are not healthy)")
     organs.add_argument("--json", action="store_true", help="print JSON")
     organs.set_defaults(func=_organs)
@@ -71,7 +76,8 @@ def _organs(args: argparse.Namespace) -> int:
             names = _read_names(args.names) if args.names else None
             masks = OrganMasks.from_label_map(labels, names, reference=ct, source=Path(args.labels).name)
     elif args.totalsegmentator:
-        masks = run_totalsegmentator(ct, fast=args.fast, device=args.device)
+        masks = run_totalsegmentator(ct, fast=args.fast, device=args.device, allow_download=args.allow_download,
+                                     offline=args.offline)
     else:
         masks = classical_lung_mask(ct)
 

@@ -22,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (batch: one sub-folder per case + manifest.csv)")
     p.add_argument("--checkpoint", help="weights: PASTA_final.pth (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights) "
                                         "or a `pasta train` model_final.pth")
+    p.add_argument("--download-weights", action="store_true",
+                   help="without --checkpoint: first install PASTA_final.pth as `pasta weights download` does "
+                        "(nothing happens when it is installed)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
     p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
@@ -81,6 +84,15 @@ def _segment(args: argparse.Namespace) -> int:
     cfg = InferenceConfig(device=args.device, mirroring=args.mirror, amp=args.amp, **overrides)
     progress = _Progress(args.progress_lines, args.progress_bar)
     try:
+        if args.download_weights and not args.checkpoint:
+            from PASTALib.cli.data import ByteProgress
+            from PASTALib.model.install import download_weights
+
+            bar = ByteProgress("PASTA_final.pth", lines=False, bar=args.progress_bar)
+            try:
+                progress(0.0, "PASTA weights: " + download_weights(progress=bar).summary())
+            finally:
+                bar.close()
         progress(0.0, "loading model")
         model = load_model(args.checkpoint, device=args.device)
         cfg.validate(model.divisor)

@@ -74,10 +74,11 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     return {_strip(k): v for k, v in obj.items()}
 
 
-def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
+def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False, mmap: bool = False) -> Any:
     """``torch.load`` on CPU with clear errors (missing → MissingWeightsError, corrupt → CheckpointError).
 
-    ``allow_pickle=False`` uses ``weights_only=True`` (safe for untrusted files)."""
+    ``allow_pickle=False`` uses ``weights_only=True`` (safe for untrusted files); ``mmap=True`` maps
+    the tensors instead of reading them (checking a 1 GB file's layout reads only its index)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(missing_weights_message(path))
@@ -93,7 +94,7 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
                 f"login page?). {WEIGHTS_SOURCE} again."
             )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
         if is_zip and ("weights only" in str(exc).lower() or "weights_only" in str(exc)):
             raise CheckpointError(
@@ -111,10 +112,10 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
         ) from None
 
 
-def load_state_dict_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: str | os.PathLike, *, allow_pickle: bool = False, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Read a weights file and return its (unwrapped, prefix-stripped) state dict."""
     try:
-        return extract_state_dict(read_checkpoint(path, allow_pickle=allow_pickle))
+        return extract_state_dict(read_checkpoint(path, allow_pickle=allow_pickle, mmap=mmap))
     except CheckpointError as exc:
         if str(exc).startswith("no model state dict"):
             raise CheckpointError(f"{path}: {exc}") from None

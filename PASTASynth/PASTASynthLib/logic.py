@@ -397,14 +397,15 @@ class SynthesisLogic(MRMLLogicBase):
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} lungs")
 
     def totalsegmentator_segmentation(self, ct_node, fast: bool = True, device: str = "cpu",
-                                      name: str | None = None):
+                                      name: str | None = None, allow_download: bool = False):
         """TotalSegmentator ``total`` organs as a segmentation (segments named like
         TotalSegmentator: "liver", "kidney_left", ...). Without TotalSegmentator or its
-        weights this raises ``MissingWeightsError`` with the install steps; PASTA never
-        downloads weights."""
+        weights this raises ``MissingWeightsError`` with the install steps; TotalSegmentator
+        downloads missing weights only with ``allow_download`` (and never with PASTA_OFFLINE=1)."""
         from PASTALib.anatomy import run_totalsegmentator
 
-        masks = run_totalsegmentator(self.volume_to_sitk(ct_node), fast=fast, device=device)
+        masks = run_totalsegmentator(self.volume_to_sitk(ct_node), fast=fast, device=device,
+                                     allow_download=allow_download)
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} organs")
 
     # -- reports --------------------------------------------------------------------------
