@@ -261,7 +261,10 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- long jobs (CLI subprocess streaming PROGRESS lines; the start button becomes Cancel) --
 
     def _startJob(self, kind: str, command, onFinished) -> None:
-        self._job = BatchJob(command, on_progress=self.onJobProgress).start()
+        """Start ``command`` (or a prepared, not yet started BatchJob) as the panel's job."""
+        job = command if isinstance(command, BatchJob) else BatchJob(command)
+        job.on_progress = self.onJobProgress
+        self._job = job.start()
         self._jobKind, self._jobFinished = kind, onFinished
         bar, button = self._jobWidgets(kind)
         bar.value = 0
@@ -399,12 +402,34 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportDicom(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(None, _("Folder for the DICOM SEG and SR"))
-        if folder:
-            with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
-                segmentation = self._cardsSegmentation
-                files = self.logic.core.export_dicom(segmentation, self.logic.sourceVolume(segmentation), folder)
-                self.ui.statusLabel.text = _("Wrote {files}").format(
-                    files=", ".join(os.path.basename(str(f)) for f in files.values()))
+        if not folder:
+            return
+        segmentation = self._cardsSegmentation
+        if self.slicerLine() < (5, 12):
+            self.exportDicomInSubprocess(segmentation, folder)
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
+            files = self.logic.core.export_dicom(segmentation, self.logic.sourceVolume(segmentation), folder)
+            self.ui.statusLabel.text = _("Wrote {files}").format(
+                files=", ".join(os.path.basename(str(f)) for f in files.values()))
+
+    def exportDicomInSubprocess(self, segmentation, folder: str) -> None:
+        """Slicer 5.10: pydicom 3 / highdicom 0.27 live in PASTA's private folder, used only by this
+        subprocess (Slicer's own pydicom 2.4.4 stays as it is)."""
+        from PASTALogicLib import dicom_export_job
+
+        if self._job is not None:
+            slicer.util.warningDisplay(_("Wait for the running job to finish (or cancel it) first."))
+            return
+        workDir = tempfile.mkdtemp(prefix="pasta_dicom_")
+        with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
+            inputs = dicom_export_job.write_inputs(
+                workDir, *self.logic.core.dicom_export_inputs(segmentation, self.logic.sourceVolume(segmentation)))
+            job = BatchJob(dicom_export_job.command(inputs, folder),
+                           env=dicom_export_job.environment(dependencies.private_site()))
+            self._startJob("segment", job, lambda: self.ui.statusLabel.setText(
+                _("Wrote DICOM SEG + SR to {folder}").format(folder=folder)))
+            self.ui.statusLabel.text = _("Exporting DICOM SEG + SR")
 
     # -- few-shot -----------------------------------------------------------------------
 

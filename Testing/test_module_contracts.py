@@ -283,5 +283,5 @@ def test_dependency_check_message():
     absent = dependencies.PythonRequirement("surely-not-a-package-xyz", "xyz", "==1", "test")
     missing = dependencies.check_dependencies([absent, dependencies.TORCH])
     assert not missing.ok and "surely-not-a-package-xyz==1 (missing)" in missing.message
-    torch, others = dependencies.install_plan(missing)
-    assert torch is None and others == ["surely-not-a-package-xyz==1"]
+    torch, others, private = dependencies.install_plan(missing)
+    assert torch is None and others == ["surely-not-a-package-xyz==1"] and private == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -42,9 +43,9 @@ HELPER_FILES = sorted([*(REPO / "PASTA" / "PASTALogicLib").glob("*.py"), *(REPO 
 #: Slicer 5.10 and 5.12 both run Python 3.12: markers of dependencies are evaluated for it.
 SLICER_PYTHON = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.10"}
 
-#: highdicom 0.22.0 (installed on Slicer 5.10 only, so not in this venv): Requires-Dist of its
-#: wheel on PyPI (highdicom-0.22.0-py3-none-any.whl, METADATA).
-HIGHDICOM_0_22_REQUIRES = ["pydicom!=2.4.0,>=2.3.0", "numpy>=1.19", "pillow>=8.3", "pillow-jpls>=1.0"]
+#: highdicom 0.27.0 (the private copy on Slicer 5.10; this venv has 0.28.2): Requires-Dist of its
+#: wheel on PyPI (highdicom-0.27.0-py3-none-any.whl, METADATA, extras left out).
+HIGHDICOM_0_27_REQUIRES = ["numpy>=1.19", "pillow>=8.3", "pydicom>=3.0.1", "pyjpegls>=1.0.0", "typing-extensions>=4.0.0"]
 
 
 def _tree(path: Path) -> ast.Module:
@@ -79,8 +80,8 @@ def test_torch_only_through_pytorchutils():
     everything_missing = dependencies.check_dependencies([
         dependencies.PythonRequirement(r.distribution, r.module, "==0.0.0.dev0", r.used_by)
         for r in dependencies.REQUIREMENTS])
-    torch, others = dependencies.install_plan(everything_missing)
-    assert torch == "torch==0.0.0.dev0" and others and not any(o.startswith("torch") for o in others)
+    torch, others, private = dependencies.install_plan(everything_missing)
+    assert torch == "torch==0.0.0.dev0" and others and not any(o.startswith("torch") for o in others + private)
 
 
 def _pyproject_pins() -> dict[str, Requirement]:
@@ -121,8 +122,8 @@ def _bundled_violations(line, requirements) -> list[str]:
         if key in seen:
             return
         seen.add(key)
-        if key == "highdicom" and Version("0.22.0") in spec and line == (5, 10):
-            requires = HIGHDICOM_0_22_REQUIRES
+        if key == "highdicom" and str(spec) == "==0.27.0":
+            requires = HIGHDICOM_0_27_REQUIRES
         else:
             try:
                 installed = Version(importlib.metadata.version(name))
@@ -137,8 +138,20 @@ def _bundled_violations(line, requirements) -> list[str]:
                 continue
             visit(dep.name, dep.specifier, f"{via} -> {name}")
 
+    private = {canonicalize_name(r.distribution) for r in requirements if r.private}
     for req in requirements:
-        visit(req.distribution, SpecifierSet(req.specifier_for(line)), "PASTA")
+        if req.private:
+            # pip --no-deps --target: Slicer's site-packages is untouched; what the private copy
+            # needs must come from Slicer's bundle or the private folder itself.
+            saved = dict(bundled)
+            bundled.update({p: Version(next(r.specifier for r in requirements if canonicalize_name(r.distribution) == p)
+                                       .lstrip("=")) for p in private})
+            bundled.pop(canonicalize_name(req.distribution))
+            visit(req.distribution, SpecifierSet(req.specifier), "PASTA (private)")
+            bundled.clear()
+            bundled.update(saved)
+        else:
+            visit(req.distribution, SpecifierSet(req.specifier), "PASTA")
     return problems
 
 
@@ -150,11 +163,13 @@ def test_requirements_never_replace_bundled_packages(line):
         pingouin = dependencies.PythonRequirement("pingouin", "pingouin", "==0.7.0", "analysis")
         found = _bundled_violations(line, [pingouin])
         assert any("numpy" in p for p in found) and any("scipy" in p for p in found), found
-    # pinning the newest highdicom would replace 5.12's highdicom 0.27 and, through its pydicom >= 3
-    # requirement, 5.10's pydicom 2.4.4
-    newest = dependencies.PythonRequirement("highdicom", "highdicom", "==0.28.2", "export")
-    (problem,) = _bundled_violations(line, [newest])
-    assert ("bundles 2.4.4" if line == (5, 10) else "bundles 0.27.0") in problem
+    # highdicom into Slicer's own site-packages would replace 5.12's highdicom 0.27 and, through its
+    # pydicom >= 3 requirement, 5.10's pydicom 2.4.4 (hence the private folder on 5.10)
+    newest = dependencies.PythonRequirement("highdicom", "highdicom", "==0.27.0", "export")
+    problems = _bundled_violations(line, [newest])
+    assert bool(problems) == (line == (5, 10)) and all("bundles 2.4.4" in p for p in problems)
+    pinned = dependencies.PythonRequirement("highdicom", "highdicom", "==0.28.2", "export")
+    assert _bundled_violations(line, [pinned])
 
 
 def test_bundled_constraints_pin_installed_versions(tmp_path):
@@ -296,14 +311,9 @@ def fake_slicer(monkeypatch):
 
 def _run_installer(missing, line=(5, 12)):
     finished = []
-    installer = dependencies.DependencyInstaller(line, lambda text: None, lambda *a: finished.append(a))
     reqs = [dependencies.PythonRequirement(d, d, "==0.0.0.dev0", "test") for d in missing]
-    original = dependencies.requirements_for
-    dependencies.requirements_for = lambda line=None: reqs
-    try:
-        installer.start()
-    finally:
-        dependencies.requirements_for = original
+    installer = dependencies.DependencyInstaller(line, lambda text: None, lambda *a: finished.append(a), reqs)
+    installer.start()
     return installer, finished
 
 
@@ -557,3 +567,99 @@ def test_old_slicer_is_refused_at_module_load():
     for path in (*MODULE_FILES.values(), REPO / "PASTASynth" / "PASTASynthLib" / "dependencies.py",
                  REPO / "PASTASynth" / "PASTASynthLib" / "__init__.py"):
         ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+
+
+# -- Slicer 5.10: the DICOM export in a subprocess with a private pydicom 3 -----------------------------
+
+
+def test_private_requirements_are_checked_in_the_private_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PASTA_PRIVATE_SITE", str(tmp_path))
+    report = dependencies.check_dependencies(line=(5, 10))
+    torch, others, private = dependencies.install_plan(report)
+    assert private == ["pydicom==3.0.2", "highdicom==0.27.0", "pyjpegls==1.5.1"]  # not seen in site-packages
+    assert not any(o.startswith(("pydicom", "highdicom")) for o in others)
+    info = tmp_path / "highdicom-0.27.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: highdicom\nVersion: 0.27.0\n")
+    assert dependencies.installed_version("highdicom", str(tmp_path)) == "0.27.0"
+    assert "highdicom==0.27.0" not in dependencies.install_plan(dependencies.check_dependencies(line=(5, 10)))[2]
+    command = dependencies.pip_command("/py", private, target=str(tmp_path))
+    assert command[command.index("--target") + 1] == str(tmp_path) and "--no-deps" in command
+    assert dependencies.check_dependencies(line=(5, 12)).ok  # 5.12: bundled highdicom 0.27 accepted
+
+
+@pytest.fixture(scope="module")
+def dicom_export_inputs(ts_data, tmp_path_factory):
+    """The export job's inputs for the real contrast DICOM series: its organ labels plus one liver
+    lesion (an ellipsoid), as the PASTA panel writes them; and the lesion volume in mm³."""
+    return _dicom_export_inputs(ts_data, tmp_path_factory.mktemp("dicom_inputs"))
+
+
+def _dicom_export_inputs(ts_data, work):
+    import numpy as np
+    import SimpleITK as sitk
+
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.io import read_ct, read_label
+    from PASTALogicLib import dicom_export_job
+
+    ct = read_ct(ts_data / "example_ct_dicom")
+    organs = OrganMasks.from_label_map(read_label(ts_data / "example_seg_dicom.nii.gz"), reference=ct).pasta_label_map()
+    a = sitk.GetArrayFromImage(organs)
+    c = np.argwhere(a == 2).mean(0).astype(int)
+    zz, yy, xx = np.indices(a.shape)
+    lesion = (((zz - c[0]) / 5) ** 2 + ((yy - c[1]) / 15) ** 2 + ((xx - c[2]) / 15) ** 2 <= 1) & (a == 2)
+    a[lesion] = 12
+    labels, instances = sitk.GetImageFromArray(a), sitk.GetImageFromArray(lesion.astype(np.uint16))
+    labels.CopyInformation(ct)
+    instances.CopyInformation(ct)
+    volume = float(lesion.sum() * np.prod(ct.GetSpacing()))
+    report = {"enhancement": "Enhanced CT", "location": "Liver", "size_zxy_mm": [20, 30, 30], "shape": "Round-like",
+              "density": "Hypodense", "heterogeneity": "Homogeneous", "surface": "Well-defined margin",
+              "invasion": "No close relationship with surrounding structures", "lesion_type": "liver_tumor",
+              "label_value": 12, "centre_mm": [0.0, 0.0, 0.0], "volume_mm3": volume, "mean_hu": 40.0,
+              "organ_mean_hu": 60.0}
+    lesions = [{"index": 1, "report": report, "details": {"longest_diameter_mm": 30.0}}]
+    return dicom_export_job.write_inputs(work, labels, instances, lesions, ts_data / "example_ct_dicom"), volume
+
+
+def test_dicom_export_job_writes_seg_and_sr(dicom_export_inputs, tmp_path):
+    """The 5.10 export path end to end: a real subprocess on the real DICOM series, read back."""
+    import highdicom as hd
+
+    from PASTALogicLib import dicom_export_job
+
+    inputs, volume = dicom_export_inputs
+    lines = []
+    job = jobs.BatchJob(dicom_export_job.command(inputs, tmp_path / "out", python=sys.executable),
+                        env=dicom_export_job.environment(None), on_line=lines.append).start()
+    assert job.wait(timeout=300) == "finished", job.output_tail
+    result = json.loads(next(line for line in lines if line.startswith("RESULT "))[len("RESULT "):])
+    seg = hd.seg.segread(result["dicom_seg"])
+    assert any(s.SegmentLabel.startswith("Lesion 1") for s in seg.SegmentSequence)
+    (group,) = hd.sr.srread(result["dicom_sr"]).content.get_volumetric_roi_measurement_groups()
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    assert values["Volume"] == pytest.approx(volume) and values["Craniocaudal extent (Z)"] == 20
+
+
+def test_dicom_export_job_uses_the_private_folder_first(dicom_export_inputs, tmp_path):
+    """A pydicom 2 found first (as Slicer 5.10's would be without the private folder) is refused with
+    the fix, and nothing is written: proves the private folder leads PYTHONPATH."""
+    from PASTALogicLib import dicom_export_job
+
+    fake = tmp_path / "site" / "pydicom"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("__version__ = '2.4.4'\n")
+    inputs, _ = dicom_export_inputs
+    proc = subprocess.run(dicom_export_job.command(inputs, tmp_path / "out", python=sys.executable),
+                          env=dicom_export_job.environment(str(tmp_path / "site")), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "needs pydicom 3 (found 2.4.4" in proc.stderr, proc.stderr[-1500:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_widget_exports_dicom_in_a_subprocess_on_slicer_510():
+    export = ast.unparse(_method("PASTA", "PASTAWidget", "onExportDicom"))
+    assert "self.slicerLine() < (5, 12)" in export and "self.exportDicomInSubprocess(" in export
+    sub = ast.unparse(_method("PASTA", "PASTAWidget", "exportDicomInSubprocess"))
+    assert "dicom_export_job.environment(dependencies.private_site())" in sub and "BatchJob(" in sub
