@@ -62,7 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("labels", "instances", "lesions", "source", "out"):
         parser.add_argument(f"--{key}", required=True)
     args = parser.parse_args(argv)
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) < 3:  # checked first: highdicom would fail to import
+        print(f"error: the DICOM export needs pydicom 3 (found {pydicom.__version__} from {pydicom.__file__}); "
+              "click 'Install dependencies' in the PASTA module.", file=sys.stderr)
+        return 2
     print("PROGRESS 0.1 Reading the export inputs", flush=True)
+    import highdicom
     import SimpleITK as sitk
 
     from PASTALib.errors import PastaError
@@ -70,13 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .logic import write_dicom_export
 
     try:
-        import pydicom
-
-        if int(pydicom.__version__.split(".")[0]) < 3:  # before highdicom, which would fail to import
-            print(f"error: the DICOM export needs pydicom 3 (found {pydicom.__version__} from {pydicom.__file__}); "
-                  "click 'Install dependencies' in the PASTA module.", file=sys.stderr)
-            return 2
-        import highdicom
         lesions = json.loads(Path(args.lesions).read_text(encoding="utf-8"))
         print(f"PROGRESS 0.3 Writing DICOM SEG + SR (highdicom {highdicom.__version__})", flush=True)
         files = write_dicom_export(sitk.ReadImage(args.labels), sitk.ReadImage(args.instances), lesions,
