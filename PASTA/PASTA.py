@@ -116,6 +116,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobFinished = None
         self._jobTimer = None
         self._installer = None
+        self._installFinished = False
         self._cardsSegmentation = None
 
     def setup(self) -> None:
@@ -239,16 +240,20 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installer = dependencies.DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
                                                            self.onDependenciesInstalled)
         self.ui.installDependenciesButton.text = _("Cancel installation")
+        self._installFinished = False
         with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
             self._installer.start()
         if not self._installer.running:
             self.ui.installDependenciesButton.text = _("Install dependencies")
+            if not self._installFinished:  # it raised (error shown): show what is installed now
+                self.updateDependencyStatus()
 
     def onDependencyStatus(self, text: str) -> None:
         self.ui.dependencyLabel.text = text
         slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
 
     def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
+        self._installFinished = True
         self.ui.installDependenciesButton.text = _("Install dependencies")
         self.updateDependencyStatus()
         self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text

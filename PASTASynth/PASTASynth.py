@@ -39,7 +39,7 @@ if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.m
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
 from PASTASynthLib import totalsegmentator_job
-from PASTASynthLib.jobs import BatchJob, generate_command, nodes_in_scene
+from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.mrml import MRMLContext
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
@@ -128,6 +128,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._jobTimer = None
         self._installer = None
+        self._installFinished = False
         self._tsJob = None
         self._tsTimer = None
         self._tsFinish = None
@@ -319,16 +320,20 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installer = dependencies.DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
                                                            self.onDependenciesInstalled)
         self.ui.installDependenciesButton.text = _("Cancel installation")
+        self._installFinished = False
         with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
             self._installer.start()
         if not self._installer.running:
             self.ui.installDependenciesButton.text = _("Install dependencies")
+            if not self._installFinished:  # it raised (error shown): show what is installed now
+                self.updateDependencyStatus()
 
     def onDependencyStatus(self, text: str) -> None:
         self.ui.dependencyLabel.text = text
         slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
 
     def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
+        self._installFinished = True
         self.ui.installDependenciesButton.text = _("Install dependencies")
         self.updateDependencyStatus()
         self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text

@@ -209,7 +209,7 @@ class DependencyInstaller:
                     return
                 if logic_available:
                     self.on_status(f"Installing {torch_requirement} through the PyTorch extension "
-                                   "(light-the-torch picks the CUDA build; about 1-3 GB, several minutes)...")
+                                   "(light-the-torch picks the CUDA build; 0.2 to several GB, minutes)...")
                     version = install_torch(torch_requirement)
                     self.on_status(f"torch {version} installed.")
             if not others and not private:
