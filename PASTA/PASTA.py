@@ -26,6 +26,13 @@ except ImportError:  # Slicer < 5.4
     def translate(context, text):
         return text
 
+# Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
+# (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
+from PASTASynthLib import dependencies
+
+if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
+    raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
+
 # GUI-free helpers only: the model (torch) runs in a subprocess of the PASTALib CLI.
 from PASTALogicLib.logic import (
     SegmentationReportLogic,
@@ -38,8 +45,7 @@ from PASTALogicLib.logic import (
     weights_download_command,
 )
 from PASTALogicLib.reports import ReportEditError
-from PASTASynthLib import dependencies
-from PASTASynthLib.jobs import BatchJob
+from PASTASynthLib.jobs import BatchJob, nodes_in_scene
 from PASTASynthLib.mrml import MRMLContext
 
 #
@@ -111,6 +117,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobKind = None
         self._jobFinished = None
         self._jobTimer = None
+        self._installer = None
+        self._installFinished = False
         self._cardsSegmentation = None
 
     def setup(self) -> None:
@@ -149,10 +157,23 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        if self._job is not None:
-            self._job.cancel()
+        self.cancelJob()
+        if self._installer is not None:
+            self._installer.cancel()
         if self._jobTimer is not None:
             self._jobTimer.stop()
+
+    def onReload(self) -> None:
+        """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
+        PASTALogicLib / PASTASynthLib would otherwise stay unloaded."""
+        dependencies.unload_packages(("PASTALogicLib", "PASTASynthLib"))
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def cancelJob(self) -> None:
+        """Stop the running segmentation / fine-tuning subprocess and run its finish handler now."""
+        if self._job is not None:
+            self._job.cancel()
+            self.onJobTimer()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -164,6 +185,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # A running job's results would go into nodes that are about to disappear: stop it.
+        self.cancelJob()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -204,20 +227,54 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- dependencies -------------------------------------------------------------------
 
+    @staticmethod
+    def slicerLine():
+        return dependencies.slicer_line(slicer.app.majorVersion, slicer.app.minorVersion)
+
     def updateDependencyStatus(self) -> None:
-        report = dependencies.check_dependencies()
+        report = dependencies.check_dependencies(line=self.slicerLine())
         self.ui.dependencyLabel.text = report.message
         self.ui.installDependenciesButton.visible = not report.ok
 
     def onInstallDependencies(self) -> None:
+        """torch through the PyTorch extension, then the rest (pip_ensure on 5.12+, a cancellable
+        pip subprocess on 5.10); the button is Cancel while pip runs in the background."""
+        if self._installer is not None and self._installer.running:
+            self._installer.cancel()
+            return
+        self._installer = dependencies.DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
+                                                           self.onDependenciesInstalled)
+        self.ui.installDependenciesButton.text = _("Cancel installation")
+        self._installFinished = False
         with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
-            dependencies.install_in_slicer()
+            self._installer.start()
+        if not self._installer.running:
+            self.ui.installDependenciesButton.text = _("Install dependencies")
+            if not self._installFinished:  # it raised (error shown): show what is installed now
+                self.updateDependencyStatus()
+
+    def onDependencyStatus(self, text: str) -> None:
+        self.ui.dependencyLabel.text = text
+        slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
+
+    def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
+        self._installFinished = True
+        self.ui.installDependenciesButton.text = _("Install dependencies")
         self.updateDependencyStatus()
+        self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text
+        if not ok:
+            slicer.util.warningDisplay(message, windowTitle=_("PASTA dependencies"))
+        elif restartNeeded and slicer.util.confirmYesNoDisplay(
+                message + "\n\n" + _("Restart Slicer now?"), windowTitle=_("PASTA dependencies")):
+            slicer.util.restart()
 
     # -- long jobs (CLI subprocess streaming PROGRESS lines; the start button becomes Cancel) --
 
     def _startJob(self, kind: str, command, onFinished) -> None:
-        self._job = BatchJob(command, on_progress=self.onJobProgress).start()
+        """Start ``command`` (or a prepared, not yet started BatchJob) as the panel's job."""
+        job = command if isinstance(command, BatchJob) else BatchJob(command)
+        job.on_progress = self.onJobProgress
+        self._job = job.start()
         self._jobKind, self._jobFinished = kind, onFinished
         bar, button = self._jobWidgets(kind)
         bar.value = 0
@@ -298,6 +355,10 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def onSegmentFinished(self, outDir: str, ctNode) -> None:
+        if self._parameterNode is None or not nodes_in_scene(self.logic.core.scene, ctNode):
+            self.ui.statusLabel.text = _("The CT left the scene while PASTA ran: results not loaded ({path})").format(
+                path=outDir)
+            return
         with slicer.util.tryWithErrorDisplay(_("Could not load the PASTA results."), waitCursor=True):
             imported = self.logic.core.import_segment_outputs(outDir, ctNode)
             self._parameterNode.outputSegmentation = imported.segmentation_node
@@ -366,12 +427,34 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportDicom(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(None, _("Folder for the DICOM SEG and SR"))
-        if folder:
-            with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
-                segmentation = self._cardsSegmentation
-                files = self.logic.core.export_dicom(segmentation, self.logic.sourceVolume(segmentation), folder)
-                self.ui.statusLabel.text = _("Wrote {files}").format(
-                    files=", ".join(os.path.basename(str(f)) for f in files.values()))
+        if not folder:
+            return
+        segmentation = self._cardsSegmentation
+        if self.slicerLine() < (5, 12):
+            self.exportDicomInSubprocess(segmentation, folder)
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
+            files = self.logic.core.export_dicom(segmentation, self.logic.sourceVolume(segmentation), folder)
+            self.ui.statusLabel.text = _("Wrote {files}").format(
+                files=", ".join(os.path.basename(str(f)) for f in files.values()))
+
+    def exportDicomInSubprocess(self, segmentation, folder: str) -> None:
+        """Slicer 5.10: pydicom 3 / highdicom 0.27 live in PASTA's private folder, used only by this
+        subprocess (Slicer's own pydicom 2.4.4 stays as it is)."""
+        from PASTALogicLib import dicom_export_job
+
+        if self._job is not None:
+            slicer.util.warningDisplay(_("Wait for the running job to finish (or cancel it) first."))
+            return
+        workDir = tempfile.mkdtemp(prefix="pasta_dicom_")
+        with slicer.util.tryWithErrorDisplay(_("Could not export DICOM SEG + SR."), waitCursor=True):
+            inputs = dicom_export_job.write_inputs(
+                workDir, *self.logic.core.dicom_export_inputs(segmentation, self.logic.sourceVolume(segmentation)))
+            job = BatchJob(dicom_export_job.command(inputs, folder),
+                           env=dicom_export_job.environment(dependencies.private_site()))
+            self._startJob("segment", job, lambda: self.ui.statusLabel.setText(
+                _("Wrote DICOM SEG + SR to {folder}").format(folder=folder)))
+            self.ui.statusLabel.text = _("Exporting DICOM SEG + SR")
 
     # -- few-shot -----------------------------------------------------------------------
 
@@ -411,7 +494,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFineTuneFinished(self) -> None:
         self.ui.statusLabel.text = _("Fine-tuning finished")
         self.updateFineTunedStatus()
-        if self.ui.useFineTunedCheckBox.enabled:
+        if self.ui.useFineTunedCheckBox.enabled and self._parameterNode is not None:
             self._parameterNode.useFineTuned = True
 
     def updateFineTunedStatus(self) -> None:

@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 import tempfile
 import time
 from typing import Annotated, Optional
@@ -27,9 +29,16 @@ except ImportError:  # Slicer < 5.4
     def translate(context, text):
         return text
 
+# Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
+# (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
+from PASTASynthLib import dependencies
+
+if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
+    raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
+
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
-from PASTASynthLib import dependencies
+from PASTASynthLib import totalsegmentator_job
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.mrml import MRMLContext
@@ -118,6 +127,11 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._report = None
         self._job = None
         self._jobTimer = None
+        self._installer = None
+        self._installFinished = False
+        self._tsJob = None
+        self._tsTimer = None
+        self._tsFinish = None
         self._updatingType = False
         self.readerStudy = None
         self._shortcuts = []
@@ -151,8 +165,10 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.runTotalSegmentatorButton.connect("clicked(bool)", self.onRunTotalSegmentator)
         self.ui.lungMaskButton.connect("clicked(bool)", self.onLungMask)
+        # Selecting a CT or segmentation only updates text; the phase is measured on demand.
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateEnhancement)
         self.ui.organSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateEnhancement)
+        self.ui.detectPhaseButton.connect("clicked(bool)", self.onDetectPhase)
         self.ui.locationPointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.locationPlaceWidget.setCurrentNode)
         self.ui.lesionTypeComboBox.connect("currentIndexChanged(int)", self.onLesionTypeChanged)
         self.ui.previewButton.connect("clicked(bool)", self.onPreview)
@@ -175,6 +191,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobTimer = qt.QTimer()
         self._jobTimer.setInterval(200)
         self._jobTimer.connect("timeout()", self.onJobTimer)
+        self._tsTimer = qt.QTimer()
+        self._tsTimer.setInterval(200)
+        self._tsTimer.connect("timeout()", self.onTotalSegmentatorTimer)
 
         self.ui.cancelButton.enabled = False
         self.ui.undoButton.enabled = False
@@ -195,10 +214,13 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- parameter node -----------------------------------------------------------------
 
     def cleanup(self) -> None:
-        if self._job is not None:
-            self._job.cancel()
+        self.cancelJobs()
+        if self._installer is not None:
+            self._installer.cancel()
         if self._jobTimer is not None:
             self._jobTimer.stop()
+        if self._tsTimer is not None:
+            self._tsTimer.stop()
         if self.readerStudy is not None:
             self.readerStudy.close()
         for shortcut in self._shortcuts:
@@ -218,7 +240,25 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
+    def onReload(self) -> None:
+        """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
+        PASTASynthLib would otherwise stay unloaded (the next import reads them again)."""
+        dependencies.unload_packages(("PASTASynthLib", "PASTALogicLib"))
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def cancelJobs(self) -> None:
+        """Stop the running subprocesses (batch generation, TotalSegmentator) and poll them once,
+        so that their finish handlers run now and see the outcome."""
+        if self._job is not None:
+            self._job.cancel()
+            self.onJobTimer()
+        if self._tsJob is not None:
+            self._tsJob.cancel()
+            self.onTotalSegmentatorTimer()
+
     def onSceneStartClose(self, caller, event) -> None:
+        # Results of a running job would go into nodes that are about to disappear: stop it.
+        self.cancelJobs()
         self.setParameterNode(None)
         if self.readerStudy is not None and self.readerStudy.is_open:
             self.readerStudy.close()  # its nodes go with the scene; every answer is already saved
@@ -262,15 +302,46 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- dependencies -------------------------------------------------------------------
 
+    @staticmethod
+    def slicerLine():
+        return dependencies.slicer_line(slicer.app.majorVersion, slicer.app.minorVersion)
+
     def updateDependencyStatus(self) -> None:
-        report = dependencies.check_dependencies()
+        report = dependencies.check_dependencies(line=self.slicerLine())
         self.ui.dependencyLabel.text = report.message
         self.ui.installDependenciesButton.visible = not report.ok
 
     def onInstallDependencies(self) -> None:
+        """torch through the PyTorch extension, then the rest (pip_ensure on 5.12+, a cancellable
+        pip subprocess on 5.10); the button is Cancel while pip runs in the background."""
+        if self._installer is not None and self._installer.running:
+            self._installer.cancel()
+            return
+        self._installer = dependencies.DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
+                                                           self.onDependenciesInstalled)
+        self.ui.installDependenciesButton.text = _("Cancel installation")
+        self._installFinished = False
         with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
-            self.logic.installDependencies()
+            self._installer.start()
+        if not self._installer.running:
+            self.ui.installDependenciesButton.text = _("Install dependencies")
+            if not self._installFinished:  # it raised (error shown): show what is installed now
+                self.updateDependencyStatus()
+
+    def onDependencyStatus(self, text: str) -> None:
+        self.ui.dependencyLabel.text = text
+        slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
+
+    def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
+        self._installFinished = True
+        self.ui.installDependenciesButton.text = _("Install dependencies")
         self.updateDependencyStatus()
+        self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text
+        if not ok:
+            slicer.util.warningDisplay(message, windowTitle=_("PASTA dependencies"))
+        elif restartNeeded and slicer.util.confirmYesNoDisplay(
+                message + "\n\n" + _("Restart Slicer now?"), windowTitle=_("PASTA dependencies")):
+            slicer.util.restart()
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -309,25 +380,97 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.currentIndex = combo.findText(allowed[0])
 
     def updateEnhancement(self, node=None) -> None:
+        """Cheap (runs on every selector change): the type's template phases only. Measuring the
+        phase reads the whole CT, so it runs when the user clicks Detect phase."""
         slug = self.ui.lesionTypeComboBox.currentData
-        ct = self.ui.inputVolumeSelector.currentNode()
-        segmentation = self.ui.organSegmentationSelector.currentNode()
         try:
-            self.ui.enhancementLabel.text = self.logic.enhancementText(slug, ct, segmentation) if slug else ""
+            self.ui.enhancementLabel.text = self.logic.enhancementText(slug) if slug else ""
         except Exception as exc:  # noqa: BLE001 -- display only: never block the panel
             self.ui.enhancementLabel.text = str(exc)
 
+    def onDetectPhase(self) -> None:
+        slug = self.ui.lesionTypeComboBox.currentData
+        ct = self.ui.inputVolumeSelector.currentNode()
+        segmentation = self.ui.organSegmentationSelector.currentNode()
+        with slicer.util.tryWithErrorDisplay(_("Phase detection failed."), waitCursor=True):
+            self.ui.enhancementLabel.text = self.logic.enhancementText(slug, ct, segmentation, detect=True)
+
+    # -- TotalSegmentator (PythonSlicer subprocess: the GUI stays live, the button is Cancel) ----
+
     def onRunTotalSegmentator(self) -> None:
+        if self._tsJob is not None:
+            self._tsJob.cancel()
+            self.onTotalSegmentatorTimer()
+            return
         ct = self._parameterNode.inputVolume if self._parameterNode else None
         if ct is None:
             slicer.util.warningDisplay(_("Select a CT volume first."))
             return
-        with slicer.util.tryWithErrorDisplay(_("TotalSegmentator failed."), waitCursor=True):
-            segmentation = self.logic.totalSegmentatorSegmentation(
-                ct, fast=self.ui.totalSegmentatorFastCheckBox.checked,
-                allowDownload=self.ui.totalSegmentatorAllowDownloadCheckBox.checked)
-            self._parameterNode.organSegmentation = segmentation
-            self.updateEnhancement()
+        fast = self.ui.totalSegmentatorFastCheckBox.checked
+        allowDownload = self.ui.totalSegmentatorAllowDownloadCheckBox.checked
+        workDir = tempfile.mkdtemp(prefix="pasta_totalseg_")
+        with slicer.util.tryWithErrorDisplay(_("Cannot start TotalSegmentator."), waitCursor=True):
+            ctPath = os.path.join(workDir, "ct.nii")
+            self.logic.saveVolume(ct, ctPath)
+            labelPath = os.path.join(workDir, "organs.nii.gz")
+            command = totalsegmentator_job.command(ctPath, labelPath, fast=fast, device="auto",
+                                                   allow_download=allowDownload)
+            self._tsJob = BatchJob(command, on_progress=self.onTotalSegmentatorProgress,
+                                   on_line=self.onTotalSegmentatorLine).start()
+            self._tsFinish = (labelPath, ct, workDir)
+            self.ui.runTotalSegmentatorButton.text = _("Cancel TotalSegmentator")
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("TotalSegmentator started")
+            self._tsTimer.start()
+        if self._tsJob is None:
+            shutil.rmtree(workDir, ignore_errors=True)
+
+    def onTotalSegmentatorProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def onTotalSegmentatorLine(self, line: str) -> None:
+        if line.strip():
+            self.ui.statusLabel.text = line.strip()[:200]
+
+    def onTotalSegmentatorTimer(self) -> None:
+        """Poll the TotalSegmentator job; when it ends, import its labels if the CT is still in the
+        scene (a closed scene or deleted CT discards them, never raises)."""
+        if self._tsJob is None:
+            self._tsTimer.stop()
+            return
+        state = self._tsJob.poll()
+        if state == "running":
+            return
+        self._tsTimer.stop()
+        job, self._tsJob = self._tsJob, None
+        labelPath, ct, workDir = self._tsFinish
+        self._tsFinish = None
+        self.ui.runTotalSegmentatorButton.text = _("Run TotalSegmentator")
+        self.ui.progressBar.hide()
+        try:
+            if state == "cancelled":
+                self.ui.statusLabel.text = _("TotalSegmentator cancelled")
+            elif state == "failed":
+                self.ui.statusLabel.text = _("TotalSegmentator failed")
+                lastError = next((line for line in reversed(job.output_tail.splitlines()) if line.startswith("error:")),
+                                 "")
+                slicer.util.errorDisplay(_("TotalSegmentator failed (exit code {code}). {error}").format(
+                    code=job.returncode, error=lastError), detailedText=job.output_tail)
+            else:
+                with slicer.util.tryWithErrorDisplay(_("Could not load the TotalSegmentator labels."), waitCursor=True):
+                    segmentation = self.logic.synthesis.import_totalsegmentator_labels(labelPath, ct)
+                    if segmentation is None or self._parameterNode is None:
+                        self.ui.statusLabel.text = _("The CT left the scene while TotalSegmentator ran: "
+                                                     "labels discarded")
+                    else:
+                        self._parameterNode.organSegmentation = segmentation
+                        self.ui.statusLabel.text = _("TotalSegmentator finished: {name}").format(
+                            name=segmentation.GetName())
+                        self.updateEnhancement()
+        finally:
+            shutil.rmtree(workDir, ignore_errors=True)
 
     def onLungMask(self) -> None:
         ct = self._parameterNode.inputVolume if self._parameterNode else None
@@ -439,7 +582,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.text = _("Apply")
         self.ui.batchGenerateButton.enabled = True
         self.ui.progressBar.hide()
-        self._checkCanApply()
+        self._checkCanApply()  # copes with no parameter node (scene closing)
         if state == "finished":
             self.ui.statusLabel.text = _("Batch generation finished")
         elif state == "cancelled":
@@ -695,18 +838,22 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
     def typicalSize(self, slug: str) -> float:
         return self.synthesis.typical_size_mm(slug)
 
-    def enhancementText(self, slug: str, ctNode=None, segmentationNode=None) -> str:
-        """Detected phase (aorta/IVC segments) plus the type's PASTA-Gen template phases."""
+    def enhancementText(self, slug: str, ctNode=None, segmentationNode=None, detect: bool = False) -> str:
+        """The type's PASTA-Gen template phases; with ``detect`` also the phase measured in the CT
+        (aorta/IVC segments), which reads the whole CT (on demand only)."""
         from PASTALib.labels import LesionType
 
         template = " or ".join(sorted(p.value for p in LesionType.parse(slug).template_phases))
+        if not detect:
+            return f"Template: {template} (Detect phase measures the CT)"
         _phase, explanation = self.synthesis.detect_enhancement(ctNode, segmentationNode)
         return f"{explanation} (template: {template})"
 
-    @staticmethod
-    def installDependencies() -> None:
-        """Install missing packages, torch first and pinned (SlicerPyTorch if present)."""
-        dependencies.install_in_slicer()
+    def saveVolume(self, volumeNode, path: str) -> None:
+        """Write a volume for a subprocess (uncompressed .nii: fast to write and to read)."""
+        import SimpleITK as sitk
+
+        sitk.WriteImage(self.synthesis.volume_to_sitk(volumeNode), path, path.endswith(".gz"))
 
     @staticmethod
     def specFromParameterNode(parameterNode) -> dict:
@@ -745,17 +892,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
 
     def lungMaskSegmentation(self, ctNode):
         return self.synthesis.lung_mask_segmentation(ctNode)
-
-    def totalSegmentatorSegmentation(self, ctNode, fast: bool = True, allowDownload: bool = False):
-        import importlib.util
-
-        device = "cpu"
-        if importlib.util.find_spec("torch") is not None:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        return self.synthesis.totalsegmentator_segmentation(ctNode, fast=fast, device=device,
-                                                            allow_download=allowDownload)
 
     @staticmethod
     def reportText(report: dict) -> str:

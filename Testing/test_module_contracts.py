@@ -280,8 +280,8 @@ def test_dependency_check_message():
         sys.path.remove(str(REPO / "PASTASynth"))
     report = dependencies.check_dependencies()
     assert report.ok, report.message  # the test venv has every dependency
-    missing = dependencies.check_dependencies((("surely_not_a_module_xyz", "xyz==1"), ("torch", "torch==2.13.0")))
-    assert not missing.ok and "xyz==1" in missing.message
-    plan = dependencies.install_plan(dependencies.DependencyReport(missing=[("monai", "monai==1.6.1"),
-                                                                            ("torch", "torch==2.13.0")]))
-    assert plan == ["torch==2.13.0", "monai==1.6.1"], "torch must be installed first, pinned"
+    absent = dependencies.PythonRequirement("surely-not-a-package-xyz", "xyz", "==1", "test")
+    missing = dependencies.check_dependencies([absent, dependencies.TORCH])
+    assert not missing.ok and "surely-not-a-package-xyz==1 (missing)" in missing.message
+    torch, others, private = dependencies.install_plan(missing)
+    assert torch is None and others == ["surely-not-a-package-xyz==1"] and private == []

@@ -423,9 +423,17 @@ class SegmentationReportLogic(MRMLLogicBase):
         Needs a CT read from DICOM (:meth:`dicom_source_of`). A lesion segment edited after the
         segmentation no longer matches its report's measurements: that is an error (re-segment).
         """
+        labels, instances, lesions, source = self.dicom_export_inputs(segmentation_node, ct_node)
+        return write_dicom_export(labels, instances, lesions, source, out_dir)
+
+    def dicom_export_inputs(self, segmentation_node, ct_node):
+        """``(labels, instances, lesions, source)`` for :func:`write_dicom_export`: the label and
+        lesion-instance images on the CT grid, one ``{index, report, details}`` per report card and
+        the DICOM source series. Reads no DICOM (on Slicer 5.10 the export itself runs in
+        ``PASTALogicLib.dicom_export_job``, a subprocess with pydicom 3)."""
         import SimpleITK as sitk
 
-        from PASTALib.dicom import DicomExportError, export_dicom
+        from PASTALib.dicom import DicomExportError
 
         source = self.dicom_source_of(ct_node)
         if source is None:
@@ -440,9 +448,8 @@ class SegmentationReportLogic(MRMLLogicBase):
             image = sitk.GetImageFromArray(array)
             image.CopyInformation(ct_image)
             images.append(image)
-        images = _onto_source_grid(images, source)
-        result = EditedResult(images[0], images[1], [EditedLesion.from_card(c) for c in cards])
-        return export_dicom(result, source, out_dir)
+        lesions = [{"index": c.index, "report": c.report, "details": dict(c.details)} for c in cards]
+        return images[0], images[1], lesions, source
 
     def _label_and_instance_arrays(self, segmentation_node, ct_node, cards: ReportCards):
         """PASTA label map and lesion-instance map (k, j, i) on the CT grid from the segments' tags."""
@@ -579,6 +586,20 @@ def _tag(segment, key: str) -> int | None:
     if not segment.GetTag(key, value) or not str(value).strip():
         return None
     return int(str(value))
+
+
+def write_dicom_export(labels, instances, lesions: Sequence[Mapping[str, Any]], source, out_dir) -> dict[str, Path]:
+    """The export step that reads the DICOM series (pydicom + highdicom): labels onto the series'
+    grid, then ``PASTALib.dicom.export_dicom`` with the cards' (edited) reports."""
+    from types import SimpleNamespace
+
+    from PASTALib.dicom import export_dicom
+
+    images = _onto_source_grid([labels, instances], Path(source))
+    cards = [SimpleNamespace(index=int(d["index"]), report=d["report"], details=dict(d.get("details") or {}))
+             for d in lesions]
+    result = EditedResult(images[0], images[1], [EditedLesion.from_card(c) for c in cards])
+    return export_dicom(result, source, out_dir)
 
 
 def _onto_source_grid(images: list, source: Path) -> list:

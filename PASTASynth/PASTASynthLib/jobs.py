@@ -11,6 +11,7 @@ Pure Python: no Slicer, Qt or PASTALib import.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -24,6 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PROGRESS = re.compile(r"^PROGRESS\s+(?P<value>[0-9.]+)(?P<unit>%|/(?P<total>[0-9]+))?\s*(?P<message>.*)$")
+
+#: Windows process creation flags (``subprocess`` defines them only on Windows): a new process
+#: group, so that cancel can kill the tree, and no console window (Slicer's own launcher hides
+#: it too: slicer.util.launchConsoleProcess, v5.12.3 Base/Python/slicer/util.py).
+CREATE_NEW_PROCESS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+CREATE_NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
 
 ProgressCallback = Callable[[float, str], None]
 LineCallback = Callable[[str], None]
@@ -45,17 +52,28 @@ def parse_progress(line: str) -> tuple[float, str] | None:
     return min(max(value, 0.0), 1.0), match["message"].strip()
 
 
-def pastalib_env(env: dict | None = None) -> dict:
-    """Environment where ``python -m PASTALib`` finds this PASTALib (PYTHONPATH prepended)."""
-    import importlib.util
+def popen_platform_kwargs(os_name: str | None = None) -> dict:
+    """Popen keyword arguments per platform: own process group (cancel kills the whole tree);
+    on Windows also no console window per subprocess."""
+    if (os_name or os.name) == "nt":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
 
+
+def pastalib_env(env: dict | None = None) -> dict:
+    """Environment where ``python -m PASTALib`` and ``python -m PASTASynthLib.<runner>`` find
+    this PASTALib and these helper packages (their folders prepended to PYTHONPATH)."""
     env = dict(os.environ if env is None else env)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    roots = []
     spec = importlib.util.find_spec("PASTALib")
     if spec is not None and spec.origin:
-        root = str(Path(spec.origin).resolve().parents[1])
-        parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        roots.append(str(Path(spec.origin).resolve().parents[1]))
+    roots.append(str(Path(__file__).resolve().parents[1]))  # the folder holding PASTASynthLib
+    for root in reversed(roots):
         if root not in parts:
-            env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+            parts.insert(0, root)
+    env["PYTHONPATH"] = os.pathsep.join(parts)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -70,6 +88,18 @@ def python_executable() -> str:
         if found:
             return found
     return sys.executable
+
+
+def nodes_in_scene(scene, *nodes) -> bool:
+    """True when every node is still in ``scene``. A job's finish handler checks the nodes it
+    writes into: closing the scene (or deleting the CT) while the job ran leaves them detached,
+    and touching them then would raise or write into nothing."""
+    if scene is None:
+        return False
+    for node in nodes:
+        if node is None or node.GetScene() is not scene or not scene.IsNodePresent(node):
+            return False
+    return True
 
 
 def cli_command(*args: str, python: str | None = None) -> list[str]:
@@ -124,14 +154,10 @@ class BatchJob:
     def start(self) -> BatchJob:
         if self.process is not None:
             raise RuntimeError("This job was already started")
-        kwargs: dict = {}
-        if os.name == "posix":
-            kwargs["start_new_session"] = True  # own process group: cancel kills the whole tree
-        else:
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
         self.process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", bufsize=1, cwd=self.cwd, env=self.env, **kwargs)
+            text=True, encoding="utf-8", errors="replace", bufsize=1, cwd=self.cwd, env=self.env,
+            **popen_platform_kwargs())
         self._reader = threading.Thread(target=self._read, name="pasta-batch-reader", daemon=True)
         self._reader.start()
         return self
@@ -213,7 +239,8 @@ class BatchJob:
             # Children that ignored SIGTERM (or outlived the parent) go too.
             self._signal_group(signal.SIGKILL)
         elif self.process.poll() is None:  # Windows: taskkill /T kills the tree
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True, check=False,
+                           creationflags=CREATE_NO_WINDOW)
         self.process.wait()
         if self._reader is not None:
             self._reader.join(timeout=grace)

@@ -408,6 +408,23 @@ class SynthesisLogic(MRMLLogicBase):
                                      allow_download=allow_download)
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} organs")
 
+    def import_totalsegmentator_labels(self, label_path: str | os.PathLike, ct_node, name: str | None = None):
+        """The label map written by ``PASTASynthLib.totalsegmentator_job`` as an organ segmentation
+        of ``ct_node``, or None when the CT left the scene while the job ran (scene closed, node
+        deleted): a finished job then adds nothing and raises nothing."""
+        from .jobs import nodes_in_scene
+
+        if not nodes_in_scene(self.scene, ct_node):
+            return None
+        from PASTALib.anatomy import OrganMasks, resample_labels_to
+        from PASTALib.anatomy.totalseg_classes import TOTAL_CLASSES
+        from PASTALib.io.image import read_label
+
+        ct_image = self.volume_to_sitk(ct_node)
+        labels = resample_labels_to(read_label(label_path), ct_image)
+        masks = OrganMasks(labels, dict(TOTAL_CLASSES), source="TotalSegmentator total")
+        return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} organs")
+
     # -- reports --------------------------------------------------------------------------
 
     @staticmethod
