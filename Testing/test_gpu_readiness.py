@@ -246,16 +246,23 @@ def test_benchmark_window_excludes_checkpoint_saves(tmp_path, monkeypatch):
 # --- the GPU check script: its CPU dry run ------------------------------------------------------------
 
 def test_gpu_check_dry_run(tmp_path):
-    """`scripts/gpu_check.sh --dry-run` runs the script's steps on the CPU at tiny sizes (the heavy ones
-    are reported as SKIP): every step PASSes or is skipped, and the summary is printed."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    """`scripts/gpu_check.sh --dry-run`: the environment report, the data preparation and a tiny stage-1
+    run for real on the CPU; every other step's command lines through the CLI's parser (a renamed or
+    removed option fails) and the benchmark scripts parsed; DDP / CUDA tests skipped; the summary line."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "PASTA_SHARED_DATA": str(SHARED_DATA)}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--work", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
-    lines = [line for line in out.splitlines() if line.startswith(("PASS ", "FAIL ", "SKIP "))]
-    assert not [line for line in lines if line.startswith("FAIL")], out
-    passed = {line.split()[1] for line in lines if line.startswith("PASS")}
-    assert {"prepare", "stage1_amp", "stage1_resume", "stage2", "segment", "refine_train", "refine_apply",
-            "finetune", "classify", "embed", "bench_train"} <= passed, out
-    assert "gpu_check: " in out and "0 failed" in out
+    status = {line.split()[1]: line.split()[0] for line in out.splitlines()
+              if line.startswith(("PASS ", "FAIL ", "SKIP ", "DRY  "))}
+    assert "FAIL" not in status.values(), out
+    assert {k for k, v in status.items() if v == "PASS"} == {"environment", "prepare", "stage1_amp"}, out
+    assert {k for k, v in status.items() if v == "DRY"} == {
+        "stage1_fp32", "stage1_fp16_scaler", "stage1_resume", "stage1_compile_cl_workers", "stage2", "segment",
+        "segment_mirror", "refine_train", "refine_apply", "finetune", "classify", "embed", "bench_train",
+        "bench_train_channels_last", "bench_refine", "bench_infer"}, out
+    assert {k for k, v in status.items() if v == "SKIP"} == {"stage1_ddp", "cuda_tests"}, out
+    assert (tmp_path / "s1_amp" / "model_final.pth").is_file() and (tmp_path / "logs" / "stage1_amp.log").is_file()
+    assert "gpu_check: 3 passed, 0 failed, 16 parsed only, 2 skipped" in out
