@@ -25,9 +25,13 @@ barrier). Resuming with the same world size is exact; with a different one the w
 and iteration are restored, the per-rank patch streams are re-seeded from (seed, rank, iteration)
 and a notice says the continuation is not bit-identical to any uninterrupted run.
 
+On CUDA the autocast dtype follows the GPU's compute capability (bf16 from sm_80, else fp16 with a
+GradScaler; ``amp_dtype`` forces one) and cuDNN benchmarks its algorithms for the fixed patch shape.
+
 Throughput options: ``num_workers`` (DataLoader worker processes making the batches, see
 data.IterationPatchBatches; default 0 on CPU, a few on CUDA), ``compile`` (torch.compile) and
-``channels_last`` (channels_last_3d memory format for the model and inputs).
+``channels_last`` (channels_last_3d memory format for the model and inputs; off by default because
+InstanceNorm3d returns the standard layout, so each convolution converts back - see BENCHMARKS.md).
 """
 
 from __future__ import annotations
