@@ -345,7 +345,7 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
         iteration = int(state["iteration"])
         resumed_from = iteration
         saved_world = int(state.get("world_size", 1))
-        saved_loader = state.get("loader", "stream")
+        saved_mode = state.get("loader", "stream")
         samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
         if saved_world == world:
             sampler.load_state_dict(samplers[rank])
@@ -356,8 +356,7 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
                 "iteration); the continuation is valid training but not bit-identical to an uninterrupted run")
             sampler = PatchSampler(cases, cfg.patch_size, seed=rank_seed(cfg.seed, rank, iteration), **sampler_kw)
             set_rng_state(rngs[0])
-        del state  # the model / optimizer tensors are copied; free the CPU copy of a large checkpoint
-        saved_mode = saved_loader
+        del state  # model and optimizer hold copies now; do not keep a 1.9 GB CPU copy for the whole run
         if saved_mode != loader_mode:
             log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the {loader_mode!r} one "
                 f"(--num-workers {'> 0' if num_workers else '0'}): valid training, not bit-identical to an "
