@@ -38,7 +38,11 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 export PYTHON
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export PASTA_SHARED_DATA="${PASTA_SHARED_DATA:-$REPO/../shared/data}"
+if [ -z "${PASTA_SHARED_DATA:-}" ]; then  # as Testing/conftest.py: ../shared/data (or shared/data inside the checkout)
+    PASTA_SHARED_DATA="$REPO/../shared/data"
+    [ -d "$PASTA_SHARED_DATA" ] || [ ! -d "$REPO/shared/data" ] || PASTA_SHARED_DATA="$REPO/shared/data"
+fi
+export PASTA_SHARED_DATA
 export QT_QPA_PLATFORM=offscreen
 KEEP=1
 if [ -z "$WORK" ]; then WORK="$(mktemp -d -t pasta_gpu_check.XXXXXX)"; KEEP=0; fi
