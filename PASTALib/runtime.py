@@ -51,11 +51,40 @@ def resolve_device(name: str | torch.device = "auto", *, error: type[PastaError]
     return device
 
 
-def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
-    """bf16 on CUDA when supported, else fp16 on CUDA; None (full precision) elsewhere."""
+#: Compute capability from which bf16 runs on tensor cores (Ampere, sm_80). Below it (V100 sm_70,
+#: T4 sm_75) ``torch.cuda.is_bf16_supported()`` may still say True because bf16 is emulated, and 3D
+#: convolutions then take a slow fallback path; fp16 (with a GradScaler when training) is native there.
+BF16_MIN_CAPABILITY = (8, 0)
+
+AMP_CHOICES = ("auto", "bf16", "fp16")
+
+
+def choose_amp_dtype(capability: tuple[int, int], prefer: str = "auto") -> torch.dtype:
+    """The autocast dtype for a CUDA device of compute ``capability``: bf16 from sm_80 (Ampere) on,
+    fp16 below; ``prefer`` = 'bf16' / 'fp16' forces one (e.g. to exercise the fp16 + GradScaler path)."""
+    if prefer not in AMP_CHOICES:
+        raise DeviceError(f"unknown AMP dtype {prefer!r}; use {', '.join(AMP_CHOICES)}")
+    if prefer == "bf16":
+        return torch.bfloat16
+    if prefer == "fp16":
+        return torch.float16
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
+def amp_dtype(device: torch.device, enabled: bool = True, prefer: str = "auto") -> torch.dtype | None:
+    """Autocast dtype on CUDA chosen from the compute capability of ``device`` itself (see
+    :func:`choose_amp_dtype`); None (full precision) when disabled or off CUDA."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return choose_amp_dtype(torch.cuda.get_device_capability(device), prefer)
+
+
+def configure_fixed_shape_training(device: torch.device) -> None:
+    """Let cuDNN benchmark its convolution algorithms once per input shape. Training runs see one
+    fixed patch / crop shape for thousands of steps, so the one-off search pays for itself; the
+    chosen algorithms may differ run to run (a resume is then exact only up to cuDNN, as documented)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):

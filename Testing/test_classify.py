@@ -104,7 +104,8 @@ def cohort(ts_data, tmp_path_factory):
 def _config(cohort, out: Path, **kw) -> ClassifyConfig:
     params = dict(task="detection", table=str(cohort.table), out=str(out), input_size=32, iterations=ITERATIONS,
                   batch_size=4, lr=1e-2, init=str(cohort.init), freeze_encoder=True, augment=False, seed=0,
-                  checkpoint_every=10, n_boot=200, progress_bar=False, crops_dir=str(cohort.crops))
+                  checkpoint_every=10, n_boot=200, progress_bar=False, crops_dir=str(cohort.crops),
+                  device="cpu")  # pinned: the runs are compared at 1e-5 with CPU runs (predict_table, resume)
     params.update(kw)
     return ClassifyConfig(**params)
 

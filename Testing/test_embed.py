@@ -294,13 +294,21 @@ def test_small_shift_changes_features_less_than_a_far_point(lung_cases, tiny_che
         assert r_shift > 0.9 > r_far
 
 
-def test_embedder_runs_on_cuda_when_available(tiny_checkpoint) -> None:
+@pytest.mark.cuda
+def test_embedder_runs_on_cuda_when_available(tiny_checkpoint, monkeypatch) -> None:
+    """Same features on CUDA as on the CPU. TF32 is switched off for the comparison: with cuDNN's TF32
+    convolutions (10-bit mantissa) features differ by ~1e-3 relative, which says nothing about the
+    code. What remains is fp32 summation order (cuDNN vs oneDNN kernels, InstanceNorm reductions):
+    ~1e-6 relative per layer, so 1e-4 relative to the features' norm is a bound with margin."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     emb = load_embedder(tiny_checkpoint, device="cuda", crop_size=32)
     cpu = load_embedder(tiny_checkpoint, device="cpu", crop_size=32)
     x = np.random.default_rng(0).uniform(-1000, 400, (2, 32, 32, 32)).astype(np.float32)
-    assert np.allclose(emb.embed_crops(x), cpu.embed_crops(x), atol=1e-4)
+    on_cuda, on_cpu = emb.embed_crops(x), cpu.embed_crops(x)
+    assert np.linalg.norm(on_cuda - on_cpu) <= 1e-4 * np.linalg.norm(on_cpu)
 
 
 def test_lesion_embedder_rejects_odd_device() -> None:

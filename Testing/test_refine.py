@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -260,9 +261,17 @@ def test_cli_train_and_apply(ts_data, synthesized, tmp_path, capsys):
     write_image(plain.ct, tmp_path / "ct.nii.gz")
     write_image(plain.labels, tmp_path / "label.nii.gz")
     rc = _cli(["refine", "apply", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "label.nii.gz"),
-               "--out", str(tmp_path / "refined"), "--checkpoint", str(out / "refiner.pt"), "--margin", "4", "--threads", "1"])
+               "--out", str(tmp_path / "refined"), "--checkpoint", str(out / "refiner.pt"), "--margin", "4", "--threads", "1",
+               "--device", "auto"])  # the documented default of the other commands: CUDA when there, else CPU
     assert rc == 0
     assert {p.name for p in (tmp_path / "refined").iterdir()} == {"ct.nii.gz", "label.nii.gz", "refine.json"}
+    assert json.loads((tmp_path / "refined" / "refine.json").read_text())["lesions"][0]["device"] == \
+        ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():  # a missing GPU: one clear error (main prints it as `error: ...`), no output
+        with pytest.raises(PastaError, match=r"--device cuda was requested but CUDA is not available.*--device cpu"):
+            _cli(["refine", "apply", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "label.nii.gz"),
+                  "--out", str(tmp_path / "on_cuda"), "--checkpoint", str(out / "refiner.pt"), "--device", "cuda"])
+        assert not (tmp_path / "on_cuda").exists()
     with pytest.raises(MissingWeightsError):
         _cli(["refine", "apply", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "label.nii.gz"),
               "--out", str(tmp_path / "x"), "--checkpoint", str(tmp_path / "missing.pt")])

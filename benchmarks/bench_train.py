@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import sys
 import tempfile
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.fixtures import test_data_root
 from PASTALib.model.preprocess import slf_normalize
 from PASTALib.model.unet import PastaUNet
+from PASTALib.runtime import amp_dtype, resolve_device
 from PASTALib.train import Stage1Config, discover_cases, load_case, train_stage1
 from PASTALib.train.data import PatchSampler
 from PASTALib.train.stage1 import deep_supervision_weights
@@ -49,9 +51,27 @@ from PASTALib.train.toydata import make_toy_dataset
 
 TS_DATA = test_data_root() / "totalsegmentator"
 
-#: dense bf16 tensor-core peaks (TFLOP/s) by device-name substring
-PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0,
-               "L4": 121.0, "V100": 125.0, "T4": 65.0}
+#: Dense tensor-core peaks (TFLOP/s, no sparsity) at the AMP dtype the device trains in: bf16 from
+#: Ampere on, fp16 on V100 / T4 (which train in fp16, see PASTALib.runtime.choose_amp_dtype). Keys are
+#: tuples of name tokens; a GPU matches an entry when all the entry's tokens are among its name's
+#: tokens, the entry with the most tokens winning ("NVIDIA L40" is not an L4, "H100 PCIe" not SXM).
+PEAK_TFLOPS: dict[tuple[str, ...], float] = {
+    ("H200",): 989.0, ("H100",): 989.0, ("H100", "PCIE"): 756.0, ("H100", "NVL"): 835.0, ("GH200",): 989.0,
+    ("A100",): 312.0, ("A800",): 312.0, ("L40S",): 362.0, ("L40",): 181.0, ("L4",): 121.0,
+    ("A10",): 125.0, ("A10G",): 70.0, ("A30",): 165.0, ("A40",): 150.0, ("V100",): 125.0, ("T4",): 65.0,
+}
+
+
+def name_tokens(name: str) -> set[str]:
+    """Upper-case alphanumeric tokens of a device name ('NVIDIA A100-SXM4-80GB' -> NVIDIA, A100, SXM4, 80GB)."""
+    return {t for t in re.split(r"[^A-Z0-9]+", name.upper()) if t}
+
+
+def peak_tflops(name: str) -> float | None:
+    """The table's peak for a CUDA device name, matched by whole tokens (None when unknown)."""
+    tokens = name_tokens(name)
+    matches = [key for key in PEAK_TFLOPS if set(key) <= tokens]
+    return PEAK_TFLOPS[max(matches, key=len)] if matches else None
 
 
 def peak_rss_mib() -> float:
@@ -75,13 +95,16 @@ def reference_loop(cfg: Stage1Config, iterations: int, warmup: int, device: torc
     from monai.losses import DiceCELoss
 
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as our loop (PASTALib.runtime.configure_fixed_shape_training)
     cases = [load_case(r, seed=cfg.seed + i) for i, r in enumerate(discover_cases(cfg.data))]
     sampler = PatchSampler(cases, cfg.patch_size, fg_fraction=cfg.fg_fraction, seed=cfg.seed)
     model = PastaUNet(cfg.model_config()).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.99, nesterov=True, weight_decay=3e-5)
     dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     weights = deep_supervision_weights(cfg.num_stages - 1)
-    dtype = torch.bfloat16 if device.type == "cuda" and cfg.amp else None
+    dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)  # the same autocast dtype as our loop
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     def criterion(outs, y):
         return sum(w * dice_ce(o.float(), y[:, :, ::2**i, ::2**i, ::2**i]) for i, (w, o) in enumerate(zip(weights, outs)) if w)
@@ -94,8 +117,13 @@ def reference_loop(cfg: Stage1Config, iterations: int, warmup: int, device: torc
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outs = model(x).segmentation
         loss = criterion(outs, y)
-        loss.backward()
-        opt.step()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         return x, y, criterion
 
     model.train()
@@ -119,21 +147,23 @@ def reference_loop(cfg: Stage1Config, iterations: int, warmup: int, device: torc
 
 
 def ours(cfg: Stage1Config, iterations: int, warmup: int, device: torch.device) -> dict:
-    """PASTALib's train_stage1; the first ``warmup`` iterations are excluded via the callback clock."""
+    """PASTALib's train_stage1, timed by the callback clock from the end of iteration max(warmup, 1)
+    over ``iterations`` iterations. One more iteration runs after the window: the last iteration
+    writes the final checkpoint (1.9 GB at full width), which is I/O, not training throughput."""
     stamps: dict[int, float] = {}
+    first = max(warmup, 1)
 
     def cb(it, row):
         if device.type == "cuda":
             torch.cuda.synchronize()
         stamps[it] = time.perf_counter()
-        if it == warmup and device.type == "cuda":
+        if it == first and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
 
-    cfg.iterations = iterations + warmup
+    cfg.iterations = first + iterations + 1
     train_stage1(cfg, callback=cb)
-    seconds = stamps[iterations + warmup] - stamps[warmup] if warmup else stamps[iterations] - min(stamps.values())
-    n = iterations if warmup else iterations - 1
-    out = {"it_per_s": n / seconds, "seconds": seconds}
+    start, end = stamps[first], stamps[first + iterations]
+    out = {"it_per_s": iterations / (end - start), "seconds": end - start, "window": (start, end)}
     if device.type == "cuda":
         out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -156,9 +186,12 @@ def main(argv=None) -> int:
     ap.add_argument("--num-workers", type=int, help="our loop: DataLoader workers (default: 0 on CPU, a few on CUDA)")
     ap.add_argument("--compile", action="store_true", help="our loop: torch.compile")
     ap.add_argument("--channels-last", action="store_true", help="our loop: channels_last_3d")
+    ap.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16"), default="auto",
+                    help="autocast dtype on CUDA, both loops (default: by compute capability)")
+    ap.add_argument("--toy-cases", type=int, default=4, help="toy cases to sample patches from")
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     width = {"base_channels": 64, "max_channels": 1024, "num_stages": 6} if args.full else {
@@ -167,9 +200,10 @@ def main(argv=None) -> int:
         data = Path(tmp) / "data"
         crop = tuple(min(max(args.patch, 48), n) for n in (112, 101, 122))
         make_toy_dataset(data, TS_DATA / "example_ct.nii.gz", TS_DATA / "example_seg_fast_force_split.nii.gz",
-                         n_cases=4, crop=crop, radius_vox=(4.5, 6.5), density_delta_hu=150, seed=0)
+                         n_cases=args.toy_cases, crop=crop, radius_vox=(4.5, 6.5), density_delta_hu=150, seed=0)
         cfg = Stage1Config(data=str(data), out=str(Path(tmp) / "run"), batch_size=args.batch, patch_size=(args.patch,) * 3,
                            device=str(device), progress_bar=False, checkpoint_every=10**6, resume=False,
+                           amp_dtype=args.amp_dtype,
                            num_threads=args.threads if device.type == "cpu" else None, **width)
         n_params = sum(p.numel() for p in PastaUNet(cfg.model_config()).parameters())
         ref = reference_loop(cfg, args.iterations, args.warmup, device)
@@ -181,12 +215,13 @@ def main(argv=None) -> int:
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({args.threads} threads)",
            "torch": torch.__version__, "patch": args.patch, "batch": args.batch, "params": n_params, **width,
            "iterations": args.iterations, "num_workers": args.num_workers, "compile": args.compile,
-           "channels_last": args.channels_last, "ours_it_per_s": mine["it_per_s"], "reference_it_per_s": ref["it_per_s"],
+           "channels_last": args.channels_last,
+           "amp_dtype": str(amp_dtype(device, cfg.amp, cfg.amp_dtype)).replace("torch.", ""), "ours_it_per_s": mine["it_per_s"], "reference_it_per_s": ref["it_per_s"],
            "ratio_ours_over_reference": mine["it_per_s"] / ref["it_per_s"], "flops_per_iteration": ref["flops_per_it"],
            "achieved_tflops_ours": ref["flops_per_it"] * mine["it_per_s"] / 1e12}
     if device.type == "cuda":
         name = res["device"]
-        peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        peak = args.peak_tflops or peak_tflops(name)
         res.update(gpu_peak_mib_ours=mine["gpu_peak_mib"], gpu_peak_mib_reference=ref["gpu_peak_mib"],
                    peak_tflops=peak, mfu_ours=(res["achieved_tflops_ours"] / peak) if peak else None)
     else:

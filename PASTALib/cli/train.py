@@ -25,6 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16 AMP)")
+    p.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16"),
+                   help="autocast dtype on CUDA (default auto: bf16 from compute capability 8.0 (Ampere) on, "
+                        "fp16 with a GradScaler on older GPUs such as V100 / T4)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if OUT/checkpoint_last.pt exists (default: resume from it)")
     p.add_argument("--threads", type=int, dest="num_threads", help="CPU threads for torch")
@@ -59,7 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="torch.compile the model (falls back to eager with a notice where unsupported)")
     s1.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
     s1.add_argument("--channels-last", action="store_true", default=None,
-                    help="channels_last_3d memory format for the model and inputs (often faster with AMP on GPUs)")
+                    help="channels_last_3d memory format for the model and inputs (off by default: PASTA's "
+                         "InstanceNorm3d layers convert the layout back and forth; see BENCHMARKS.md)")
     s1.set_defaults(func=_stage1)
 
     s2 = sub.add_parser("stage2", help="attribute head on the frozen UNet (lesion-centred crops, grouped CE, Adam)")

@@ -764,7 +764,7 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
                 on_iteration: Callable[[int, int, float], None] | None) -> tuple[PastaClassifier | None, int, list | None]:
     """Train one fold (resuming from its checkpoint_last.pt). Returns (model or None if stopped,
     iterations done, class weights)."""
-    from PASTALib.runtime import atomic_torch_save
+    from PASTALib.runtime import atomic_torch_save, configure_fixed_shape_training
     from PASTALib.train.common import (
         amp_dtype,
         autocast,
@@ -781,6 +781,7 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     dtype = amp_dtype(device, cfg.amp)
     scaler = make_grad_scaler(device, dtype)
+    configure_fixed_shape_training(device)  # every crop is input_size³
     loss_fn = make_loss(cfg.task, weights, device)
     ckpt = fold_dir / "checkpoint_last.pt"
     start = 0

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from PASTALib.runtime import amp_dtype
+from PASTALib.runtime import amp_dtype, resolve_device
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
@@ -73,7 +73,7 @@ class Refiner:
     def __init__(self, model: torch.nn.Module, config: RefinerConfig, device: str | torch.device = "cpu",
                  *, amp: bool = False, source: str | None = None) -> None:
         self.config = config
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # 'auto' -> CUDA when available; a missing GPU is a DeviceError
         self.model = model.to(self.device).eval()
         self.scheduler = build_scheduler(config)
         self.amp_dtype = amp_dtype(self.device, amp)

@@ -37,7 +37,7 @@ from PASTALib.refine.checkpoint import (
     read_checkpoint,
 )
 from PASTALib.refine.config import RefinerConfig
-from PASTALib.runtime import amp_dtype, atomic_torch_save, make_grad_scaler, optimizer_step
+from PASTALib.runtime import amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler, optimizer_step
 from PASTALib.runtime import resolve_device as _resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
@@ -180,6 +180,7 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     autocast_dtype = amp_dtype(device, options.amp)
+    configure_fixed_shape_training(device)  # one crop shape for the whole run
     t_start = time.perf_counter()
 
     torch.manual_seed(options.seed)  # weight init

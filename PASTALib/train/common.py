@@ -17,7 +17,15 @@ import torch
 
 from PASTALib import runtime
 from PASTALib.errors import PastaError
-from PASTALib.runtime import amp_dtype, atomic_torch_save, make_grad_scaler, optimizer_step  # noqa: F401  (part of train's API)
+from PASTALib.runtime import (  # noqa: F401  (part of train's API)
+    AMP_CHOICES,
+    amp_dtype,
+    atomic_torch_save,
+    choose_amp_dtype,
+    configure_fixed_shape_training,
+    make_grad_scaler,
+    optimizer_step,
+)
 
 
 class TrainingError(PastaError):
@@ -66,7 +74,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng_states(state["cuda"])
+
+
+def restore_cuda_rng_states(saved: Sequence[torch.Tensor]) -> int:
+    """Restore per-GPU RNG states for the GPUs both the checkpoint and this process have.
+
+    A checkpoint written on a node with more visible GPUs than this one (another machine, a smaller
+    CUDA_VISIBLE_DEVICES) holds states for devices that do not exist here; those are skipped, not an
+    IndexError (``set_rng_state_all`` indexes every saved state). Returns how many were restored."""
+    n = min(len(saved), torch.cuda.device_count())
+    for index in range(n):
+        torch.cuda.set_rng_state(saved[index], index)
+    return n
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -172,13 +192,23 @@ class TrainingOutOfMemoryError(TrainingError):
     """The training step ran out of (GPU) memory; the message says which settings to lower."""
 
 
+#: Markers of an allocation failure in a RuntimeError's message. cuDNN and cuBLAS report a failed
+#: workspace allocation with their own status codes, not with "out of memory"; a cuSOLVER/cuFFT
+#: handle that cannot be created for lack of memory likewise.
+OUT_OF_MEMORY_MARKERS = ("out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
+                         "cusolver_status_alloc_failed", "cufft_alloc_failed", "not enough memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError, or a RuntimeError whose message says 'out of memory' (CPU allocator,
-    cuDNN/cuBLAS workspace failures, MPS)."""
-    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
+    """torch.OutOfMemoryError (CUDA/MPS caching allocator), or a RuntimeError whose message names an
+    allocation failure: 'out of memory' (CUDA, MPS), the CPU allocator's 'not enough memory', cuDNN's
+    CUDNN_STATUS_ALLOC_FAILED, cuBLAS's CUBLAS_STATUS_ALLOC_FAILED."""
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                      if t is not None)
+    if oom_types and isinstance(exc, oom_types):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(marker in text for marker in OUT_OF_MEMORY_MARKERS)
 
 
 def out_of_memory_error(exc: BaseException, *, iteration: int, device: torch.device, batch_size: int,
@@ -187,7 +217,8 @@ def out_of_memory_error(exc: BaseException, *, iteration: int, device: torch.dev
              f"a smaller --batch-size (now {batch_size})"]
     if not amp and device.type == "cuda":
         hints.append("mixed precision (drop --no-amp)")
-    hints.append("--channels-last / fewer --base-channels for a smaller model")
+    # not --channels-last: it does not shrink activations, and with InstanceNorm3d it adds layout copies
+    hints.append("fewer --base-channels / --max-channels for a smaller model")
     where = "GPU" if device.type == "cuda" else device.type.upper()
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return TrainingOutOfMemoryError(
@@ -256,6 +287,18 @@ class DistContext:
 
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
+
+    def agree_on_resume(self, iteration: int | None, path: os.PathLike | str) -> int | None:
+        """Every rank's view of the checkpoint (its iteration, or None when this rank found none),
+        shared with all ranks: identical views return that iteration; different views (a node that
+        does not see OUT, or sees a stale copy) raise the same TrainingError on every rank, instead
+        of ranks training from different iterations and hanging at the first mismatched collective."""
+        views = self.all_gather_object(iteration)
+        if len(set(views)) <= 1:
+            return views[0]
+        seen = ", ".join(f"rank {r}: {'none' if v is None else f'iteration {v}'}" for r, v in enumerate(views))
+        raise TrainingError(f"the ranks disagree about {path} ({seen}); on several nodes --out must be one "
+                            "shared folder that every node reads and rank 0 writes (or use --no-resume)")
 
     def close(self) -> None:
         if self.initialised_here:

@@ -25,9 +25,13 @@ barrier). Resuming with the same world size is exact; with a different one the w
 and iteration are restored, the per-rank patch streams are re-seeded from (seed, rank, iteration)
 and a notice says the continuation is not bit-identical to any uninterrupted run.
 
+On CUDA the autocast dtype follows the GPU's compute capability (bf16 from sm_80, else fp16 with a
+GradScaler; ``amp_dtype`` forces one) and cuDNN benchmarks its algorithms for the fixed patch shape.
+
 Throughput options: ``num_workers`` (DataLoader worker processes making the batches, see
 data.IterationPatchBatches; default 0 on CPU, a few on CUDA), ``compile`` (torch.compile) and
-``channels_last`` (channels_last_3d memory format for the model and inputs).
+``channels_last`` (channels_last_3d memory format for the model and inputs; off by default because
+InstanceNorm3d returns the standard layout, so each convolution converts back - see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from PASTALib.model.checkpoint import load_pasta_checkpoint
 from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.train.common import (
+    AMP_CHOICES,
     DistContext,
     IterationCallback,
     MetricsCSV,
@@ -58,6 +63,7 @@ from PASTALib.train.common import (
     amp_dtype,
     atomic_torch_save,
     autocast,
+    configure_fixed_shape_training,
     init_distributed,
     make_grad_scaler,
     maybe_compile,
@@ -102,6 +108,9 @@ class Stage1Config:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    #: autocast dtype on CUDA: "auto" (bf16 from compute capability 8.0, else fp16 + GradScaler),
+    #: "bf16" or "fp16" (forces that dtype; fp16 always trains through a GradScaler)
+    amp_dtype: str = "auto"
     num_classes: int = 26
     base_channels: int = 64
     max_channels: int = 1024
@@ -135,6 +144,8 @@ class Stage1Config:
         if min(self.patch_size) // cfg.divisor < 2:
             raise TrainingError(f"patch size {self.patch_size} leaves a 1-voxel bottleneck (instance norm needs ≥ 2); "
                                 f"use ≥ {2 * cfg.divisor} or fewer stages")
+        if self.amp_dtype not in AMP_CHOICES:
+            raise TrainingError(f"unknown --amp-dtype {self.amp_dtype!r}; use {', '.join(AMP_CHOICES)}")
         if self.optimizer not in ("sgd", "adam"):
             raise TrainingError(f"unknown optimizer {self.optimizer!r}; use sgd or adam")
         if self.iterations < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
@@ -254,6 +265,26 @@ def _unused_parameters(model: PastaUNet, ds_weights: Sequence[float]) -> list[st
     return names
 
 
+def build_model_and_loss(cfg: Stage1Config, device: torch.device, *, init: str | None = None
+                         ) -> tuple[PastaUNet, DeepSupervisionLoss]:
+    """The stage-1 network (``init`` weights loaded, never-trained outputs frozen) and its loss, both
+    on ``device``: the loss holds the cross-entropy / Dice class-weight buffers when
+    ``lesion_weight`` is not 1, and they must sit where the logits are."""
+    mcfg = cfg.model_config()
+    model = PastaUNet(mcfg)
+    if init:
+        load_pasta_checkpoint(model, init, for_finetuning=True)
+    ds_weights = deep_supervision_weights(mcfg.num_stages - 1)
+    unused = set(_unused_parameters(model, ds_weights))
+    for name, p in model.named_parameters():
+        if name in unused:
+            p.requires_grad_(False)
+    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+    criterion = DeepSupervisionLoss(mcfg.num_stages - 1, class_weights(cfg.num_classes, cfg.lesion_weight)).to(device)
+    return model, criterion
+
+
 def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None,
                  stop: StopFlag | None = None) -> TrainResult:
     """Run (or resume) stage-1 training; returns where the model and metrics are. Under torchrun
@@ -293,21 +324,15 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
     loader_mode = "per-iteration" if num_workers > 0 else "stream"
 
     mcfg = cfg.model_config()
-    model = PastaUNet(mcfg)
-    if cfg.init and not (cfg.resume and ckpt_path.is_file()):
-        load_pasta_checkpoint(model, cfg.init, for_finetuning=True)
-    ds_weights = deep_supervision_weights(mcfg.num_stages - 1)
-    for name, p in model.named_parameters():
-        if name in set(_unused_parameters(model, ds_weights)):
-            p.requires_grad_(False)
-    memory_format = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
-    model.to(device=device, memory_format=memory_format)
+    init = cfg.init if cfg.init and not (cfg.resume and ckpt_path.is_file()) else None
+    model, criterion = build_model_and_loss(cfg, device, init=init)
+    configure_fixed_shape_training(device)
     optimizer = make_optimizer(model, cfg)
-    dtype = amp_dtype(device, cfg.amp)
+    dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
     scaler = make_grad_scaler(device, dtype)
-    criterion = DeepSupervisionLoss(mcfg.num_stages - 1, class_weights(cfg.num_classes, cfg.lesion_weight))
 
     iteration = 0
+    resumed_from: int | None = None
     cfg_json = _config_json(cfg)
     if cfg.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -318,7 +343,9 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         iteration = int(state["iteration"])
+        resumed_from = iteration
         saved_world = int(state.get("world_size", 1))
+        saved_mode = state.get("loader", "stream")
         samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
         if saved_world == world:
             sampler.load_state_dict(samplers[rank])
@@ -329,11 +356,13 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
                 "iteration); the continuation is valid training but not bit-identical to an uninterrupted run")
             sampler = PatchSampler(cases, cfg.patch_size, seed=rank_seed(cfg.seed, rank, iteration), **sampler_kw)
             set_rng_state(rngs[0])
-        saved_mode = state.get("loader", "stream")
+        del state  # model and optimizer hold copies now; do not keep a 1.9 GB CPU copy for the whole run
         if saved_mode != loader_mode:
             log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the {loader_mode!r} one "
                 f"(--num-workers {'> 0' if num_workers else '0'}): valid training, not bit-identical to an "
                 "uninterrupted run")
+    if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
+        dist_ctx.agree_on_resume(resumed_from, ckpt_path)
     if main:
         (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
         (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))

@@ -36,6 +36,7 @@ from PASTALib.weights import weights_path
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet
 from PASTALib.train.common import (
+    AMP_CHOICES,
     DistContext,
     IterationCallback,
     MetricsCSV,
@@ -46,6 +47,7 @@ from PASTALib.train.common import (
     amp_dtype,
     atomic_torch_save,
     autocast,
+    configure_fixed_shape_training,
     init_distributed,
     rank_seed,
     rng_state,
@@ -91,6 +93,7 @@ class Stage2Config:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    amp_dtype: str = "auto"  # autocast dtype of the frozen encoder on CUDA: auto (by compute capability), bf16, fp16
     resume: bool = True
     progress_lines: bool = False
     progress_bar: bool = True
@@ -254,16 +257,20 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
     batcher = LesionBatcher(cases, train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values,
                             cfg.seed if rank == 0 else rank_seed(cfg.seed, rank))
     optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    dtype = amp_dtype(device, cfg.amp)
+    if cfg.amp_dtype not in AMP_CHOICES:
+        raise TrainingError(f"unknown --amp-dtype {cfg.amp_dtype!r}; use {', '.join(AMP_CHOICES)}")
+    dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
+    configure_fixed_shape_training(device)
 
     iteration = 0
+    resumed_from: int | None = None
     cfg_json = _config_json(cfg)
     if cfg.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         check_resume_compatible(state["config"], cfg_json, ["crop_size", "batch_size", "lr", "seed", "val_fraction"], ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        iteration = int(state["iteration"])
+        iteration = resumed_from = int(state["iteration"])
         samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
         if int(state.get("world_size", 1)) == world:
             batcher.load_state_dict(samplers[rank])
@@ -275,6 +282,8 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
             set_rng_state(rngs[0])
     elif cfg.standardize_features:
         fold_feature_standardization(model, batcher, train_samples, device, cfg.batch_size)  # same data on every rank
+    if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
+        dist_ctx.agree_on_resume(resumed_from, ckpt_path)
     if main:
         (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
         (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
