@@ -250,7 +250,7 @@ def test_gpu_check_dry_run(tmp_path):
     run for real on the CPU; every other step's command lines through the CLI's parser (a renamed or
     removed option fails) and the benchmark scripts parsed; DDP / CUDA tests skipped; the summary line."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-           "PASTA_SHARED_DATA": str(SHARED_DATA)}
+           "PASTA_TEST_DATA": str(SHARED_DATA)}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run", "--work", str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout

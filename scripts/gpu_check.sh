@@ -11,8 +11,8 @@
 #   options: --work DIR (keep outputs and logs there; default a temporary folder, removed on success)
 #            --device cuda:N (default cuda)
 #
-# Needs the shared data (PASTA_SHARED_DATA, default ../shared/data: totalsegmentator/example_ct*,
-# pyradiomics lung1/lung2 for bench_refine). Every step writes WORK/logs/<step>.log; a FAIL line shows
+# Needs the real CT fixtures that scripts/fetch_test_data.sh fetches (run first; PASTA_TEST_DATA or its
+# cache folder: totalsegmentator/example_ct*, pyradiomics lung1/lung2 for bench_refine). Every step writes WORK/logs/<step>.log; a FAIL line shows
 # the log's last line. Exit status: 0 when no step failed.
 set -u -o pipefail
 
@@ -38,11 +38,9 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 export PYTHON
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-if [ -z "${PASTA_SHARED_DATA:-}" ]; then  # as Testing/conftest.py: ../shared/data (or shared/data inside the checkout)
-    PASTA_SHARED_DATA="$REPO/../shared/data"
-    [ -d "$PASTA_SHARED_DATA" ] || [ ! -d "$REPO/shared/data" ] || PASTA_SHARED_DATA="$REPO/shared/data"
-fi
-export PASTA_SHARED_DATA
+# the fixtures' folder, as Testing/conftest.py finds it (PASTA_TEST_DATA, else the fetch script's cache)
+PASTA_TEST_DATA="$("$PYTHON" "$REPO/scripts/fetch_test_data.py" --print-root)"
+export PASTA_TEST_DATA
 export QT_QPA_PLATFORM=offscreen
 KEEP=1
 if [ -z "$WORK" ]; then WORK="$(mktemp -d -t pasta_gpu_check.XXXXXX)"; KEEP=0; fi
@@ -125,10 +123,10 @@ import SimpleITK as sitk
 from PASTALib.train.toydata import make_toy_dataset
 
 work, dry = Path(os.environ["WORK"]), os.environ["DRY"] == "1"
-ts = Path(os.environ["PASTA_SHARED_DATA"]) / "totalsegmentator"
+ts = Path(os.environ["PASTA_TEST_DATA"]) / "totalsegmentator"
 ct, seg = ts / "example_ct.nii.gz", ts / "example_seg_fast_force_split.nii.gz"
 if not ct.is_file():
-    raise SystemExit(f"error: {ct} not found; set PASTA_SHARED_DATA to the shared data folder")
+    raise SystemExit(f"error: {ct} not found; run `bash scripts/fetch_test_data.sh` first")
 toy = work / "toy"
 make_toy_dataset(toy, ct, seg, n_cases=3 if dry else 4, crop=(48, 48, 48) if dry else (64, 64, 64),
                  radius_vox=(4.5, 6.5), density_delta_hu=150, lesions_per_case=2, seed=0)
