@@ -76,6 +76,8 @@ BLOCKS: dict[str, Run | Parse] = {
     "pasta data pasta-gen-30k --types lung_tumor,liver_tumor --per-type 20 --out pasta_gen_subset/": Parse(
         "downloads from the Hugging Face Hub (no internet here); Testing/test_pasta_gen_download.py runs it "
         "against a stand-in Hub on 127.0.0.1"),
+    "bash scripts/gpu_check.sh            # on a CUDA machine: every CUDA path once at tiny sizes + the 3 benchmarks": Parse(
+        "needs a CUDA GPU (or minutes of CPU with --cpu); Testing/test_gpu_readiness.py runs its --dry-run"),
 }
 
 
