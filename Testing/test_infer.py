@@ -26,6 +26,7 @@ from PASTALib.infer import InferenceConfig, InferenceError, load_model, resolve_
 from PASTALib.io import read_ct, read_label
 from PASTALib.synth import measure_lesion, validate_report
 
+import dicom_validators
 from conftest import PATCH, SPACING
 from conftest import segment_args as _args
 from conftest import segment_cli as _cli
@@ -122,6 +123,11 @@ def test_dicom_series_gives_seg_and_sr(ts_data, case, checkpoint, tmp_path):
     sr = hd.sr.srread(out / "sr.dcm")
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(reports)
+    lesions = [les for les in json.loads((out / "lesions.json").read_text()) if les["kind"] == "lesion"]
+    measured = dicom_validators.validate_export(
+        {"dicom_seg": out / "seg.dcm", "dicom_sr": out / "sr.dcm", "dicom_uids": out / "dicom_uids.json"},
+        ts_data / "example_ct_dicom", read_label(out / "labels.nii.gz"), reports, lesions, tmp_path / "validators")
+    print(f"dcmqi Dice per segment: {measured['dice']}")
     # reading the series again gives the same generated UIDs (deterministic)
     from PASTALib.dicom import GeneratedUIDWarning, read_source_series
 
@@ -135,7 +141,8 @@ def test_dicom_sr_measurements_equal_the_report(ts_data, checkpoint, tmp_path):
     from pydicom.sr.codedict import codes
 
     from PASTALib.anatomy import OrganMasks
-    from PASTALib.dicom import GeneratedUIDWarning, export_dicom
+    from PASTALib.dicom import GeneratedUIDWarning, attribute_name_code, attribute_wording, export_dicom
+    from PASTALib.dicom.export import ATTRIBUTE_KEYS
     from PASTALib.infer import report_lesions
 
     ct = read_ct(ts_data / "example_ct_dicom")
@@ -167,12 +174,15 @@ def test_dicom_sr_measurements_equal_the_report(ts_data, checkpoint, tmp_path):
         seg.ReferencedSeriesSequence[0].SeriesInstanceUID
     values = {m.name.meaning: m.value for m in group.get_measurements()}
     assert values["Volume"] == pytest.approx(report.volume_mm3)
-    assert values["Long axis"] == pytest.approx(round(lesion.longest_diameter_mm, 2))
     z, x, y = report.size_zxy_mm
     assert (values["Craniocaudal extent (Z)"], values["Right-left extent (X)"], values["Anterior-posterior extent (Y)"]) == (z, x, y)
-    evaluations = {q.name.meaning: q.value.meaning for q in group.get_qualitative_evaluations()}
-    assert evaluations == {"Enhancement status": report.enhancement, "Shape": report.shape, "Density": report.density,
-                           "Heterogeneity": report.heterogeneity, "Surface": report.surface, "Invasion": report.invasion}
+    evaluations = {q.name.value: attribute_wording(key, q.value) for q in group.get_qualitative_evaluations()
+                   for key in ATTRIBUTE_KEYS if q.name.value == attribute_name_code(key).value}
+    assert evaluations == {attribute_name_code(k).value: getattr(report, k) for k in ATTRIBUTE_KEYS}
+    reports_json = [json.loads(report.to_json())]
+    measured = dicom_validators.validate_export(files, ts_data / "example_ct_dicom", result.labels, reports_json,
+                                                [json.loads(json.dumps(lesion.details()))], tmp_path / "validators")
+    assert measured["dice"]["Lesion 1: Liver tumor (Liver)"] == 1.0
     assert group.finding_sites[0].value == codes.SCT.Liver
 
 

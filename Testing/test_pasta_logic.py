@@ -18,6 +18,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
+import dicom_validators  # noqa: E402
 from conftest import PATCH, SPACING, segment_args, segment_cli  # noqa: E402
 from PASTALogicLib import reports, scenarios  # noqa: E402
 from PASTALogicLib.logic import (  # noqa: E402
@@ -29,6 +30,7 @@ from PASTALogicLib.logic import (  # noqa: E402
 from PASTASynthLib import mrml  # noqa: E402
 
 from PASTALib.errors import MissingWeightsError, SpecificationError  # noqa: E402
+from PASTALib.io import read_label  # noqa: E402
 
 
 @pytest.fixture
@@ -149,7 +151,27 @@ def test_dicom_seg_sr_hold_the_edited_value(ctx, dicom_segmented, ts_data, tmp_p
     assert edited.SOPInstanceUID != original.SOPInstanceUID
     groups = original.content.get_volumetric_roi_measurement_groups()
     before = next(g for g in groups if g.tracking_identifier == f"Lesion {result['lesion']}")
-    assert {q.name.meaning: q.value.meaning for q in before.get_qualitative_evaluations()}["Density"] != result["density"]
+    assert scenarios.sr_attributes(before)["density"] != result["density"]
+    # both files pass dicom3tools and read back through dcmqi: the CLI's, and the edited one with the
+    # edited density (same voxels and measurements)
+    reports_json = json.loads((dicom_segmented / "reports.json").read_text())
+    lesions = [les for les in json.loads((dicom_segmented / "lesions.json").read_text()) if les["kind"] == "lesion"]
+    labels = read_label(dicom_segmented / "labels.nii.gz")
+    cli_files = {"dicom_seg": dicom_segmented / "seg.dcm", "dicom_sr": dicom_segmented / "sr.dcm",
+                 "dicom_uids": dicom_segmented / "dicom_uids.json"}
+    dicom_validators.validate_export(cli_files, ts_data / "example_ct_dicom", labels, reports_json, lesions,
+                                     tmp_path / "cli")
+    edited_reports = [{**r, "density": result["density"]} if les["index"] == result["lesion"] else r
+                      for r, les in zip(reports_json, lesions)]
+    measured = dicom_validators.validate_export(result["files"], ts_data / "example_ct_dicom", labels, edited_reports,
+                                                lesions, tmp_path / "edited")
+    print(f"module export, dcmqi Dice per segment: {measured['dice']}")
+    before_density = scenarios.sr_attributes(before)["density"]
+    wrong = [{**r, "density": before_density} if les["index"] == result["lesion"] else r
+             for r, les in zip(reports_json, lesions)]
+    with pytest.raises(AssertionError, match="density"):  # the edited SR does not pass for the unedited report
+        dicom_validators.validate_export(result["files"], ts_data / "example_ct_dicom", labels, wrong, lesions,
+                                         tmp_path / "wrong")
 
 
 # -- checkpoints and few-shot ----------------------------------------------------------------------

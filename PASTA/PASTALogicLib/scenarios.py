@@ -215,6 +215,16 @@ def _truncate(path: Path) -> None:
 # --- DICOM SEG + SR with the edited report -------------------------------------------------------
 
 
+def sr_attributes(group) -> dict[str, str]:
+    """Report attributes (key → exact wording) of a TID 1500 measurement group, decoded from its codes."""
+    from PASTALib.dicom import attribute_name_code, attribute_wording
+    from PASTALib.dicom.export import ATTRIBUTE_KEYS
+
+    names = {attribute_name_code(key).value: key for key in ATTRIBUTE_KEYS}
+    return {names[q.name.value]: attribute_wording(names[q.name.value], q.value)
+            for q in group.get_qualitative_evaluations() if q.name.value in names}
+
+
 def scenario_dicom_export(ctx: MRMLContext, dicom_folder, out_dir, work_dir) -> dict:
     """A CT read from a DICOM series, its `pasta segment` outputs imported and one card edited:
     the exported SEG has one segment per lesion with its voxels, the SR holds the edited value."""
@@ -236,8 +246,8 @@ def scenario_dicom_export(ctx: MRMLContext, dicom_folder, out_dir, work_dir) -> 
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(imported.cards)
     first = next(g for g in groups if g.tracking_identifier == f"Lesion {card.index}")
-    evaluations = {q.name.meaning: q.value.meaning for q in first.get_qualitative_evaluations()}
-    assert evaluations["Density"] == density, evaluations
+    evaluations = sr_attributes(first)
+    assert evaluations["density"] == density, evaluations
     seg = hd.seg.segread(files["dicom_seg"])
     lesions = {int(les["index"]): les for les in (c.details for c in imported.cards)}
     for description in seg.SegmentSequence:

@@ -6,17 +6,26 @@ measurement report (Comprehensive 3D SR) referencing the source CT series, with 
 """
 
 from PASTALib.dicom.export import (
+    PASTA_CODES,
     PASTA_CODING_SCHEME,
+    SEGMENT_RGB,
     DicomExportError,
     GeneratedUIDWarning,
     SourceSeries,
+    apply_dicom_uids,
+    attribute_code,
+    attribute_name_code,
+    attribute_wording,
     build_segmentation,
     build_sr,
     export_dicom,
+    long_axis_points,
     read_source_series,
+    type_uncertain,
 )
 
 __all__ = [
-    "PASTA_CODING_SCHEME", "DicomExportError", "GeneratedUIDWarning", "SourceSeries", "build_segmentation",
-    "build_sr", "export_dicom", "read_source_series",
+    "PASTA_CODES", "PASTA_CODING_SCHEME", "SEGMENT_RGB", "DicomExportError", "GeneratedUIDWarning", "SourceSeries",
+    "apply_dicom_uids", "attribute_code", "attribute_name_code", "attribute_wording", "build_segmentation", "build_sr", "export_dicom",
+    "long_axis_points", "read_source_series", "type_uncertain",
 ]

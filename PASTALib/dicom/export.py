@@ -9,9 +9,15 @@ on the same files gives the same UIDs and the SEG and SR agree with each other. 
 source series can be re-labelled to match (a PACS holding the original empty-UID series cannot
 link them otherwise).
 
-Codes: SNOMED CT for organs and lesion morphology; the five PASTA attributes and the enhancement
-use the private coding scheme ``99PASTA`` (code value = meaning = the report's exact wording),
-because standard codes do not map one-to-one onto the paper's wording.
+Codes: SNOMED CT (SCT) and DICOM (DCM) codes wherever one exists for the concept (organs, lesion
+morphology, Shape, Round, Irregular, Margins, Well/Poorly defined, Lesion Density, Homogeneous);
+the rest of the report vocabulary uses the private coding scheme ``99PASTA`` (:data:`PASTA_CODES`):
+one fixed code per attribute value, every Code Value at most 16 characters (the SH limit of Code
+Value, PS3.3 8.1 — longer ones would need Long Code Value), declared in each file's Coding Scheme
+Identification Sequence. Each SEG segment carries the recommended display colour of its
+terminology entry (3D Slicer's SNOMED CT terminology, :data:`SEGMENT_RGB`); the SR gives each
+lesion a SCOORD3D centroid (on its volume) and long axis (on its long-axis measurement) in the
+source series' frame of reference, so a viewer can draw and jump to it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import PastaError
-from PASTALib.labels import LesionType, Organ
+from PASTALib.labels import LesionType, Organ, Phase
 
 PASTA_CODING_SCHEME = "99PASTA"
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs below are content hashes under it
@@ -136,6 +142,50 @@ def read_source_series(path: str | os.PathLike) -> SourceSeries:
 
 # --- codes ------------------------------------------------------------------------------------
 
+#: The private ``99PASTA`` vocabulary: Code Value (≤ 16 characters) → Code Meaning. Only concepts
+#: without a standard SCT/DCM code are here; :func:`attribute_code` maps the report wording.
+PASTA_CODES: dict[str, str] = {
+    "ENHANCEMENT": "Enhancement status", "PLAIN-CT": "Plain CT", "ENHANCED-CT": "Enhanced CT",
+    "WALL-THICKENING": "Wall thickening", "PUNCTATE-NODULAR": "Punctate, nodular",
+    "DENSITY-HYPO": "Hypodense", "DENSITY-ISO": "Isodense", "DENSITY-HYPER": "Hyperdense",
+    "HETEROGENEITY": "Heterogeneity", "HETEROGENEOUS": "Heterogeneous",
+    "INVASION": "Relationship with surrounding structures",
+    "INVASION-NONE": "No close relationship with surrounding structures",
+    "INVASION-ADJ": "Close relationship with adjacent structures",
+    "EXTENT-CC": "Craniocaudal extent (Z)", "EXTENT-RL": "Right-left extent (X)",
+    "EXTENT-AP": "Anterior-posterior extent (Y)",
+    "LESION-TYPE": "PASTA lesion type", "TYPE-CERTAINTY": "Lesion type certainty",
+    **{f"LESION-{int(t)}": t.display_name for t in LesionType},
+}
+
+
+def pasta_code(value: str):
+    """The private ``99PASTA`` code with this Code Value (a KeyError for any other value)."""
+    from pydicom.sr.coding import Code
+
+    return Code(value, PASTA_CODING_SCHEME, PASTA_CODES[value])
+
+
+def coding_scheme_identification() -> Any:
+    """Coding Scheme Identification Sequence item declaring ``99PASTA`` (PS3.3 C.12.1)."""
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodingSchemeDesignator = PASTA_CODING_SCHEME
+    item.CodingSchemeName = "PASTA structured report vocabulary"
+    item.CodingSchemeVersion = "1"
+    item.CodingSchemeResponsibleOrganization = "SlicerPASTA"
+    return item
+
+
+def _declare_pasta_scheme(ds: Any) -> None:
+    from pydicom.sequence import Sequence
+
+    existing = list(ds.get("CodingSchemeIdentificationSequence", []))
+    if not any(i.get("CodingSchemeDesignator") == PASTA_CODING_SCHEME for i in existing):
+        ds.CodingSchemeIdentificationSequence = Sequence([*existing, coding_scheme_identification()])
+
+
 def _organ_code(organ: Organ):
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -149,10 +199,12 @@ def _organ_code(organ: Organ):
     return table[Organ(organ)]
 
 
-def _lesion_code(lesion: LesionType):
+def _lesion_code(lesion: LesionType, uncertain: bool = False):
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
+    if uncertain:
+        return codes.SCT.Lesion  # the organ it sits in has no such lesion type: say only "lesion"
     lesion = LesionType(lesion)
     if lesion in (LesionType.LIVER_CYST, LesionType.PANCREAS_CYST, LesionType.KIDNEY_CYST):
         return codes.SCT.Cyst
@@ -163,6 +215,37 @@ def _lesion_code(lesion: LesionType):
     return codes.SCT.Neoplasm
 
 
+#: Recommended display colour (sRGB) per segmented property type code value: the
+#: ``recommendedDisplayRGBValue`` of 3D Slicer's terminology (SegmentationCategoryTypeModifier-
+#: SlicerGeneralAnatomy / -DICOM-Master). SCT 14742008 "Large intestine" takes Slicer's "Colon".
+#: Neoplasm, Metastasis and Lesion have no colour there: they take the entry of the same category
+#: that has one ("Mass"); Calculus has no entry at all: a stone-like pale yellow of PASTA's own.
+SEGMENT_RGB: dict[str, tuple[int, int, int]] = {
+    "39607008": (197, 165, 145),  # Lung
+    "10200004": (221, 130, 101),  # Liver
+    "28231008": (139, 150, 98),  # Gallbladder
+    "15776009": (249, 180, 111),  # Pancreas
+    "32849002": (211, 171, 143),  # Esophagus
+    "69695003": (216, 132, 105),  # Stomach
+    "14742008": (204, 168, 143),  # Large intestine (Slicer: Colon)
+    "64033007": (185, 102, 83),  # Kidney
+    "89837001": (222, 154, 132),  # Urinary bladder
+    "272673000": (241, 214, 145),  # Bone
+    "367643001": (205, 205, 100),  # Cyst
+    "4147007": (144, 238, 144),  # Mass
+    "108369006": (144, 238, 144),  # Neoplasm → Mass
+    "128462008": (144, 238, 144),  # Metastasis → Mass
+    "52988006": (144, 238, 144),  # Lesion (type uncertain) → Mass
+    "56381008": (255, 250, 160),  # Calculus (no terminology entry)
+}
+
+
+def _display_colour(code: Any):
+    import highdicom as hd
+
+    return hd.color.CIELabColor.from_rgb(*SEGMENT_RGB[str(code.value)])
+
+
 def _laterality(location: str):
     from pydicom.sr.codedict import codes
 
@@ -170,18 +253,56 @@ def _laterality(location: str):
     return codes.SCT.Right if low.startswith("right ") else codes.SCT.Left if low.startswith("left ") else None
 
 
-def pasta_code(wording: str, meaning: str | None = None):
-    """A private ``99PASTA`` code whose value is derived from the wording (≤ 16 characters)."""
+ATTRIBUTE_KEYS = ("enhancement", "shape", "density", "heterogeneity", "surface", "invasion")
+
+
+def attribute_name_code(key: str):
+    """Concept name of a report attribute in the SR (standard where one exists)."""
+    from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    value = "".join(w[:1].upper() + w[1:] for w in wording.replace(",", " ").replace("-", " ").split())[:16]
-    return Code(value, PASTA_CODING_SCHEME, meaning or wording)
+    return {
+        "enhancement": pasta_code("ENHANCEMENT"), "shape": codes.SCT.Shape,
+        "density": Code("111035", "DCM", "Lesion Density"), "heterogeneity": pasta_code("HETEROGENEITY"),
+        "surface": Code("111037", "DCM", "Margins"), "invasion": pasta_code("INVASION"),
+    }[key]
 
 
-ATTRIBUTE_NAMES = {
-    "enhancement": "Enhancement status", "shape": "Shape", "density": "Density",
-    "heterogeneity": "Heterogeneity", "surface": "Surface", "invasion": "Invasion",
-}
+def _attribute_value_codes() -> dict[str, dict[str, Any]]:
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+
+    return {
+        "enhancement": {Phase.PLAIN.value: pasta_code("PLAIN-CT"), Phase.ENHANCED.value: pasta_code("ENHANCED-CT")},
+        "shape": {Shape.ROUND.value: Code("42700002", "SCT", "Round"), Shape.IRREGULAR.value: codes.SCT.Irregular,
+                  Shape.WALL_THICKENING.value: pasta_code("WALL-THICKENING"),
+                  Shape.PUNCTATE.value: pasta_code("PUNCTATE-NODULAR")},
+        "density": {Density.HYPO.value: pasta_code("DENSITY-HYPO"), Density.ISO.value: pasta_code("DENSITY-ISO"),
+                    Density.HYPER.value: pasta_code("DENSITY-HYPER")},
+        "heterogeneity": {Heterogeneity.HOMOGENEOUS.value: codes.DCM.Homogeneous,
+                          Heterogeneity.HETEROGENEOUS.value: pasta_code("HETEROGENEOUS")},
+        "surface": {Surface.WELL_DEFINED.value: codes.SCT.WellDefined,
+                    Surface.ILL_DEFINED.value: codes.SCT.PoorlyDefined},
+        "invasion": {Invasion.NONE.value: pasta_code("INVASION-NONE"), Invasion.ADJACENT.value: pasta_code("INVASION-ADJ")},
+    }
+
+
+def attribute_code(key: str, wording: str):
+    """The SR value code of a report attribute's exact wording (one code per value)."""
+    try:
+        return _attribute_value_codes()[key][wording]
+    except KeyError:
+        raise DicomExportError(f"report attribute {key}={wording!r} has no DICOM code; fix the report wording") from None
+
+
+def attribute_wording(key: str, code: Any) -> str:
+    """The report wording of an SR value code (the inverse of :func:`attribute_code`)."""
+    for wording, c in _attribute_value_codes()[key].items():
+        if (c.value, c.scheme_designator) == (str(code.value), str(code.scheme_designator)):
+            return wording
+    raise KeyError(f"{key}: no report wording for {code}")
 
 
 # --- SEG --------------------------------------------------------------------------------------
@@ -228,10 +349,13 @@ def build_segmentation(result: Any, source: SourceSeries, *, include_organs: boo
                 continue
             number += 1
             seg_map[mask] = number
+            # Slicer's terminology files bone under "Tissue", the other organs under "Anatomical Structure"
+            category = codes.SCT.Tissue if organ is Organ.BONE else codes.SCT.AnatomicalStructure
             descriptions.append(hd.seg.SegmentDescription(
                 segment_number=number, segment_label=organ.display_name,
-                segmented_property_category=codes.SCT.AnatomicalStructure, segmented_property_type=_organ_code(organ),
+                segmented_property_category=category, segmented_property_type=_organ_code(organ),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+                display_color=_display_colour(_organ_code(organ)),
             ))
     lesion_segments: dict[int, int] = {}
     digest = _digest(result)
@@ -239,13 +363,16 @@ def build_segmentation(result: Any, source: SourceSeries, *, include_organs: boo
         number += 1
         seg_map[instances == f.index] = number
         lesion_segments[f.index] = number
+        uncertain = type_uncertain(f)
+        kind = "lesion of uncertain type" if uncertain else f.lesion_type.display_name
+        property_type = _lesion_code(f.lesion_type, uncertain)
         descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=f"Lesion {f.index}: {f.lesion_type.display_name} ({f.location})"[:64],
+            segment_number=number, segment_label=f"Lesion {f.index}: {kind} ({f.location})"[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=_lesion_code(f.lesion_type),
+            segmented_property_type=property_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
             tracking_uid=_uid("lesion", source.series_uid, digest, str(f.index)), tracking_id=f"Lesion {f.index}",
-            anatomic_regions=[_organ_code(f.organ)],
+            anatomic_regions=[_organ_code(f.organ)], display_color=_display_colour(property_type),
         ))
     if not descriptions:
         raise DicomExportError("nothing was segmented (no organ, no lesion): no DICOM SEG to write")
@@ -262,6 +389,27 @@ def build_segmentation(result: Any, source: SourceSeries, *, include_organs: boo
     return seg, lesion_segments
 
 
+def type_uncertain(finding: Any) -> bool:
+    """Whether a lesion's type is reported as uncertain: marked so by find_lesions, or its type belongs
+    to another organ than its location (e.g. a location edited in the PASTA module)."""
+    return bool(finding.details().get("type_uncertain", False)) or finding.lesion_type.organ != finding.organ
+
+
+def long_axis_points(instances: sitk.Image, index: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """Length (mm) and LPS end points of lesion ``index``'s long axis in an instance map (the same
+    measure as ``LesionFinding.longest_diameter_mm``)."""
+    from scipy import ndimage
+
+    from PASTALib.infer.lesions import longest_axis_mm
+
+    array = sitk.GetArrayViewFromImage(instances)
+    boxes = ndimage.find_objects((array == index).astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        raise DicomExportError(f"lesion {index} has no voxel in the instance map; re-segment")
+    box = boxes[0]
+    return longest_axis_mm(array[box] == index, instances, [b.start for b in box])
+
+
 def _version() -> str:
     from PASTALib import __version__
 
@@ -270,10 +418,37 @@ def _version() -> str:
 
 # --- SR (TID 1500) ----------------------------------------------------------------------------
 
+def _coordinates_group(finding: Any, report: Any, instances: sitk.Image, frame_of_reference: str, tracking: Any,
+                       finding_type: Any, site: Any) -> Any:
+    """TID 1501 group of a lesion (same tracking identifier as its TID 1411 group): the long axis
+    measurement INFERRED FROM a SCOORD3D polyline (its two end points) and the centroid SCOORD3D
+    point, in the source frame of reference (LPS mm). TID 1411 forbids coordinates on its
+    measurements (its region is the SEG segment), hence a group of its own; viewers merge groups by
+    tracking UID (OHIF draws the axis and jumps to it)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    _length, end_a, end_b = long_axis_points(instances, finding.index)
+    long_axis = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE, graphic_data=np.stack([end_a, end_b]).astype(float),
+        frame_of_reference_uid=frame_of_reference, purpose=Code("121112", "DCM", "Source of Measurement"))
+    centroid = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.asarray([report.centre_mm], float),
+        frame_of_reference_uid=frame_of_reference, purpose=Code("121226", "DCM", "Approximate spatial location"))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking, finding_type=finding_type, finding_sites=[site],
+        measurements=[hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(float(finding.longest_diameter_mm), 2),
+                                        unit=codes.UCUM.Millimeter, referenced_coordinates=[long_axis, centroid])],
+        algorithm_id=hd.sr.AlgorithmIdentification(name="PASTA", version=_version()),
+    )
+
+
 def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[int, int]) -> Any:
-    """Comprehensive 3D SR with a TID 1500 Measurement Report: per lesion a volumetric ROI group
-    (TID 1411) referencing its SEG segment and the source series, with volume, longest diameter,
-    the three extents, mean HU, and the report attributes as coded qualitative evaluations."""
+    """Comprehensive 3D SR with a TID 1500 Measurement Report. Per lesion a volumetric ROI group
+    (TID 1411) referencing its SEG segment and the source series, with volume, the three extents,
+    mean HU, and the report attributes as coded qualitative evaluations; and a TID 1501 group with
+    the same tracking identifier holding the long axis with its SCOORD3D end points and centroid."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
@@ -286,6 +461,7 @@ def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[
     )
     context = hd.sr.ObservationContext(observer_device_context=observer)
     groups = []
+    frame_of_reference = str(source.datasets[0].FrameOfReferenceUID)
     for f in result.lesions:
         r = f.report
         laterality = _laterality(f.location)
@@ -293,37 +469,47 @@ def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[
         z, x, y = r.size_zxy_mm
         measurements = [
             hd.sr.Measurement(name=codes.SCT.Volume, value=float(r.volume_mm3), unit=codes.UCUM.CubicMillimeter),
-            hd.sr.Measurement(name=codes.SCT.LongAxis, value=round(float(f.longest_diameter_mm), 2), unit=codes.UCUM.Millimeter),
-            hd.sr.Measurement(name=pasta_code("Craniocaudal extent", "Craniocaudal extent (Z)"), value=float(z), unit=codes.UCUM.Millimeter),
-            hd.sr.Measurement(name=pasta_code("Right-left extent", "Right-left extent (X)"), value=float(x), unit=codes.UCUM.Millimeter),
-            hd.sr.Measurement(name=pasta_code("Anteroposterior extent", "Anterior-posterior extent (Y)"), value=float(y), unit=codes.UCUM.Millimeter),
-            hd.sr.Measurement(name=codes.DCM.MeanAttenuationCoefficient if hasattr(codes.DCM, "MeanAttenuationCoefficient") else Code("112031", "DCM", "Attenuation Coefficient"),
-                              value=float(r.mean_hu), unit=codes.UCUM.HounsfieldUnit),
+            hd.sr.Measurement(name=pasta_code("EXTENT-CC"), value=float(z), unit=codes.UCUM.Millimeter),
+            hd.sr.Measurement(name=pasta_code("EXTENT-RL"), value=float(x), unit=codes.UCUM.Millimeter),
+            hd.sr.Measurement(name=pasta_code("EXTENT-AP"), value=float(y), unit=codes.UCUM.Millimeter),
+            hd.sr.Measurement(name=codes.DCM.MeanAttenuationCoefficient, value=float(r.mean_hu),
+                              unit=codes.UCUM.HounsfieldUnit),
         ]
+        uncertain = type_uncertain(f)
         evaluations = [
-            hd.sr.QualitativeEvaluation(name=pasta_code(ATTRIBUTE_NAMES[key]), value=pasta_code(getattr(r, key)))
-            for key in ("enhancement", "shape", "density", "heterogeneity", "surface", "invasion")
+            hd.sr.QualitativeEvaluation(name=attribute_name_code(key), value=attribute_code(key, getattr(r, key)))
+            for key in ATTRIBUTE_KEYS
         ]
+        evaluations.append(hd.sr.QualitativeEvaluation(name=pasta_code("LESION-TYPE"),
+                                                       value=pasta_code(f"LESION-{int(f.lesion_type)}")))
+        if uncertain:
+            evaluations.append(hd.sr.QualitativeEvaluation(name=pasta_code("TYPE-CERTAINTY"),
+                                                           value=Code("64957009", "SCT", "Uncertain")))
+        tracking = hd.sr.TrackingIdentifier(uid=_uid("lesion", source.series_uid, digest, str(f.index)),
+                                            identifier=f"Lesion {f.index}")
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid("lesion", source.series_uid, digest, str(f.index)),
-                                                         identifier=f"Lesion {f.index}"),
+            tracking_identifier=tracking,
             referenced_segment=hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=lesion_segments[f.index],
                 source_series=hd.sr.SourceSeriesForSegmentation(source.series_uid)),
-            finding_type=_lesion_code(f.lesion_type), finding_sites=[site],
+            finding_type=_lesion_code(f.lesion_type, uncertain), finding_sites=[site],
             measurements=measurements, qualitative_evaluations=evaluations,
             algorithm_id=hd.sr.AlgorithmIdentification(name="PASTA", version=_version()),
         ))
+        groups.append(_coordinates_group(f, r, result.instances, frame_of_reference, tracking,
+                                         _lesion_code(f.lesion_type, uncertain), site))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
         imaging_measurements=groups or None,
     )
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[*source.datasets, seg], content=report[0],
         series_instance_uid=_uid("sr-series", source.series_uid, digest), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=_uid("sr", source.series_uid, digest), instance_number=1, manufacturer="PASTALib",
         is_complete=True, is_final=False, is_verified=False, series_description="PASTA structured report",
     )
+    _declare_pasta_scheme(sr)
+    return sr
 
 
 def _save(ds: Any, path: Path) -> Path:
@@ -334,6 +520,30 @@ def _save(ds: Any, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def apply_dicom_uids(source_folder: str | os.PathLike, uids_file: str | os.PathLike,
+                     out_folder: str | os.PathLike) -> list[Path]:
+    """Copies of the source series files with the UIDs of ``dicom_uids.json`` filled in (pixel data
+    untouched), so a PACS can link the SEG/SR to them: what to send instead of an empty-UID series."""
+    import pydicom
+
+    uids = json.loads(Path(uids_file).read_text())
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, instance in sorted(uids["files"].items()):
+        src = Path(source_folder) / name
+        if not src.is_file():
+            raise DicomExportError(f"{src} is listed in {uids_file} but missing; pass the folder the SEG/SR were made from")
+        ds = pydicom.dcmread(str(src))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = instance["SOPInstanceUID"]
+        ds.SOPClassUID = instance["SOPClassUID"]
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
+        if "FrameOfReferenceUID" in uids:
+            ds.FrameOfReferenceUID = uids["FrameOfReferenceUID"]
+        written.append(_save(ds, out / name))
+    return written
 
 
 def export_dicom(result: Any, source_path: str | os.PathLike, out_dir: str | os.PathLike, *,

@@ -9,6 +9,7 @@ report's size, volume and HU equal what is measured back from ``labels.nii.gz``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.model.attributes import AttributePrediction, decode_attributes
 from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
 from PASTALib.synth.report import StructuredReport, measure_lesion
+
+logger = logging.getLogger(__name__)
 
 LESION_MIN, LESION_MAX = 11, 25
 #: measure_lesion's shell around the lesion in which the organ HU is taken (mm).
@@ -44,6 +47,9 @@ class LesionFinding:
     measurement: dict[str, Any]  # measure_lesion output (extents_xyz_mm, volume_mm3, centre_mm, mean_hu, ...)
     longest_diameter_mm: float
     organ_votes: dict[int, int] = field(default_factory=dict)
+    #: the predicted lesion classes belong to another organ than the one the lesion sits in: the
+    #: location is the organ, the type is the network's majority class and is reported as uncertain
+    type_uncertain: bool = False
     attributes: AttributePrediction | None = None
     report: StructuredReport | None = None
 
@@ -73,14 +79,23 @@ class LesionFinding:
             "std_hu": round(float(self.measurement["std_hu"]), 1),
             "box_zyx": [list(b) for b in self.box_zyx],
             "organ_votes": {str(k): int(v) for k, v in self.organ_votes.items()},
+            "type_uncertain": self.type_uncertain,
         }
         if self.attributes is not None:
             out["attributes"] = dict(self.attributes.values)
             out["confidence"] = {k: round(self.attributes.confidence(k), 4) for k in self.attributes.values}
             out["probabilities"] = {k: {o: round(p, 4) for o, p in v.items()} for k, v in self.attributes.probabilities.items()}
         if self.report is not None:
-            out["text"] = self.report.to_text()
+            out["text"] = self.report.to_text() + self.type_note
         return out
+
+    @property
+    def type_note(self) -> str:
+        """What a report line adds when the type is uncertain (empty otherwise)."""
+        if not self.type_uncertain:
+            return ""
+        return (f"; lesion type uncertain ({self.lesion_type.display_name.lower()} predicted, "
+                f"located in the {self.organ.display_name.lower()})")
 
 
 def _size_zxy_mm(measurement: dict[str, Any]) -> tuple[int, int, int]:
@@ -174,10 +189,12 @@ def _pad_box(sl: Sequence[slice], pad: Sequence[int], shape: Sequence[int]) -> t
     return tuple(slice(max(0, s.start - p), min(n, s.stop + p)) for s, p, n in zip(sl, pad, shape))
 
 
-def longest_diameter_mm(mask_zyx: np.ndarray, image: sitk.Image, offset_zyx: Sequence[int] = (0, 0, 0)) -> float:
-    """Largest distance (mm) between two points of the voxelised lesion (voxel corners, world space)."""
+def longest_axis_mm(mask_zyx: np.ndarray, image: sitk.Image,
+                    offset_zyx: Sequence[int] = (0, 0, 0)) -> tuple[float, np.ndarray, np.ndarray]:
+    """Longest distance (mm) between two points of the voxelised lesion (voxel corners, world space)
+    and its two end points (LPS mm): the long axis a viewer draws."""
     from scipy.spatial import ConvexHull, QhullError
-    from scipy.spatial.distance import pdist
+    from scipy.spatial.distance import pdist, squareform
 
     boundary = mask_zyx & ~ndimage.binary_erosion(mask_zyx)
     idx = np.argwhere(boundary)[:, ::-1].astype(float) + np.asarray(offset_zyx, float)[::-1]  # (x, y, z) index
@@ -191,7 +208,16 @@ def longest_diameter_mm(mask_zyx: np.ndarray, image: sitk.Image, offset_zyx: Seq
             pts = pts[ConvexHull(pts).vertices]
         except QhullError:
             pass
-    return float(pdist(pts).max()) if len(pts) > 1 else 0.0
+    if len(pts) < 2:
+        return 0.0, pts[0], pts[0]
+    distances = squareform(pdist(pts))
+    i, j = np.unravel_index(int(distances.argmax()), distances.shape)
+    return float(distances[i, j]), pts[i], pts[j]
+
+
+def longest_diameter_mm(mask_zyx: np.ndarray, image: sitk.Image, offset_zyx: Sequence[int] = (0, 0, 0)) -> float:
+    """Largest distance (mm) between two points of the voxelised lesion (voxel corners, world space)."""
+    return longest_axis_mm(mask_zyx, image, offset_zyx)[0]
 
 
 def find_lesions(
@@ -202,7 +228,10 @@ def find_lesions(
 
     * Components below ``min_volume_mm3`` go back to the organ voted around them (or background).
     * Each component gets one lesion type: the majority lesion class among the types that belong
-      to the surrounding organ, else the overall majority; its voxels are relabelled to it.
+      to the surrounding organ; its voxels are relabelled to it. When no predicted class belongs to
+      that organ, the location stays the organ it sits in, the type is the overall majority class
+      and the finding is marked ``type_uncertain`` (reports say so) — never a type of one organ
+      located in another without saying so.
     * The organ (report location) is the majority organ label (1-10) in a ``organ_shell_mm`` shell
       around the lesion in ``organ_labels`` (a PASTA organ map on the same grid, e.g. from
       OrganMasks.pasta_label_map) when given — inside the lesion too — else in the prediction.
@@ -216,7 +245,7 @@ def find_lesions(
     voxel_mm3 = float(np.prod(spacing_zyx))
     comp, n = ndimage.label((lab >= LESION_MIN) & (lab <= LESION_MAX), structure=np.ones((3, 3, 3), bool))
     shell_pad = [int(math.ceil(organ_shell_mm / s)) + 1 for s in spacing_zyx]
-    kept: list[tuple[int, tuple[slice, ...], int, Organ | None, dict[int, int]]] = []
+    kept: list[tuple[int, tuple[slice, ...], int, Organ | None, dict[int, int], bool]] = []
     for i, sl in enumerate(ndimage.find_objects(comp), start=1):
         if sl is None:
             continue
@@ -240,15 +269,19 @@ def find_lesions(
         classes = np.bincount(lab[sl][local].astype(np.int64), minlength=LESION_MAX + 1)
         candidates = [v for v in range(LESION_MIN, LESION_MAX + 1) if classes[v] and organ is not None and LesionType(v).organ == organ]
         value = max(candidates, key=lambda v: classes[v]) if candidates else int(classes.argmax())
+        uncertain = organ is not None and LesionType(value).organ != organ
+        if uncertain:
+            logger.info("lesion component %d: predicted %s but located in the %s; type reported as uncertain",
+                        i, LesionType(value).display_name, organ.display_name)
         lab[sl][local] = value
-        kept.append((i, sl, value, organ, votes))
+        kept.append((i, sl, value, organ, votes, uncertain))
 
     out = sitk.GetImageFromArray(lab)
     out.CopyInformation(labels)
     measure_pad = [int(math.ceil(MEASURE_SHELL_MM / s)) + 1 for s in spacing_zyx]
     findings: list[LesionFinding] = []
     component_of: dict[int, int] = {}
-    for i, sl, value, organ, votes in kept:
+    for i, sl, value, organ, votes, uncertain in kept:
         box = _pad_box(sl, measure_pad, lab.shape)
         inst = comp[box] == i
         lab_crop = lab[box].copy()
@@ -268,6 +301,7 @@ def find_lesions(
             index=0, label_value=int(value), organ=organ, location=organ.display_name, voxels=int(inst.sum()),
             box_zyx=tuple((b.start, b.stop) for b in sl), measurement=m,
             longest_diameter_mm=longest_diameter_mm(inst, ct, (z0, y0, x0)), organ_votes=votes,
+            type_uncertain=uncertain,
         ))
         component_of[id(findings[-1])] = i
     findings.sort(key=lambda f: (-f.voxels, f.box_zyx))

@@ -175,7 +175,7 @@ class SegmentationResult:
         return [json.loads(r.to_json()) for r in self.reports]
 
     def report_lines(self) -> list[str]:
-        return [f"Lesion {f.index}: {f.report.to_text()}" for f in self.lesions if f.report is not None]
+        return [f"Lesion {f.index}: {f.report.to_text()}{f.type_note}" for f in self.lesions if f.report is not None]
 
 
 def _dicom_phase(ct: sitk.Image) -> Phase | None:
