@@ -8,7 +8,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTextNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -29,6 +29,9 @@ except ImportError:  # Slicer < 5.4
 
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
+# The attribute vocabularies (plain enums; PASTALib.synth needs only numpy/scipy/SimpleITK, which
+# Slicer bundles): the parameter node's combo boxes are bound through Choice(...) of them.
+from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 from PASTASynthLib import dependencies
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
@@ -88,13 +91,13 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Defaults are the report wording of the first value of each PASTALib.synth.attributes
-    # enum; the combo boxes are filled from the enums in setup().
-    shape: str = "Round-like"
-    density: str = "Hypodense"
-    heterogeneity: str = "Homogeneous"
-    margin: str = "Well-defined margin"
-    invasion: str = "No close relationship with surrounding structures"
+    # Report wording of PASTALib.synth.attributes. Slicer binds a QComboBox to a str only with
+    # Choice(...) (guiConnectors.py), and the connector fills the combo box from the choices.
+    shape: Annotated[str, Choice([member.value for member in Shape])] = Shape.ROUND.value
+    density: Annotated[str, Choice([member.value for member in Density])] = Density.HYPO.value
+    heterogeneity: Annotated[str, Choice([member.value for member in Heterogeneity])] = Heterogeneity.HOMOGENEOUS.value
+    margin: Annotated[str, Choice([member.value for member in Surface])] = Surface.WELL_DEFINED.value
+    invasion: Annotated[str, Choice([member.value for member in Invasion])] = Invasion.NONE.value
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
