@@ -29,9 +29,6 @@ except ImportError:  # Slicer < 5.4
 
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
-# The attribute vocabularies (plain enums; PASTALib.synth needs only numpy/scipy/SimpleITK, which
-# Slicer bundles): the parameter node's combo boxes are bound through Choice(...) of them.
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 from PASTASynthLib import dependencies
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
@@ -91,13 +88,16 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Report wording of PASTALib.synth.attributes. Slicer binds a QComboBox to a str only with
-    # Choice(...) (guiConnectors.py), and the connector fills the combo box from the choices.
-    shape: Annotated[str, Choice([member.value for member in Shape])] = Shape.ROUND.value
-    density: Annotated[str, Choice([member.value for member in Density])] = Density.HYPO.value
-    heterogeneity: Annotated[str, Choice([member.value for member in Heterogeneity])] = Heterogeneity.HOMOGENEOUS.value
-    margin: Annotated[str, Choice([member.value for member in Surface])] = Surface.WELL_DEFINED.value
-    invasion: Annotated[str, Choice([member.value for member in Invasion])] = Invasion.NONE.value
+    # Report wording of the PASTALib.synth.attributes enums (spelled out: PASTALib is not imported
+    # at module load; Testing/test_slicer_rules_binding.py checks they match). Slicer binds a
+    # QComboBox to a str only with Choice(...) (guiConnectors.py), and fills it from the choices.
+    shape: Annotated[str, Choice(["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"])] = "Round-like"
+    density: Annotated[str, Choice(["Hypodense", "Isodense", "Hyperdense"])] = "Hypodense"
+    heterogeneity: Annotated[str, Choice(["Homogeneous", "Heterogeneous"])] = "Homogeneous"
+    margin: Annotated[str, Choice(["Well-defined margin", "Ill-defined margin"])] = "Well-defined margin"
+    invasion: Annotated[str, Choice(["No close relationship with surrounding structures",
+                                     "Close relationship with adjacent structures"])] = (
+        "No close relationship with surrounding structures")
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode

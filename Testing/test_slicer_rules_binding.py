@@ -141,3 +141,21 @@ def test_binding_check_refuses_broken_copies():
     assert any("sizeX" in e and "requires WithinRange" in e for e in binding_errors(synth_ui, unbounded, "v5.12.3"))
     unknown = synth_ui.replace("<string>seed</string>", "<string>seedValue</string>", 1)
     assert any("'seedValue' is not a parameter" in e for e in binding_errors(unknown, synth, "v5.12.3"))
+
+
+def test_combo_choices_are_the_library_vocabularies():
+    """The Choice(...) lists spelled out in PASTASynthParameterNode are PASTALib's attribute enums."""
+    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+
+    tree = ast.parse((ROOT / "PASTASynth" / "PASTASynth.py").read_text())
+    choices = {}
+    for stmt in ast.walk(tree):
+        if isinstance(stmt, ast.AnnAssign) and "Choice(" in ast.unparse(stmt.annotation):
+            call = next(n for n in ast.walk(stmt.annotation) if isinstance(n, ast.Call) and _name(n.func) == "Choice")
+            choices[stmt.target.id] = (ast.literal_eval(call.args[0]), ast.literal_eval(stmt.value))
+    expected = {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "margin": Surface,
+                "invasion": Invasion}
+    for field, enum in expected.items():
+        values, default = choices[field]
+        assert values == [member.value for member in enum], field
+        assert default == values[0], field
