@@ -49,7 +49,8 @@ EXTRA_CLASSES = ["vtkMRMLScene", "vtkMRMLNode", "vtkMRMLStorableNode", "vtkMRMLD
                  "vtkMRMLSelectionNode", "vtkMRMLSliceCompositeNode", "vtkMRMLLayoutNode",
                  "qSlicerCoreApplication", "qSlicerApplication", "vtkSlicerApplicationLogic",
                  "vtkMRMLApplicationLogic", "vtkMRMLAbstractLogic", "vtkMRMLTransformableNode",
-                 "vtkMRMLLabelMapVolumeNode", "vtkMRMLMarkupsFiducialDisplayNode"]
+                 "vtkMRMLLabelMapVolumeNode", "vtkMRMLMarkupsFiducialDisplayNode", "vtkMRMLColorLogic",
+                 "vtkSlicerColorLogic"]
 #: Runtime attributes of the ``slicer`` module set by the application: (needle, pathspec) giving
 #: the line that sets it (provenance only; the name must be found at each tag).
 APP_ATTRIBUTES = {
@@ -209,6 +210,7 @@ _METHOD = re.compile(r"\b([A-Za-z_]\w*)\s*\(([^;{}()]*(?:\([^()]*\)[^;{}()]*)*)\
 _MACRO = re.compile(r"\b(vtk(?:Set|Get|Boolean)\w*Macro|vtkMRMLCopy\w*)\s*\(\s*(\w+)")
 _PROPERTY = re.compile(r"Q_PROPERTY\s*\(\s*[\w:<>\s\*]+?\s+(\w+)\s+READ\s+(\w+)(?:\s+WRITE\s+(\w+))?")
 _ENUM = re.compile(r"\benum\s*(?:class\s+)?(\w*)\s*(?::\s*\w+\s*)?\{([^}]*)\}", re.S)
+_ACCESS = re.compile(r"^\s*(public|protected|private|signals|Q_SIGNALS)\b\s*(?:slots|Q_SLOTS)?\s*:(?!:)", re.M)
 _NOT_METHODS = {"if", "for", "while", "switch", "return", "sizeof", "defined", "Q_OBJECT", "QVTK_OBJECT",
                 "vtkTypeMacro", "Q_PROPERTY", "Q_DECLARE_PRIVATE", "Q_DISABLE_COPY", "Q_ENUMS", "Q_ENUM",
                 "Q_DECLARE_PUBLIC", "Q_FLAGS", "Q_SLOTS", "Q_SIGNALS", "vtkMRMLNodeNewMacro",
@@ -244,8 +246,16 @@ def _parse_header(text: str) -> dict:
     # Keep line numbers: blank the comments out instead of removing them.
     code = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     methods: dict[str, list] = {}
+    # Access sections: only public declarations are callable from Python.
+    labels = [(m.start(), m.group(1)) for m in _ACCESS.finditer(code)]
+
+    def public(index: int) -> bool:
+        before = [access for start, access in labels if start < index]
+        return not before or before[-1] in ("public", "signals", "Q_SIGNALS")
 
     def add(name: str, low: int, high: int, index: int) -> None:
+        if not public(index):
+            return
         entry = [low, high, _line_of(code, index)]
         if entry[:2] not in [e[:2] for e in methods.setdefault(name, [])]:
             methods[name].append(entry)
@@ -315,8 +325,24 @@ def _python_functions(source: str) -> dict:
     return functions
 
 
+def _code_identifiers() -> set[str]:
+    names = set()
+    for folder in MODULE_CODE:
+        for path in (REPO / folder).rglob("*.py"):
+            names.update(re.findall(r"\b\w+\b", path.read_text()))
+    return names
+
+
+def _prune(entry: dict, used: set[str]) -> dict:
+    """Keep only the members the module code names (keeps the manifest small)."""
+    for key in ("methods", "properties", "constants"):
+        entry[key] = {k: v for k, v in entry[key].items() if k in used}
+    return entry
+
+
 def slicer_api(slicer_git: str, ctk_git: str) -> dict:
     wanted = _referenced_classes()
+    used = _code_identifiers()
     out = {}
     for tag in TAGS:
         ctk_commit = re.search(r'Slicer_\$\{proj\}_GIT_TAG\s*"([0-9a-f]{40})"',
@@ -335,7 +361,7 @@ def slicer_api(slicer_git: str, ctk_git: str) -> dict:
             text = show(repo, rev, path)
             match = next((m for m in _CLASS.finditer(_COMMENT.sub("", text)) if m.group(1) == name), None)
             base = match.group(2).split("::")[-1] if match else None
-            entry = {"repo": label, "rev": rev, "file": path, "base": base, **_parse_header(text)}
+            entry = _prune({"repo": label, "rev": rev, "file": path, "base": base, **_parse_header(text)}, used)
             classes[name] = entry
             if base:
                 queue.append(base)
@@ -344,7 +370,8 @@ def slicer_api(slicer_git: str, ctk_git: str) -> dict:
             path = f"Base/Python/slicer/{module}.py"
             source = show(slicer_git, tag, path)
             if source is not None:
-                python[module] = {"file": path, "functions": _python_functions(source)}
+                functions = {k: v for k, v in _python_functions(source).items() if k in used}
+                python[module] = {"file": path, "functions": functions}
         modules = sorted({p.split("/")[2].lower() for p in git(slicer_git, "ls-tree", "-d", "--name-only", tag,
                                                                "Modules/Loadable/", "Modules/Scripted/").split()
                           if p.count("/") == 2})
