@@ -395,11 +395,35 @@ def slicer_api(slicer_git: str, ctk_git: str) -> dict:
 
 
 def extensions_index_schema(ei_git: str) -> dict:
+    """The newest catalog-entry schema, plus the rules scripts/check_description_files.py adds."""
     rev = git(ei_git, "rev-parse", "HEAD").strip()
     candidates = [p for p in git(ei_git, "ls-tree", "-r", "--name-only", rev).split()
-                  if p.endswith(".json") and "schema" in p.lower()]
-    path = sorted(candidates)[-1]
-    return {"commit": rev, "file": path, "line": 1, "schema": json.loads(show(ei_git, rev, path))}
+                  if p.startswith("schemas/") and p.endswith(".json")]
+    path = max(candidates, key=lambda p: [int(x) for x in re.findall(r"v(\d+)\.(\d+)\.(\d+)", p)[0]])
+    script_path = "scripts/check_description_files.py"
+    script = show(ei_git, rev, script_path)
+    lines = script.splitlines()
+    # The script uses Python 3.12 f-string syntax: cut the list literal out rather than parse it all.
+    start = script.index("ACCEPTED_EXTENSION_CATEGORIES = [")
+    literal = script[script.index("[", start):script.index("]", start) + 1]
+    categories_line = script.count("\n", 0, start) + 1
+
+    def line_of(needle: str) -> int:
+        return next(i for i, line in enumerate(lines, 1) if needle in line)
+
+    return {
+        "commit": rev, "file": path, "line": 1, "schema": json.loads(show(ei_git, rev, path)),
+        "checks": {
+            "file": script_path,
+            "categories": {"line": categories_line, "values": ast.literal_eval(literal)},
+            "name_not_starting_with_slicer": {"line": line_of('extension_name.lower().startswith("slicer")')},
+            "cmake_project_pattern": {"line": line_of("project_pattern = r"),
+                                      "regex": r"project\s*\(\s*([^\s\)\n\r]+)"},
+            "lf_line_endings": {"line": line_of("non-LF line endings")},
+            "cmake_required": {"line": line_of("No EXTENSION_ICONURL found"),
+                               "variables": ["EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"]},
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
