@@ -185,8 +185,28 @@ class VTKObservationMixin:
 
 
 def parameterNodeWrapper(cls):
-    """The decorated dataclass becomes a class whose instances are permissive stand-ins."""
-    return type(cls.__name__, (Anything,), {"__annotations__": getattr(cls, "__annotations__", {})})
+    """The decorated dataclass becomes a fresh parameter node: each field holds its default (node
+    references None, as when nothing is selected yet); it is truthy, so that the widget's
+    "if self._parameterNode:" branches run too."""
+    import typing
+
+    annotations = dict(getattr(cls, "__annotations__", {}))
+
+    def initial(name):
+        if name in cls.__dict__:
+            return cls.__dict__[name]
+        kind = typing.get_origin(annotations[name]) and typing.get_args(annotations[name])[0]
+        kind = kind or annotations[name]
+        if isinstance(kind, type) and not issubclass(kind, Anything):
+            return kind()  # str(), int(), pathlib.Path() ...: the wrapper's defaults
+        return None  # an MRML node type (a stand-in): no node selected
+
+    def __init__(self, *args, **kwargs):
+        for name in annotations:
+            object.__setattr__(self, name, initial(name))
+
+    return type(cls.__name__, (Anything,), {"__annotations__": annotations, "__init__": __init__,
+                                             "__bool__": lambda self: True})
 
 
 def _version() -> tuple[int, int]:
