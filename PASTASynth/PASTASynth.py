@@ -251,6 +251,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.lesionTypeComboBox.findData(self._parameterNode.lesionType)
             if index >= 0:
                 self.ui.lesionTypeComboBox.currentIndex = index
+            # connectGui refilled the attribute combo boxes from their Choice(...) lists (all items
+            # enabled): re-apply what the lesion type allows.
+            self.onLesionTypeChanged()
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
