@@ -1,13 +1,14 @@
 import os
+import pathlib
 import tempfile
-from typing import Optional
+from typing import Annotated, Optional
 
 import ctk
 import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -88,15 +89,25 @@ class PASTAParameterNode:
     ~/.pasta/weights or $PASTA_WEIGHTS_DIR). device - "auto", "cpu" or "cuda". outputSegmentation -
     the PASTA segmentation whose report cards are shown. trainingFolder / trainingSegmentation -
     few-shot training data. useFineTuned - segment with TRAINING_FOLDER/finetune/model_final.pth.
+
+    Slicer's GUI connectors bind a ctkPathLineEdit only to a pathlib.Path and a QComboBox only to a
+    str carrying Choice(...) (guiConnectors.py); an empty path reads back as Path("."): see
+    ``optionalPath``.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    checkpointPath: str = ""
-    device: str = "auto"
+    checkpointPath: pathlib.Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
-    trainingFolder: str = ""
+    trainingFolder: pathlib.Path
     trainingSegmentation: vtkMRMLSegmentationNode
     useFineTuned: bool = False
+
+
+def optionalPath(path) -> Optional[str]:
+    """A path parameter as a string, or None when the path line edit is empty (Path("") is ".")."""
+    text = str(path) if path is not None else ""
+    return None if text in ("", ".") else text
 
 
 #
@@ -215,8 +226,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         idle = self._job is None
         self.ui.segmentButton.enabled = bool(p and p.inputVolume) or self._jobKind == "segment"
         self.ui.markTrainingCaseButton.enabled = bool(p and p.inputVolume and p.trainingSegmentation
-                                                      and p.trainingFolder)
-        self.ui.fineTuneButton.enabled = bool(p and p.trainingFolder and idle) or self._jobKind == "finetune"
+                                                      and optionalPath(p.trainingFolder))
+        self.ui.fineTuneButton.enabled = bool(p and optionalPath(p.trainingFolder) and idle) or self._jobKind == "finetune"
         self.ui.checkpointStatusLabel.text = self.logic.checkpointStatus(p) if p else ""
         self.ui.downloadWeightsButton.visible = self._jobKind == "weights" or not public_weights_installed()
         self.ui.downloadWeightsButton.enabled = idle or self._jobKind == "weights"
@@ -462,7 +473,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         caseId = self.ui.caseIdLineEdit.text.strip() or p.inputVolume.GetName().replace(" ", "_")
         with slicer.util.tryWithErrorDisplay(_("Could not export the training case."), waitCursor=True):
-            self.logic.core.export_training_case(p.inputVolume, p.trainingSegmentation, p.trainingFolder, caseId)
+            self.logic.core.export_training_case(p.inputVolume, p.trainingSegmentation, optionalPath(p.trainingFolder), caseId)
         self.refreshTrainingCases()
 
     def refreshTrainingCases(self, path=None) -> None:
@@ -481,13 +492,13 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Cannot start fine-tuning."), waitCursor=True):
-            cases = self.logic.core.list_training_cases(p.trainingFolder)
+            cases = self.logic.core.list_training_cases(optionalPath(p.trainingFolder))
             if len(cases) < 2:
                 raise ValueError(_("Fine-tuning needs at least 2 marked training cases (one is held out); "
                                    "{count} marked.").format(count=len(cases)))
-            init = resolve_checkpoint(p.checkpointPath or None)  # the PASTA weights to start from
+            init = resolve_checkpoint(optionalPath(p.checkpointPath))  # the PASTA weights to start from
             folds = str(max(2, min(5, len(cases))))
-            command = finetune_command(p.trainingFolder, init=init, device=p.device, extra=["--folds", folds])
+            command = finetune_command(optionalPath(p.trainingFolder), init=init, device=p.device, extra=["--folds", folds])
             self._startJob("finetune", command, self.onFineTuneFinished)
             self.ui.statusLabel.text = _("Fine-tuning on {count} case(s)").format(count=len(cases))
 
@@ -499,7 +510,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateFineTunedStatus(self) -> None:
         p = self._parameterNode
-        folder = p.trainingFolder if p else ""
+        folder = optionalPath(p.trainingFolder) if p else None
         model = fine_tuned_model_path(folder) if folder else None
         available = bool(model and model.is_file())
         self.ui.useFineTunedCheckBox.enabled = available
@@ -535,8 +546,8 @@ class PASTALogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def resolveCheckpoint(parameterNode):
         """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth)."""
-        return resolve_checkpoint(parameterNode.checkpointPath or None, parameterNode.useFineTuned,
-                                  parameterNode.trainingFolder or None)
+        return resolve_checkpoint(optionalPath(parameterNode.checkpointPath), parameterNode.useFineTuned,
+                                  optionalPath(parameterNode.trainingFolder))
 
     def checkpointStatus(self, parameterNode) -> str:
         try:

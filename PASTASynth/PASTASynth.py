@@ -10,7 +10,7 @@ import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTextNode
-from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -97,13 +97,16 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Defaults are the report wording of the first value of each PASTALib.synth.attributes
-    # enum; the combo boxes are filled from the enums in setup().
-    shape: str = "Round-like"
-    density: str = "Hypodense"
-    heterogeneity: str = "Homogeneous"
-    margin: str = "Well-defined margin"
-    invasion: str = "No close relationship with surrounding structures"
+    # Report wording of the PASTALib.synth.attributes enums (spelled out: PASTALib is not imported
+    # at module load; Testing/test_slicer_rules_binding.py checks they match). Slicer binds a
+    # QComboBox to a str only with Choice(...) (guiConnectors.py), and fills it from the choices.
+    shape: Annotated[str, Choice(["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"])] = "Round-like"
+    density: Annotated[str, Choice(["Hypodense", "Isodense", "Hyperdense"])] = "Hypodense"
+    heterogeneity: Annotated[str, Choice(["Homogeneous", "Heterogeneous"])] = "Homogeneous"
+    margin: Annotated[str, Choice(["Well-defined margin", "Ill-defined margin"])] = "Well-defined margin"
+    invasion: Annotated[str, Choice(["No close relationship with surrounding structures",
+                                     "Close relationship with adjacent structures"])] = (
+        "No close relationship with surrounding structures")
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -288,6 +291,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = self.ui.lesionTypeComboBox.findData(self._parameterNode.lesionType)
             if index >= 0:
                 self.ui.lesionTypeComboBox.currentIndex = index
+            # connectGui refilled the attribute combo boxes from their Choice(...) lists (all items
+            # enabled): re-apply what the lesion type allows.
+            self.onLesionTypeChanged()
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:

@@ -197,9 +197,9 @@ def test_cmake_lists_existing_files(module):
 
 def test_top_level_cmake_is_an_extension():
     text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    for needle in ("cmake_minimum_required(", "project(SlicerPASTA)", "EXTENSION_HOMEPAGE",
+    for needle in ("cmake_minimum_required(", "project(PASTA)", "EXTENSION_HOMEPAGE",
                    'EXTENSION_CATEGORY "Segmentation"', "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                   "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", 'EXTENSION_DEPENDS "NA"',
+                   "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", 'EXTENSION_DEPENDS "PyTorch"',
                    "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
                    "add_subdirectory(PASTA)", "add_subdirectory(PASTASynth)", "NAME PASTALib",
                    "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):

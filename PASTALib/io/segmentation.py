@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import slicerio
 
 from PASTALib.io.image import PathLike, image_to_array
 from PASTALib.labels import label_name
@@ -37,6 +36,10 @@ def write_segmentation(
 
     ``names`` defaults to the PASTA label names (1-25). Written atomically.
     """
+    # slicerio is not bundled with Slicer: imported here so that PASTALib.io (and the module
+    # panels reaching it) load before "Install dependencies" has run.
+    import slicerio
+
     path = Path(path)
     if not path.name.endswith(".seg.nrrd"):
         raise ValueError(f"{path}: a Slicer segmentation file must end with .seg.nrrd")

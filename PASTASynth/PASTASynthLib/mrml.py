@@ -241,11 +241,11 @@ def load_volume(ctx: MRMLContext, path: str | os.PathLike, name: str | None = No
     if name is None:
         name = os.path.basename(path).split(".")[0]
     options = _LOAD_SINGLE_FILE | (_LOAD_LABELMAP if labelmap else 0)
-    messages = slicer.vtkMRMLMessageCollection()
-    node = ctx.volumes_logic.AddArchetypeVolume(path, name, options, None, messages)
+    # The four-argument overload: the user-messages argument exists only in Slicer 5.13+.
+    node = ctx.volumes_logic.AddArchetypeVolume(path, name, options, None)
     if node is None:
-        detail = messages.GetAllMessagesAsString() if messages.GetNumberOfMessages() else "unknown reason"
-        raise OSError(f"Could not load volume {path}: {detail}")
+        raise OSError(f"Could not load volume {path}: no volume reader accepted the file "
+                      "(not an image format Slicer reads, or a corrupt file)")
     return node
 
 
