@@ -7,8 +7,9 @@ come from):
   head is trained on the encoder feature of 96³ crops, DESIGN.md). TumorImagingBench crops
   **48³** for every model (``get_transforms(spatial_size=(48, 48, 48))``); pass ``crop_size=48``
   to compare with it. The public ``feature_extraction.py`` of LWHYC/PASTA runs a 128³ example.
-* Intensity: the SLF map (``slf_normalize``; −1000/−200/200/1000 HU → 0/0.2/0.9/1, or the public
-  example's 0.8 with ``slf_values=SLF_VALUES_PUBLIC_EXAMPLE``). TumorImagingBench instead scales
+* Intensity: the SLF map (``slf_normalize``; −1000/−200/200/1000 HU → 0/0.2/0.9/1, or the
+  unused 0.8 default of their loader class with ``slf_values=SLF_VALUES_LOADER_DEFAULT``; every public
+  loader and ``feature_extraction.py`` pass 0.9). TumorImagingBench instead scales
   −1024…2048 HU linearly to 0…1.
 * Feature: global average pool of stage 4 (1/16 resolution; ``PastaUNet.encode``), as the public
   classification code. TumorImagingBench pools the bottleneck output (stage 5, 1/32) instead.
