@@ -431,9 +431,10 @@ class PASTALogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def resolveCheckpoint(parameterNode):
-        """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth)."""
+        """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth; CheckpointError
+        when the file cannot segment, e.g. PASTA_final.pth itself, saying to fine-tune it first)."""
         return resolve_checkpoint(parameterNode.checkpointPath or None, parameterNode.useFineTuned,
-                                  parameterNode.trainingFolder or None)
+                                  parameterNode.trainingFolder or None, for_segmentation=True)
 
     def checkpointStatus(self, parameterNode) -> str:
         try:

@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--ct", help="CT file (NIfTI/NRRD/MHA) or DICOM series folder")
     src.add_argument("--batch", help="folder of CTs (files or DICOM sub-folders) or CSV with columns ct[,id]")
     p.add_argument("--out", required=True, help="output folder (batch: one sub-folder per case + manifest.csv)")
-    p.add_argument("--checkpoint", help="weights: PASTA_final.pth (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights) "
-                                        "or a `pasta train` model_final.pth")
+    p.add_argument("--checkpoint", help="segmentation weights: a `pasta train` / `pasta finetune` model_final.pth "
+                                        "(PASTA_final.pth itself cannot segment: fine-tune it first; see "
+                                        "`pasta weights info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
     p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
@@ -83,6 +84,7 @@ def _segment(args: argparse.Namespace) -> int:
     try:
         progress(0.0, "loading model")
         model = load_model(args.checkpoint, device=args.device)
+        model.capabilities.require_segmentation()  # before any output: PASTA_final.pth alone cannot segment
         cfg.validate(model.divisor)
         if args.batch:
             if args.organs:

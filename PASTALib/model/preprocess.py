@@ -12,7 +12,7 @@ Two intensity maps, as in the authors' code (LWHYC/PASTA):
   then z-score with their mean / std (:class:`CTNormalization`, statistics from
   :func:`foreground_intensity_statistics`, sampled exactly as nnU-Net's fingerprint extractor).
 
-Which map a network expects is part of its checkpoint (:mod:`PASTALib.model.capabilities`), not a guess.
+Which map a network expects is part of its checkpoint (:mod:`PASTALib.capabilities`), not a guess.
 
 Orientation: the authors' classification loaders read NIfTI with nibabel, reorient to LAS and
 transpose to (z, y, x), so the attribute head of ``PASTA_final.pth`` saw crops whose y axis runs
