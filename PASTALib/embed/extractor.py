@@ -42,7 +42,7 @@ from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
 from PASTALib.model import PastaUNet, build_model_from_checkpoint
 from PASTALib.weights import weights_path
-from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize
+from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize, to_head_orientation
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 REQUIRED_COLUMNS = ("image_path", *COORD_COLUMNS)
@@ -92,7 +92,9 @@ class LesionEmbedder:
             crops = crops[None]
         out = np.empty((len(crops), self.feature_dim), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
-            x = torch.from_numpy(slf_normalize(crops[start:start + self.batch_size], self.slf_thresholds, self.slf_values))
+            # the authors' crop orientation (LAS transposed: y flipped vs LPS), the one PASTA_final.pth was trained on
+            x = torch.from_numpy(to_head_orientation(
+                slf_normalize(crops[start:start + self.batch_size], self.slf_thresholds, self.slf_values)))
             x = x[:, None].to(self.device)
             out[start:start + len(x)] = self.model.encode(x).float().cpu().numpy()
         return out

@@ -132,9 +132,11 @@ def sample_foreground_intensities(image: np.ndarray, label: np.ndarray, num_samp
 
 
 def foreground_intensity_statistics(cases: Sequence[tuple[np.ndarray, np.ndarray]], *,
-                                    total_samples: int = NNUNET_FOREGROUND_SAMPLES) -> CTNormalization:
+                                    total_samples: int | None = None) -> CTNormalization:
     """nnU-Net's fingerprint intensity statistics of (image HU, label) pairs on their own grids:
-    ``total_samples // len(cases)`` samples per case, pooled; mean, std, 0.5 / 99.5 percentiles."""
+    ``total_samples // len(cases)`` samples per case (None: nnU-Net's 10e7), pooled; mean, std, 0.5 / 99.5
+    percentiles."""
+    total_samples = NNUNET_FOREGROUND_SAMPLES if total_samples is None else int(total_samples)
     if not cases:
         raise ValueError("no cases to compute foreground intensity statistics from")
     per_case = int(total_samples // len(cases))
