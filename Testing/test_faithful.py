@@ -223,3 +223,58 @@ def test_attribute_crops_match_the_authors_orientation(ts_data):
     ours = to_head_orientation(ours_lps)
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
     assert float(np.abs(ours_lps - theirs).mean()) > 0.05  # the LPS crop as is would feed the head another image
+
+
+# --- the authors' network, re-implemented functionally from their Generic_UNet(_classify) -----------
+
+def _authors_block(sd, prefix, x, stride):
+    """ConvDropoutNormNonlin: conv (3³, padding 1, bias) → InstanceNorm3d(eps 1e-5, affine) → LeakyReLU(0.01)."""
+    import torch.nn.functional as F
+
+    x = F.conv3d(x, sd[f"{prefix}.conv.weight"], sd[f"{prefix}.conv.bias"], stride=stride, padding=1)
+    x = F.instance_norm(x, weight=sd[f"{prefix}.instnorm.weight"], bias=sd[f"{prefix}.instnorm.bias"], eps=1e-5)
+    return F.leaky_relu(x, 0.01)
+
+
+def _authors_forward(sd, x, num_pool):
+    """Their Generic_UNet forward with convolutional pooling/upsampling (2 convs per stage, the bottleneck and
+    every localisation stage as two single-conv stacks) and Generic_UNet_classify's head on the pooled stage
+    before the bottleneck. Returns (seg logits lowest resolution first, feature, attribute logits)."""
+    import torch.nn.functional as F
+
+    skips = []
+    for d in range(num_pool):
+        x = _authors_block(sd, f"conv_blocks_context.{d}.blocks.0", x, 1 if d == 0 else 2)
+        x = _authors_block(sd, f"conv_blocks_context.{d}.blocks.1", x, 1)
+        skips.append(x)
+    feature = F.adaptive_avg_pool3d(skips[-1], 1).flatten(1)
+    head = feature
+    for i in (0, 2, 4):
+        head = F.linear(head, sd[f"head.{i}.weight"], sd[f"head.{i}.bias"])
+        head = F.leaky_relu(head, 0.01) if i < 4 else head
+    x = _authors_block(sd, f"conv_blocks_context.{num_pool}.0.blocks.0", x, 2)
+    x = _authors_block(sd, f"conv_blocks_context.{num_pool}.1.blocks.0", x, 1)
+    seg = []
+    for u in range(num_pool):
+        x = F.conv_transpose3d(x, sd[f"tu.{u}.weight"], stride=2)
+        x = torch.cat((x, skips[-(u + 1)]), dim=1)
+        x = _authors_block(sd, f"conv_blocks_localization.{u}.0.blocks.0", x, 1)
+        x = _authors_block(sd, f"conv_blocks_localization.{u}.1.blocks.0", x, 1)
+        seg.append(F.conv3d(x, sd[f"seg_outputs.{u}.weight"]))
+    return seg, feature, head
+
+
+def test_network_outputs_equal_the_authors_forward():
+    torch.manual_seed(0)
+    model = PastaUNet(UNetConfig.tiny(num_seg_classes=14)).eval()  # the published topology, small widths
+    sd = model.state_dict()
+    x = torch.randn(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        ours = model(x)
+        seg, feature, head = _authors_forward(sd, x, model.config.num_stages - 1)
+        encoded = model.encode(x)
+    assert len(seg) == len(ours.segmentation) == 5
+    for a, b in zip(ours.segmentation, seg[::-1]):  # ours full resolution first
+        assert torch.equal(a, b)
+    assert torch.equal(ours.feature, feature) and torch.equal(encoded, feature)
+    assert torch.equal(ours.attribute_logits, head)
