@@ -14,7 +14,6 @@ import torch
 from PASTALib.capabilities import checkpoint_capabilities, make_metadata, state_dict_capabilities, wrap_with_metadata
 from PASTALib.errors import CheckpointError
 from PASTALib.model import PastaUNet, UNetConfig
-from PASTALib.model import preprocess
 from PASTALib.model.preprocess import (
     CTNormalization,
     foreground_intensity_statistics,
@@ -140,7 +139,7 @@ def test_ct_normalisation_equals_nnunet(finetune_cases, monkeypatch):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization as NNCT
 
-    from PASTALib.finetune.core import FinetuneConfig, case_intensity_statistics, choose_normalization
+    from PASTALib.finetune.core import case_intensity_statistics
 
     assert nnunet is not None
     total = 40000
@@ -161,18 +160,16 @@ def test_ct_normalisation_equals_nnunet(finetune_cases, monkeypatch):
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(finetune_cases[0].image), sitk.sitkFloat32))
     theirs = NNCT(use_mask_for_norm=False, intensityproperties=ref).run(image.copy()[None])[0]
     np.testing.assert_array_equal(ours(image), theirs)
-    # fine-tuning from a PASTA_final.pth-shaped file picks these statistics (from the training cases) ...
-    monkeypatch.setattr(preprocess, "NNUNET_FOREGROUND_SAMPLES", total)
-    assert case_intensity_statistics(finetune_cases) == ours.to_dict()
+    # what fine-tuning stores for these cases
+    assert case_intensity_statistics(finetune_cases, total) == ours.to_dict()
 
 
-def test_finetune_normalisation_choice(finetune_cases, tmp_path, monkeypatch):
+def test_finetune_normalisation_choice(finetune_cases, tmp_path):
     from PASTALib.finetune.core import FinetuneConfig, choose_normalization
 
-    monkeypatch.setattr(preprocess, "NNUNET_FOREGROUND_SAMPLES", 4000)
     final = _save_tiny(tmp_path / "PASTA_final.pth", 14)
     stage1 = _save_tiny(tmp_path / "stage1.pth", 26)
-    cfg = FinetuneConfig(data=str(tmp_path), out=str(tmp_path / "o"))
+    cfg = FinetuneConfig(data=str(tmp_path), out=str(tmp_path / "o"), intensity_samples=4000)
     assert choose_normalization(cfg, final, finetune_cases)["scheme"] == "nnunet_ct"  # the authors' recipe
     assert choose_normalization(cfg, stage1, finetune_cases) == {"scheme": "slf", "values": [0.0, 0.2, 0.9, 1.0],
                                                                   "thresholds": [-1000.0, -200.0, 200.0, 1000.0]}
@@ -278,3 +275,53 @@ def test_network_outputs_equal_the_authors_forward():
         assert torch.equal(a, b)
     assert torch.equal(ours.feature, feature) and torch.equal(encoded, feature)
     assert torch.equal(ours.attribute_logits, head)
+
+
+# --- the authors' inference settings (--compat authors) -------------------------------------------
+
+def test_nnunet_gaussian_and_zoom_resampling(ts_data):
+    from PASTALib.infer.compat import nnunet_gaussian, zoom_to_canonical
+
+    weight = nnunet_gaussian((32, 48, 32))
+    assert weight.shape == (32, 48, 32) and weight.max() == 10.0 and weight.min() > 0
+    assert np.unravel_index(weight.argmax(), weight.shape) == (16, 24, 16)
+    try:
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    except ImportError:
+        compute_gaussian = None
+    if compute_gaussian is not None:  # nnunetv2's own (benchmarks install it)
+        ref = compute_gaussian((32, 48, 32), sigma_scale=1.0 / 8, value_scaling_factor=10, device=torch.device("cpu"))
+        np.testing.assert_array_equal(weight, ref.float().numpy())
+    ct = sitk.ReadImage(str(ts_data / "example_ct.nii.gz"))  # 3 mm, RAS-stored
+    zoomed, mapping = zoom_to_canonical(ct, 2.0)
+    lps = sitk.GetArrayFromImage(sitk.DICOMOrient(ct, "LPS")).astype(np.float32)
+    out = sitk.GetArrayFromImage(zoomed)
+    assert out.shape == tuple(int(round(n * 1.5)) for n in lps.shape)
+    # aligned corners: first and last voxel centres kept, so the spacing is (n - 1) * 3 / (m - 1), not 2
+    assert np.allclose(zoomed.GetSpacing(), [(n - 1) * 3.0 / (m - 1) for n, m in zip(lps.shape[::-1], out.shape[::-1])])
+    assert not np.allclose(zoomed.GetSpacing(), 2.0)
+    assert abs(out[0, 0, 0] - lps[0, 0, 0]) < 1e-2  # the first voxel centre is a sample of both grids
+    assert mapping.source.size == ct.GetSize()
+
+
+def test_compat_authors_on_the_same_weights(case, checkpoint, tmp_path):
+    from PASTALib.eval import dice
+    from PASTALib.infer import InferenceConfig, load_model, segment_case
+
+    from conftest import PATCH, SPACING
+
+    model = load_model(checkpoint, device="cpu")
+    kw = dict(device="cpu", patch_size=(PATCH,) * 3, crop_size=(PATCH,) * 3, spacing_mm=SPACING, num_threads=1)
+    labels = {}
+    for compat in ("pasta", "authors"):
+        result, _ = segment_case(case.ct, tmp_path / compat, model, InferenceConfig(compat=compat, **kw))
+        labels[compat] = sitk.GetArrayFromImage(result.labels)
+    gt = sitk.GetArrayFromImage(sitk.ReadImage(str(case.gt)))
+    values = [v for v in (2, 8, 12, 24) if (gt == v).any()]  # liver, kidney, liver tumour, kidney cyst
+    agree = dice(labels["pasta"], labels["authors"], labels=values)
+    vs_gt = {c: dice(labels[c], gt, labels=values) for c in labels}
+    print("pasta vs authors DSC", {v: round(agree[v], 3) for v in values},
+          "vs reference", {c: {v: round(d[v], 3) for v, d in vs_gt[c].items()} for c in vs_gt},
+          "voxels differing", float((labels["pasta"] != labels["authors"]).mean()))
+    assert (labels["pasta"] != labels["authors"]).any()  # the settings change the answer ...
+    assert min(agree.values()) > 0.7  # ... but not what the model found

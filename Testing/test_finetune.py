@@ -300,7 +300,7 @@ def test_scratch_sweep_cli_and_fewshot_curve(sweep, fewshot, pretrained, tmp_pat
     rc = main(["finetune", "--data", str(fewshot), "--out", str(out), "--init", "scratch", "--layout", str(layout),
                "--k", "1,8", "--fold", "all", "--folds", "3", "--iterations", "3", "--checkpoint-every", "3",
                "--lr", "1e-3", "--patch-size", "32", "--spacing", "6", "--device", "cpu", "--threads", "1",
-               "--no-progress-bar", "--progress-lines"])
+               "--no-progress-bar", "--progress-lines", "--intensity-samples", "20000"])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
     summary = json.loads(stdout[stdout.index("\n{") + 1:])

@@ -63,6 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="input map: auto = the init model's own; from PASTA_final.pth or scratch nnU-Net's CT "
                         "normalisation with the training cases' foreground statistics (the authors' recipe), stored "
                         "in model_final.pth and applied by `pasta segment`")
+    p.add_argument("--intensity-samples", type=int,
+                   help="foreground voxels sampled for the nnU-Net CT statistics (default nnU-Net's 10e7)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")

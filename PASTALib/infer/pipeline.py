@@ -257,7 +257,12 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
 
     report(0.02, "resampling to canonical 1 mm LPS")
     t = time.perf_counter()
-    canonical, mapping = to_canonical(ct, is_label=False, spacing=cfg.spacing_mm)
+    zoomed = None
+    if cfg.compat == "authors":
+        from PASTALib.infer.compat import zoom_to_canonical
+
+        zoomed = zoom_to_canonical(ct, cfg.spacing_mm)
+    canonical, mapping = zoomed or to_canonical(ct, is_label=False, spacing=cfg.spacing_mm)
     hu = sitk.GetArrayFromImage(canonical)  # (z, y, x) float32 HU
     timings["to_canonical"] = time.perf_counter() - t
 

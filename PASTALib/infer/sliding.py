@@ -56,7 +56,8 @@ class WindowPredictor:
                  progress: ProgressFn | None = None, total_windows: int = 1, fraction_range: tuple[float, float] = (0.0, 1.0)) -> None:
         self.model, self.device, self.cfg = model, device, cfg
         self.dtype = amp_dtype(device, cfg.amp)
-        self.flips = _mirror_sets(cfg.mirror_axes) if cfg.mirroring else [()]
+        self.authors = cfg.compat == "authors"  # nnU-Net's predictor: mirrored logits averaged, softmax after blending
+        self.flips = _mirror_sets(cfg.mirror_axes) if cfg.mirroring or self.authors else [()]
         self.progress, self.total, self.range = progress, max(1, total_windows), fraction_range
         self.done = 0
 
@@ -70,7 +71,7 @@ class WindowPredictor:
         for flip in self.flips:
             dims = [a + 2 for a in flip]
             xi = torch.flip(x, dims) if dims else x
-            p = torch.softmax(self._logits(xi), dim=1)
+            p = self._logits(xi) if self.authors else torch.softmax(self._logits(xi), dim=1)
             if dims:
                 p = torch.flip(p, dims)
             prob = p if prob is None else prob + p
@@ -121,11 +122,18 @@ def sliding_window_probabilities(
     out_device = _aggregate_device(device, cfg, hu_zyx.shape, n_classes)
     predictor = WindowPredictor(model, device, cfg, progress, count_windows(padded, cfg.patch_size, cfg.overlap),
                                 fraction_range)
+    weight_map = None
+    if cfg.compat == "authors":
+        from PASTALib.infer.compat import nnunet_gaussian
+
+        weight_map = torch.from_numpy(nnunet_gaussian(cfg.patch_size, cfg.sigma_scale)).to(device)
     prob = sliding_window_inference(
         x.to(out_device), roi_size=cfg.patch_size, sw_batch_size=cfg.batch_size, predictor=predictor,
         overlap=cfg.overlap, mode="gaussian", sigma_scale=cfg.sigma_scale, padding_mode="constant", cval=air,
-        sw_device=device, device=out_device,
+        sw_device=device, device=out_device, roi_weight_map=weight_map,
     )
+    if cfg.compat == "authors":  # blended logits → probabilities (nnU-Net's order)
+        prob = torch.softmax(prob, dim=1)
     return prob[0, :, : shape[0], : shape[1], : shape[2]]
 
 
