@@ -321,7 +321,7 @@ def test_compat_authors_on_the_same_weights(case, checkpoint, tmp_path):
     agree = dice(labels["pasta"], labels["authors"], labels=values)
     vs_gt = {c: dice(labels[c], gt, labels=values) for c in labels}
     print("pasta vs authors DSC", {v: round(agree[v], 3) for v in values},
-          "vs reference", {c: {v: round(d[v], 3) for v, d in vs_gt[c].items()} for c in vs_gt},
+          "vs reference", {c: {v: round(s, 3) for v, s in vs_gt[c].items()} for c in vs_gt},
           "voxels differing", float((labels["pasta"] != labels["authors"]).mean()))
     assert (labels["pasta"] != labels["authors"]).any()  # the settings change the answer ...
     assert min(agree.values()) > 0.7  # ... but not what the model found

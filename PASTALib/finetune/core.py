@@ -20,6 +20,11 @@ annotated class" (C ≤ 10) and ``dice_lesion`` is empty. At the end every held-
 with PASTALib.infer's sliding window (Gaussian blending, on the canonical grid) and scored per class
 (DSC, PASTALib.eval.dice) into ``validation.csv``.
 
+Input map (``normalization``, stored in ``model_final.pth``'s metadata block and applied by ``pasta
+segment``): from ``PASTA_final.pth`` (and from scratch) nnU-Net's CT normalisation with the training
+cases' foreground statistics, as the authors fine-tune in nnU-Net v2; from a model of this library its
+own map (SLF for stage 1).
+
 ``scratch=True`` trains the same architecture from random init (seeded), the paper's baseline. The
 K x fold sweep that writes ``fewshot.csv`` is :mod:`PASTALib.finetune.sweep`. ``pasta segment
 --checkpoint OUT/model_final.pth`` reads ``classes.json`` beside the model (:func:`read_classes`) and

@@ -22,7 +22,8 @@ class InferenceConfig:
 
     Geometry: the CT is reoriented to LPS and resampled to ``spacing_mm`` isotropic (the
     training geometry), segmented there with MONAI's sliding window (Gaussian blending), and
-    the label map is mapped back onto the input grid with nearest neighbour.
+    the label map is mapped back onto the input grid with nearest neighbour. ``compat="authors"``
+    swaps in the authors' resampling and window blending (PASTALib.infer.compat).
     """
 
     patch_size: tuple[int, int, int] = (128, 128, 128)  # sliding-window size (canonical voxels, z, y, x)
