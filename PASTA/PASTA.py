@@ -545,9 +545,10 @@ class PASTALogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def resolveCheckpoint(parameterNode):
-        """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth)."""
+        """The weights to segment with (MissingWeightsError says where to get PASTA_final.pth; CheckpointError
+        when the file cannot segment, e.g. PASTA_final.pth itself, saying to fine-tune it first)."""
         return resolve_checkpoint(optionalPath(parameterNode.checkpointPath), parameterNode.useFineTuned,
-                                  optionalPath(parameterNode.trainingFolder))
+                                  optionalPath(parameterNode.trainingFolder), for_segmentation=True)
 
     def checkpointStatus(self, parameterNode) -> str:
         try:

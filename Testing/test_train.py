@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+from PASTALib.model.checkpoint import load_state_dict_file
 from conftest import SHARED_DATA
 
 from PASTALib.train import (
@@ -117,7 +119,7 @@ def test_kill_and_resume_reproduces_loss_curve(toy, tmp_path):
     a = MetricsCSV.read(ref.metrics)
     b = MetricsCSV.read(res.metrics)
     assert [r["loss"] for r in a] == [r["loss"] for r in b]  # rows 4-5 of the killed run were dropped
-    sa, sb = torch.load(ref.final_model), torch.load(res.final_model)
+    sa, sb = load_state_dict_file(ref.final_model), load_state_dict_file(res.final_model)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
@@ -133,7 +135,7 @@ def test_stage2_beats_chance_on_held_out_lesions(toy, stage1_run, tmp_path):
     assert ev["n_lesions"] == 4 * LESIONS_PER_CASE  # 4 held-out cases
     assert ev["density"] >= STAGE2_MIN_DENSITY_ACC, ev  # hypo vs hyper, balanced: chance is 1/2
     # the UNet stayed frozen: only head.* differs from the stage-1 weights
-    s1, s2 = torch.load(stage1_run.final_model), torch.load(result.final_model)
+    s1, s2 = load_state_dict_file(stage1_run.final_model), load_state_dict_file(result.final_model)
     changed = {k.split(".")[0] for k in s1 if not torch.equal(s1[k], s2[k])}
     assert changed == {"head"}
 

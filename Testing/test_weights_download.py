@@ -204,19 +204,6 @@ def test_verify_published_layout_counts_seg_classes_from_the_file(tmp_path):
         verify_published_layout(path)
 
 
-def test_segment_download_weights_installs_before_loading(server, tmp_path, monkeypatch, capsys, ts_data):
-    """`pasta segment --download-weights` installs first (here a file of the wrong layout: refused
-    before any model is built) and names the fix."""
-    monkeypatch.setenv("PASTA_WEIGHTS_DIR", str(tmp_path / "w"))
-    monkeypatch.setenv("PASTA_WEIGHTS_URL", f"{server}/tiny.pth")
-    rc = main(["segment", "--ct", str(ts_data / "example_ct.nii.gz"), "--out", str(tmp_path / "seg"), "--download-weights",
-               "--no-progress-bar"])
-    assert rc == 2
-    assert "does not have the published PASTA layout" in capsys.readouterr().err
-    assert [p.name for p in (tmp_path / "w").iterdir()] == [] and not (tmp_path / "seg").exists()
-    assert ("/tiny.pth", None) in _Handler.log
-
-
 def test_default_source_is_the_authors_drive_file(monkeypatch):
     """The URL is the Drive file the PASTA README links, in the form gdown resolves through Drive's
     download confirmation (the part that cannot run without internet)."""

@@ -114,13 +114,14 @@ def fine_tuned_classes(training_folder: str | os.PathLike) -> list[str]:
 
 
 def resolve_checkpoint(path: str | os.PathLike | None, use_fine_tuned: bool = False,
-                       training_folder: str | os.PathLike | None = None) -> Path:
+                       training_folder: str | os.PathLike | None = None, *, for_segmentation: bool = False) -> Path:
     """The weights file a segmentation job should use, checked before any subprocess starts.
 
     ``use_fine_tuned``: ``TRAINING_FOLDER/finetune/model_final.pth`` (run Fine-tune first);
     else ``path`` when given; else the public ``PASTA_final.pth`` at its default place
     (``$PASTA_WEIGHTS_DIR`` or ``~/.pasta/weights``). Missing weights raise PASTALib's
-    ``MissingWeightsError`` whose message says where to get them.
+    ``MissingWeightsError`` whose message says where to get them. ``for_segmentation``: also check that the
+    file can segment (:func:`segmentation_capabilities`; PASTA_final.pth cannot: fine-tune it first).
     """
     if use_fine_tuned:
         if not training_folder:
@@ -130,10 +131,26 @@ def resolve_checkpoint(path: str | os.PathLike | None, use_fine_tuned: bool = Fa
         if not model.is_file():
             raise MissingWeightsError(f"No fine-tuned model at {model}: mark training cases and run Fine-tune "
                                       f"first (`pasta finetune --data {Path(training_folder)}` writes it there).")
+        if for_segmentation:
+            segmentation_capabilities(model)
         return model
     from PASTALib.weights import require_weights
 
-    return require_weights(path)
+    path = require_weights(path)
+    if for_segmentation:
+        segmentation_capabilities(path)
+    return path
+
+
+def segmentation_capabilities(path: str | os.PathLike):
+    """What the checkpoint can do (PASTALib.capabilities, torch-free: shapes only), raising PASTALib's
+    CheckpointError with the way forward (few-shot fine-tuning) when it cannot segment - e.g. the
+    public PASTA_final.pth, an encoder + attribute head."""
+    from PASTALib.capabilities import checkpoint_capabilities
+
+    caps = checkpoint_capabilities(path)
+    caps.require_segmentation()
+    return caps
 
 
 # --- the logic ----------------------------------------------------------------------------------

@@ -59,6 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fg-fraction", type=float, default=0.33, help="share of each batch forced onto annotated voxels")
     p.add_argument("--spacing", type=float, default=1.0, dest="spacing_mm",
                    help="canonical LPS spacing in mm the cases are resampled to (default 1, the model's); 0: keep the files' grids")
+    p.add_argument("--normalization", choices=("auto", "nnunet_ct", "slf"), default="auto",
+                   help="input map: auto = the init model's own; from PASTA_final.pth or scratch nnU-Net's CT "
+                        "normalisation with the training cases' foreground statistics (the authors' recipe), stored "
+                        "in model_final.pth and applied by `pasta segment`")
+    p.add_argument("--intensity-samples", type=int,
+                   help="foreground voxels sampled for the nnU-Net CT statistics (default nnU-Net's 10e7)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")

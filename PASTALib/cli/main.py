@@ -11,7 +11,7 @@ from PASTALib import __version__
 from PASTALib.errors import PastaError
 
 #: Subcommand groups: module under PASTALib.cli with ``add_parser(subparsers)``.
-GROUPS = ("io", "geometry", "anatomy", "synth", "segment", "train", "finetune", "classify", "refine", "embed", "evaluate", "review", "demo", "data")
+GROUPS = ("io", "geometry", "anatomy", "synth", "segment", "train", "finetune", "classify", "refine", "embed", "evaluate", "review", "demo", "weights", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,15 +20,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--ct", help="CT file (NIfTI/NRRD/MHA) or DICOM series folder")
     src.add_argument("--batch", help="folder of CTs (files or DICOM sub-folders) or CSV with columns ct[,id]")
     p.add_argument("--out", required=True, help="output folder (batch: one sub-folder per case + manifest.csv)")
-    p.add_argument("--checkpoint", help="weights: PASTA_final.pth (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights) "
-                                        "or a `pasta train` model_final.pth")
-    p.add_argument("--download-weights", action="store_true",
-                   help="without --checkpoint: first install PASTA_final.pth as `pasta weights download` does "
-                        "(nothing happens when it is installed)")
+    p.add_argument("--checkpoint", help="segmentation weights: a `pasta train` / `pasta finetune` model_final.pth "
+                                        "(PASTA_final.pth itself cannot segment: fine-tune it first; see "
+                                        "`pasta weights info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
     p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
     p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--compat", choices=("pasta", "authors"), default="pasta",
+                   help="authors: the authors' settings for models fine-tuned their way (ndimage.zoom resampling with "
+                        "aligned corners, logits blended with nnU-Net's Gaussian, mirroring; 8x slower)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
     p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
@@ -81,20 +82,12 @@ def _segment(args: argparse.Namespace) -> int:
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
         "num_threads": args.threads,
     }.items() if v is not None}
-    cfg = InferenceConfig(device=args.device, mirroring=args.mirror, amp=args.amp, **overrides)
+    cfg = InferenceConfig(device=args.device, mirroring=args.mirror, amp=args.amp, compat=args.compat, **overrides)
     progress = _Progress(args.progress_lines, args.progress_bar)
     try:
-        if args.download_weights and not args.checkpoint:
-            from PASTALib.cli.data import ByteProgress
-            from PASTALib.model.install import download_weights
-
-            bar = ByteProgress("PASTA_final.pth", lines=False, bar=args.progress_bar)
-            try:
-                progress(0.0, "PASTA weights: " + download_weights(progress=bar).summary())
-            finally:
-                bar.close()
         progress(0.0, "loading model")
         model = load_model(args.checkpoint, device=args.device)
+        model.capabilities.require_segmentation()  # before any output: PASTA_final.pth alone cannot segment
         cfg.validate(model.divisor)
         if args.batch:
             if args.organs:

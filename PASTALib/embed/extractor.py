@@ -7,8 +7,9 @@ come from):
   head is trained on the encoder feature of 96³ crops, docs/model.md). TumorImagingBench crops
   **48³** for every model (``get_transforms(spatial_size=(48, 48, 48))``); pass ``crop_size=48``
   to compare with it. The public ``feature_extraction.py`` of LWHYC/PASTA runs a 128³ example.
-* Intensity: the SLF map (``slf_normalize``; −1000/−200/200/1000 HU → 0/0.2/0.9/1, or the public
-  example's 0.8 with ``slf_values=SLF_VALUES_PUBLIC_EXAMPLE``). TumorImagingBench instead scales
+* Intensity: the SLF map (``slf_normalize``; −1000/−200/200/1000 HU → 0/0.2/0.9/1, or the
+  unused 0.8 default of their loader class with ``slf_values=SLF_VALUES_LOADER_DEFAULT``; every public
+  loader and ``feature_extraction.py`` pass 0.9). TumorImagingBench instead scales
   −1024…2048 HU linearly to 0…1.
 * Feature: global average pool of stage 4 (1/16 resolution; ``PastaUNet.encode``), as the public
   classification code. TumorImagingBench pools the bottleneck output (stage 5, 1/32) instead.
@@ -41,7 +42,7 @@ from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
 from PASTALib.model import PastaUNet, build_model_from_checkpoint
 from PASTALib.weights import weights_path
-from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize
+from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize, to_head_orientation
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 REQUIRED_COLUMNS = ("image_path", *COORD_COLUMNS)
@@ -91,7 +92,9 @@ class LesionEmbedder:
             crops = crops[None]
         out = np.empty((len(crops), self.feature_dim), dtype=np.float32)
         for start in range(0, len(crops), self.batch_size):
-            x = torch.from_numpy(slf_normalize(crops[start:start + self.batch_size], self.slf_thresholds, self.slf_values))
+            # the authors' crop orientation (LAS transposed: y flipped vs LPS), the one PASTA_final.pth was trained on
+            x = torch.from_numpy(to_head_orientation(
+                slf_normalize(crops[start:start + self.batch_size], self.slf_thresholds, self.slf_values)))
             x = x[:, None].to(self.device)
             out[start:start + len(x)] = self.model.encode(x).float().cpu().numpy()
         return out

@@ -719,10 +719,11 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _batches(x: np.ndarray, device: torch.device, slf_values: Sequence[float]) -> torch.Tensor:
-    from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, slf_normalize
+    from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, slf_normalize, to_head_orientation
 
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device, non_blocking=True)
-    return slf_normalize(t, SLF_THRESHOLDS_HU, tuple(slf_values))[:, None]
+    # LPS crops → the authors' LAS-transposed orientation, the one PASTA_final.pth's encoder/head was trained on
+    return to_head_orientation(slf_normalize(t, SLF_THRESHOLDS_HU, tuple(slf_values)))[:, None]
 
 
 @torch.inference_mode()

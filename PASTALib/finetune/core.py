@@ -20,6 +20,11 @@ annotated class" (C ≤ 10) and ``dice_lesion`` is empty. At the end every held-
 with PASTALib.infer's sliding window (Gaussian blending, on the canonical grid) and scored per class
 (DSC, PASTALib.eval.dice) into ``validation.csv``.
 
+Input map (``normalization``, stored in ``model_final.pth``'s metadata block and applied by ``pasta
+segment``): from ``PASTA_final.pth`` (and from scratch) nnU-Net's CT normalisation with the training
+cases' foreground statistics, as the authors fine-tune in nnU-Net v2; from a model of this library its
+own map (SLF for stage 1).
+
 ``scratch=True`` trains the same architecture from random init (seeded), the paper's baseline. The
 K x fold sweep that writes ``fewshot.csv`` is :mod:`PASTALib.finetune.sweep`. ``pasta segment
 --checkpoint OUT/model_final.pth`` reads ``classes.json`` beside the model (:func:`read_classes`) and
@@ -90,6 +95,13 @@ class FinetuneConfig:
     num_workers: int | None = None
     tensorboard: bool = True
     curves: bool = True
+    #: input map of the segmentation network: "auto" (the init checkpoint's own when its metadata names one;
+    #: nnU-Net's CT normalisation with statistics of the training cases when starting from PASTA_final.pth or
+    #: from scratch, as the authors' nnU-Net fine-tuning; SLF for this library's stage-1 models), "nnunet_ct", "slf"
+    normalization: str = "auto"
+    #: foreground intensities sampled for nnU-Net's CT statistics (None: nnU-Net's 10e7 over all training cases,
+    #: about a minute and 1 GB on a CPU; fewer gives an estimate of the same statistics)
+    intensity_samples: int | None = None
 
     def validate(self) -> None:
         if self.folds < 2:
@@ -100,6 +112,10 @@ class FinetuneConfig:
             raise TrainingError("--k must be ≥ 1")
         if self.spacing_mm is not None and self.spacing_mm <= 0:
             raise TrainingError("--spacing must be positive")
+        if self.intensity_samples is not None and self.intensity_samples < 1:
+            raise TrainingError("--intensity-samples must be ≥ 1")
+        if self.normalization not in ("auto", "nnunet_ct", "slf"):
+            raise TrainingError(f"--normalization must be auto, nnunet_ct or slf (got {self.normalization!r})")
 
 
 @dataclass
@@ -222,7 +238,8 @@ def prepare_case(case: FewshotCase, value_to_class: dict[int, int], folder: Path
 
 def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes: Sequence[dict[str, Any]], *,
                    patch_size: Sequence[int], device: str | torch.device = "cpu", overlap: float = 0.5,
-                   slf_values: Sequence[float] | None = None, output_channel: str = "class") -> list[dict[str, Any]]:
+                   slf_values: Sequence[float] | None = None, output_channel: str = "class",
+                   normalize: Any = None) -> list[dict[str, Any]]:
     """DSC per (prepared) case and class with PASTALib.infer's sliding window over the whole case.
 
     ``output_channel``: which network output a class is read from - ``"class"`` (the fine-tuned
@@ -241,7 +258,8 @@ def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes:
     for case_dir in case_dirs:
         hu = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(case_dir) / "img.nii.gz"))).astype(np.float32)
         ref = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(case_dir) / "label.nii.gz")))
-        pred = sliding_window_probabilities(network, hu, cfg, dev, slf_values=tuple(slf_values or SLF_VALUES))
+        pred = sliding_window_probabilities(network, hu, cfg, dev, slf_values=tuple(slf_values or SLF_VALUES),
+                                            normalize=normalize)
         pred = pred.argmax(0).cpu().numpy()
         for c in classes:
             channel = int(c["class"] if output_channel == "class" else c["label_value"])
@@ -286,6 +304,40 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 # --- the run -----------------------------------------------------------------------------------
+
+def case_intensity_statistics(cases: Sequence[FewshotCase], total_samples: int | None = None) -> dict[str, Any]:
+    """nnU-Net's CT normalisation of the fine-tuning cases (foreground = any annotated label, on each
+    case's own grid, sampled as nnU-Net's fingerprint extractor): the metadata dict stored with the model."""
+    from PASTALib.model.preprocess import foreground_intensity_statistics
+
+    pairs = [(sitk.GetArrayFromImage(sitk.ReadImage(str(c.image), sitk.sitkFloat32)),
+              sitk.GetArrayFromImage(sitk.ReadImage(str(c.label)))) for c in cases]
+    try:
+        return foreground_intensity_statistics(pairs, total_samples=total_samples).to_dict()
+    except ValueError as exc:
+        raise TrainingError(f"cannot compute the intensity normalisation of the training cases: {exc}") from None
+
+
+def choose_normalization(cfg: FinetuneConfig, init: Path | None, train_cases: Sequence[FewshotCase]) -> dict[str, Any]:
+    """The segmentation input map of a fine-tuning run (see ``FinetuneConfig.normalization``) and why."""
+    from PASTALib.model.preprocess import SLFNormalization
+
+    choice = cfg.normalization
+    if choice == "auto":
+        if init is None or cfg.scratch:
+            choice = "nnunet_ct"
+        else:
+            from PASTALib.capabilities import checkpoint_capabilities
+
+            caps = checkpoint_capabilities(init)
+            if caps.segmentation_normalization:  # a model of this library: keep what its encoder was trained on
+                return dict(caps.segmentation_normalization)
+            choice = "nnunet_ct" if caps.kind == "pasta_final" else "slf"
+    if choice == "slf":
+        return SLFNormalization().to_dict()
+    return case_intensity_statistics(train_cases, cfg.intensity_samples)
+
+
 
 def resolve_init(cfg: FinetuneConfig) -> Path | None:
     """The weights file a run starts from (from scratch: the layout source, or None for the published
@@ -342,6 +394,9 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
     val_dirs = [prepare_case(by_id[i], value_to_class, prepared / "validation", cfg.spacing_mm)
                 for i in splits["validation"]] if cfg.evaluate else []
 
+    normalization = choose_normalization(cfg, init, [by_id[i] for i in splits["train"]])
+    write_json_atomic(out / "finetune_config.json", json.loads((out / "finetune_config.json").read_text(encoding="utf-8"))
+                      | {"segmentation_normalization": normalization})
     s1 = Stage1Config(
         data=str(prepared / "train"), out=str(out), iterations=cfg.iterations, batch_size=cfg.batch_size,
         patch_size=tuple(cfg.patch_size), lr=cfg.lr, optimizer=cfg.optimizer, fg_fraction=cfg.fg_fraction,
@@ -349,7 +404,8 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
         num_classes=len(classes) + 1, base_channels=pre.base_channels, max_channels=pre.max_channels,
         num_stages=pre.num_stages, init=None if cfg.scratch else str(init), resume=cfg.resume, progress_lines=cfg.progress_lines,
         progress_bar=cfg.progress_bar, num_threads=cfg.num_threads, num_workers=cfg.num_workers,
-        tensorboard=cfg.tensorboard, curves=cfg.curves,
+        tensorboard=cfg.tensorboard, curves=cfg.curves, normalization=normalization,
+        metadata={"kind": "finetune", "classes": classes},
     )
     result = FinetuneResult(0, out, None, classes_path, splits_path, out / "metrics.csv")
     tr = train_stage1(s1, callback=callback, stop=stop)
@@ -363,7 +419,7 @@ def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
     if cfg.progress_lines:
         print(f"PROGRESS 1.0000 validating on {len(val_dirs)} held-out case(s)", flush=True)
     rows = evaluate_cases(pm.network, val_dirs, classes, patch_size=cfg.patch_size, device=pm.device,
-                          overlap=cfg.overlap, slf_values=pm.slf_values)
+                          overlap=cfg.overlap, slf_values=pm.slf_values, normalize=pm.segmentation_normalization())
     result.validation = rows
     result.validation_csv = _write_rows(out / VALIDATION_NAME, rows)
     scores = [r["dice"] for r in rows if not math.isnan(r["dice"])]

@@ -22,7 +22,8 @@ class InferenceConfig:
 
     Geometry: the CT is reoriented to LPS and resampled to ``spacing_mm`` isotropic (the
     training geometry), segmented there with MONAI's sliding window (Gaussian blending), and
-    the label map is mapped back onto the input grid with nearest neighbour.
+    the label map is mapped back onto the input grid with nearest neighbour. ``compat="authors"``
+    swaps in the authors' resampling and window blending (PASTALib.infer.compat).
     """
 
     patch_size: tuple[int, int, int] = (128, 128, 128)  # sliding-window size (canonical voxels, z, y, x)
@@ -44,6 +45,10 @@ class InferenceConfig:
     phase: str = "auto"  # enhancement wording source: auto | plain | enhanced
     num_threads: int | None = None  # torch CPU threads (None: leave torch's setting)
     aggregate_on_cpu: bool | None = None  # sliding-window output buffer on CPU (None: CPU unless CUDA has room)
+    #: "pasta" (this library: SimpleITK linear resampling to spacing_mm, softmax probabilities blended with
+    #: MONAI's Gaussian) or "authors" (LWHYC/PASTA + nnU-Net v2's predictor: ndimage.zoom resampling with aligned
+    #: corners, logits blended with nnU-Net's Gaussian, mirroring over all axes; PASTALib.infer.compat)
+    compat: str = "pasta"
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
@@ -67,6 +72,8 @@ class InferenceConfig:
             raise InferenceError(f"phase must be auto, plain or enhanced, not {self.phase!r}")
         if self.spacing_mm <= 0:
             raise InferenceError("spacing must be positive")
+        if self.compat not in ("pasta", "authors"):
+            raise InferenceError(f"compat must be pasta or authors, not {self.compat!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

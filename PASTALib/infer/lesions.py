@@ -24,7 +24,7 @@ from PASTALib.geometry import Grid, resample_to_grid
 from PASTALib.geometry.canonical import IDENTITY_DIRECTION
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.model.attributes import AttributePrediction, decode_attributes
-from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
+from PASTALib.model.preprocess import SLF_VALUES, slf_normalize, to_head_orientation
 from PASTALib.synth.report import StructuredReport, measure_lesion
 
 logger = logging.getLogger(__name__)
@@ -335,7 +335,8 @@ def classify_lesions(
         for c in centres[start:start + batch_size]:
             grid = attribute_crop_grid(c, crop_size, spacing)
             hu = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False))  # (z, y, x), -1024 outside
-            crops.append(slf_normalize(hu, values=tuple(slf_values))[None])
+            # the head of PASTA_final.pth was trained on the authors' LAS-transposed crops (y flipped vs LPS)
+            crops.append(to_head_orientation(slf_normalize(hu, values=tuple(slf_values)))[None])
         x = torch.from_numpy(np.stack(crops)).to(device)
         if dtype is not None:
             with torch.autocast(device_type=device.type, dtype=dtype):

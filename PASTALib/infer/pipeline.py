@@ -32,7 +32,8 @@ from PASTALib.infer.sliding import segment_canonical
 from PASTALib.errors import CheckpointError
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.labels import LesionType, Phase, label_name
-from PASTALib.model.preprocess import SLF_VALUES
+from PASTALib.capabilities import CheckpointCapabilities
+from PASTALib.model.preprocess import SLF_VALUES, Normalization, SLFNormalization, normalization_from_dict
 from PASTALib.weights import CLASSES_NAME, read_classes, weights_path
 
 ProgressFn = Callable[[float, str], None]
@@ -60,6 +61,13 @@ class PastaModel:
     slf_values: tuple[float, ...] = SLF_VALUES
     checkpoint: Path | None = None
     classes: list[dict[str, Any]] | None = None
+    #: what the checkpoint can do (PASTALib.capabilities); None for a network passed in directly
+    capabilities: CheckpointCapabilities | None = None
+
+    def segmentation_normalization(self) -> Normalization:
+        """The input map of the segmentation outputs: the checkpoint's (metadata), else the SLF map."""
+        spec = self.capabilities.segmentation_normalization if self.capabilities is not None else None
+        return normalization_from_dict(spec) if spec else SLFNormalization(tuple(self.slf_values))
 
     @property
     def divisor(self) -> int:
@@ -114,15 +122,24 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
     beside the file (``pasta finetune``) maps the output channels to the annotated label values;
     CheckpointError when its class count does not fit the network's output channels.
     """
-    from PASTALib.model import build_model_from_checkpoint
+    from PASTALib.capabilities import read_metadata, state_dict_capabilities
+    from PASTALib.model.checkpoint import build_model_from_state_dict, extract_state_dict, read_checkpoint
 
     path = weights_path(checkpoint)
     dev = resolve_device(device)
-    network, _ = build_model_from_checkpoint(path, allow_pickle=allow_pickle, device=dev)
+    obj = read_checkpoint(path, allow_pickle=allow_pickle)
+    try:
+        sd = extract_state_dict(obj)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    metadata = read_metadata(obj)
+    network, _ = build_model_from_state_dict(sd, path=path, device=dev)
+    del obj, sd
     network.eval()
     slf = tuple(slf_values) if slf_values else (_checkpoint_slf_values(path) or SLF_VALUES)
     model = PastaModel(network, dev, slf, path)
     classes_path = path.parent / CLASSES_NAME
+    classes = None
     if classes_path.is_file():
         classes = read_classes(classes_path)
         if len(classes) + 1 != model.num_outputs:
@@ -132,6 +149,9 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, device: str = "au
                 f"model_final.pth with the {CLASSES_NAME} that `pasta finetune` wrote beside it (or remove "
                 f"{CLASSES_NAME} for a model that predicts PASTA's label values)")
         model.classes = classes
+    elif metadata is not None and metadata.get("classes"):
+        model.classes = list(metadata["classes"])
+    model.capabilities = state_dict_capabilities(network.state_dict(), metadata, model.classes, path)
     return model
 
 
@@ -227,6 +247,8 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
 
         ct = read_ct(ct)
     pm = as_pasta_model(model, cfg)
+    if pm.capabilities is not None:  # e.g. PASTA_final.pth: an encoder + attribute head, no trained segmentation
+        pm.capabilities.require_segmentation()
     cfg.validate(pm.divisor)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -235,12 +257,18 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
 
     report(0.02, "resampling to canonical 1 mm LPS")
     t = time.perf_counter()
-    canonical, mapping = to_canonical(ct, is_label=False, spacing=cfg.spacing_mm)
+    zoomed = None
+    if cfg.compat == "authors":
+        from PASTALib.infer.compat import zoom_to_canonical
+
+        zoomed = zoom_to_canonical(ct, cfg.spacing_mm)
+    canonical, mapping = zoomed or to_canonical(ct, is_label=False, spacing=cfg.spacing_mm)
     hu = sitk.GetArrayFromImage(canonical)  # (z, y, x) float32 HU
     timings["to_canonical"] = time.perf_counter() - t
 
     t = time.perf_counter()
     lab_c, box = segment_canonical(pm.network, hu, cfg, pm.device, slf_values=pm.slf_values, progress=report,
+                                   normalize=pm.segmentation_normalization(),
                                    fraction_range=(0.05, 0.85))
     lut = pm.channel_values()
     if lut is not None:  # fine-tuned: output channel c → the annotated label value of class c

@@ -1,8 +1,8 @@
 """Sliding-window segmentation of a canonical (LPS, 1 mm) CT array with MONAI.
 
 Arrays are in SimpleITK order (z, y, x) of the canonical image, the order the training
-patches use (PASTALib.train.data). The input map is the SLF map (PASTALib.model.preprocess),
-the same normalisation as stage-1 training.
+patches use (PASTALib.train.data). The input map is the checkpoint's segmentation map (SLF, or nnU-Net's CT
+normalisation for models fine-tuned from PASTA_final.pth; PASTALib.model.preprocess), as in training.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from PASTALib.infer.config import InferenceConfig, amp_dtype
-from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
+from PASTALib.model.preprocess import SLF_VALUES, SLFNormalization
 
 ProgressFn = Callable[[float, str], None]
 
@@ -56,7 +56,8 @@ class WindowPredictor:
                  progress: ProgressFn | None = None, total_windows: int = 1, fraction_range: tuple[float, float] = (0.0, 1.0)) -> None:
         self.model, self.device, self.cfg = model, device, cfg
         self.dtype = amp_dtype(device, cfg.amp)
-        self.flips = _mirror_sets(cfg.mirror_axes) if cfg.mirroring else [()]
+        self.authors = cfg.compat == "authors"  # nnU-Net's predictor: mirrored logits averaged, softmax after blending
+        self.flips = _mirror_sets(cfg.mirror_axes) if cfg.mirroring or self.authors else [()]
         self.progress, self.total, self.range = progress, max(1, total_windows), fraction_range
         self.done = 0
 
@@ -70,7 +71,7 @@ class WindowPredictor:
         for flip in self.flips:
             dims = [a + 2 for a in flip]
             xi = torch.flip(x, dims) if dims else x
-            p = torch.softmax(self._logits(xi), dim=1)
+            p = self._logits(xi) if self.authors else torch.softmax(self._logits(xi), dim=1)
             if dims:
                 p = torch.flip(p, dims)
             prob = p if prob is None else prob + p
@@ -99,34 +100,47 @@ def _aggregate_device(device: torch.device, cfg: InferenceConfig, shape: Sequenc
 def sliding_window_probabilities(
     model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
     *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
-    fraction_range: tuple[float, float] = (0.0, 1.0),
+    fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> torch.Tensor:
-    """(C, z, y, x) float32 softmax probabilities of a canonical HU array (on the aggregation device)."""
+    """(C, z, y, x) float32 softmax probabilities of a canonical HU array (on the aggregation device).
+
+    ``normalize``: the network's segmentation input map (a checkpoint's, PASTALib.model.preprocess);
+    None: the SLF map with ``slf_values``."""
     from monai.inferers import sliding_window_inference
 
-    x = torch.from_numpy(slf_normalize(np.asarray(hu_zyx, np.float32), values=tuple(slf_values)))[None, None]
+    normalize = normalize or SLFNormalization(tuple(slf_values))
+    x = torch.from_numpy(np.asarray(normalize(np.asarray(hu_zyx, np.float32)), np.float32))[None, None]
+    air = float(np.asarray(normalize(np.full(1, -1024.0, np.float32)))[0])  # SLF 0; nnU-Net CT: its lower clip, scaled
     shape = tuple(int(v) for v in hu_zyx.shape)
     # MONAI shrinks the window to the image along an axis shorter than the window, which the UNet cannot
-    # take (sizes must be multiples of its divisor): pad with air (SLF 0) up to the window and crop back.
+    # take (sizes must be multiples of its divisor): pad with air up to the window and crop back.
     padded = tuple(max(n, r) for n, r in zip(shape, cfg.patch_size))
     if padded != shape:
-        x = torch.nn.functional.pad(x, [p for n, q in zip(reversed(shape), reversed(padded)) for p in (0, q - n)])
+        x = torch.nn.functional.pad(x, [p for n, q in zip(reversed(shape), reversed(padded)) for p in (0, q - n)],
+                                    value=air)
     n_classes = int(getattr(getattr(model, "config", None), "num_seg_classes", 26))
     out_device = _aggregate_device(device, cfg, hu_zyx.shape, n_classes)
     predictor = WindowPredictor(model, device, cfg, progress, count_windows(padded, cfg.patch_size, cfg.overlap),
                                 fraction_range)
+    weight_map = None
+    if cfg.compat == "authors":
+        from PASTALib.infer.compat import nnunet_gaussian
+
+        weight_map = torch.from_numpy(nnunet_gaussian(cfg.patch_size, cfg.sigma_scale)).to(device)
     prob = sliding_window_inference(
         x.to(out_device), roi_size=cfg.patch_size, sw_batch_size=cfg.batch_size, predictor=predictor,
-        overlap=cfg.overlap, mode="gaussian", sigma_scale=cfg.sigma_scale, padding_mode="constant", cval=0.0,
-        sw_device=device, device=out_device,
+        overlap=cfg.overlap, mode="gaussian", sigma_scale=cfg.sigma_scale, padding_mode="constant", cval=air,
+        sw_device=device, device=out_device, roi_weight_map=weight_map,
     )
+    if cfg.compat == "authors":  # blended logits → probabilities (nnU-Net's order)
+        prob = torch.softmax(prob, dim=1)
     return prob[0, :, : shape[0], : shape[1], : shape[2]]
 
 
 def segment_canonical(
     model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
     *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
-    fraction_range: tuple[float, float] = (0.0, 1.0),
+    fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
     """Argmax label array (uint8, z, y, x) of a canonical HU array, and the box that was segmented.
 
@@ -140,6 +154,6 @@ def segment_canonical(
         box = tuple(slice(0, n) for n in hu_zyx.shape)  # type: ignore[assignment]
     labels = np.zeros(hu_zyx.shape, np.uint8)
     prob = sliding_window_probabilities(model, hu_zyx[box], cfg, device, slf_values=slf_values, progress=progress,
-                                        fraction_range=fraction_range)
+                                        fraction_range=fraction_range, normalize=normalize)
     labels[box] = prob.argmax(0).to(torch.uint8).cpu().numpy()
     return labels, box  # type: ignore[return-value]

@@ -272,20 +272,26 @@ def load_pasta_checkpoint(
     return result
 
 
+def build_model_from_state_dict(sd: Mapping[str, torch.Tensor], *, path: str | os.PathLike | None = None,
+                                device: str | torch.device = "cpu") -> tuple[PastaUNet, LoadResult]:
+    """Build a PastaUNet whose layout is read from the state dict, then load it strictly."""
+    where = Path(path) if path is not None else Path("<state dict>")
+    if not any(k.startswith("conv_blocks_context.") for k in sd):
+        raise CheckpointError(f"{where} is {describe_state_dict(sd)}")
+    with torch.device("meta"):
+        model = PastaUNet(infer_config(sd))
+    model = model.to_empty(device=device)
+    result = LoadResult(path=where)
+    problems = _mismatch_report(model.state_dict(), sd)
+    if problems:
+        raise CheckpointError(f"{where} does not fit the layout read from it:\n  " + "\n  ".join(problems))
+    model.load_state_dict(sd, strict=True)
+    result.loaded = sorted(sd)
+    return model, result
+
+
 def build_model_from_checkpoint(path: str | os.PathLike | None = None, *, allow_pickle: bool = False,
                                 device: str | torch.device = "cpu") -> tuple[PastaUNet, LoadResult]:
     """Build a PastaUNet whose layout is read from the file, then load it strictly."""
     path = Path(path).expanduser() if path is not None else default_weights_path()
-    sd = load_state_dict_file(path, allow_pickle=allow_pickle)
-    if not any(k.startswith("conv_blocks_context.") for k in sd):
-        raise CheckpointError(f"{path} is {describe_state_dict(sd)}")
-    with torch.device("meta"):
-        model = PastaUNet(infer_config(sd))
-    model = model.to_empty(device=device)
-    result = LoadResult(path=path)
-    problems = _mismatch_report(model.state_dict(), sd)
-    if problems:
-        raise CheckpointError(f"{path} does not fit the layout read from it:\n  " + "\n  ".join(problems))
-    model.load_state_dict(sd, strict=True)
-    result.loaded = sorted(sd)
-    return model, result
+    return build_model_from_state_dict(load_state_dict_file(path, allow_pickle=allow_pickle), path=path, device=device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,7 +21,7 @@ import torch
 
 from PASTALib.anatomy.organs import label_locations
 from PASTALib.model.attributes import encode_attributes
-from PASTALib.model.preprocess import slf_normalize
+from PASTALib.model.preprocess import slf_normalize, to_head_orientation
 from PASTALib.train.common import TrainingError
 
 IMAGE_NAMES = ("img.nii.gz", "ct.nii.gz", "image.nii.gz")
@@ -195,11 +195,13 @@ class IterationPatchBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, cases: Sequence[LoadedCase], patch_size: Sequence[int], batch_size: int, *, seed: int,
-                 rank: int, start: int, stop: int, slf_values: Sequence[float], **sampler_kw: Any) -> None:
+                 rank: int, start: int, stop: int, slf_values: Sequence[float],
+                 normalize: Callable[[np.ndarray], np.ndarray] | None = None, **sampler_kw: Any) -> None:
         super().__init__()
         self.cases, self.patch_size, self.batch_size = list(cases), tuple(patch_size), int(batch_size)
         self.seed, self.rank, self.start, self.stop = int(seed), int(rank), int(start), int(stop)
         self.slf_values, self.sampler_kw = tuple(slf_values), sampler_kw
+        self.normalize = normalize  # picklable (PASTALib.model.preprocess); None: the SLF map of slf_values
 
     def batch(self, iteration: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         from PASTALib.model.preprocess import slf_normalize
@@ -207,7 +209,8 @@ class IterationPatchBatches(torch.utils.data.IterableDataset):
         seq = np.random.SeedSequence([self.seed, self.rank, int(iteration)])
         sampler = PatchSampler(self.cases, self.patch_size, seed=seq, **self.sampler_kw)
         img, lab = sampler.sample(self.batch_size)
-        x = torch.from_numpy(np.ascontiguousarray(slf_normalize(img, values=self.slf_values), dtype=np.float32))
+        normalized = self.normalize(img) if self.normalize is not None else slf_normalize(img, values=self.slf_values)
+        x = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
         return iteration, x, torch.from_numpy(lab.astype(np.int64))
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -266,8 +269,9 @@ def lesion_samples(case: LoadedCase) -> list[LesionSample]:
 
 def lesion_crop(case: LoadedCase, sample: LesionSample, size: Sequence[int], jitter: Sequence[int] = (0, 0, 0),
                 slf_values: Sequence[float] | None = None) -> np.ndarray:
-    """(1, *size) SLF-normalised crop centred on the lesion (+ jitter voxels)."""
+    """(1, *size) SLF-normalised crop centred on the lesion (+ jitter voxels), in the authors' crop orientation
+    (LAS transposed, y flipped vs LPS: PASTALib.model.preprocess.to_head_orientation) as the attribute head sees it."""
     centre = np.asarray(sample.centre_index) + np.asarray(jitter)
     crop = crop_with_padding(case.image, centre, size, PAD_HU)
     kw = {} if slf_values is None else {"values": tuple(slf_values)}
-    return slf_normalize(crop, **kw)[None]
+    return to_head_orientation(slf_normalize(crop, **kw))[None]

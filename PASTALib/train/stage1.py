@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from PASTALib.model.checkpoint import load_pasta_checkpoint
-from PASTALib.model.preprocess import SLF_VALUES, slf_normalize
+from PASTALib.model.preprocess import SLF_VALUES, SLFNormalization, normalization_from_dict
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.train.common import (
     AMP_CHOICES,
@@ -121,6 +121,12 @@ class Stage1Config:
     progress_bar: bool = True
     num_threads: int | None = None
     slf_values: tuple[float, ...] = SLF_VALUES
+    #: input map of the network (None: the SLF map of ``slf_values``); ``{"scheme": "nnunet_ct", ...}`` for
+    #: nnU-Net's CT normalisation (fine-tuning from PASTA_final.pth, PASTALib.model.preprocess). Stored in
+    #: model_final.pth's metadata block so inference applies the same map.
+    normalization: dict[str, Any] | None = None
+    #: extra fields of model_final.pth's metadata block (PASTALib.capabilities.make_metadata: kind, classes)
+    metadata: dict[str, Any] | None = None
     #: DataLoader worker processes producing the batches (None: 0 on CPU, min(6, cores per process - 1)
     #: on CUDA). 0 draws patches in the training process from one restorable sampler (the historical
     #: stream); > 0 seeds each iteration's batch from (seed, rank, iteration) - also exactly
@@ -394,10 +400,12 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
             curves.checkpoint()
         dist_ctx.barrier()
 
+    normalize = normalization_from_dict(cfg.normalization) if cfg.normalization else SLFNormalization(tuple(cfg.slf_values))
     batches = None
     if num_workers > 0 and iteration < cfg.iterations:
         dataset = IterationPatchBatches(cases, cfg.patch_size, cfg.batch_size, seed=cfg.seed, rank=rank,
-                                        start=iteration, stop=cfg.iterations, slf_values=cfg.slf_values, **sampler_kw)
+                                        start=iteration, stop=cfg.iterations, slf_values=cfg.slf_values,
+                                        normalize=normalize, **sampler_kw)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
                                              pin_memory=device.type == "cuda", persistent_workers=True,
                                              prefetch_factor=max(1, cfg.prefetch_factor))
@@ -406,7 +414,7 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
     def next_batch(it: int) -> tuple[torch.Tensor, torch.Tensor]:
         if batches is None:
             img, lab = sampler.sample(cfg.batch_size)
-            return torch.from_numpy(slf_normalize(img, values=cfg.slf_values)), torch.from_numpy(lab.astype(np.int64))
+            return torch.from_numpy(normalize(img)), torch.from_numpy(lab.astype(np.int64))
         got, x, y = next(batches)
         if got != it:  # cannot happen with the round-robin DataLoader; guards exact resume
             raise TrainingError(f"data loader returned the batch of iteration {got} for iteration {it}")
@@ -512,8 +520,14 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
     final = None
     if iteration >= cfg.iterations:
         if main:
-            final = atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                                      out / FINAL_NAME)
+            from PASTALib.capabilities import make_metadata, wrap_with_metadata
+
+            # the metadata block says what the file can do and which input map it expects (PASTALib.capabilities)
+            meta = make_metadata(kind="stage1", segment=True, attributes=False,
+                                 segmentation_normalization=normalize.to_dict(), init=cfg.init)
+            meta.update(cfg.metadata or {})
+            final = atomic_torch_save(wrap_with_metadata(
+                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, meta), out / FINAL_NAME)
         else:
             final = out / FINAL_NAME
         dist_ctx.barrier()
