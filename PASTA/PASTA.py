@@ -115,7 +115,7 @@ def optionalPath(path) -> Optional[str]:
 #
 
 
-class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencies.DependencyPanelMixin):
     """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASynthLib.jobs)."""
 
     def __init__(self, parent=None) -> None:
@@ -235,49 +235,6 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         segmentation = p.outputSegmentation if p else None
         if segmentation is not self._cardsSegmentation:
             self.showReportCards(segmentation)
-
-    # -- dependencies -------------------------------------------------------------------
-
-    @staticmethod
-    def slicerLine():
-        return dependencies.slicer_line(slicer.app.majorVersion, slicer.app.minorVersion)
-
-    def updateDependencyStatus(self) -> None:
-        report = dependencies.check_dependencies(line=self.slicerLine())
-        self.ui.dependencyLabel.text = report.message
-        self.ui.installDependenciesButton.visible = not report.ok
-
-    def onInstallDependencies(self) -> None:
-        """torch through the PyTorch extension, then the rest (pip_ensure on 5.12+, a cancellable
-        pip subprocess on 5.10); the button is Cancel while pip runs in the background."""
-        if self._installer is not None and self._installer.running:
-            self._installer.cancel()
-            return
-        self._installer = dependencies.DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
-                                                           self.onDependenciesInstalled)
-        self.ui.installDependenciesButton.text = _("Cancel installation")
-        self._installFinished = False
-        with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
-            self._installer.start()
-        if not self._installer.running:
-            self.ui.installDependenciesButton.text = _("Install dependencies")
-            if not self._installFinished:  # it raised (error shown): show what is installed now
-                self.updateDependencyStatus()
-
-    def onDependencyStatus(self, text: str) -> None:
-        self.ui.dependencyLabel.text = text
-        slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
-
-    def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
-        self._installFinished = True
-        self.ui.installDependenciesButton.text = _("Install dependencies")
-        self.updateDependencyStatus()
-        self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text
-        if not ok:
-            slicer.util.warningDisplay(message, windowTitle=_("PASTA dependencies"))
-        elif restartNeeded and slicer.util.confirmYesNoDisplay(
-                message + "\n\n" + _("Restart Slicer now?"), windowTitle=_("PASTA dependencies")):
-            slicer.util.restart()
 
     # -- long jobs (CLI subprocess streaming PROGRESS lines; the start button becomes Cancel) --
 

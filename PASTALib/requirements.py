@@ -165,6 +165,7 @@ REQUIREMENTS: tuple[PythonRequirement, ...] = (
 CLI_ONLY: dict[str, str] = {
     "pingouin": "pasta review analyze",
     "krippendorff": "pasta review analyze",
+    "statsmodels": "pasta review analyze (OR-Hillis report, mixed model, Wilson intervals)",
     "threadpoolctl": "comes with scikit-learn",
     "tensorboard": "optional TensorBoard logging of training",
     "totalsegmentator": "installed by the TotalSegmentator extension, not by PASTA",

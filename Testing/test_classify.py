@@ -160,12 +160,12 @@ def test_detection_crop_geometry_on_real_ct(ts_data):
         detection_crop(ct, masks, Organ.ESOPHAGUS, None, size=size)
 
 
-def test_classifier_encoder_keeps_the_published_layout(shared_data):
+def test_classifier_encoder_keeps_the_published_layout():
     """The full-size classifier's encoder and attribute head carry PASTA_final.pth's names and shapes
     (so --init loads the public weights), and the decoder is not built (~57M of ~241M parameters)."""
     from PASTALib.finetune.classify import PastaClassifier
 
-    layout = json.loads((shared_data.parent / "pasta_state_dict_layout.json").read_text())["parameters"]
+    layout = json.loads((Path(__file__).resolve().parent / "data" / "pasta_state_dict_layout.json").read_text())["parameters"]
     model = PastaClassifier(UNetConfig(), None, device="meta")
     own = {k[len("unet."):]: list(v.shape) for k, v in model.state_dict().items() if k.startswith("unet.")}
     assert own and all(layout[k] == shape for k, shape in own.items())

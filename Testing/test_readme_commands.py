@@ -68,6 +68,9 @@ BLOCKS: dict[str, Run | Parse] = {
         "5-fold classification fine-tuning of the full-width encoder; Testing/test_classify.py runs it small"),
     ".venv/bin/python scripts/make_screenshots.py              # or --panel synthesis|reader_study|segment|fewshot": Parse(
         "renders four panels with VTK from real runs of the module logic (minutes)"),
+    "pasta weights download": Parse(
+        "downloads about 1 GB from Google Drive (no internet here); Testing/test_weights_download.py runs the "
+        "download against a server on 127.0.0.1"),
     "pasta weights import ~/Downloads/PASTA_final.pth": Parse(
         "needs the real PASTA_final.pth; Testing/test_weights_download.py imports a file with the published layout"),
     "pasta data pasta-gen-30k --types lung_tumor,liver_tumor --per-type 20 --out pasta_gen_subset/": Parse(

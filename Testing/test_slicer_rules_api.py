@@ -66,11 +66,25 @@ def _class_chain(tag: str, name: str):
 
 
 def _member(tag: str, cls: str, attr: str):
+    base = cls
     for name, entry in _class_chain(tag, cls):
         for key in ("methods", "constants", "properties"):
             if attr in entry[key]:
                 return name, key, entry[key][attr]
+        base = entry["base"]
+    if base.startswith("Q") and _qt_has(base, attr):
+        return base, "qt", None
     return None
+
+
+def _qt_has(qt_class: str, attr: str) -> bool:
+    """Members of Qt's own classes (the chain of a Slicer class ends in one, e.g. qSlicerCoreApplication ->
+    QApplication) are Qt's API, not Slicer's: like VTK (_fallback_has) they are checked on the installed
+    Qt binding (PySide6; Slicer's PythonQt exposes the same Qt method names)."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    return any(hasattr(getattr(m, qt_class, None), attr) for m in (QtWidgets, QtGui, QtCore)
+               if getattr(m, qt_class, None) is not None)
 
 
 def _arity_ok(overloads, count: int) -> bool:

@@ -26,10 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
     p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
-    p.add_argument("--mirror", action="store_true", help="test-time mirroring over the 3 axes (8x slower)")
+    p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time mirroring over the 3 axes (8x slower; default: on with --compat authors, as "
+                        "nnU-Net's predictor, off otherwise; only for models trained with mirroring augmentation)")
     p.add_argument("--compat", choices=("pasta", "authors"), default="pasta",
                    help="authors: the authors' settings for models fine-tuned their way (ndimage.zoom resampling with "
-                        "aligned corners, logits blended with nnU-Net's Gaussian, mirroring; 8x slower)")
+                        "aligned corners, logits blended with nnU-Net's Gaussian, mirroring unless --no-mirror; 8x slower)")
     p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
     p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
@@ -82,7 +84,8 @@ def _segment(args: argparse.Namespace) -> int:
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
         "num_threads": args.threads,
     }.items() if v is not None}
-    cfg = InferenceConfig(device=args.device, mirroring=args.mirror, amp=args.amp, compat=args.compat, **overrides)
+    mirroring = args.compat == "authors" if args.mirror is None else args.mirror
+    cfg = InferenceConfig(device=args.device, mirroring=mirroring, amp=args.amp, compat=args.compat, **overrides)
     progress = _Progress(args.progress_lines, args.progress_bar)
     try:
         progress(0.0, "loading model")

@@ -47,7 +47,8 @@ class InferenceConfig:
     aggregate_on_cpu: bool | None = None  # sliding-window output buffer on CPU (None: CPU unless CUDA has room)
     #: "pasta" (this library: SimpleITK linear resampling to spacing_mm, softmax probabilities blended with
     #: MONAI's Gaussian) or "authors" (LWHYC/PASTA + nnU-Net v2's predictor: ndimage.zoom resampling with aligned
-    #: corners, logits blended with nnU-Net's Gaussian, mirroring over all axes; PASTALib.infer.compat)
+    #: corners, logits blended with nnU-Net's Gaussian; PASTALib.infer.compat). Mirroring stays its own switch
+    #: (``mirroring``; `pasta segment --compat authors` turns it on, as nnU-Net's predictor does by default)
     compat: str = "pasta"
 
     def __post_init__(self) -> None:

@@ -311,6 +311,72 @@ class DependencyInstaller:
         self.on_finished(ok, message, restart)
 
 
+def _translator():
+    """Slicer's ``tr`` (5.4+), else the identity."""
+    try:
+        from slicer.i18n import tr
+    except ImportError:
+        return lambda text: text
+    return tr
+
+
+class DependencyPanelMixin:
+    """The *Install dependencies* row both module panels show (``self.ui.dependencyLabel``,
+    ``self.ui.installDependenciesButton``; the widget sets ``self._installer = None`` in ``__init__``).
+    Slicer is imported on use, so this module stays importable outside the app."""
+
+    @staticmethod
+    def slicerLine():
+        import slicer
+
+        return slicer_line(slicer.app.majorVersion, slicer.app.minorVersion)
+
+    def updateDependencyStatus(self) -> None:
+        report = check_dependencies(line=self.slicerLine())
+        self.ui.dependencyLabel.text = report.message
+        self.ui.installDependenciesButton.visible = not report.ok
+
+    def onInstallDependencies(self) -> None:
+        """torch through the PyTorch extension, then the rest (pip_ensure on 5.12+, a cancellable
+        pip subprocess on 5.10); the button is Cancel while pip runs in the background."""
+        import slicer
+
+        _ = _translator()
+        if self._installer is not None and self._installer.running:
+            self._installer.cancel()
+            return
+        self._installer = DependencyInstaller(self.slicerLine(), self.onDependencyStatus,
+                                              self.onDependenciesInstalled)
+        self.ui.installDependenciesButton.text = _("Cancel installation")
+        self._installFinished = False
+        with slicer.util.tryWithErrorDisplay(_("Failed to install PASTA dependencies."), waitCursor=True):
+            self._installer.start()
+        if not self._installer.running:
+            self.ui.installDependenciesButton.text = _("Install dependencies")
+            if not self._installFinished:  # it raised (error shown): show what is installed now
+                self.updateDependencyStatus()
+
+    def onDependencyStatus(self, text: str) -> None:
+        import slicer
+
+        self.ui.dependencyLabel.text = text
+        slicer.app.processEvents()  # show the step before a blocking PyTorchUtils / pip_ensure call
+
+    def onDependenciesInstalled(self, ok: bool, message: str, restartNeeded: bool) -> None:
+        import slicer
+
+        _ = _translator()
+        self._installFinished = True
+        self.ui.installDependenciesButton.text = _("Install dependencies")
+        self.updateDependencyStatus()
+        self.ui.dependencyLabel.text = message + "\n" + self.ui.dependencyLabel.text
+        if not ok:
+            slicer.util.warningDisplay(message, windowTitle=_("PASTA dependencies"))
+        elif restartNeeded and slicer.util.confirmYesNoDisplay(
+                message + "\n\n" + _("Restart Slicer now?"), windowTitle=_("PASTA dependencies")):
+            slicer.util.restart()
+
+
 def unload_packages(packages: Sequence[str], modules: dict | None = None) -> list[str]:
     """Forget ``packages`` and their submodules from ``sys.modules`` (the module widgets' Reload:
     Slicer's ScriptedLoadableModuleWidget.onReload re-executes only the module file, so helper
