@@ -123,11 +123,6 @@ def test_kill_and_resume_reproduces_loss_curve(toy, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "held-out density accuracy 0.583 (7 of 12 lesions) on this session's machine, at the previous commit too "
-    "(it passed in earlier CI runs): the head fits the training lesions (train accuracy 0.975) but the tiny "
-    "frozen encoder's features do not carry density across cases reliably; 600 iterations, 32^3 crops or raw "
-    "features give 0.50-0.58. Open: a test design with more held-out lesions (issue note, 2026-12-02)"))
 def test_stage2_beats_chance_on_held_out_lesions(toy, stage1_run, tmp_path):
     """Head on the frozen encoder trained above: 16³ lesion-centred crops (the lesion is ~1/3 of the
     crop), features standardised into head.0, held-out cases only in the evaluation."""
@@ -138,11 +133,16 @@ def test_stage2_beats_chance_on_held_out_lesions(toy, stage1_run, tmp_path):
     result = train_stage2(cfg)
     ev = json.loads((tmp_path / "s2" / "eval.json").read_text())
     assert ev["n_lesions"] == 4 * LESIONS_PER_CASE  # 4 held-out cases
-    assert ev["density"] >= STAGE2_MIN_DENSITY_ACC, ev  # hypo vs hyper, balanced: chance is 1/2
     # the UNet stayed frozen: only head.* differs from the stage-1 weights
     s1, s2 = load_state_dict_file(stage1_run.final_model), load_state_dict_file(result.final_model)
     changed = {k.split(".")[0] for k in s1 if not torch.equal(s1[k], s2[k])}
     assert changed == {"head"}
+    if ev["density"] < STAGE2_MIN_DENSITY_ACC:  # hypo vs hyper, balanced: chance is 1/2
+        # Known open problem (2026-12-02): 0.583 (7 of 12) on this machine, at the previous commit too (it passed
+        # in earlier CI runs); the head fits the training lesions (train accuracy 0.975) but the tiny frozen
+        # encoder's features do not carry density across cases reliably (600 iterations, 32^3 crops or raw
+        # features: 0.50-0.58). Reported as xfail, not hidden, until the test has more held-out lesions.
+        pytest.xfail(f"held-out density accuracy {ev['density']:.3f} < {STAGE2_MIN_DENSITY_ACC} (open problem)")
 
 
 STAGE2_ITERATIONS = 300
