@@ -32,8 +32,21 @@ METADATA_KEY = "pasta_metadata"
 METADATA_FORMAT = "pasta-checkpoint/1"
 PASTA_NUM_LABELS = 26  # background + organs 1-10 + lesions 11-25
 NUM_ATTRIBUTE_LOGITS = 14  # the attribute head's 5 groups (PASTALib.model.attributes; repeated: this module is torch-free)
-_WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net", "network")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
+#: dict keys that wrap a state dict in saved training files, and key prefixes DDP / torch.compile add
+#: (shared with PASTALib.model.checkpoint, which loads with torch; this module must stay torch-free)
+WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net", "network")
+STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_key_prefixes(key: str) -> str:
+    """``key`` without any leading ``module.`` / ``_orig_mod.`` (in any order, repeated)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
 FINETUNE_HINT = (
     "Fine-tune it on a few annotated cases first: in Slicer, the PASTA module's few-shot section "
     "(mark cases, Fine-tune, then tick 'Use fine-tuned model'); on the command line "
@@ -218,22 +231,13 @@ def _state_dict_of(obj: Any) -> dict[str, Any]:
     for _ in range(4):
         if isinstance(obj, Mapping) and obj and all(isinstance(k, str) and hasattr(v, "shape") for k, v in obj.items()):
             break
-        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
     if not (isinstance(obj, Mapping) and obj and all(hasattr(v, "shape") for v in obj.values())):
         raise CheckpointError("no model state dict found in the file")
-    out = {}
-    for key, value in obj.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _STRIP_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
+    return {strip_key_prefixes(key): value for key, value in obj.items()}
 
 
 def checkpoint_capabilities(path: str | os.PathLike | None = None) -> CheckpointCapabilities:

@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
+from PASTALib.capabilities import WRAPPER_KEYS, strip_key_prefixes
 from PASTALib.errors import CheckpointError, MissingWeightsError, PastaError  # noqa: F401  (CheckpointError re-exported)
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.weights import (  # noqa: F401  (re-exported by PASTALib.model)
@@ -34,18 +35,6 @@ from PASTALib.weights import (  # noqa: F401  (re-exported by PASTALib.model)
 
 FIRST_CONV_KEY = "conv_blocks_context.0.blocks.0.conv.weight"
 FINETUNE_SKIP_PREFIXES = ("seg_outputs.", "head.")
-_WRAPPER_KEYS = ("state_dict", "model", "network_weights", "model_state_dict", "net", "network")
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _STRIP_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -60,7 +49,7 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     prefixes removed. Raises CheckpointError when there is none."""
     seen = 0
     while not _is_state_dict(obj) and isinstance(obj, Mapping) and seen < 4:
-        inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if inner is None:
             break
         obj, seen = inner, seen + 1
@@ -69,9 +58,9 @@ def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
         keys = list(obj.keys())[:8] if isinstance(obj, Mapping) else []
         raise CheckpointError(
             f"no model state dict found in the file (a {what}{' with keys ' + str(keys) if keys else ''}); "
-            f"expected a plain state dict or one under {', '.join(repr(k) for k in _WRAPPER_KEYS)}."
+            f"expected a plain state dict or one under {', '.join(repr(k) for k in WRAPPER_KEYS)}."
         )
-    return {_strip(k): v for k, v in obj.items()}
+    return {strip_key_prefixes(k): v for k, v in obj.items()}
 
 
 def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False, mmap: bool = False) -> Any:
