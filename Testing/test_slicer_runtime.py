@@ -663,3 +663,22 @@ def test_widget_exports_dicom_in_a_subprocess_on_slicer_510():
     assert "self.slicerLine() < (5, 12)" in export and "self.exportDicomInSubprocess(" in export
     sub = ast.unparse(_method("PASTA", "PASTAWidget", "exportDicomInSubprocess"))
     assert "dicom_export_job.environment(dependencies.private_site())" in sub and "BatchJob(" in sub
+
+
+def test_bundled_table_equals_what_slicer_source_pins():
+    """The panels' table of Slicer's bundled packages (PASTALib.requirements.BUNDLED, used in Slicer where the
+    rule data is not shipped) equals the versions Testing/slicer_rules/extract.py took from Slicer's SuperBuild
+    at each tag; SimpleITK at 5.10 is built into Slicer (BUILT_IN_MODULES), not a pip package."""
+    import re
+
+    from PASTALib.requirements import BUILT_IN_MODULES, BUNDLED
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    source = json.loads((Path(__file__).with_name("slicer_rules") / "bundled_packages.json").read_text())
+    for tag, line in (("v5.10.0", (5, 10)), ("v5.12.3", (5, 12))):
+        pinned = {norm(e["name"]): e["version"] for e in source[tag]}
+        ours = {norm(k): v for k, v in BUNDLED[line].items()}
+        built_in = {norm(m) for m in BUILT_IN_MODULES}
+        assert {k: v for k, v in pinned.items() if not (k in built_in and k not in ours)} == ours, tag
