@@ -167,6 +167,7 @@ CLI_ONLY: dict[str, str] = {
     "krippendorff": "pasta review analyze",
     "statsmodels": "pasta review analyze (OR-Hillis report, mixed model, Wilson intervals)",
     "threadpoolctl": "comes with scikit-learn",
+    "skimage": "pasta evaluate realism and the realism benchmarks (lesion shape features)",
     "tensorboard": "optional TensorBoard logging of training",
     "totalsegmentator": "installed by the TotalSegmentator extension, not by PASTA",
 }
