@@ -1,8 +1,10 @@
-"""``pasta evaluate``: Dice / AUC / ACC / F1 with bootstrap CIs, paired tests, few-shot plots."""
+"""``pasta evaluate``: Dice / AUC / ACC / F1 with bootstrap CIs, paired tests, few-shot plots, and the
+realism of synthetic lesions against real ones."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +59,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     few.add_argument("--title", default="Few-shot performance")
     common(few)
     few.set_defaults(func=_fewshot)
+    _add_realism_parser(group)
+
+
+def _add_realism_parser(group: argparse._SubParsersAction) -> None:
+    real = group.add_parser(
+        "realism", help="can a classifier tell your real lesions from synthetic ones? (C2ST AUC, per-feature distances)",
+        description=(
+            "Shape features (sphericity, elongation, flatness, solidity, convexity, max-diameter ratio) and "
+            "PyRadiomics first-order + texture features (GLCM, GLRLM, GLSZM) of real and synthetic lesions; the "
+            "classifier two-sample AUC with a bootstrap CI and per-feature distances (SMD, KS, Wasserstein). "
+            "Writes realism.html, realism.png, features.csv, distances.csv and summary.json to --out."
+        ),
+    )
+    real.add_argument("--real", required=True,
+                      help="CSV of real lesions: columns ct,mask[,label,id] (label = the lesion's mask value; "
+                           "default every non-zero voxel); paths relative to the CSV")
+    real.add_argument("--synthetic", required=True,
+                      help="PASTA-Gen folder (pasta synth generate --out, or pasta data pasta-gen-30k --out)")
+    real.add_argument("--out", default="realism_report", help="output folder (default realism_report)")
+    real.add_argument("--types", nargs="+", help="only these synthetic lesion types (e.g. lung_tumor)")
+    real.add_argument("--shape-only", action="store_true",
+                      help="shape features only (masks without CTs; no PyRadiomics needed)")
+    real.add_argument("--no-match-acquisition", action="store_true",
+                      help="keep synthetic lesions on their own grid (default: resample each to a real scan's spacing)")
+    real.add_argument("--with-size", action="store_true",
+                      help="let the classifier see the lesion volume too (default: size-free features only)")
+    real.add_argument("--max-synthetic", type=int, help="score a seeded random subset of this many synthetic lesions")
+    real.add_argument("--seed", type=int, default=0, help="seed of spacing draws, subset, folds and bootstrap (default 0)")
+    real.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the AUC (default 1000)")
+    real.add_argument("--trees", type=int, default=300, help="trees of the random forest (default 300)")
+    real.add_argument("--force", action="store_true", help="overwrite the report files in an existing --out")
+    real.set_defaults(func=_realism)
 
 
 def _emit(df, args, title: str) -> None:
@@ -153,4 +187,43 @@ def _fewshot(args: argparse.Namespace) -> int:
     path = plot_fewshot(summary, args.plot, metric=args.metric, title=args.title)
     _emit(summary, args, "Few-shot (mean, 95% bootstrap CI)")
     print(f"wrote {path}")
+    return 0
+
+
+def _realism(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from PASTALib.eval.realism import evaluate_realism, radiomics_extractor
+    from PASTALib.eval.realism_io import read_real_csv, read_synthetic_dir
+    from PASTALib.eval.realism_report import summary, write_realism_report
+    from PASTALib.eval.tasks import EvaluationError
+
+    out = Path(args.out)
+    if (out / "realism.html").exists() and not args.force:
+        raise EvaluationError(f"{out} already holds a realism report; pass --force to overwrite it or choose another --out")
+    if args.max_synthetic is not None and args.max_synthetic < 1:
+        raise EvaluationError("--max-synthetic must be at least 1")
+    if args.trees < 1 or args.n_boot < 1:
+        raise EvaluationError("--trees and --n-boot must be at least 1")
+    real = read_real_csv(args.real, shape_only=args.shape_only)
+    synthetic = read_synthetic_dir(args.synthetic, types=args.types)
+    if not args.shape_only:
+        radiomics_extractor()  # fail before any work when PyRadiomics is missing
+    print(f"{len(real)} real and {len(synthetic)} synthetic lesions"
+          + (f" (scoring {args.max_synthetic})" if args.max_synthetic and args.max_synthetic < len(synthetic) else ""))
+    result = evaluate_realism(real, synthetic, rng=np.random.default_rng(args.seed), shape_only=args.shape_only,
+                              match_acquisition=not args.no_match_acquisition, with_size=args.with_size,
+                              max_synthetic=args.max_synthetic, n_boot=args.n_boot,
+                              n_trees=args.trees)
+    paths = write_realism_report(result, out)
+    s = summary(result)
+    if s["auc"] is not None:
+        a = s["auc"]
+        print(f"C2ST AUC {a['estimate']:.3f} [{a['low']:.3f}, {a['high']:.3f}] (0.5 = indistinguishable)")
+    for note in s["notes"]:
+        print(f"note: {note}")
+    for line in s["failed"]:
+        print(f"skipped {line}")
+    print("most separating: " + ", ".join(s["most_separating"]))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
