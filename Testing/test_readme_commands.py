@@ -62,6 +62,8 @@ BLOCKS: dict[str, Run | Parse] = {
         # One reader answers at the terminal: realism, then Enter to skip the 5 attribute questions.
         stdin="5\n\n\n\n\n\n2\n\n\n\n\n\n4\n\n\n\n\n\n3\n\n\n\n\n\n",
         outputs=("study/study.json", "study_key/key.json", "results/report.html", "results/results.json")),
+    "pasta evaluate realism --real real_lesions.csv --synthetic generated/ --types lung_tumor --out realism/": Parse(
+        "needs the reader's own real lesions; Testing/test_realism.py runs the command on real lung tumours"),
     "pasta finetune --data fewshot/ --out runs/pasta   --k 1,2,4,8,16 --fold all": Parse(
         "the few-shot sweep trains 2 x 5 x 5 models (hours); Testing/test_finetune.py runs it small"),
     "pasta classify train --task detection --table cases.csv --out runs/det     # image, organs, organ, label (0/1)": Parse(
