@@ -180,3 +180,26 @@ def test_input_errors_exit_2_without_output(tmp_path: Path, monkeypatch: pytest.
     rc, _, stderr = _pasta(*base, "--shape-only", "--types", "liver_tumor")
     assert rc == 2 and "of type liver_tumor" in stderr
     assert not out.exists()
+
+
+def test_one_slice_mask_and_manifest_folder(tmp_path: Path) -> None:
+    """A nodule contoured on one slice is measured, not refused; a folder with a manifest is read through it
+    (failed rows and other types left out)."""
+    from PASTALib.eval.realism import lesion_features
+    from PASTALib.eval.realism_io import LesionCase, read_synthetic_dir
+
+    flat = np.zeros((1, 12, 12), np.uint8)
+    flat[0, 3:9, 4:10] = 1
+    path = _write(flat, (0.7, 0.7, 2.5), tmp_path / "flat.nii.gz")
+    row = lesion_features(LesionCase("flat", "real", path, None, None), spacing_xyz=None)
+    assert row["spacing_mm"] == "0.7x0.7x2.5" and row["volume_mm3"] == pytest.approx(36 * 0.7 * 0.7 * 2.5, rel=0.35)
+    rng = np.random.default_rng(3)
+    root = _synthetic_dir(tmp_path / "syn", "ball", 2, rng)
+    (root / "manifest.csv").write_text(
+        "case_id,lesion_type,status,img,label\n"
+        "lung_tumor-00000,lung_tumor,ok,Lung/Tumor/00000/img.nii.gz,Lung/Tumor/00000/label.nii.gz\n"
+        "lung_tumor-00001,lung_tumor,failed,,\n"
+        "liver_tumor-00000,liver_tumor,ok,Liver/Tumor/00000/img.nii.gz,Liver/Tumor/00000/label.nii.gz\n")
+    cases = read_synthetic_dir(root, types=["lung_tumor"])
+    assert [(c.case_id, c.values, c.ct) for c in cases] == [("lung_tumor-00000", (11,), None)]
+    assert len(read_synthetic_dir(root)) == 2  # the liver case's files are missing: skipped when measured

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from PASTALib.errors import PastaError
 from PASTALib.eval.realism_io import LesionCase, load_lesion, match_spacing
 from PASTALib.eval.shape_features import SIZE, SIZE_FREE, shape_features
 from PASTALib.eval.tasks import EvaluationError
@@ -136,10 +137,10 @@ def _collect(cases: Sequence[LesionCase], spacings, extractor, failed: list[str]
     for case, spacing in zip(cases, spacings):
         try:
             rows.append(lesion_features(case, spacing_xyz=spacing, extractor=extractor))
-        except (ValueError, RuntimeError, EvaluationError) as exc:
-            # A degenerate lesion (one slice, one voxel) is skipped and listed; a real one without lesion
-            # voxels is the user's input error and stops the run.
-            if isinstance(exc, EvaluationError) and case.source == "real":
+        except (ValueError, RuntimeError, PastaError) as exc:
+            # A degenerate lesion (too few voxels for a mesh or a texture matrix) or an unreadable synthetic case
+            # is skipped and listed; a real lesion that cannot be read is the user's input error and stops the run.
+            if isinstance(exc, PastaError) and case.source == "real":
                 raise
             failed.append(f"{case.source} {case.case_id}: {exc}")
         if progress is not None:

@@ -130,12 +130,29 @@ def _crop_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
+def _read_mask(path: Path) -> sitk.Image:
+    """A mask file; unlike :func:`PASTALib.io.read_image` a single slice is accepted (a small nodule
+    contoured on one slice is a real lesion). DICOM and folders go through ``read_image``."""
+    from PASTALib.io import read_image
+    from PASTALib.io.image import is_dicom_file
+
+    if path.is_dir() or is_dicom_file(path):
+        return read_image(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise EvaluationError(f"cannot read the mask {path}: not an image file (NIfTI, NRRD, MHA); re-export it") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise EvaluationError(f"{path} is not a 3D scalar mask (size {image.GetSize()}); pass a 3D label map")
+    return image
+
+
 def load_lesion(case: LesionCase, *, with_ct: bool) -> tuple[sitk.Image, sitk.Image | None]:
     """The lesion as a uint8 mask image (largest component) cropped to its box + margin, and the CT
     cropped to the same box (None unless ``with_ct``). Raises EvaluationError for an empty mask."""
     from PASTALib.io import read_image
 
-    mask_image = read_image(case.mask)
+    mask_image = _read_mask(case.mask)
     array = sitk.GetArrayViewFromImage(mask_image)
     mask = np.isin(array, case.values) if case.values is not None else array != 0
     if not mask.any():
