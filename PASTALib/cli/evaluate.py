@@ -89,6 +89,7 @@ def _add_realism_parser(group: argparse._SubParsersAction) -> None:
     real.add_argument("--seed", type=int, default=0, help="seed of spacing draws, subset, folds and bootstrap (default 0)")
     real.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the AUC (default 1000)")
     real.add_argument("--trees", type=int, default=300, help="trees of the random forest (default 300)")
+    real.add_argument("--no-bar", action="store_true", help="no tqdm progress bar on stderr")
     real.add_argument("--force", action="store_true", help="overwrite the report files in an existing --out")
     real.set_defaults(func=_realism)
 
@@ -211,10 +212,22 @@ def _realism(args: argparse.Namespace) -> int:
         radiomics_extractor()  # fail before any work when PyRadiomics is missing
     print(f"{len(real)} real and {len(synthetic)} synthetic lesions"
           + (f" (scoring {args.max_synthetic})" if args.max_synthetic and args.max_synthetic < len(synthetic) else ""))
-    result = evaluate_realism(real, synthetic, rng=np.random.default_rng(args.seed), shape_only=args.shape_only,
-                              match_acquisition=not args.no_match_acquisition, with_size=args.with_size,
-                              max_synthetic=args.max_synthetic, n_boot=args.n_boot,
-                              n_trees=args.trees)
+    bar = None
+    if not args.no_bar:
+        import sys
+
+        from tqdm import tqdm
+
+        total = len(real) + min(len(synthetic), args.max_synthetic or len(synthetic))
+        bar = tqdm(total=total, desc="lesions", unit="lesion", file=sys.stderr, dynamic_ncols=True)
+    try:
+        result = evaluate_realism(real, synthetic, rng=np.random.default_rng(args.seed), shape_only=args.shape_only,
+                                  match_acquisition=not args.no_match_acquisition, with_size=args.with_size,
+                                  max_synthetic=args.max_synthetic, n_boot=args.n_boot, n_trees=args.trees,
+                                  progress=None if bar is None else (lambda case: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
     paths = write_realism_report(result, out)
     s = summary(result)
     if s["auc"] is not None:
