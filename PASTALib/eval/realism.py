@@ -90,6 +90,7 @@ def lesion_features(case: LesionCase, *, spacing_xyz: Sequence[float] | None, ex
     array = sitk.GetArrayViewFromImage(mask).astype(bool)
     row = {"case_id": case.case_id, "source": case.source, "lesion_type": case.lesion_type,
            "spacing_mm": "x".join(f"{s:.3g}" for s in mask.GetSpacing())}
+    row.update({f"spacing_{axis}_mm": float(s) for axis, s in zip("xyz", mask.GetSpacing())})
     row.update(shape_features(array, mask.GetSpacing()[::-1]))
     row["log_volume"] = float(np.log(max(row["volume_mm3"], 1e-6)))
     if extractor is not None:
@@ -128,7 +129,7 @@ def feature_distances(real: pd.DataFrame, synthetic: pd.DataFrame, features: Seq
 
 
 def _target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> list[tuple[float, ...]]:
-    pool = [tuple(float(v) for v in s.split("x")) for s in real["spacing_mm"]]
+    pool = [tuple(float(v) for v in row) for row in real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()]
     return [pool[int(i)] for i in rng.integers(0, len(pool), size=n)]
 
 
