@@ -52,3 +52,23 @@ def test_organs_without_ct_is_an_error(tmp_path: Path) -> None:
         rc = main(["demo", "--out", str(tmp_path / "out"), "--organs", str(tmp_path / "seg.nii.gz")])
     assert rc == 2 and err.getvalue().startswith("error: --organs needs --ct")
     assert not (tmp_path / "out").exists()
+
+
+def test_own_ct_without_organs_gets_a_lung_tumour_only(tmp_path: Path) -> None:
+    """`--ct` alone: classical lung mask (no weights), the lesions whose organ is missing are skipped and said so."""
+    import json
+
+    import numpy as np
+    import slicerio
+    import SimpleITK as sitk
+
+    out = tmp_path / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["demo", "--out", str(out), "--ct", str(Path(slicerio.__file__).parent / "data" / "CTChest4.nrrd")])
+    assert rc == 0
+    assert "Liver tumor: skipped (liver not in the organ mask)" in stdout.getvalue()
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    assert set(np.unique(labels)) == {0, 1, 11}
+    reports = json.loads((out / "report.json").read_text())
+    assert [r["label_value"] for r in reports] == [11] and reports[0]["location"].endswith("lung")
