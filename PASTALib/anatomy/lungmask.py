@@ -1,6 +1,6 @@
 """Classical lung mask for chest CT (no model, no download): threshold + connected components.
 
-Used when TotalSegmentator is not installed (the README demo on slicerio's CTChest4).
+Used when TotalSegmentator is not installed (e.g. `pasta demo --ct CT` without `--organs`).
 """
 
 from __future__ import annotations
