@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,7 +133,8 @@ def _target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> li
     return [pool[int(i)] for i in rng.integers(0, len(pool), size=n)]
 
 
-def _collect(cases: Sequence[LesionCase], spacings, extractor, failed: list[str], progress) -> list[dict]:
+def _collect(cases: Sequence[LesionCase], spacings: Sequence, extractor, failed: list[str],
+             progress: Callable[[LesionCase], None] | None) -> list[dict]:
     rows = []
     for case, spacing in zip(cases, spacings):
         try:
@@ -152,7 +153,7 @@ def _collect(cases: Sequence[LesionCase], spacings, extractor, failed: list[str]
 def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase], *, rng: np.random.Generator,
                      shape_only: bool = False, match_acquisition: bool = True, with_size: bool = False,
                      max_synthetic: int | None = None, n_boot: int = 1000, n_trees: int = 300,
-                     progress=None) -> RealismResult:
+                     progress: Callable[[LesionCase], None] | None = None) -> RealismResult:
     """Features of every lesion, the C2ST AUC and per-feature distances (see the module docstring)."""
     extractor = None if shape_only else radiomics_extractor()
     synthetic = list(synthetic)
