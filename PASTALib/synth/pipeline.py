@@ -114,11 +114,13 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
     return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
 
 
-def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness: float, outward: float) -> np.ndarray:
+def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach: float = 0.0) -> np.ndarray:
     """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
     radii = np.asarray(spec.size_mm) / 2.0
     if spec.shape is Shape.WALL_THICKENING:
-        return radii + 2.5 * margin_w + 2.0  # the band lies inside the patch ellipsoid
+        # Annular: half the length along the (not yet known) organ axis, the organ radius across it.
+        extent = np.full(3, max(float(radii.max()), wall_reach)) if wall_reach > 0 else radii
+        return extent + 2.5 * margin_w + 2.0
     reach = 1.15 * (1.0 + 3.0 * lob)  # size correction may grow radii up to 15 %
     if spec.shape is Shape.IRREGULAR:
         reach = max(reach, 1.15 * 1.85)  # spicules reach 1.8 radii
@@ -127,36 +129,30 @@ def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness:
 
 #: Context (mm) around the shape box: the parenchyma reference is measured there.
 _CONTEXT_MM = 10.0
+_WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of the reference
 
 
 def _build_sdf(
     spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    thickness: float, outward: float, stone_count: int, shape_seed: int,
+    stone_count: int, shape_seed: int,
 ) -> np.ndarray:
     """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
     radii = np.asarray(spec.size_mm, float) / 2.0
-    if spec.shape is Shape.WALL_THICKENING:
-        organ_sdf = shp.signed_distance(organ_c)
-        sdf = shp.wall_field(organ_sdf, coords, radii, thickness, outward if spec.invasion else 0.0)
-    else:
-        def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
-            rng = np.random.default_rng(shape_seed)  # same random shape for both passes
-            if spec.shape is Shape.PUNCTATE:
-                return shp.stones_field(coords, r, rng, stone_count)
-            return shp.mass_field(coords, r, rng, lob, spicules)
+    def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
+        rng = np.random.default_rng(shape_seed)  # same random shape for both passes
+        if spec.shape is Shape.PUNCTATE:
+            return shp.stones_field(coords, r, rng, stone_count)
+        return shp.mass_field(coords, r, rng, lob, spicules)
 
-        # One size-correction pass: lobulation changes the extents; rescale radii so the body
-        # (without spicules, as a radiologist measures) spans the requested size.
-        body = field_of(radii, 0)
-        measured = shp.extents_mm(body < 0)
-        if np.all(measured > 0):
-            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
-        sdf = shp.to_sdf(field_of(radii, n_spicules))
-    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside;
-    # a wall band without invasion is inside the organ by construction).
-    near = sdf < 3.0
-    wall_inside = spec.shape is Shape.WALL_THICKENING and not spec.invasion
-    if not wall_inside and np.any(near & ~allowed_c):
+    # One size-correction pass: lobulation changes the extents; rescale radii so the body
+    # (without spicules, as a radiologist measures) spans the requested size.
+    body = field_of(radii, 0)
+    measured = shp.extents_mm(body < 0)
+    if np.all(measured > 0):
+        radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
+    sdf = shp.to_sdf(field_of(radii, n_spicules))
+    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside).
+    if np.any((sdf < 3.0) & ~allowed_c):
         sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
     return sdf
 
@@ -175,6 +171,43 @@ def _shape_in_crop(
     sdf = np.full(organ_c.shape, 1000.0, np.float32)
     sdf[box] = _build_sdf(spec, coords, organ_c[box], allowed_c[box], **kwargs)
     return sdf
+
+
+@dataclass(frozen=True)
+class _WallPlan:
+    """Wall-thickening parameters drawn before placement (shape stream)."""
+
+    thickness: float  # requested largest thickness (mm); the lumen rule may cap it at a site
+    outward: float  # serosal spread with invasion (mm)
+    circumferential: bool  # annular (tubes only: organ radius <= _ANNULAR_MAX_RADIUS_MM) or an eccentric plaque
+
+    def need_mm(self, minimum: float) -> float:
+        """Organ radius (mm) a site needs so a ``minimum``-mm wall leaves the lumen open (``shp.wall_limit``)."""
+        return max(minimum + shp.LUMEN_MIN_MM, minimum / (1.0 - shp.LUMEN_FRACTION)) + 0.5
+
+
+#: Circumferential thickening only where the organ is a tube (colon, oesophagus, gastric antrum), not a sac.
+_ANNULAR_MAX_RADIUS_MM = 25.0
+
+
+def _wall_in_crop(
+    spec: LesionSpec, plan: _WallPlan, organ_c: np.ndarray, allowed_c: np.ndarray, organ_sdf: np.ndarray,
+    reach: float | None,
+) -> tuple[np.ndarray, float]:
+    """Wall-thickening SDF on the whole crop and its largest thickness (mm).
+
+    ``reach`` given: annular, the crop is centred on the lumen; None: eccentric, centred on the wall.
+    """
+    coords = shp.crop_coords(organ_c.shape, (np.asarray(organ_c.shape) - 1) // 2)
+    outward = plan.outward if spec.invasion else 0.0
+    if reach is not None:
+        patch = shp.annulus_patch(organ_c, coords, float(max(spec.size_mm)), reach + outward)
+    else:
+        patch = shp.ellipsoid_patch(coords, np.asarray(spec.size_mm, float) / 2.0)
+    sdf, largest = shp.wall_field(organ_sdf, patch, plan.thickness, outward)
+    if spec.invasion and np.any((sdf < 3.0) & ~allowed_c):
+        sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
+    return sdf, largest
 
 
 def synthesize_lesion(
@@ -217,17 +250,28 @@ def synthesize_lesion(
     stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
     shape_seed = int(rng_shape.integers(2**62))
     wall = resolved.shape is Shape.WALL_THICKENING
-    if wall:
-        thickness = min(thickness, float(min(resolved.size_mm)))
+    plan = _WallPlan(thickness, outward, bool(rng_shape.random() < prof.circumferential)) if wall else None
 
     # Location.
     t = time.perf_counter()
     rng_loc = stream(spec.seed, STREAM_LOCATION)
+    site_radii: list[float] = []
     if spec.center_mm is not None:
         centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
+        if plan is not None:  # a point on the wall moves to the lumen centre beside it
+            index, radius = placement.snap_wall_site(region, centres[0])
+            centres, site_radii = [index], [radius]
+    elif plan is not None:
+        sites = placement.sample_wall_sites(region, ct_xyz, plan.need_mm(prof.wall_thickness_mm[0]), rng_loc)
+        centres, site_radii = [c for c, _ in sites], [r for _, r in sites]
+    if plan is not None:
+        if plan.circumferential and site_radii[0] > _ANNULAR_MAX_RADIUS_MM:
+            plan = replace(plan, circumferential=False)
+        if not plan.circumferential:  # eccentric: the crop centres on a wall point beside each lumen site
+            centres = [placement.wall_point(region, c, r, rng_loc) for c, r in zip(centres, site_radii)]
     else:
         first, size, others = placement.sample_centre(
-            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion), wall=wall,
+            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
             size_given=spec.size_mm is not None, min_size=prof.size_range_mm[0],
         )
         resolved = replace(resolved, size_mm=size)
@@ -239,8 +283,12 @@ def synthesize_lesion(
     for attempt, centre_index in enumerate(centres[:6]):
         t = time.perf_counter()
         centre_lps = region.index_to_lps(centre_index)
-        shape_half = _shape_half_extent(resolved, lob, margin_w, thickness, outward)
-        grid = local_grid(centre_lps, 2.0 * (shape_half + _CONTEXT_MM))
+        # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
+        reach = 1.2 * site_radii[attempt] + 4.0 if plan is not None and plan.circumferential else None
+        shape_half = _shape_half_extent(resolved, lob, margin_w, reach or 0.0)
+        if plan is not None:  # the lumen rule looks this far inward
+            shape_half = np.maximum(shape_half, plan.thickness + shp.LUMEN_MIN_MM + 2.0)
+        grid = local_grid(centre_lps, 2.0 * (shape_half + (_WALL_CONTEXT_MM if plan is not None else _CONTEXT_MM)))
         ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
         lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
         organ_c = lab_c == int(organ)
@@ -250,10 +298,15 @@ def synthesize_lesion(
         allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
         timings["crop"] = time.perf_counter() - t
         t = time.perf_counter()
-        sdf = _shape_in_crop(
-            resolved, grid.size, shape_half, organ_c, allowed_c, lob=lob, n_spicules=n_spicules,
-            thickness=thickness, outward=outward, stone_count=stone_count, shape_seed=shape_seed,
-        )
+        organ_sdf = shp.signed_distance(organ_c) if (plan is not None or prof.reference_clamp is not None) else None
+        wall_mm = 0.0
+        if plan is not None:
+            sdf, wall_mm = _wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach)
+        else:
+            sdf = _shape_in_crop(
+                resolved, grid.size, shape_half, organ_c, allowed_c, lob=lob, n_spicules=n_spicules,
+                stone_count=stone_count, shape_seed=shape_seed,
+            )
         alpha = shp.soft_mask(sdf, margin_w)
         if organ.is_hollow and margin_w > 1.0:
             # Against gas the mucosal surface is sharp whatever the margin: an ill-defined blend
@@ -264,12 +317,12 @@ def synthesize_lesion(
         inside = alpha > 0.5
         outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
         timings["shape"] = time.perf_counter() - t
-        if best is None or outside_fraction > best[-1]:
-            best = (centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction)
-        if not resolved.invasion or outside_fraction >= 0.1:
+        if best is None or outside_fraction > best[-1] or not best[5].any():
+            best = (centre_lps, grid, ct_c, organ_c, sdf, inside, organ_sdf, wall_mm, alpha, outside_fraction)
+        if (not resolved.invasion or outside_fraction >= 0.1) and inside.any():
             break
     assert best is not None
-    centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction = best
+    centre_lps, grid, ct_c, organ_c, sdf, _, organ_sdf, wall_mm, alpha, outside_fraction = best
     if not np.any(alpha > 0.5):
         raise LesionFitError(
             f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
@@ -279,7 +332,11 @@ def synthesize_lesion(
     # Intensity in the crop.
     t = time.perf_counter()
     prof_window = prof.parenchyma_window
-    stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof_window, prof.nominal_parenchyma_hu[phase])
+    if prof.reference_clamp is not None:
+        # GI tract: the mask holds the lumen; the reference is the normal wall (its outer few mm).
+        stats = intensity.wall_stats(ct_c, organ_c, organ_sdf, sdf, prof.reference_clamp[phase])
+    else:
+        stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof_window, prof.nominal_parenchyma_hu[phase])
     reference_hu = stats.mean_hu
     if prof.reference_clamp is not None:
         reference_hu = float(np.clip(reference_hu, *prof.reference_clamp[phase]))
@@ -292,16 +349,24 @@ def synthesize_lesion(
     tex, tex_params = intensity.texture(
         ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
     )
-    delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
+    values = None
+    if refiner is not None or not organ.is_hollow:
+        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
     if refiner is not None:
         refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
         delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    elif organ.is_hollow:
+        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
+        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
+        values = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
+        delta = values
     timings["intensity"] = time.perf_counter() - t
 
     # Paste back onto the input grid, only inside the crop's input-grid bounding box.
     t = time.perf_counter()
     out_ct, out_labels = _paste(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
         organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow,
+        values=None if values is None else (values, noise, rng_int),
     )
     timings["paste"] = time.perf_counter() - t
 
@@ -329,7 +394,9 @@ def synthesize_lesion(
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
     if wall:
-        details["wall_thickness_mm"] = thickness
+        details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
+        details["wall_requested_mm"] = thickness
+        details["circumferential"] = plan.circumferential
     if resolved.shape is Shape.PUNCTATE:
         details["stones"] = stone_count
     return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
@@ -349,19 +416,33 @@ def _input_box(ct: sitk.Image, grid: Any) -> tuple[tuple[int, int], ...]:
 def _paste(
     ct: sitk.Image, labels: sitk.Image, grid: Any, box: tuple[tuple[int, int], ...], alpha: np.ndarray,
     delta: np.ndarray, lesion_value: int, organ_mask: placement.OrganRegion | None, hollow: bool = False,
+    values: tuple[np.ndarray, float, np.random.Generator] | None = None,
 ) -> tuple[sitk.Image, sitk.Image]:
-    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there."""
+    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there.
+
+    ``values`` = (lesion HU on the crop, noise std, rng): blend ``(1 - a) ct + a (values + noise)`` on the
+    input grid instead of adding ``delta``, so nothing of the replaced voxels' texture survives and the
+    noise has the input voxels' grain.
+    """
     lo = np.array([b[0] for b in box])
     hi = np.array([b[1] for b in box])
     reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
     alpha_in = sitk.GetArrayFromImage(
         sitk.Resample(array_to_image(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     ).transpose(2, 1, 0)
-    delta_in = sitk.GetArrayFromImage(
-        sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ).transpose(2, 1, 0)
-
     region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)
+    if values is None:
+        delta_in = sitk.GetArrayFromImage(
+            sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        ).transpose(2, 1, 0)
+    else:
+        crop_values, noise_hu, rng = values
+        values_in = sitk.GetArrayFromImage(
+            sitk.Resample(array_to_image(crop_values, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        ).transpose(2, 1, 0)
+        values_in += intensity.native_noise(region, noise_hu, rng)
+        delta_in = alpha_in * (values_in - region.astype(np.float32))
+
     touched = alpha_in > 0  # everything else stays bit-identical
     new = region.astype(np.float64) + delta_in
     if np.issubdtype(region.dtype, np.integer):
