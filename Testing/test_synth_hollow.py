@@ -100,7 +100,10 @@ def results(cases) -> dict:
 def _core(lesion: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
     """Lesion voxels deeper than the soft margin (an ROI a reader would draw inside the lesion); the
     deepest third when the lesion is too thin for that."""
-    depth = ndimage.distance_transform_edt(np.pad(lesion, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    idx = np.argwhere(lesion)
+    box = tuple(slice(a, b + 1) for a, b in zip(idx.min(axis=0), idx.max(axis=0)))
+    depth = np.zeros(lesion.shape)
+    depth[box] = ndimage.distance_transform_edt(np.pad(lesion[box], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     core = depth > margin_mm + 0.5
     if core.sum() >= 30:
         return core

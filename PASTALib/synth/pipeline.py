@@ -21,6 +21,7 @@ from PASTALib.geometry import local_grid, resample_to_grid
 from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.synth import intensity, placement
+from PASTALib.synth.wall import WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
 from PASTALib.synth.attributes import Shape
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
@@ -173,41 +174,98 @@ def _shape_in_crop(
     return sdf
 
 
+def _alpha(sdf: np.ndarray, margin_w: float, ct_c: np.ndarray, hollow: bool) -> np.ndarray:
+    """Soft lesion mask; in hollow organs the mucosal surface against gas is sharp whatever the margin
+    (an ill-defined blend into gas would leave a dark rim): a 0.7 mm edge where the crop holds gas."""
+    alpha = shp.soft_mask(sdf, margin_w)
+    if hollow and margin_w > 1.0:
+        gas = ct_c < _AIR_HU
+        if gas.any():
+            alpha = np.where(gas, shp.soft_mask(sdf, 0.7), alpha)
+    return alpha
+
+
+def _reference(
+    prof: Any, phase: Phase, ct_c: np.ndarray, organ_c: np.ndarray, organ_sdf: np.ndarray | None, sdf: np.ndarray,
+) -> tuple[intensity.ParenchymaStats, float]:
+    """Statistics of the reference tissue around the lesion and the reference HU the density is relative to."""
+    if prof.reference_clamp is None:
+        stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof.parenchyma_window, prof.nominal_parenchyma_hu[phase])
+        return stats, stats.mean_hu
+    # GI tract: the mask holds the lumen; the reference is the normal wall (its outer few mm), clamped
+    # to the normal-wall range of the phase (docs/radiology-hu.md).
+    stats = intensity.wall_stats(ct_c, organ_c, organ_sdf, sdf, prof.reference_clamp[phase])
+    return stats, float(np.clip(stats.mean_hu, *prof.reference_clamp[phase]))
+
+
 @dataclass(frozen=True)
-class _WallPlan:
-    """Wall-thickening parameters drawn before placement (shape stream)."""
+class _ShapeDraws:
+    """Shape-stream draws every lesion makes (in this order)."""
 
-    thickness: float  # requested largest thickness (mm); the lumen rule may cap it at a site
-    outward: float  # serosal spread with invasion (mm)
-    circumferential: bool  # annular (tubes only: organ radius <= _ANNULAR_MAX_RADIUS_MM) or an eccentric plaque
-
-    def need_mm(self, minimum: float) -> float:
-        """Organ radius (mm) a site needs so a ``minimum``-mm wall leaves the lumen open (``shp.wall_limit``)."""
-        return max(minimum + shp.LUMEN_MIN_MM, minimum / (1.0 - shp.LUMEN_FRACTION)) + 0.5
+    lob: float
+    n_spicules: int
+    margin_w: float
+    stone_count: int
+    shape_seed: int
 
 
-#: Circumferential thickening only where the organ is a tube (colon, oesophagus, gastric antrum), not a sac.
-_ANNULAR_MAX_RADIUS_MM = 25.0
+@dataclass
+class _Crop:
+    """One placement attempt: the 1 mm crop and the lesion's SDF and soft mask in it."""
+
+    centre_lps: np.ndarray
+    grid: Any
+    ct_c: np.ndarray
+    organ_c: np.ndarray
+    sdf: np.ndarray
+    alpha: np.ndarray
+    organ_sdf: np.ndarray | None
+    wall_mm: float
+    outside_fraction: float
 
 
-def _wall_in_crop(
-    spec: LesionSpec, plan: _WallPlan, organ_c: np.ndarray, allowed_c: np.ndarray, organ_sdf: np.ndarray,
-    reach: float | None,
-) -> tuple[np.ndarray, float]:
-    """Wall-thickening SDF on the whole crop and its largest thickness (mm).
-
-    ``reach`` given: annular, the crop is centred on the lumen; None: eccentric, centred on the wall.
-    """
-    coords = shp.crop_coords(organ_c.shape, (np.asarray(organ_c.shape) - 1) // 2)
-    outward = plan.outward if spec.invasion else 0.0
-    if reach is not None:
-        patch = shp.annulus_patch(organ_c, coords, float(max(spec.size_mm)), reach + outward)
+def _crop_attempt(
+    ct: sitk.Image, organ_labels: sitk.Image, region: placement.OrganRegion, midline: float | None, resolved: LesionSpec,
+    draws: _ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site_radius: float, timings: dict[str, float],
+) -> _Crop:
+    """Resample a 1 mm crop around ``centre_index`` and build the lesion's SDF and soft mask in it."""
+    t = time.perf_counter()
+    organ, prof = resolved.lesion_type.organ, resolved.profile
+    centre_lps = region.index_to_lps(centre_index)
+    # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
+    reach = 1.2 * site_radius + 4.0 if plan is not None and plan.circumferential else None
+    shape_half = _shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
+    context = _CONTEXT_MM
+    if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
+        shape_half, context = np.maximum(shape_half, plan.thickness + shp.LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
+    grid = local_grid(centre_lps, 2.0 * (shape_half + context))
+    ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
+    lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
+    organ_c = lab_c == int(organ)
+    if region.side is not None and midline is not None:
+        x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
+        organ_c &= ((x > midline) if region.side == "left" else (x <= midline))[:, None, None]
+    allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
+    timings["crop"] = time.perf_counter() - t
+    t = time.perf_counter()
+    organ_sdf = None
+    if plan is not None:  # the band needs the outside too (its serosal margin)
+        organ_sdf = shp.signed_distance(organ_c)
+    elif prof.reference_clamp is not None:  # only the normal-wall shell inside the organ
+        organ_sdf = inside_sdf(organ_c)
+    wall_mm = 0.0
+    if plan is not None:
+        sdf, wall_mm = wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach)
     else:
-        patch = shp.ellipsoid_patch(coords, np.asarray(spec.size_mm, float) / 2.0)
-    sdf, largest = shp.wall_field(organ_sdf, patch, plan.thickness, outward)
-    if spec.invasion and np.any((sdf < 3.0) & ~allowed_c):
-        sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
-    return sdf, largest
+        sdf = _shape_in_crop(
+            resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
+            stone_count=draws.stone_count, shape_seed=draws.shape_seed,
+        )
+    alpha = _alpha(sdf, draws.margin_w, ct_c, organ.is_hollow)
+    inside = alpha > 0.5
+    outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
+    timings["shape"] = time.perf_counter() - t
+    return _Crop(centre_lps, grid, ct_c, organ_c, sdf, alpha, organ_sdf, wall_mm, outside_fraction)
 
 
 def synthesize_lesion(
@@ -250,25 +308,16 @@ def synthesize_lesion(
     stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
     shape_seed = int(rng_shape.integers(2**62))
     wall = resolved.shape is Shape.WALL_THICKENING
-    plan = _WallPlan(thickness, outward, bool(rng_shape.random() < prof.circumferential)) if wall else None
+    plan = WallPlan(thickness, outward, bool(rng_shape.random() < prof.circumferential)) if wall else None
 
     # Location.
     t = time.perf_counter()
     rng_loc = stream(spec.seed, STREAM_LOCATION)
     site_radii: list[float] = []
-    if spec.center_mm is not None:
-        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
-        if plan is not None:  # a point on the wall moves to the lumen centre beside it
-            index, radius = placement.snap_wall_site(region, centres[0])
-            centres, site_radii = [index], [radius]
-    elif plan is not None:
-        sites = placement.sample_wall_sites(region, ct_xyz, plan.need_mm(prof.wall_thickness_mm[0]), rng_loc)
-        centres, site_radii = [c for c, _ in sites], [r for _, r in sites]
     if plan is not None:
-        if plan.circumferential and site_radii[0] > _ANNULAR_MAX_RADIUS_MM:
-            plan = replace(plan, circumferential=False)
-        if not plan.circumferential:  # eccentric: the crop centres on a wall point beside each lumen site
-            centres = [placement.wall_point(region, c, r, rng_loc) for c, r in zip(centres, site_radii)]
+        centres, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
+    elif spec.center_mm is not None:
+        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
     else:
         first, size, others = placement.sample_centre(
             region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
@@ -279,50 +328,18 @@ def synthesize_lesion(
     timings["placement"] = time.perf_counter() - t
 
     # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
-    best: tuple | None = None
+    draws = _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed)
+    best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
-        t = time.perf_counter()
-        centre_lps = region.index_to_lps(centre_index)
-        # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
-        reach = 1.2 * site_radii[attempt] + 4.0 if plan is not None and plan.circumferential else None
-        shape_half = _shape_half_extent(resolved, lob, margin_w, reach or 0.0)
-        if plan is not None:  # the lumen rule looks this far inward
-            shape_half = np.maximum(shape_half, plan.thickness + shp.LUMEN_MIN_MM + 2.0)
-        grid = local_grid(centre_lps, 2.0 * (shape_half + (_WALL_CONTEXT_MM if plan is not None else _CONTEXT_MM)))
-        ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
-        lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
-        organ_c = lab_c == int(organ)
-        if region.side is not None and midline is not None:
-            x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
-            organ_c &= ((x > midline) if region.side == "left" else (x <= midline))[:, None, None]
-        allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
-        timings["crop"] = time.perf_counter() - t
-        t = time.perf_counter()
-        organ_sdf = shp.signed_distance(organ_c) if (plan is not None or prof.reference_clamp is not None) else None
-        wall_mm = 0.0
-        if plan is not None:
-            sdf, wall_mm = _wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach)
-        else:
-            sdf = _shape_in_crop(
-                resolved, grid.size, shape_half, organ_c, allowed_c, lob=lob, n_spicules=n_spicules,
-                stone_count=stone_count, shape_seed=shape_seed,
-            )
-        alpha = shp.soft_mask(sdf, margin_w)
-        if organ.is_hollow and margin_w > 1.0:
-            # Against gas the mucosal surface is sharp whatever the margin: an ill-defined blend
-            # into gas would leave a dark rim. Use a 0.7 mm edge where the crop holds gas.
-            gas = ct_c < _AIR_HU
-            if gas.any():
-                alpha = np.where(gas, shp.soft_mask(sdf, 0.7), alpha)
-        inside = alpha > 0.5
-        outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
-        timings["shape"] = time.perf_counter() - t
-        if best is None or outside_fraction > best[-1] or not best[5].any():
-            best = (centre_lps, grid, ct_c, organ_c, sdf, inside, organ_sdf, wall_mm, alpha, outside_fraction)
-        if (not resolved.invasion or outside_fraction >= 0.1) and inside.any():
+        crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
+                             site_radii[attempt] if site_radii else 0.0, timings)
+        if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
+            best = crop
+        if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
             break
     assert best is not None
-    centre_lps, grid, ct_c, organ_c, sdf, _, organ_sdf, wall_mm, alpha, outside_fraction = best
+    centre_lps, grid, ct_c, organ_c, sdf, alpha = best.centre_lps, best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
+    organ_sdf, wall_mm, outside_fraction = best.organ_sdf, best.wall_mm, best.outside_fraction
     if not np.any(alpha > 0.5):
         raise LesionFitError(
             f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
@@ -331,15 +348,7 @@ def synthesize_lesion(
 
     # Intensity in the crop.
     t = time.perf_counter()
-    prof_window = prof.parenchyma_window
-    if prof.reference_clamp is not None:
-        # GI tract: the mask holds the lumen; the reference is the normal wall (its outer few mm).
-        stats = intensity.wall_stats(ct_c, organ_c, organ_sdf, sdf, prof.reference_clamp[phase])
-    else:
-        stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof_window, prof.nominal_parenchyma_hu[phase])
-    reference_hu = stats.mean_hu
-    if prof.reference_clamp is not None:
-        reference_hu = float(np.clip(reference_hu, *prof.reference_clamp[phase]))
+    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, organ_sdf, sdf)
     box = _input_box(ct, grid)
     sl = tuple(slice(a, b) for a, b in box)
     noise = intensity.scanner_noise(ct_xyz[sl])
@@ -350,23 +359,22 @@ def synthesize_lesion(
         ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
     )
     values = None
-    if refiner is not None or not organ.is_hollow:
+    if refiner is None and organ.is_hollow:
+        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
+        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
+        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
+        values = (delta, noise, rng_int)
+    else:
         delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
     if refiner is not None:
         refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
         delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
-    elif organ.is_hollow:
-        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
-        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
-        values = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
-        delta = values
     timings["intensity"] = time.perf_counter() - t
 
     # Paste back onto the input grid, only inside the crop's input-grid bounding box.
     t = time.perf_counter()
     out_ct, out_labels = _paste(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
-        organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow,
-        values=None if values is None else (values, noise, rng_int),
+        organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow, values=values,
     )
     timings["paste"] = time.perf_counter() - t
 
@@ -393,7 +401,7 @@ def synthesize_lesion(
         "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
-    if wall:
+    if plan is not None:
         details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
         details["wall_requested_mm"] = thickness
         details["circumferential"] = plan.circumferential
@@ -440,7 +448,10 @@ def _paste(
         values_in = sitk.GetArrayFromImage(
             sitk.Resample(array_to_image(crop_values, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         ).transpose(2, 1, 0)
-        values_in += intensity.native_noise(region, noise_hu, rng)
+        hit = np.argwhere(alpha_in > 0)
+        if hit.size:  # noise only where the lesion is blended in
+            sub = tuple(slice(a, b + 1) for a, b in zip(hit.min(axis=0), hit.max(axis=0)))
+            values_in[sub] += intensity.native_noise(region[sub], noise_hu, rng)
         delta_in = alpha_in * (values_in - region.astype(np.float32))
 
     touched = alpha_in > 0  # everything else stays bit-identical
