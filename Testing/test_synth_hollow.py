@@ -192,3 +192,21 @@ def test_plain_kidney_cyst_is_water_and_clearly_visible(cases, results):
     assert parenchyma - cyst >= 18.0, (parenchyma, cyst)  # before the rebuild: 14 HU (cyst at -2 HU)
     # Homogeneous: only the scanner's noise inside (no inherited texture).
     assert hu[core].std() <= 1.5 * result.details["noise_hu"] + 2.0, (hu[core].std(), result.details["noise_hu"])
+
+
+@pytest.mark.parametrize("case", [("ts", LesionType.BLADDER_CANCER), ("ts", LesionType.COLORECTAL_CANCER)], ids=lambda c: c[1].slug)
+def test_wall_lesion_spec_round_trip(case, cases, results):
+    """The resolved spec (its centre is the lumen site) reproduces the wall lesion bit for bit, and a
+    point clicked on the wall instead of the lumen gives a wall lesion there too."""
+    name, kind = case
+    first = results[case]
+    ct, organs = cases[name]
+    again = synthesize_lesion(ct, organs, first.spec)
+    assert np.array_equal(_xyz(again.ct), _xyz(first.ct)) and np.array_equal(_xyz(again.labels), _xyz(first.labels))
+    lesion = _xyz(first.labels) == int(kind)
+    wall_voxel = np.argwhere(lesion)[0]  # a voxel of the tumour wall, not the lumen centre
+    point = ct.TransformIndexToPhysicalPoint([int(v) for v in wall_voxel])  # ITK points are LPS
+    clicked = synthesize_lesion(ct, organs, LesionSpec(kind, seed=5, shape="Wall thickening", invasion=False,
+                                                       center_mm=tuple(float(v) for v in point)))
+    assert clicked.report.shape == "Wall thickening" and (_xyz(clicked.labels) == int(kind)).sum() > 0
+    assert profile(kind).wall_thickness_mm[0] - 0.01 <= clicked.details["wall_thickness_mm"]

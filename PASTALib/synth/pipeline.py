@@ -308,14 +308,15 @@ def synthesize_lesion(
     stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
     shape_seed = int(rng_shape.integers(2**62))
     wall = resolved.shape is Shape.WALL_THICKENING
-    plan = WallPlan(thickness, outward, bool(rng_shape.random() < prof.circumferential)) if wall else None
+    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
+    plan = WallPlan(thickness, outward, circumferential, position) if wall else None
 
     # Location.
     t = time.perf_counter()
     rng_loc = stream(spec.seed, STREAM_LOCATION)
     site_radii: list[float] = []
     if plan is not None:
-        centres, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
+        centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
     elif spec.center_mm is not None:
         centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
     else:
@@ -325,6 +326,8 @@ def synthesize_lesion(
         )
         resolved = replace(resolved, size_mm=size)
         centres = [first, *others]
+    if plan is None:
+        sites = centres
     timings["placement"] = time.perf_counter() - t
 
     # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
@@ -334,11 +337,11 @@ def synthesize_lesion(
         crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
                              site_radii[attempt] if site_radii else 0.0, timings)
         if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
-            best = crop
+            best, site = crop, sites[attempt]
         if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
             break
     assert best is not None
-    centre_lps, grid, ct_c, organ_c, sdf, alpha = best.centre_lps, best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
+    grid, ct_c, organ_c, sdf, alpha = best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
     organ_sdf, wall_mm, outside_fraction = best.organ_sdf, best.wall_mm, best.outside_fraction
     if not np.any(alpha > 0.5):
         raise LesionFitError(
@@ -394,7 +397,8 @@ def synthesize_lesion(
     )
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    resolved = replace(resolved, center_mm=tuple(float(v) for v in centre_lps), side=side or resolved.side)
+    # The reported centre is the placement site (a wall lesion's lumen site): re-running the spec gives this lesion.
+    resolved = replace(resolved, center_mm=tuple(float(v) for v in region.index_to_lps(site)), side=side or resolved.side)
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
         "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,

@@ -216,25 +216,32 @@ def sample_wall_sites(
     return [(index[i], float(depth[tuple(candidates[i])])) for i in order]
 
 
-def snap_wall_site(region: OrganRegion, index: np.ndarray, search_mm: float = 15.0) -> tuple[np.ndarray, float]:
-    """The lumen-centre site for a user-given point on a hollow organ: the deepest ridge point within
-    ``search_mm`` (a click on the wall moves to the lumen centre next to it), and its radius (mm)."""
+def snap_wall_site(region: OrganRegion, index: np.ndarray, need_mm: float, search_mm: float = 15.0) -> tuple[np.ndarray, float]:
+    """The lumen-centre site for a user-given point on a hollow organ, and its radius (mm): the nearest
+    ridge point at least ``need_mm`` deep within ``search_mm`` (a click on the wall moves to the lumen
+    centre beside it; a site returned by ``sample_wall_sites`` maps to itself), else the deepest one."""
     depth, stride = _depth_map(region)
     local = (np.asarray(index, float) - region.lo) / stride
     candidates = np.argwhere(_ridge(depth, float(np.min(region.spacing * stride))))
     offsets = (candidates - local) * stride * region.spacing
-    near = np.einsum("ij,ij->i", offsets, offsets) <= search_mm**2
+    dist2 = np.einsum("ij,ij->i", offsets, offsets)
+    near = dist2 <= search_mm**2
     if not near.any():
         here = tuple(np.clip(np.round(local).astype(int), 0, np.asarray(depth.shape) - 1))
         return np.asarray(index, float), float(depth[here])
-    best = candidates[near][np.argmax(depth[tuple(candidates[near].T)])]
+    deep = near & (depth[tuple(candidates.T)] >= need_mm)
+    if deep.any():
+        best = candidates[deep][np.argmin(dist2[deep])]
+    else:
+        best = candidates[near][np.argmax(depth[tuple(candidates[near].T)])]
     return region.lo + best * stride, float(depth[tuple(best)])
 
 
-def wall_point(region: OrganRegion, index: np.ndarray, radius_mm: float, rng: np.random.Generator) -> np.ndarray:
+def wall_point(region: OrganRegion, index: np.ndarray, radius_mm: float, u: float) -> np.ndarray:
     """A point on the organ wall next to a lumen site (input-grid index): one of the boundary voxels
-    closest to it (within 3 mm of the closest), chosen at random, so an eccentric lesion can sit
-    anywhere around the lumen."""
+    closest to it (within 3 mm of the closest), picked by ``u`` in [0, 1) (a draw of the shape
+    stream, so a given site always gives the same point), so an eccentric lesion can sit anywhere
+    around the lumen."""
     local = np.round((np.asarray(index, float) - region.lo)).astype(int)
     half = np.ceil((radius_mm + 6.0) / region.spacing).astype(int)
     lo = np.maximum(local - half, 0)
@@ -245,4 +252,4 @@ def wall_point(region: OrganRegion, index: np.ndarray, radius_mm: float, rng: np
         return np.asarray(index, float)
     dist = np.linalg.norm((boundary + lo - local) * region.spacing, axis=1)
     near = boundary[dist <= dist.min() + 3.0]
-    return region.lo + lo + near[int(rng.integers(len(near)))]
+    return region.lo + lo + near[min(int(u * len(near)), len(near) - 1)]

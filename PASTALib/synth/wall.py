@@ -18,6 +18,7 @@ class WallPlan:
     thickness: float  # requested largest thickness (mm); the lumen rule may cap it at a site
     outward: float  # serosal spread with invasion (mm)
     circumferential: bool  # annular (tubes only: organ radius <= ANNULAR_MAX_RADIUS_MM) or an eccentric plaque
+    position: float  # eccentric: where around the lumen (uniform 0..1 over the nearest wall voxels)
 
     def need_mm(self, minimum: float) -> float:
         """Organ radius (mm) a site needs so a ``minimum``-mm wall leaves the lumen open (``shp.wall_limit``)."""
@@ -31,19 +32,23 @@ ANNULAR_MAX_RADIUS_MM = 25.0
 def wall_sites(
     spec: LesionSpec, resolved: LesionSpec, region: placement.OrganRegion, ct_xyz: np.ndarray, plan: WallPlan,
     rng: np.random.Generator,
-) -> tuple[list[np.ndarray], list[float], WallPlan]:
-    """Crop centres (input-grid indices), the organ radius at each lumen site, and the plan (annular only in tubes)."""
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float], WallPlan]:
+    """Crop centres and lumen sites (input-grid indices), the organ radius at each site, and the plan
+    (annular only in tubes). A given centre snaps to the lumen site beside it; the site is what the
+    resolved spec reports, so re-running it gives the same lesion."""
+    need = plan.need_mm(resolved.profile.wall_thickness_mm[0])
     if spec.center_mm is not None:
         given = placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=True)
-        sites = [placement.snap_wall_site(region, given)]  # a point on the wall moves to the lumen centre beside it
+        found = [placement.snap_wall_site(region, given, need)]
     else:
-        sites = placement.sample_wall_sites(region, ct_xyz, plan.need_mm(resolved.profile.wall_thickness_mm[0]), rng)
-    centres, radii = [c for c, _ in sites], [r for _, r in sites]
+        found = placement.sample_wall_sites(region, ct_xyz, need, rng)
+    sites, radii = [c for c, _ in found], [r for _, r in found]
     if plan.circumferential and radii[0] > ANNULAR_MAX_RADIUS_MM:
         plan = replace(plan, circumferential=False)
+    centres = sites
     if not plan.circumferential:  # eccentric: the crop centres on a wall point beside each lumen site
-        centres = [placement.wall_point(region, c, r, rng) for c, r in zip(centres, radii)]
-    return centres, radii, plan
+        centres = [placement.wall_point(region, c, r, plan.position) for c, r in zip(sites, radii)]
+    return centres, sites, radii, plan
 
 
 def wall_in_crop(
