@@ -42,7 +42,8 @@ def _reference(prof: TypeProfile, phase: Phase) -> str:
     if prof.reference_clamp is not None:
         lo, hi = prof.reference_clamp[phase]
         return f"normal wall {lo:.0f}..{hi:.0f}"
-    return f"organ {prof.nominal_parenchyma_hu[phase]:.0f} (nominal)"
+    where = "lumen (bile/urine)" if prof.lesion_type.organ.is_hollow else "organ"
+    return f"{where} {prof.nominal_parenchyma_hu[phase]:.0f} (nominal)"
 
 
 def markdown() -> str:
