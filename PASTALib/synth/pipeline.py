@@ -226,12 +226,14 @@ class _Crop:
 
 def _crop_attempt(
     ct: sitk.Image, organ_labels: sitk.Image, region: placement.OrganRegion, midline: float | None, resolved: LesionSpec,
-    draws: _ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site_radius: float, timings: dict[str, float],
+    draws: _ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site: tuple[np.ndarray, float],
+    timings: dict[str, float],
 ) -> _Crop:
     """Resample a 1 mm crop around ``centre_index`` and build the lesion's SDF and soft mask in it."""
     t = time.perf_counter()
     organ, prof = resolved.lesion_type.organ, resolved.profile
     centre_lps = region.index_to_lps(centre_index)
+    site_radius = site[1]
     # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
     reach = 1.2 * site_radius + 4.0 if plan is not None and plan.circumferential else None
     shape_half = _shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
@@ -255,7 +257,8 @@ def _crop_attempt(
         organ_sdf = inside_sdf(organ_c)
     wall_mm = 0.0
     if plan is not None:
-        sdf, wall_mm = wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach)
+        normal = region.index_to_lps(site[0]) - centre_lps  # eccentric: wall point -> lumen site
+        sdf, wall_mm = wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach, normal, site[1])
     else:
         sdf = _shape_in_crop(
             resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
@@ -334,8 +337,9 @@ def synthesize_lesion(
     draws = _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed)
     best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
+        site_radius = site_radii[attempt] if site_radii else 0.0
         crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
-                             site_radii[attempt] if site_radii else 0.0, timings)
+                             (sites[attempt], site_radius), timings)
         if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
             best, site = crop, sites[attempt]
         if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):

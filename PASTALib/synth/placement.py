@@ -216,11 +216,13 @@ def sample_wall_sites(
     return [(index[i], float(depth[tuple(candidates[i])])) for i in order]
 
 
-def snap_wall_site(region: OrganRegion, index: np.ndarray, need_mm: float, search_mm: float = 15.0) -> tuple[np.ndarray, float]:
+def snap_wall_site(region: OrganRegion, index: np.ndarray, need_mm: float) -> tuple[np.ndarray, float]:
     """The lumen-centre site for a user-given point on a hollow organ, and its radius (mm): the nearest
-    ridge point at least ``need_mm`` deep within ``search_mm`` (a click on the wall moves to the lumen
-    centre beside it; a site returned by ``sample_wall_sites`` maps to itself), else the deepest one."""
+    ridge point at least ``need_mm`` deep, searched within the organ's largest radius + 5 mm (a click on
+    the wall moves to the lumen centre beside it; a site returned by ``sample_wall_sites`` maps to
+    itself), else the deepest ridge point there."""
     depth, stride = _depth_map(region)
+    search_mm = float(depth.max()) + 5.0
     local = (np.asarray(index, float) - region.lo) / stride
     candidates = np.argwhere(_ridge(depth, float(np.min(region.spacing * stride))))
     offsets = (candidates - local) * stride * region.spacing

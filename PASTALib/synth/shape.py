@@ -294,10 +294,18 @@ def annulus_patch(organ: np.ndarray, coords: Coords, length: float, reach: float
     return u2
 
 
-def ellipsoid_patch(coords: Coords, radii: Sequence[float]) -> np.ndarray:
-    """Eccentric patch, centred on a wall point: squared normalised ellipsoid radius (< 1 inside)."""
+def ellipsoid_patch(coords: Coords, radii: Sequence[float], normal: Sequence[float] | None = None) -> np.ndarray:
+    """Eccentric patch, centred on a wall point: squared normalised ellipsoid radius (< 1 inside).
+
+    With the wall's inward ``normal`` the offset along it is ignored: the patch bounds the lesion
+    along the wall only, so the thickness is not tapered across the wall."""
     r = np.asarray(radii, np.float32)
-    return (coords[0] / r[0]) ** 2 + (coords[1] / r[1]) ** 2 + (coords[2] / r[2]) ** 2
+    if normal is None:
+        return (coords[0] / r[0]) ** 2 + (coords[1] / r[1]) ** 2 + (coords[2] / r[2]) ** 2
+    n = np.asarray(normal, float)
+    n = (n / max(float(np.linalg.norm(n)), 1e-6)).astype(np.float32)
+    along = coords[0] * n[0] + coords[1] * n[1] + coords[2] * n[2]
+    return sum(((coords[a] - along * n[a]) / r[a]) ** 2 for a in range(3))
 
 
 def _local_radius(depth: np.ndarray, where: np.ndarray) -> np.ndarray:
@@ -321,17 +329,20 @@ def _local_radius(depth: np.ndarray, where: np.ndarray) -> np.ndarray:
     return out
 
 
-def wall_field(organ_sdf: np.ndarray, patch_u2: np.ndarray, thickness: float, outward: float) -> tuple[np.ndarray, float]:
+def wall_field(
+    organ_sdf: np.ndarray, patch_u2: np.ndarray, thickness: float, outward: float, radius: float | None = None,
+) -> tuple[np.ndarray, float]:
     """Wall thickening of a hollow organ around a preserved lumen; returns (field, largest thickness mm).
 
     The organ mask holds wall + lumen, so the tumour is the band ``0 <= depth <= limit`` measured
     inward from the serosa (from ``-outward`` with invasion): it replaces the normal wall and narrows
     the lumen. ``limit`` is ``thickness`` over the patch (``patch_u2`` < 1; flat top, short shoulders
     tapering to zero at its edge) capped by ``wall_limit`` of the local organ radius (grey dilation of
-    the depth map), so the lumen stays open and connected.
+    the depth map), so the lumen stays open and connected. ``radius`` (mm) replaces the local radius
+    for a patch on one side of a wide lumen whose centre line lies outside the crop (eccentric lesions).
     """
     depth = -organ_sdf  # mm, positive inside the organ
-    local_radius = _local_radius(depth, patch_u2 < 1.0)
+    local_radius = _local_radius(depth, patch_u2 < 1.0) if radius is None else np.float32(radius)
     taper = np.clip(np.float32(1.3) * (np.float32(1.0) - patch_u2), 0.0, 1.0)
     limit = wall_limit(np.float32(thickness) * taper, local_radius).astype(np.float32)
     field = np.maximum(depth - limit, -(depth + np.float32(outward)))

@@ -53,19 +53,21 @@ def wall_sites(
 
 def wall_in_crop(
     spec: LesionSpec, plan: WallPlan, organ_c: np.ndarray, allowed_c: np.ndarray, organ_sdf: np.ndarray,
-    reach: float | None,
+    reach: float | None, normal: np.ndarray | None = None, site_radius: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Wall-thickening SDF on the whole crop and its largest thickness (mm).
 
-    ``reach`` given: annular, the crop is centred on the lumen; None: eccentric, centred on the wall.
+    ``reach`` given: annular, the crop is centred on the lumen; None: eccentric, centred on the wall
+    point, ``normal`` (LPS) pointing from it to the lumen site, whose radius ``site_radius`` caps the
+    thickness there (the lumen's centre line may lie outside the crop).
     """
     coords = shp.crop_coords(organ_c.shape, (np.asarray(organ_c.shape) - 1) // 2)
     outward = plan.outward if spec.invasion else 0.0
     if reach is not None:
         patch = shp.annulus_patch(organ_c, coords, float(max(spec.size_mm)), reach + outward)
     else:
-        patch = shp.ellipsoid_patch(coords, np.asarray(spec.size_mm, float) / 2.0)
-    sdf, largest = shp.wall_field(organ_sdf, patch, plan.thickness, outward)
+        patch = shp.ellipsoid_patch(coords, np.asarray(spec.size_mm, float) / 2.0, normal)
+    sdf, largest = shp.wall_field(organ_sdf, patch, plan.thickness, outward, None if reach is not None else site_radius)
     if spec.invasion and np.any((sdf < 3.0) & ~allowed_c):
         sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
     return sdf, largest
