@@ -21,7 +21,7 @@ from PASTALib.geometry import local_grid, resample_to_grid
 from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.synth import intensity, placement
-from PASTALib.synth.wall import WallPlan, inside_sdf, wall_in_crop, wall_sites
+from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
 from PASTALib.synth.attributes import Shape
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
@@ -239,7 +239,7 @@ def _crop_attempt(
     shape_half = _shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
     context = _CONTEXT_MM
     if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
-        shape_half, context = np.maximum(shape_half, plan.thickness + shp.LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
+        shape_half, context = np.maximum(shape_half, plan.thickness + LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
     grid = local_grid(centre_lps, 2.0 * (shape_half + context))
     ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
     lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
