@@ -43,6 +43,22 @@ def parenchyma_stats(
     return ParenchymaStats(median, mad, int(values.size), True)
 
 
+def wall_stats(
+    ct: np.ndarray, organ: np.ndarray, organ_sdf: np.ndarray, lesion_sdf: np.ndarray, normal: tuple[float, float],
+    depth_mm: tuple[float, float] = (0.5, 4.0),
+) -> ParenchymaStats:
+    """Reference HU of a hollow organ's NORMAL WALL: organ voxels 0.5-4 mm inside its surface, away from
+    the lesion, within ``normal`` (the normal-wall range of the phase) widened by 30 HU. The organ mask
+    holds the lumen (gas, fluid, faeces, food), which is no reference for a wall tumour."""
+    lo, hi = normal[0] - 30.0, normal[1] + 30.0
+    shell = organ & (organ_sdf <= -depth_mm[0]) & (organ_sdf >= -depth_mm[1]) & (lesion_sdf > 2.0) & (ct >= lo) & (ct <= hi)
+    values = ct[shell]
+    if values.size < _MIN_VOXELS:
+        return ParenchymaStats(float(np.mean(normal)), 15.0, int(values.size), False)
+    median = float(np.median(values))
+    return ParenchymaStats(median, float(1.4826 * np.median(np.abs(values - median))), int(values.size), True)
+
+
 def scanner_noise(ct: np.ndarray, window: tuple[float, float] = (-150.0, 250.0)) -> float:
     """Scanner noise std (HU) on the NATIVE grid around the lesion.
 
@@ -61,6 +77,58 @@ def scanner_noise(ct: np.ndarray, window: tuple[float, float] = (-150.0, 250.0))
     return float(np.clip(np.percentile(local, 30) * np.sqrt(27.0 / 26.0), 2.0, 80.0))
 
 
+def _lag1(values: np.ndarray, mask: np.ndarray | None) -> list[float]:
+    """Per axis, lag-1 autocorrelation of the first difference along that axis (voxels in ``mask``).
+
+    Differencing removes smooth anatomy; for separable smoothing the statistic along an axis depends
+    only on that axis' sigma (white noise: -0.5, rising with correlation).
+    """
+    out = []
+    for axis in range(values.ndim):
+        a = np.moveaxis(values, axis, 0)
+        d = a[1:] - a[:-1]
+        x, y = d[1:], d[:-1]
+        if mask is not None:
+            m = np.moveaxis(mask, axis, 0)
+            both = m[2:] & m[1:-1] & m[:-2]
+            x, y = x[both], y[both]
+        out.append(float(np.mean(x * y) / max(float(np.mean(x * x)), 1e-6)) if x.size >= _MIN_VOXELS else float("nan"))
+    return out
+
+
+def native_noise(ct: np.ndarray, std: float, rng: np.random.Generator, window: tuple[float, float] = (-150.0, 250.0)) -> np.ndarray:
+    """Noise like the scanner's on the NATIVE grid of ``ct`` (a box around the lesion), scaled to ``std``.
+
+    CT noise is correlated (reconstruction kernel, slice thickness); white noise of the right std looks
+    like salt-and-pepper speckle beside it. White noise is Gaussian-filtered per axis so that the lag-1
+    autocorrelation of its high-pass matches the CT's in flat soft tissue (local std in the lowest 30 %,
+    as in ``scanner_noise``: edges would read as correlation); sigma per axis by bisection (for separable
+    smoothing the statistic along an axis depends only on that axis' sigma).
+    """
+    # The statistic from a central cube of at most 48 voxels a side (plenty of pairs; cost bounded).
+    centre = tuple(slice(max(0, (n - 48) // 2), max(0, (n - 48) // 2) + 48) for n in ct.shape)
+    values = ct[centre].astype(np.float32)
+    tissue = (values >= window[0]) & (values <= window[1])
+    mean = ndimage.uniform_filter(values, size=3)
+    local = ndimage.uniform_filter(values * values, size=3) - mean * mean
+    if np.count_nonzero(tissue) >= _MIN_VOXELS:
+        tissue &= local <= np.percentile(local[tissue], 30)
+    target = np.nan_to_num(np.asarray(_lag1(values, tissue)), nan=-0.5)
+    probe = np.random.default_rng(0).standard_normal(4096)
+    sigma = np.zeros(ct.ndim)
+    for axis, goal in enumerate(target):  # bisection on a 1-D probe: the statistic rises monotonically with sigma
+        lo, hi = 0.0, 2.0
+        for _ in range(10):
+            mid = 0.5 * (lo + hi)
+            smooth = ndimage.gaussian_filter1d(probe, mid, mode="wrap") if mid > 0 else probe
+            lo, hi = (mid, hi) if _lag1(smooth, None)[0] < goal else (lo, mid)
+        sigma[axis] = lo
+    field = rng.standard_normal(ct.shape, dtype=np.float32)
+    field = ndimage.gaussian_filter(field, sigma, mode="reflect", truncate=3.0)
+    field /= np.float32(max(float(field.std()), 1e-6))
+    return field * np.float32(std)
+
+
 def _draw(rng: np.random.Generator, ranges: tuple[HURange, ...]) -> HURange:
     weights = np.array([r.weight for r in ranges], float)
     return ranges[int(rng.choice(len(ranges), p=weights / weights.sum()))]
@@ -76,14 +144,20 @@ def target_hu(prof: TypeProfile, density: Density, phase: Phase, reference_hu: f
     u = float(rng.random())
     value = hu_range.lo + u * (hu_range.hi - hu_range.lo)
     target = reference_hu + value if hu_range.relative else value
-    diff = target - reference_hu
+    diff = _wording(target - reference_hu, density, prof.min_contrast_hu)
+    if prof.hu_limits is not None:  # the cited absolute band (cysts: -10..20 HU) ...
+        diff = float(np.clip(reference_hu + diff, *prof.hu_limits)) - reference_hu
+    # ... but the report's density wording must stay true for this image.
+    return float(reference_hu + _wording(diff, density, MIN_CONTRAST_HU))
+
+
+def _wording(diff: float, density: Density, contrast: float) -> float:
+    """``diff`` (lesion - reference HU) moved to agree with the density wording at ``contrast`` HU."""
     if density is Density.HYPO:
-        diff = min(diff, -MIN_CONTRAST_HU)
-    elif density is Density.HYPER:
-        diff = max(diff, MIN_CONTRAST_HU)
-    else:
-        diff = float(np.clip(diff, -MAX_ISO_CONTRAST_HU, MAX_ISO_CONTRAST_HU))
-    return float(reference_hu + diff)
+        return min(diff, -contrast)
+    if density is Density.HYPER:
+        return max(diff, contrast)
+    return float(np.clip(diff, -MAX_ISO_CONTRAST_HU, MAX_ISO_CONTRAST_HU))
 
 
 def correlated_noise(shape: tuple[int, ...], corr_mm: float, rng: np.random.Generator) -> np.ndarray:

@@ -21,6 +21,7 @@ from PASTALib.geometry import local_grid, resample_to_grid
 from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.synth import intensity, placement
+from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
 from PASTALib.synth.attributes import Shape
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
@@ -114,11 +115,13 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
     return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
 
 
-def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness: float, outward: float) -> np.ndarray:
+def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach: float = 0.0) -> np.ndarray:
     """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
     radii = np.asarray(spec.size_mm) / 2.0
     if spec.shape is Shape.WALL_THICKENING:
-        return radii + 2.5 * margin_w + 2.0  # the band lies inside the patch ellipsoid
+        # Annular: half the length along the (not yet known) organ axis, the organ radius across it.
+        extent = np.full(3, max(float(radii.max()), wall_reach)) if wall_reach > 0 else radii
+        return extent + 2.5 * margin_w + 2.0
     reach = 1.15 * (1.0 + 3.0 * lob)  # size correction may grow radii up to 15 %
     if spec.shape is Shape.IRREGULAR:
         reach = max(reach, 1.15 * 1.85)  # spicules reach 1.8 radii
@@ -127,36 +130,30 @@ def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, thickness:
 
 #: Context (mm) around the shape box: the parenchyma reference is measured there.
 _CONTEXT_MM = 10.0
+_WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of the reference
 
 
 def _build_sdf(
     spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    thickness: float, outward: float, stone_count: int, shape_seed: int,
+    stone_count: int, shape_seed: int,
 ) -> np.ndarray:
     """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
     radii = np.asarray(spec.size_mm, float) / 2.0
-    if spec.shape is Shape.WALL_THICKENING:
-        organ_sdf = shp.signed_distance(organ_c)
-        sdf = shp.wall_field(organ_sdf, coords, radii, thickness, outward if spec.invasion else 0.0)
-    else:
-        def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
-            rng = np.random.default_rng(shape_seed)  # same random shape for both passes
-            if spec.shape is Shape.PUNCTATE:
-                return shp.stones_field(coords, r, rng, stone_count)
-            return shp.mass_field(coords, r, rng, lob, spicules)
+    def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
+        rng = np.random.default_rng(shape_seed)  # same random shape for both passes
+        if spec.shape is Shape.PUNCTATE:
+            return shp.stones_field(coords, r, rng, stone_count)
+        return shp.mass_field(coords, r, rng, lob, spicules)
 
-        # One size-correction pass: lobulation changes the extents; rescale radii so the body
-        # (without spicules, as a radiologist measures) spans the requested size.
-        body = field_of(radii, 0)
-        measured = shp.extents_mm(body < 0)
-        if np.all(measured > 0):
-            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
-        sdf = shp.to_sdf(field_of(radii, n_spicules))
-    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside;
-    # a wall band without invasion is inside the organ by construction).
-    near = sdf < 3.0
-    wall_inside = spec.shape is Shape.WALL_THICKENING and not spec.invasion
-    if not wall_inside and np.any(near & ~allowed_c):
+    # One size-correction pass: lobulation changes the extents; rescale radii so the body
+    # (without spicules, as a radiologist measures) spans the requested size.
+    body = field_of(radii, 0)
+    measured = shp.extents_mm(body < 0)
+    if np.all(measured > 0):
+        radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
+    sdf = shp.to_sdf(field_of(radii, n_spicules))
+    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside).
+    if np.any((sdf < 3.0) & ~allowed_c):
         sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
     return sdf
 
@@ -175,6 +172,103 @@ def _shape_in_crop(
     sdf = np.full(organ_c.shape, 1000.0, np.float32)
     sdf[box] = _build_sdf(spec, coords, organ_c[box], allowed_c[box], **kwargs)
     return sdf
+
+
+def _alpha(sdf: np.ndarray, margin_w: float, ct_c: np.ndarray, hollow: bool) -> np.ndarray:
+    """Soft lesion mask; in hollow organs the mucosal surface against gas is sharp whatever the margin
+    (an ill-defined blend into gas would leave a dark rim): a 0.7 mm edge where the crop holds gas."""
+    alpha = shp.soft_mask(sdf, margin_w)
+    if hollow and margin_w > 1.0:
+        gas = ct_c < _AIR_HU
+        if gas.any():
+            alpha = np.where(gas, shp.soft_mask(sdf, 0.7), alpha)
+    return alpha
+
+
+def _reference(
+    prof: Any, phase: Phase, ct_c: np.ndarray, organ_c: np.ndarray, organ_sdf: np.ndarray | None, sdf: np.ndarray,
+) -> tuple[intensity.ParenchymaStats, float]:
+    """Statistics of the reference tissue around the lesion and the reference HU the density is relative to."""
+    if prof.reference_clamp is None:
+        stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof.parenchyma_window, prof.nominal_parenchyma_hu[phase])
+        return stats, stats.mean_hu
+    # GI tract: the mask holds the lumen; the reference is the normal wall (its outer few mm), clamped
+    # to the normal-wall range of the phase (docs/radiology-hu.md).
+    stats = intensity.wall_stats(ct_c, organ_c, organ_sdf, sdf, prof.reference_clamp[phase])
+    return stats, float(np.clip(stats.mean_hu, *prof.reference_clamp[phase]))
+
+
+@dataclass(frozen=True)
+class _ShapeDraws:
+    """Shape-stream draws every lesion makes (in this order)."""
+
+    lob: float
+    n_spicules: int
+    margin_w: float
+    stone_count: int
+    shape_seed: int
+
+
+@dataclass
+class _Crop:
+    """One placement attempt: the 1 mm crop and the lesion's SDF and soft mask in it."""
+
+    centre_lps: np.ndarray
+    grid: Any
+    ct_c: np.ndarray
+    organ_c: np.ndarray
+    sdf: np.ndarray
+    alpha: np.ndarray
+    organ_sdf: np.ndarray | None
+    wall_mm: float
+    outside_fraction: float
+
+
+def _crop_attempt(
+    ct: sitk.Image, organ_labels: sitk.Image, region: placement.OrganRegion, midline: float | None, resolved: LesionSpec,
+    draws: _ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site: tuple[np.ndarray, float],
+    timings: dict[str, float],
+) -> _Crop:
+    """Resample a 1 mm crop around ``centre_index`` and build the lesion's SDF and soft mask in it."""
+    t = time.perf_counter()
+    organ, prof = resolved.lesion_type.organ, resolved.profile
+    centre_lps = region.index_to_lps(centre_index)
+    site_radius = site[1]
+    # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
+    reach = 1.2 * site_radius + 4.0 if plan is not None and plan.circumferential else None
+    shape_half = _shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
+    context = _CONTEXT_MM
+    if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
+        shape_half, context = np.maximum(shape_half, plan.thickness + LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
+    grid = local_grid(centre_lps, 2.0 * (shape_half + context))
+    ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
+    lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
+    organ_c = lab_c == int(organ)
+    if region.side is not None and midline is not None:
+        x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
+        organ_c &= ((x > midline) if region.side == "left" else (x <= midline))[:, None, None]
+    allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
+    timings["crop"] = time.perf_counter() - t
+    t = time.perf_counter()
+    organ_sdf = None
+    if plan is not None:  # the band needs the outside too (its serosal margin)
+        organ_sdf = shp.signed_distance(organ_c)
+    elif prof.reference_clamp is not None:  # only the normal-wall shell inside the organ
+        organ_sdf = inside_sdf(organ_c)
+    wall_mm = 0.0
+    if plan is not None:
+        normal = region.index_to_lps(site[0]) - centre_lps  # eccentric: wall point -> lumen site
+        sdf, wall_mm = wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach, normal, site[1])
+    else:
+        sdf = _shape_in_crop(
+            resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
+            stone_count=draws.stone_count, shape_seed=draws.shape_seed,
+        )
+    alpha = _alpha(sdf, draws.margin_w, ct_c, organ.is_hollow)
+    inside = alpha > 0.5
+    outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
+    timings["shape"] = time.perf_counter() - t
+    return _Crop(centre_lps, grid, ct_c, organ_c, sdf, alpha, organ_sdf, wall_mm, outside_fraction)
 
 
 def synthesize_lesion(
@@ -217,59 +311,42 @@ def synthesize_lesion(
     stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
     shape_seed = int(rng_shape.integers(2**62))
     wall = resolved.shape is Shape.WALL_THICKENING
-    if wall:
-        thickness = min(thickness, float(min(resolved.size_mm)))
+    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
+    plan = WallPlan(thickness, outward, circumferential, position) if wall else None
 
     # Location.
     t = time.perf_counter()
     rng_loc = stream(spec.seed, STREAM_LOCATION)
-    if spec.center_mm is not None:
+    site_radii: list[float] = []
+    if plan is not None:
+        centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
+    elif spec.center_mm is not None:
         centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
     else:
         first, size, others = placement.sample_centre(
-            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion), wall=wall,
+            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
             size_given=spec.size_mm is not None, min_size=prof.size_range_mm[0],
         )
         resolved = replace(resolved, size_mm=size)
         centres = [first, *others]
+    if plan is None:
+        sites = centres
     timings["placement"] = time.perf_counter() - t
 
     # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
-    best: tuple | None = None
+    draws = _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed)
+    best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
-        t = time.perf_counter()
-        centre_lps = region.index_to_lps(centre_index)
-        shape_half = _shape_half_extent(resolved, lob, margin_w, thickness, outward)
-        grid = local_grid(centre_lps, 2.0 * (shape_half + _CONTEXT_MM))
-        ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
-        lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
-        organ_c = lab_c == int(organ)
-        if region.side is not None and midline is not None:
-            x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
-            organ_c &= ((x > midline) if region.side == "left" else (x <= midline))[:, None, None]
-        allowed_c = (organ_c | (ct_c > _AIR_HU)) if resolved.invasion else organ_c
-        timings["crop"] = time.perf_counter() - t
-        t = time.perf_counter()
-        sdf = _shape_in_crop(
-            resolved, grid.size, shape_half, organ_c, allowed_c, lob=lob, n_spicules=n_spicules,
-            thickness=thickness, outward=outward, stone_count=stone_count, shape_seed=shape_seed,
-        )
-        alpha = shp.soft_mask(sdf, margin_w)
-        if organ.is_hollow and margin_w > 1.0:
-            # Against gas the mucosal surface is sharp whatever the margin: an ill-defined blend
-            # into gas would leave a dark rim. Use a 0.7 mm edge where the crop holds gas.
-            gas = ct_c < _AIR_HU
-            if gas.any():
-                alpha = np.where(gas, shp.soft_mask(sdf, 0.7), alpha)
-        inside = alpha > 0.5
-        outside_fraction = float(np.count_nonzero(inside & ~organ_c) / max(1, np.count_nonzero(inside)))
-        timings["shape"] = time.perf_counter() - t
-        if best is None or outside_fraction > best[-1]:
-            best = (centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction)
-        if not resolved.invasion or outside_fraction >= 0.1:
+        site_radius = site_radii[attempt] if site_radii else 0.0
+        crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
+                             (sites[attempt], site_radius), timings)
+        if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
+            best, site = crop, sites[attempt]
+        if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
             break
     assert best is not None
-    centre_lps, grid, ct_c, organ_c, sdf, alpha, outside_fraction = best
+    grid, ct_c, organ_c, sdf, alpha = best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
+    organ_sdf, wall_mm, outside_fraction = best.organ_sdf, best.wall_mm, best.outside_fraction
     if not np.any(alpha > 0.5):
         raise LesionFitError(
             f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
@@ -278,11 +355,7 @@ def synthesize_lesion(
 
     # Intensity in the crop.
     t = time.perf_counter()
-    prof_window = prof.parenchyma_window
-    stats = intensity.parenchyma_stats(ct_c, organ_c, sdf, prof_window, prof.nominal_parenchyma_hu[phase])
-    reference_hu = stats.mean_hu
-    if prof.reference_clamp is not None:
-        reference_hu = float(np.clip(reference_hu, *prof.reference_clamp[phase]))
+    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, organ_sdf, sdf)
     box = _input_box(ct, grid)
     sl = tuple(slice(a, b) for a, b in box)
     noise = intensity.scanner_noise(ct_xyz[sl])
@@ -292,7 +365,14 @@ def synthesize_lesion(
     tex, tex_params = intensity.texture(
         ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
     )
-    delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
+    values = None
+    if refiner is None and organ.is_hollow:
+        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
+        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
+        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
+        values = (delta, noise, rng_int)
+    else:
+        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
     if refiner is not None:
         refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
         delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
@@ -301,7 +381,7 @@ def synthesize_lesion(
     # Paste back onto the input grid, only inside the crop's input-grid bounding box.
     t = time.perf_counter()
     out_ct, out_labels = _paste(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
-        organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow,
+        organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow, values=values,
     )
     timings["paste"] = time.perf_counter() - t
 
@@ -321,15 +401,18 @@ def synthesize_lesion(
     )
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    resolved = replace(resolved, center_mm=tuple(float(v) for v in centre_lps), side=side or resolved.side)
+    # The reported centre is the placement site (a wall lesion's lumen site): re-running the spec gives this lesion.
+    resolved = replace(resolved, center_mm=tuple(float(v) for v in region.index_to_lps(site)), side=side or resolved.side)
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
         "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,
         "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
-    if wall:
-        details["wall_thickness_mm"] = thickness
+    if plan is not None:
+        details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
+        details["wall_requested_mm"] = thickness
+        details["circumferential"] = plan.circumferential
     if resolved.shape is Shape.PUNCTATE:
         details["stones"] = stone_count
     return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
@@ -349,19 +432,36 @@ def _input_box(ct: sitk.Image, grid: Any) -> tuple[tuple[int, int], ...]:
 def _paste(
     ct: sitk.Image, labels: sitk.Image, grid: Any, box: tuple[tuple[int, int], ...], alpha: np.ndarray,
     delta: np.ndarray, lesion_value: int, organ_mask: placement.OrganRegion | None, hollow: bool = False,
+    values: tuple[np.ndarray, float, np.random.Generator] | None = None,
 ) -> tuple[sitk.Image, sitk.Image]:
-    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there."""
+    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there.
+
+    ``values`` = (lesion HU on the crop, noise std, rng): blend ``(1 - a) ct + a (values + noise)`` on the
+    input grid instead of adding ``delta``, so nothing of the replaced voxels' texture survives and the
+    noise has the input voxels' grain.
+    """
     lo = np.array([b[0] for b in box])
     hi = np.array([b[1] for b in box])
     reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
     alpha_in = sitk.GetArrayFromImage(
         sitk.Resample(array_to_image(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     ).transpose(2, 1, 0)
-    delta_in = sitk.GetArrayFromImage(
-        sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ).transpose(2, 1, 0)
-
     region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)
+    if values is None:
+        delta_in = sitk.GetArrayFromImage(
+            sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        ).transpose(2, 1, 0)
+    else:
+        crop_values, noise_hu, rng = values
+        values_in = sitk.GetArrayFromImage(
+            sitk.Resample(array_to_image(crop_values, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        ).transpose(2, 1, 0)
+        hit = np.argwhere(alpha_in > 0)
+        if hit.size:  # noise only where the lesion is blended in
+            sub = tuple(slice(a, b + 1) for a, b in zip(hit.min(axis=0), hit.max(axis=0)))
+            values_in[sub] += intensity.native_noise(region[sub], noise_hu, rng)
+        delta_in = alpha_in * (values_in - region.astype(np.float32))
+
     touched = alpha_in > 0  # everything else stays bit-identical
     new = region.astype(np.float64) + delta_in
     if np.issubdtype(region.dtype, np.integer):

@@ -109,41 +109,35 @@ def _format_size(size: Sequence[float]) -> str:
 
 
 def sample_centre(
-    region: OrganRegion, size_xyz: Sequence[float], rng: np.random.Generator, *, invasion: bool, wall: bool,
+    region: OrganRegion, size_xyz: Sequence[float], rng: np.random.Generator, *, invasion: bool,
     size_given: bool, min_size: float,
 ) -> tuple[np.ndarray, tuple[float, float, float], list[np.ndarray]]:
-    """Sample a centre index (input grid) where the lesion fits; may shrink a sampled size.
+    """Sample a centre index (input grid) where a mass fits; may shrink a sampled size (wall: ``sample_wall_sites``).
 
     Returns the centre index, the (possibly shrunk) size and a few alternative centres (used to
     retry invasion when the first one barely leaves the organ).
     """
     size = np.asarray(size_xyz, float)
     name = region.organ.display_name.lower()
-    if wall:
-        # Wall lesions sit on the organ wall: boundary voxels of the organ (inside).
-        eroded = ndimage.binary_erosion(region.mask, border_value=0)
-        candidates = np.argwhere(region.mask & ~eroded)
-        stride = np.ones(3, int)
+    dist, stride = _fit_map(region, size / 2.0)
+    best = float(dist.max())
+    if invasion:
+        # Centre inside but close to the boundary: 25-70% of the lesion pokes out.
+        candidates = np.argwhere((dist >= 0.3) & (dist <= 0.75))
     else:
-        dist, stride = _fit_map(region, size / 2.0)
-        best = float(dist.max())
-        if invasion:
-            # Centre inside but close to the boundary: 25-70% of the lesion pokes out.
-            candidates = np.argwhere((dist >= 0.3) & (dist <= 0.75))
+        candidates = np.argwhere(dist >= 1.0)
+    if candidates.size == 0:
+        largest = size * best * 0.95
+        if not size_given and best > 0 and (largest >= min_size).all():
+            # A sampled size shrinks to what fits; normalised distances scale by the same factor.
+            size, scale = largest, best * 0.95
+            candidates = np.argwhere((dist >= 0.3 * scale) & (dist <= 0.75 * scale)) if invasion else np.argwhere(dist >= scale)
         else:
-            candidates = np.argwhere(dist >= 1.0)
-        if candidates.size == 0:
-            largest = size * best * 0.95
-            if not size_given and best > 0 and (largest >= min_size).all():
-                # A sampled size shrinks to what fits; normalised distances scale by the same factor.
-                size, scale = largest, best * 0.95
-                candidates = np.argwhere((dist >= 0.3 * scale) & (dist <= 0.75 * scale)) if invasion else np.argwhere(dist >= scale)
-            else:
-                raise LesionFitError(
-                    f"A {_format_size(size)} lesion does not fit in the {name}: the largest size that fits "
-                    f"with this aspect is {_format_size(largest)} (2 × the largest inscribed radius). "
-                    "Request a smaller size or another organ."
-                )
+            raise LesionFitError(
+                f"A {_format_size(size)} lesion does not fit in the {name}: the largest size that fits "
+                f"with this aspect is {_format_size(largest)} (2 × the largest inscribed radius). "
+                "Request a smaller size or another organ."
+            )
     order = rng.permutation(len(candidates))[:8]
     picks = [region.lo + candidates[i] * stride for i in order]
     return picks[0], tuple(float(s) for s in size), picks[1:]
@@ -176,3 +170,88 @@ def check_centre(region: OrganRegion, centre_lps: Sequence[float], size_xyz: Seq
                 "request a smaller size, or ask for invasion."
             )
     return index
+
+
+#: Lumen voxels a wall site prefers: gas or fluid (< this HU), so the narrowed lumen stays visible.
+_VISIBLE_LUMEN_HU = 20.0
+
+
+def _depth_map(region: OrganRegion) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (mm from the organ surface, 0 outside) on the subsampled bbox, and the stride."""
+    stride = np.maximum(1, np.round(_PLACEMENT_SPACING_MM / region.spacing)).astype(int)
+    sub = region.mask[:: stride[0], :: stride[1], :: stride[2]]
+    dist = distance_to_mask(~np.pad(sub, 1), region.spacing * stride)[1:-1, 1:-1, 1:-1]
+    return np.maximum(dist, np.float32(0.0)), stride
+
+
+def _ridge(depth: np.ndarray, stride_mm: float) -> np.ndarray:
+    """Medial ridge of the organ: voxels (nearly) as deep as their neighbours, i.e. the lumen's centre line."""
+    return (depth > 0) & (depth >= ndimage.maximum_filter(depth, size=3) - np.float32(0.5 * stride_mm))
+
+
+def sample_wall_sites(
+    region: OrganRegion, ct_xyz: np.ndarray | None, need_mm: float, rng: np.random.Generator,
+) -> list[tuple[np.ndarray, float]]:
+    """Up to 8 lumen-centre sites (input-grid index, organ radius mm) for wall thickening.
+
+    A site is a point of the organ's medial ridge whose radius is at least ``need_mm`` (room for the
+    minimum tumour wall plus an open lumen); sites whose lumen holds gas or fluid are preferred when
+    ``ct_xyz`` (input-grid HU) is given. LesionFitError when the organ is too narrow everywhere.
+    """
+    depth, stride = _depth_map(region)
+    ridge = _ridge(depth, float(np.min(region.spacing * stride))) & (depth >= need_mm)
+    candidates = np.argwhere(ridge)
+    if candidates.size == 0:
+        raise LesionFitError(
+            f"The {region.organ.display_name.lower()} is too narrow for wall thickening: its widest radius is "
+            f"{float(depth.max()):.0f} mm, and a tumour wall of the type's minimum thickness around an open lumen "
+            f"needs {need_mm:.0f} mm. Pick another scan (a distended organ) or another shape."
+        )
+    index = region.lo + candidates * stride
+    if ct_xyz is not None:
+        visible = ct_xyz[tuple(index.T)] < _VISIBLE_LUMEN_HU
+        if visible.any():
+            candidates, index = candidates[visible], index[visible]
+    order = rng.permutation(len(candidates))[:8]
+    return [(index[i], float(depth[tuple(candidates[i])])) for i in order]
+
+
+def snap_wall_site(region: OrganRegion, index: np.ndarray, need_mm: float) -> tuple[np.ndarray, float]:
+    """The lumen-centre site for a user-given point on a hollow organ, and its radius (mm): the nearest
+    ridge point at least ``need_mm`` deep, searched within the organ's largest radius + 5 mm (a click on
+    the wall moves to the lumen centre beside it; a site returned by ``sample_wall_sites`` maps to
+    itself), else the deepest ridge point there."""
+    depth, stride = _depth_map(region)
+    search_mm = float(depth.max()) + 5.0
+    local = (np.asarray(index, float) - region.lo) / stride
+    candidates = np.argwhere(_ridge(depth, float(np.min(region.spacing * stride))))
+    offsets = (candidates - local) * stride * region.spacing
+    dist2 = np.einsum("ij,ij->i", offsets, offsets)
+    near = dist2 <= search_mm**2
+    if not near.any():
+        here = tuple(np.clip(np.round(local).astype(int), 0, np.asarray(depth.shape) - 1))
+        return np.asarray(index, float), float(depth[here])
+    deep = near & (depth[tuple(candidates.T)] >= need_mm)
+    if deep.any():
+        best = candidates[deep][np.argmin(dist2[deep])]
+    else:
+        best = candidates[near][np.argmax(depth[tuple(candidates[near].T)])]
+    return region.lo + best * stride, float(depth[tuple(best)])
+
+
+def wall_point(region: OrganRegion, index: np.ndarray, radius_mm: float, u: float) -> np.ndarray:
+    """A point on the organ wall next to a lumen site (input-grid index): one of the boundary voxels
+    closest to it (within 3 mm of the closest), picked by ``u`` in [0, 1) (a draw of the shape
+    stream, so a given site always gives the same point), so an eccentric lesion can sit anywhere
+    around the lumen."""
+    local = np.round((np.asarray(index, float) - region.lo)).astype(int)
+    half = np.ceil((radius_mm + 6.0) / region.spacing).astype(int)
+    lo = np.maximum(local - half, 0)
+    hi = np.minimum(local + half + 1, region.mask.shape)
+    block = region.mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    boundary = np.argwhere(block & ~ndimage.binary_erosion(block, border_value=1))
+    if len(boundary) == 0:
+        return np.asarray(index, float)
+    dist = np.linalg.norm((boundary + lo - local) * region.spacing, axis=1)
+    near = boundary[dist <= dist.min() + 3.0]
+    return region.lo + lo + near[min(int(u * len(near)), len(near) - 1)]

@@ -78,7 +78,11 @@ class TypeProfile:
     texture_std_hu: tuple[float, float] = (20.0, 35.0)
     texture_corr_mm: tuple[float, float] = (2.0, 5.0)
     necrosis: bool = False  # large heterogeneous masses get a hypodense centre
-    wall_thickness_mm: tuple[float, float] = (5.0, 20.0)  # wall thickening [Wall]
+    wall_thickness_mm: tuple[float, float] = (5.0, 20.0)  # tumour wall thickness (serosa to mucosa) [Wall]
+    circumferential: float = 0.5  # wall thickening: P(annular, whole circumference) vs an eccentric arc
+    # Smallest |lesion - reference| for Hypodense/Hyperdense (cysts: clearly visible on plain CT too).
+    min_contrast_hu: float = MIN_CONTRAST_HU
+    hu_limits: tuple[float, float] | None = None  # cited absolute band of the lesion HU (cysts)
     stones: tuple[int, int] = (1, 1)  # punctate cluster size
     # HU window of organ voxels that count as "parenchyma" for the reference mean
     # (excludes gas, fat partial volume, contrast-filled vessels or cortical bone).
@@ -105,10 +109,16 @@ def _both(table: Mapping) -> Mapping:
     return MappingProxyType({PLAIN: table, ENHANCED: table})
 
 
-# Absolute water-like cyst HU [Bosniak]: used by all cysts regardless of phase (cysts do not enhance).
-_CYST_HU = _both({HYPO: (HURange(0.0, 20.0, relative=False),)})
+# Absolute water-like cyst HU [Bosniak]: simple cysts -9..20 HU, most near water; drawn from -5..15 in
+# both phases (cysts do not enhance). Contrast >= 25 HU to the parenchyma (plain kidney 30-40 HU) so a
+# plain-CT cyst is as obvious as a real one; the floor of the range is -10 HU (CYST_HU_RANGE).
+_CYST_HU = _both({HYPO: (HURange(-5.0, 15.0, relative=False),)})
+CYST_HU_RANGE = (-10.0, 20.0)
+_CYST_CONTRAST_HU = 25.0
 _CYST_DENSITY = _both({HYPO: 1.0})
 _GI_WALL = MappingProxyType({PLAIN: (25.0, 60.0), ENHANCED: (50.0, 120.0)})  # [Wall]
+# Wall tumours: a heterogeneous wall is mottled at the scale of its layers, not speckled.
+_WALL_TEXTURE_STD, _WALL_TEXTURE_CORR = (12.0, 22.0), (3.0, 6.0)
 
 PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
     LesionType.LUNG_TUMOR: TypeProfile(
@@ -149,7 +159,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         densities=_both({HYPER: 1.0}),
         hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
         heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
-        invasion_probability=0.3, wall_thickness_mm=(4.0, 15.0), parenchyma_window=(-30.0, 60.0),
+        invasion_probability=0.3, wall_thickness_mm=(5.0, 15.0), circumferential=0.3, parenchyma_window=(-30.0, 60.0),
         nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
     ),
     LesionType.PANCREAS_TUMOR: TypeProfile(
@@ -170,8 +180,8 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
         heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
-        invasion_probability=0.25, wall_thickness_mm=(5.0, 20.0), parenchyma_window=(-30.0, 200.0),
-        reference_clamp=_GI_WALL,
+        invasion_probability=0.25, wall_thickness_mm=(5.0, 20.0), circumferential=0.6, parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
     LesionType.GASTRIC_CANCER: TypeProfile(
         LesionType.GASTRIC_CANCER, 45.0, 0.35, (10.0, 120.0),
@@ -181,8 +191,8 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
         heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
-        invasion_probability=0.25, wall_thickness_mm=(8.0, 25.0), parenchyma_window=(-30.0, 200.0),
-        reference_clamp=_GI_WALL,
+        invasion_probability=0.25, wall_thickness_mm=(8.0, 20.0), circumferential=0.4, parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
     LesionType.COLORECTAL_CANCER: TypeProfile(
         LesionType.COLORECTAL_CANCER, 40.0, 0.35, (10.0, 100.0),
@@ -191,8 +201,8 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
         heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
-        invasion_probability=0.25, wall_thickness_mm=(8.0, 20.0), parenchyma_window=(-30.0, 200.0),
-        reference_clamp=_GI_WALL,
+        invasion_probability=0.25, wall_thickness_mm=(6.0, 20.0), circumferential=0.6, parenchyma_window=(-30.0, 200.0),
+        reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
     LesionType.KIDNEY_TUMOR: TypeProfile(
         LesionType.KIDNEY_TUMOR, 40.0, 0.45, (10.0, 120.0),  # [KiTS]
@@ -212,7 +222,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         densities=_both({HYPER: 1.0}),
         hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
         heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
-        invasion_probability=0.2, wall_thickness_mm=(5.0, 20.0), parenchyma_window=(-30.0, 60.0),
+        invasion_probability=0.2, wall_thickness_mm=(5.0, 20.0), circumferential=0.1, parenchyma_window=(-30.0, 60.0),
         nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
     ),
     LesionType.BONE_METASTASIS: TypeProfile(
@@ -227,7 +237,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
     ),
     LesionType.LIVER_CYST: TypeProfile(
         LesionType.LIVER_CYST, 15.0, 0.6, (4.0, 100.0),
-        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU,
+        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
         heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 55.0, ENHANCED: 110.0},
     ),
@@ -245,13 +255,13 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
     LesionType.PANCREAS_CYST: TypeProfile(
         LesionType.PANCREAS_CYST, 15.0, 0.5, (4.0, 60.0),
         shapes={ROUND: 0.85, IRREG: 0.15},  # IPMN can be lobulated
-        densities=_CYST_DENSITY, hu=_CYST_HU,
+        densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
         heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 40.0, ENHANCED: 100.0},
     ),
     LesionType.KIDNEY_CYST: TypeProfile(
         LesionType.KIDNEY_CYST, 20.0, 0.6, (4.0, 100.0),
-        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU,
+        shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
         heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-10.0, 350.0),
         nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
     ),

@@ -256,19 +256,6 @@ def stones_field(coords: Coords, radii: Sequence[float], rng: np.random.Generato
     return field
 
 
-def wall_field(organ_sdf: np.ndarray, coords: Coords, radii: Sequence[float], thickness: float, outward: float) -> np.ndarray:
-    """Wall thickening: the band ``-thickness <= organ_sdf <= outward`` within an ellipsoidal patch.
-
-    The organ mask of a hollow organ includes its lumen, so inward thickening narrows the lumen
-    (as tumours do) and stays in the organ; ``outward`` > 0 only with invasion (serosal spread).
-    """
-    band = np.abs(organ_sdf - (outward - thickness) / 2.0) - (thickness + outward) / 2.0
-    r = np.asarray(radii, np.float32)
-    patch = np.sqrt((coords[0] / r[0]) ** 2 + (coords[1] / r[1]) ** 2 + (coords[2] / r[2]) ** 2) - 1.0
-    patch_mm = patch * np.float32(r.min())  # roughly mm near the patch edge
-    return np.maximum(band, patch_mm).astype(np.float32)
-
-
 def to_sdf(field: np.ndarray) -> np.ndarray:
     """Normalise an implicit field to a first-order signed distance in mm (1 mm crop)."""
     return _gradient_normalised(field)
