@@ -193,6 +193,11 @@ def validate_export(files: dict[str, Path], source_folder: Path, labels: sitk.Im
     groups: dict[str, list[dict]] = {}
     for group in measured.get("Measurements", []):
         groups.setdefault(group["TrackingIdentifier"], []).append(group)
+    # a scan without lesions carries one coded negative finding instead (TID 1500 needs a group)
+    no_lesion = groups.pop("No lesion found", None)
+    assert (no_lesion is not None) == (not reports), f"'No lesion found' group {no_lesion} with {len(reports)} reports"
+    if no_lesion:  # dcmqi reads the coded evaluation as the group's Finding
+        assert no_lesion[0]["Finding"]["CodeValue"] == "272519000", no_lesion  # SCT Absent
     assert len(groups) == len(reports), f"{len(groups)} lesions in the SR, {len(reports)} reports"
     for report, lesion in zip(reports, lesions):
         items = {i["quantity"]["CodeMeaning"]: float(i["value"]) for g in groups[f"Lesion {lesion['index']}"]

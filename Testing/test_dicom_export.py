@@ -69,6 +69,23 @@ def test_seg_and_sr_pass_dicom3tools_and_dcmqi(exported, tmp_path):
     assert len(measured["dice"]) == 5 + 2  # liver, pancreas, stomach, colon, bone + two lesions
 
 
+def test_a_scan_without_lesions_gives_an_organ_seg_and_a_negative_finding(ts_data, exported, tmp_path):
+    """No lesion found: the SEG holds the organs and the SR one "Finding: Absent" group (not a traceback:
+    TID 1500 needs at least one measurement group)."""
+    from PASTALib.dicom import export_dicom
+    from PASTALib.infer.pipeline import SegmentationResult
+
+    organs_only = sitk.Threshold(exported.labels, 0, 10, 0)  # lesion labels (11-25) cleared
+    empty = sitk.Image(organs_only.GetSize(), sitk.sitkUInt16)
+    empty.CopyInformation(organs_only)
+    result = SegmentationResult(organs_only, empty, [], Phase.ENHANCED, "test", None, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GeneratedUIDWarning
+        files = export_dicom(result, exported.source, tmp_path / "out")
+    measured = dv.validate_export(files, exported.source, organs_only, [], [], tmp_path / "validators")
+    assert len(measured["dice"]) == 5 and not any(name.startswith("Lesion") for name in measured["dice"])
+
+
 def test_broken_files_fail_the_validators(exported, tmp_path):
     # a SEG without a required (type 1) attribute: dciodvfy error
     seg = pydicom.dcmread(exported.files["dicom_seg"])

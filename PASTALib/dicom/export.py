@@ -444,6 +444,23 @@ def _coordinates_group(finding: Any, report: Any, instances: sitk.Image, frame_o
     )
 
 
+def _no_lesion_group(source: SourceSeries, digest: str) -> Any:
+    """TID 1501 group stating "Finding: Absent" for a scan in which PASTA found no lesion.
+
+    TID 1500 needs at least one measurement group (highdicom enforces it), and an empty report
+    would not tell a PACS reader whether the algorithm ran; a coded negative finding does.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid("no-lesion", source.series_uid, digest),
+                                                     identifier="No lesion found"),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=codes.SCT.Absent)],
+        algorithm_id=hd.sr.AlgorithmIdentification(name="PASTA", version=_version()),
+    )
+
+
 def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[int, int]) -> Any:
     """Comprehensive 3D SR with a TID 1500 Measurement Report. Per lesion a volumetric ROI group
     (TID 1411) referencing its SEG segment and the source series, with volume, the three extents,
@@ -498,9 +515,11 @@ def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[
         ))
         groups.append(_coordinates_group(f, r, result.instances, frame_of_reference, tracking,
                                          _lesion_code(f.lesion_type, uncertain), site))
+    if not groups:
+        groups.append(_no_lesion_group(source, digest))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups or None,
+        imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source.datasets, seg], content=report[0],
