@@ -735,8 +735,10 @@ def verify_case(case_dir: str | os.PathLike) -> dict[str, Any]:
         raise AssertionError(f"{case_dir}: missing {missing}")
     report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
     validate_report(report)
-    img = sitk.ReadImage(str(case_dir / "img.nii.gz"))
-    lab = sitk.ReadImage(str(case_dir / "label.nii.gz"))
+    from PASTALib.io import read_image, read_label
+
+    img = read_image(case_dir / "img.nii.gz")
+    lab = read_label(case_dir / "label.nii.gz")
     if img.GetSize() != lab.GetSize() or not np.allclose(img.GetSpacing(), (1, 1, 1)):
         raise AssertionError(f"{case_dir}: img/label grids differ or are not 1 mm")
     values = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist())

@@ -82,8 +82,10 @@ class LoadedCase:
 
 
 def load_case(record: CaseRecord, max_voxels_per_class: int = 20000, seed: int = 0) -> LoadedCase:
-    image = sitk.ReadImage(str(record.image_path))
-    label = sitk.ReadImage(str(record.label_path))
+    from PASTALib.io import read_image, read_label
+
+    image = read_image(record.image_path)
+    label = read_label(record.label_path)
     if image.GetSize() != label.GetSize():
         raise TrainingError(f"{record.name}: image size {image.GetSize()} differs from label size {label.GetSize()}")
     img = sitk.GetArrayFromImage(image).astype(np.float32)
