@@ -57,6 +57,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from PASTALib.anatomy.labelmaps import LABELS_KINDS
 from PASTALib.errors import AnatomyError
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX
@@ -150,8 +151,8 @@ class ClassifyConfig:
             raise ClassifyError("--lr must be positive")
         if self.margin_mm < 0:
             raise ClassifyError("--margin-mm must be ≥ 0")
-        if self.labels_kind not in ("totalsegmentator", "pasta"):
-            raise ClassifyError(f"--labels-kind must be totalsegmentator or pasta, not {self.labels_kind!r}")
+        if self.labels_kind not in LABELS_KINDS:
+            raise ClassifyError(f"--labels-kind must be one of {', '.join(LABELS_KINDS)}, not {self.labels_kind!r}")
         weights = self.class_weights
         if isinstance(weights, str) and weights != "balanced":
             raise ClassifyError(f"--class-weights {weights!r}: give numbers (e.g. 1,10) or 'balanced'")
@@ -337,8 +338,8 @@ def read_case_table(table: str | os.PathLike, task: str, *, label_column: str = 
             kw["organs"] = organs if organs.is_absolute() else base / organs
             kw["organ"] = str(rec[cols["organ"]]).strip()
             kind = (str(rec[kind_col]).strip().lower() if kind_col else "") or labels_kind
-            if kind not in ("totalsegmentator", "pasta"):
-                raise ClassifyError(f"{path} row {i}: labels_kind {kind!r}; use totalsegmentator or pasta")
+            if kind not in LABELS_KINDS:
+                raise ClassifyError(f"{path} row {i}: labels_kind {kind!r}; use one of {', '.join(LABELS_KINDS)}")
             kw["labels_kind"] = kind
             try:
                 parse_organ(kw["organ"])

@@ -64,7 +64,7 @@ from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ, Phase
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-LABELS_KINDS = ("totalsegmentator", "pasta")
+LABELS_KINDS = ("totalsegmentator", "pasta", "auto")
 DEFAULT_CROP_MM = 128  # PASTA-Gen-30K ships 280 mm crops; smaller is much faster to write
 DEFAULT_MAX_ATTEMPTS = 5
 INDEX_FILE = "templates.index.json"
@@ -173,15 +173,11 @@ class LoadedTemplate:
 
 
 def load_template(t: Template) -> LoadedTemplate:
-    from PASTALib.anatomy import OrganMasks
+    from PASTALib.anatomy.labelmaps import organ_masks_for_ct
     from PASTALib.io import read_ct, read_label
 
     ct = read_ct(t.ct)
-    labels = read_label(t.organs)
-    if t.labels_kind == "pasta":
-        masks = OrganMasks.from_pasta_label_map(labels, reference=ct, source=t.organs)
-    else:
-        masks = OrganMasks.from_label_map(labels, reference=ct, source=t.organs)
+    masks = organ_masks_for_ct(read_label(t.organs), ct, t.labels_kind, source=str(t.organs))
     total = masks.label_map
     if int(np.asarray(masks.array).max(initial=0)) < 256:
         total = sitk.Cast(total, sitk.sitkUInt8)
