@@ -29,6 +29,11 @@ class CheckpointError(PastaError):
     """A weights file is corrupt or does not fit the model; the message says what it probably is."""
 
 
+class CorruptFileError(PastaError):
+    """A state or table file (manifest.csv, case.json, a checkpoint) is unreadable; the message names it
+    and how to recover (delete it, or rerun without resuming)."""
+
+
 class DownloadError(PastaError):
     """A download failed (no network, timeout, checksum mismatch); the message says what to do by hand."""
 

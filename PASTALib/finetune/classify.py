@@ -64,7 +64,7 @@ from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.weights import weights_path
-from PASTALib.train.common import StopFlag, TrainingError
+from PASTALib.train.common import StopFlag, TrainingError, read_resume_state, restoring
 
 TASKS = ("detection", "roi", "attributes")
 DEFAULT_INPUT_SIZE = {"detection": 128, "roi": 96, "attributes": 96}
@@ -788,14 +788,16 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
     ckpt = fold_dir / "checkpoint_last.pt"
     start = 0
     if cfg.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        fix = f"Delete {ckpt} (or rerun with --no-resume) to start the fold over."
+        state = read_resume_state(ckpt, ("model", "optimizer", "iteration"), fix)
         if state.get("fingerprint") != cfg.fingerprint():
             raise ClassifyError(f"{ckpt} was written with other settings; use another --out or --no-resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
+        with restoring(ckpt, fix):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start = int(state["iteration"])
         progress.advance(start, f"fold {fold}: resumed at iteration {start}", force=True)
     # A frozen encoder without augmentation gives every case one fixed feature: encode the training
     # crops once and train the head on the features (a linear probe costs one pass, not one per step).

@@ -234,7 +234,11 @@ class LesionSample:
 
 
 def read_reports(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path} is not a readable report file ({type(exc).__name__}: {str(exc)[:120]}); "
+                            "export the report again or remove it from the training folder") from None
     if isinstance(data, dict) and isinstance(data.get("lesions"), list):
         data = data["lesions"]
     if isinstance(data, dict):
