@@ -76,6 +76,17 @@ def is_dicom_file(path: Path) -> bool:
     return len(header) == 132 and header[128:132] == b"DICM"
 
 
+def _raw_nifti_zooms(path: Path, header_class: type) -> np.ndarray:
+    """pixdim[1:4] as stored in the file (nibabel's load and ITK both replace a 0 by 1)."""
+    import gzip
+
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+        raw = stream.read(540)
+    header = header_class(raw[: header_class.sizeof_hdr], check=False)  # the fixed header only, not extensions
+    ndim = int(np.clip(header["dim"][0], 1, 3))  # a 2D file may leave pixdim[3] at 0: refused as 2D later
+    return np.asarray(header["pixdim"][1:1 + ndim], float)
+
+
 def _check_nifti_complete(path: Path) -> None:
     """Raise if a NIfTI file is shorter than its header says.
 
@@ -87,8 +98,10 @@ def _check_nifti_complete(path: Path) -> None:
     import nibabel
 
     try:
-        proxy = nibabel.load(str(path)).dataobj  # its offset is the file's (the image's header copy says 0)
+        nifti = nibabel.load(str(path))
+        proxy = nifti.dataobj  # its offset is the file's (the image's header copy says 0)
         expected = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
+        zooms = _raw_nifti_zooms(path, type(nifti.header))
         if path.name.lower().endswith(".gz"):
             available = 0
             with gzip.open(path, "rb") as stream:
@@ -102,6 +115,12 @@ def _check_nifti_complete(path: Path) -> None:
         raise InputImageError(
             f"Cannot read {path}: the file is corrupt or truncated ({available} of {expected} bytes). "
             "Re-export or re-download it."
+        )
+    if not np.all(np.isfinite(zooms)) or np.any(zooms == 0):
+        # ITK silently reads a zero voxel size as 1 mm: every volume and distance would be wrong.
+        raise InputImageError(
+            f"{path} has voxel spacing {tuple(zooms.tolist())} mm in its header (pixdim); spacing must be finite "
+            "and > 0. Fix the header or re-export the image."
         )
 
 
