@@ -76,36 +76,55 @@ def is_dicom_file(path: Path) -> bool:
     return len(header) == 132 and header[128:132] == b"DICM"
 
 
-def _raw_nifti_zooms(path: Path, header_class: type) -> np.ndarray:
-    """pixdim[1:4] as stored in the file (nibabel's load and ITK both replace a 0 by 1)."""
-    import gzip
+def _raw_nifti_zooms(raw: bytes) -> np.ndarray | None:
+    """pixdim[1:ndim+1] as stored in the header bytes ``raw`` (nibabel's load and ITK both replace a
+    0 by 1 mm), or None when ``raw`` is not a NIfTI-1/2 header."""
+    import nibabel
 
-    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
-        raw = stream.read(540)
-    header = header_class(raw[: header_class.sizeof_hdr], check=False)  # the fixed header only, not extensions
-    ndim = int(np.clip(header["dim"][0], 1, 3))  # a 2D file may leave pixdim[3] at 0: refused as 2D later
-    return np.asarray(header["pixdim"][1:1 + ndim], float)
+    for order in "<>":
+        size = int(np.frombuffer(raw[:4], f"{order}i4")[0]) if len(raw) >= 4 else 0
+        if size in (348, 540) and len(raw) >= size:
+            header_class = nibabel.Nifti1Header if size == 348 else nibabel.Nifti2Header
+            header = header_class(raw[:size], check=False)  # the fixed header only, not extensions
+            ndim = int(np.clip(header["dim"][0], 1, 3))  # a 2D file may leave pixdim[3] at 0: refused as 2D later
+            return np.asarray(header["pixdim"][1:1 + ndim], float)
+    return None
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file is shorter than its header says.
+    """Raise if a NIfTI file is shorter than its header says, stores a zero voxel size, or holds
+    NaN/inf voxels.
 
-    ITK's NIfTI reader zero-fills a truncated .nii.gz without an error, so the byte count is
-    checked here (nibabel parses the header; the gzip stream is decompressed in chunks).
+    ITK's NIfTI reader zero-fills a truncated .nii.gz, reads NaN as 0 and a zero pixdim as 1 mm,
+    all without an error, so the header and the data bytes are checked here (nibabel parses the
+    header; the data is streamed in chunks, and scanned for non-finite values when it is float).
     """
     import gzip
 
     import nibabel
 
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        nifti = nibabel.load(str(path))
-        proxy = nifti.dataobj  # its offset is the file's (the image's header copy says 0)
-        expected = int(proxy.offset) + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
-        zooms = _raw_nifti_zooms(path, type(nifti.header))
-        if path.name.lower().endswith(".gz"):
-            available = 0
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 22):
+        with opener(path, "rb") as stream:
+            zooms = _raw_nifti_zooms(stream.read(540))
+        if zooms is not None and (not np.all(np.isfinite(zooms)) or np.any(zooms == 0)):
+            # Checked before nibabel.load, which would log and "fix" the header.
+            raise InputImageError(
+                f"{path} has voxel spacing {tuple(zooms.tolist())} mm in its header (pixdim); spacing must be "
+                "finite and > 0. Fix the header or re-export the image."
+            )
+        proxy = nibabel.load(str(path)).dataobj  # its offset is the file's (the image's header copy says 0)
+        dtype, offset = proxy.dtype, int(proxy.offset)
+        expected = offset + int(np.prod(proxy.shape)) * dtype.itemsize
+        non_finite = 0
+        if dtype.kind == "f" or opener is gzip.open:
+            with opener(path, "rb") as stream:
+                available = len(stream.read(offset))
+                while chunk := stream.read(dtype.itemsize << 20):
+                    if dtype.kind == "f":  # the voxels of this chunk (not bytes after the data)
+                        data = chunk[: max(0, min(len(chunk), expected - available))]
+                        values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+                        non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
                     available += len(chunk)
         else:
             available = path.stat().st_size
@@ -116,11 +135,10 @@ def _check_nifti_complete(path: Path) -> None:
             f"Cannot read {path}: the file is corrupt or truncated ({available} of {expected} bytes). "
             "Re-export or re-download it."
         )
-    if not np.all(np.isfinite(zooms)) or np.any(zooms == 0):
-        # ITK silently reads a zero voxel size as 1 mm: every volume and distance would be wrong.
+    if non_finite:
         raise InputImageError(
-            f"{path} has voxel spacing {tuple(zooms.tolist())} mm in its header (pixdim); spacing must be finite "
-            "and > 0. Fix the header or re-export the image."
+            f"{path} has {non_finite} NaN or infinite voxel value(s); PASTA needs finite intensities. "
+            "Re-export the image (or replace NaN by the background value)."
         )
 
 
