@@ -437,6 +437,15 @@ def test_control_characters_in_user_text_are_escaped(tmp_path: Path, capsys) -> 
     assert not any(c in line for c in "\x1b\x07\r")
 
 
+def test_control_characters_on_stdout_are_escaped(case: dict[str, Path], capsys) -> None:
+    """What a command prints on success passes the same filter (here the label map's file name)."""
+    labels = case["dir"] / "ts\x1b[2J.nii.gz"
+    labels.write_bytes(case["ts"].read_bytes())
+    code = main(["anatomy", "organs", "--ct", str(case["ct"]), "--labels", str(labels)])
+    out = capsys.readouterr().out
+    assert code == 0 and "\x1b" not in out and "ts\\x1b[2J.nii.gz" in out, out
+
+
 def test_printable_keeps_newlines_and_text() -> None:
     from PASTALib.errors import printable
 

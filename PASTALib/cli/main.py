@@ -58,6 +58,20 @@ def os_error_message(exc: OSError) -> str:
     return f"{what} {paths or '(no path)'}: {reason}. Fix: {fix}."
 
 
+class _PrintableStdout:
+    """The command's stdout: control characters in what it prints are escaped (paths, case and reader
+    names are user text; an escape sequence in one must not rewrite the terminal)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No group, or a group without its subcommand: show the matching help and fail.
         parser.group_parsers.get(args.group, parser).print_help(sys.stderr)
         return 2
+    stdout, sys.stdout = sys.stdout, _PrintableStdout(sys.stdout)
     try:
         return int(args.func(args) or 0)
     except PastaError as exc:
@@ -76,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":
