@@ -392,6 +392,9 @@ NUMERIC_FAULTS = [
     (["review", "create", "--out", "s", "--fov", "-5"], "--fov", ">= 0"),
     (["review", "analyze", "s", "--threshold", "9"], "--threshold", "<= 5"),
     (["synth", "generate", "--templates", "t", "--out", "o", "--per-type", "two"], "--per-type", "integer"),
+    (["finetune", "--data", "d", "--k", "0,4"], "--k", ">= 1"),
+    (["classify", "train", "--task", "roi", "--table", "t", "--out", "o", "--fold", "-1"], "--fold", ">= 0"),
+    (["classify", "train", "--task", "roi", "--table", "t", "--out", "o", "--class-weights", "1,-2"], "--class-weights", "> 0"),
 ]
 
 

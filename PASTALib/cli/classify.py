@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_int, seed
+from PASTALib.cli.args import non_negative_float, non_negative_int, positive_float, positive_int, range_int, seed
 
 TABLE_HELP = {
     "detection": "image, organs (label map), organ (e.g. liver, kidney_left, 8), label (0 normal / 1 tumour)",
@@ -29,18 +29,18 @@ def _fold(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fold takes 'all' or a fold number, not {text!r}") from None
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--fold takes 'all' or a fold number >= 0, not {text!r}") from None
 
 
 def _weights(text: str) -> tuple[float, ...] | str:
     if text.strip().lower() == "balanced":
         return "balanced"
     try:
-        return tuple(float(v) for v in text.replace(":", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--class-weights takes numbers per class (e.g. 1,10) or 'balanced', "
+        return tuple(positive_float(v) for v in text.replace(":", ",").split(",") if v.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--class-weights takes a number > 0 per class (e.g. 1,10) or 'balanced', "
                                          f"not {text!r}") from None
 
 

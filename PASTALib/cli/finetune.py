@@ -21,20 +21,21 @@ import sys
 from PASTALib.cli.args import fraction, non_negative_int, positive_float, positive_int, range_int, seed, size_triple
 
 
-def int_list(text: str) -> list[int]:
-    """``4`` or ``1,2,4,8,16`` → [ints]."""
+def int_list(text: str, minimum: int = 1) -> list[int]:
+    """``4`` or ``1,2,4,8,16`` → [ints], each >= ``minimum``."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list such as 1,2,4,8,16 (got {text!r})")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} or a comma-separated list of them "
+                                         f"such as 1,2,4,8,16 (got {text!r})")
     return values
 
 
 def fold_list(text: str) -> list[int] | None:
-    """``0``, ``0,2`` or ``all`` (None)."""
-    return None if text.strip().lower() == "all" else int_list(text)
+    """``0``, ``0,2`` or ``all`` (None); fold numbers start at 0."""
+    return None if text.strip().lower() == "all" else int_list(text, minimum=0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
