@@ -221,6 +221,11 @@ def test_totalsegmentator_map_declared_pasta_is_refused(case: dict[str, Path], t
     assert "30" in line
 
 
+def test_anatomy_refuses_a_totalsegmentator_map_as_pasta_labels(case: dict[str, Path], capsys) -> None:
+    assert_refused(capsys, ["anatomy", "organs", "--ct", case["ct"], "--labels", case["ts"], "--pasta-labels"],
+                   ["not a pasta label map", "ts.nii.gz"], case["dir"])
+
+
 def test_labels_kind_is_detected() -> None:
     from PASTALib.anatomy.labelmaps import resolve_labels_kind
 

@@ -74,8 +74,8 @@ def _organs(args: argparse.Namespace) -> int:
         from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
 
         labels = read_label(args.labels)
-        if not args.names:  # a custom --names table has no kind to check
-            resolve_labels_kind(labels, "pasta" if args.pasta_labels else "totalsegmentator", source=args.labels)
+        if args.pasta_labels:
+            resolve_labels_kind(labels, "pasta", source=args.labels)  # a TotalSegmentator map is refused
         labels = check_label_grid(labels, ct, source=args.labels, resample=args.resample_labels)
         if args.pasta_labels:
             masks = OrganMasks.from_pasta_label_map(labels, reference=ct)
