@@ -29,5 +29,20 @@ class CheckpointError(PastaError):
     """A weights file is corrupt or does not fit the model; the message says what it probably is."""
 
 
+class CorruptFileError(PastaError):
+    """A state or table file (manifest.csv, case.json, a checkpoint) is unreadable; the message names it
+    and how to recover (delete it, or rerun without resuming)."""
+
+
 class DownloadError(PastaError):
     """A download failed (no network, timeout, checksum mismatch); the message says what to do by hand."""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on a terminal: control characters other than newline and tab
+    (escape sequences, carriage returns, bells) written as ``\\xNN``, so a file or reader name
+    cannot rewrite the screen."""
+    return str(text).translate(_CONTROL)

@@ -9,11 +9,12 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from PASTALib.errors import PastaError
+from PASTALib.errors import CheckpointError, PastaError
 
 
 class DeviceError(PastaError):
@@ -123,3 +124,33 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def read_resume_state(path: Path, required: Sequence[str], fix: str) -> dict[str, Any]:
+    """The training state a run resumes from (weights-only unpickling, on CPU).
+
+    A truncated, garbage or foreign file is a CheckpointError naming ``path`` and ``fix`` (how to
+    start over: delete it, or the command's no-resume option), never a traceback."""
+    import pickle
+    import zipfile
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+            AttributeError, ImportError, IndexError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path} is not a readable training checkpoint (corrupt or truncated: {first}). {fix}") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this training (missing {', '.join(missing)}). {fix}")
+    return state
+
+
+@contextlib.contextmanager
+def restoring(path: Path, fix: str) -> Iterator[None]:
+    """Turn a state that does not fit the model/optimizer (wrong keys or shapes) into a CheckpointError."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{path} does not fit this model or settings ({type(exc).__name__}: {first}). {fix}") from None

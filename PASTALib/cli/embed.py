@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_float, seed
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
@@ -16,12 +18,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ext.add_argument("--out", required=True, help="output CSV (input columns + row_id + feat_0..); appended per batch")
     ext.add_argument("--npz", help="also write features (N, D) + input columns as .npz at the end")
     ext.add_argument("--weights", help="PASTA weights (default: $PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
-    ext.add_argument("--crop", type=int, default=96, help="crop size in voxels at 1 mm (default 96; TumorImagingBench uses 48)")
-    ext.add_argument("--batch-size", type=int, default=4)
+    ext.add_argument("--crop", type=positive_int, default=96, help="crop size in voxels at 1 mm (default 96; TumorImagingBench uses 48)")
+    ext.add_argument("--batch-size", type=positive_int, default=4)
     ext.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     ext.add_argument("--no-resume", action="store_true", help="overwrite --out instead of skipping rows already embedded")
     ext.add_argument("--progress-lines", action="store_true", help="print PROGRESS <fraction> lines (for Slicer)")
-    ext.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    ext.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     ext.set_defaults(func=_extract)
 
     probe = group.add_parser("probe", help="k-NN (cosine) / logistic-regression probe AUC over repeated stratified splits")
@@ -29,22 +31,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--label", required=True, help="label / endpoint column")
     probe.add_argument("--feature-prefix", default="feat_", help="feature column prefix (default feat_)")
     probe.add_argument("--probe", choices=("knn", "logreg", "both"), default="both")
-    probe.add_argument("--repeats", type=int, default=50, help="stratified splits (default 50)")
-    probe.add_argument("--train", type=float, default=0.5, help="train fraction (default 0.5)")
-    probe.add_argument("--val", type=float, default=0.2, help="validation fraction for k / C (default 0.2)")
-    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--repeats", type=positive_int, default=50, help="stratified splits (default 50)")
+    probe.add_argument("--train", type=range_float(0, 1, lo_open=True, hi_open=True), default=0.5, help="train fraction (default 0.5)")
+    probe.add_argument("--val", type=range_float(0, 1, lo_open=True, hi_open=True), default=0.2, help="validation fraction for k / C (default 0.2)")
+    probe.add_argument("--seed", type=seed, default=0)
     probe.add_argument("--out", help="write <OUT>.csv/.md/.html")
     probe.set_defaults(func=_probe)
 
     stab = group.add_parser("stability", help="feature change under ±2-3 mm seed shifts, HU offsets and noise")
     stab.add_argument("--csv", required=True, help="input CSV as for extract (lesion points)")
     stab.add_argument("--weights", help="PASTA weights (default as for extract)")
-    stab.add_argument("--crop", type=int, default=96)
+    stab.add_argument("--crop", type=positive_int, default=96)
     stab.add_argument("--device", default="auto")
-    stab.add_argument("--shifts", type=float, nargs="+", default=[2.0, 3.0], help="shift sizes in mm (default 2 3)")
-    stab.add_argument("--hu", type=float, nargs="+", default=[-20.0, 20.0], help="HU offsets (default -20 20)")
-    stab.add_argument("--noise", type=float, nargs="+", default=[10.0], help="noise SDs in HU (default 10)")
-    stab.add_argument("--seed", type=int, default=0)
+    stab.add_argument("--shifts", type=positive_float, nargs="+", default=[2.0, 3.0], help="shift sizes in mm (default 2 3)")
+    stab.add_argument("--hu", type=range_float(), nargs="+", default=[-20.0, 20.0], help="HU offsets (default -20 20)")
+    stab.add_argument("--noise", type=non_negative_float, nargs="+", default=[10.0], help="noise SDs in HU (default 10)")
+    stab.add_argument("--seed", type=seed, default=0)
     stab.add_argument("--out", help="write <OUT>.csv/.md/.html")
     stab.set_defaults(func=_stability)
 

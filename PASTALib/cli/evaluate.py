@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from PASTALib.cli.args import positive_int, range_float, seed
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
@@ -14,13 +16,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", help="write <OUT>.csv, <OUT>.md and <OUT>.html (default: print only)")
-        p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / permutation generator (default 0)")
-        p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+        p.add_argument("--seed", type=seed, default=0, help="seed of the bootstrap / permutation generator (default 0)")
+        p.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap replicates (default 1000)")
 
     seg = group.add_parser("seg", help="Dice per case and label of label maps matched by file name, mean with CI")
     seg.add_argument("--pred", required=True, help="folder of predicted label maps (.nii.gz/.nrrd/.seg.nrrd/.mha)")
     seg.add_argument("--ref", required=True, help="folder of reference label maps, same file names")
-    seg.add_argument("--labels", type=int, nargs="+", help="label values to score (default: those in each reference)")
+    seg.add_argument("--labels", type=positive_int, nargs="+", help="label values to score (default: those in each reference)")
     seg.add_argument("--empty-nan", action="store_true",
                      help="score a label absent from both maps as NaN (excluded) instead of 1.0")
     common(seg)
@@ -31,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cls.add_argument("--label-col", help="reference label column (default: label / y_true / target)")
     cls.add_argument("--score-col", help="positive-class score column (default: score / prob / y_score / prob_1)")
     cls.add_argument("--pred-col", help="hard prediction column (default: threshold the scores)")
-    cls.add_argument("--threshold", type=float, default=0.5, help="score threshold for ACC/F1 (default 0.5)")
+    cls.add_argument("--threshold", type=range_float(), default=0.5, help="score threshold for ACC/F1 (default 0.5)")
     common(cls)
     cls.set_defaults(func=_cls)
 
@@ -42,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cmp_.add_argument("--key", help="case column to pair on (default: case / case_id / id; else row order)")
     cmp_.add_argument("--alternative", choices=("greater", "less", "two-sided"), default="greater",
                       help="greater (default): A > B")
-    cmp_.add_argument("--n-perm", type=int, default=10000, help="permutations (default 10000)")
+    cmp_.add_argument("--n-perm", type=positive_int, default=10000, help="permutations (default 10000)")
     common(cmp_)
     cmp_.set_defaults(func=_compare)
 
@@ -85,10 +87,10 @@ def _add_realism_parser(group: argparse._SubParsersAction) -> None:
                       help="keep synthetic lesions on their own grid (default: resample each to a real scan's spacing)")
     real.add_argument("--with-size", action="store_true",
                       help="let the classifier see the lesion volume too (default: size-free features only)")
-    real.add_argument("--max-synthetic", type=int, help="score a seeded random subset of this many synthetic lesions")
-    real.add_argument("--seed", type=int, default=0, help="seed of spacing draws, subset, folds and bootstrap (default 0)")
-    real.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates of the AUC (default 1000)")
-    real.add_argument("--trees", type=int, default=300, help="trees of the random forest (default 300)")
+    real.add_argument("--max-synthetic", type=positive_int, help="score a seeded random subset of this many synthetic lesions")
+    real.add_argument("--seed", type=seed, default=0, help="seed of spacing draws, subset, folds and bootstrap (default 0)")
+    real.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap replicates of the AUC (default 1000)")
+    real.add_argument("--trees", type=positive_int, default=300, help="trees of the random forest (default 300)")
     real.add_argument("--no-bar", action="store_true", help="no tqdm progress bar on stderr")
     real.add_argument("--force", action="store_true", help="overwrite the report files in an existing --out")
     real.set_defaults(func=_realism)

@@ -18,23 +18,24 @@ import argparse
 import json
 import sys
 
-from PASTALib.cli.args import size_triple
+from PASTALib.cli.args import fraction, non_negative_int, positive_float, positive_int, range_int, seed, size_triple
 
 
-def int_list(text: str) -> list[int]:
-    """``4`` or ``1,2,4,8,16`` → [ints]."""
+def int_list(text: str, minimum: int = 1) -> list[int]:
+    """``4`` or ``1,2,4,8,16`` → [ints], each >= ``minimum``."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected an integer or a comma-separated list such as 1,2,4,8,16 (got {text!r})")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} or a comma-separated list of them "
+                                         f"such as 1,2,4,8,16 (got {text!r})")
     return values
 
 
 def fold_list(text: str) -> list[int] | None:
-    """``0``, ``0,2`` or ``all`` (None)."""
-    return None if text.strip().lower() == "all" else int_list(text)
+    """``0``, ``0,2`` or ``all`` (None); fold numbers start at 0."""
+    return None if text.strip().lower() == "all" else int_list(text, minimum=0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,30 +51,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                               "1,2,4,8,16); several (1,2,4,8,16) run a few-shot sweep into OUT/k{K}/fold{f}")
     p.add_argument("--fold", type=fold_list, default=[0],
                    help="held-out fold (default 0); 'all' or a list (0,2) runs a few-shot sweep")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--folds", type=range_int(2), default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--iterations", type=positive_int, default=2000)
+    p.add_argument("--lr", type=positive_float, default=1e-4)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=2)
     p.add_argument("--patch-size", type=size_triple, default=(128, 128, 128), help="N or D,H,W (multiples of 32)")
-    p.add_argument("--fg-fraction", type=float, default=0.33, help="share of each batch forced onto annotated voxels")
-    p.add_argument("--spacing", type=float, default=1.0, dest="spacing_mm",
+    p.add_argument("--fg-fraction", type=fraction, default=0.33, help="share of each batch forced onto annotated voxels")
+    p.add_argument("--spacing", type=positive_float, default=1.0, dest="spacing_mm",
                    help="canonical LPS spacing in mm the cases are resampled to (default 1, the model's); 0: keep the files' grids")
     p.add_argument("--normalization", choices=("auto", "nnunet_ct", "slf"), default="auto",
                    help="input map: auto = the init model's own; from PASTA_final.pth or scratch nnU-Net's CT "
                         "normalisation with the training cases' foreground statistics (the authors' recipe), stored "
                         "in model_final.pth and applied by `pasta segment`")
-    p.add_argument("--intensity-samples", type=int,
+    p.add_argument("--intensity-samples", type=positive_int,
                    help="foreground voxels sampled for the nnU-Net CT statistics (default nnU-Net's 10e7)")
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=positive_int, default=100)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--no-resume", dest="resume", action="store_false")
     p.add_argument("--no-validation", dest="evaluate", action="store_false",
                    help="skip the DSC of the held-out fold at the end")
-    p.add_argument("--threads", type=int, dest="num_threads")
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--threads", type=positive_int, dest="num_threads")
+    p.add_argument("--num-workers", type=non_negative_int)
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     p.add_argument("--method", help="sweep: name of the curve in fewshot.csv (default PASTA, or scratch with --init scratch)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from PASTALib.cli.args import positive_float
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("geometry", help="canonical orientation and resampling").add_subparsers(
@@ -13,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     canonical.add_argument("input", help="image or label map")
     canonical.add_argument("output", help="output file (.nii.gz, .nrrd, .mha)")
     canonical.add_argument("--label", action="store_true", help="nearest-neighbour (label map)")
-    canonical.add_argument("--spacing", type=float, default=1.0, help="isotropic spacing in mm (default 1)")
+    canonical.add_argument("--spacing", type=positive_float, default=1.0, help="isotropic spacing in mm (default 1)")
     canonical.set_defaults(func=_canonical)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
 
 from PASTALib import __version__
-from PASTALib.errors import PastaError
+from PASTALib.errors import PastaError, printable
 
 #: Subcommand groups: module under PASTALib.cli with ``add_parser(subparsers)``.
 GROUPS = ("io", "geometry", "anatomy", "synth", "segment", "train", "finetune", "classify", "refine", "embed", "evaluate", "review", "demo", "weights", "data")
@@ -33,6 +34,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: errno -> (what failed, how to fix it) for :func:`os_error_message`.
+_OS_ERROR_HINTS = {
+    errno.EACCES: ("permission denied on", "check the path's permissions or choose another location"),
+    errno.EPERM: ("operation not permitted on", "check the path's permissions or choose another location"),
+    errno.EROFS: ("read-only file system at", "choose an output location on a writable disk"),
+    errno.ENOSPC: ("no space left on the device writing", "free disk space or choose another output location"),
+    errno.EDQUOT: ("disk quota exceeded writing", "free space in your quota or choose another output location"),
+    errno.EISDIR: ("a folder where a file is needed:", "pass a file path, not a folder"),
+    errno.ENOTDIR: ("not a folder:", "a part of the path is a file; check the path"),
+    errno.ENOENT: ("not found:", "check the path"),
+    errno.EEXIST: ("already exists:", "remove it or choose another path"),
+    errno.ENAMETOOLONG: ("file name too long:", "choose a shorter path"),
+    errno.EMFILE: ("too many open files at", "raise the open-file limit (ulimit -n)"),
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: what failed, on which path, the system's reason and the fix."""
+    what, fix = _OS_ERROR_HINTS.get(exc.errno, ("cannot access", "check the path and the disk"))
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what} {paths or '(no path)'}: {reason}. Fix: {fix}."
+
+
+class _PrintableStdout:
+    """The command's stdout: control characters in what it prints are escaped (paths, case and reader
+    names are user text; an escape sequence in one must not rewrite the terminal)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(printable(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,14 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # No group, or a group without its subcommand: show the matching help and fail.
         parser.group_parsers.get(args.group, parser).print_help(sys.stderr)
         return 2
+    stdout, sys.stdout = sys.stdout, _PrintableStdout(sys.stdout)
     try:
         return int(args.func(args) or 0)
     except PastaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # last resort: a file system refusal the command did not anticipate
+        print(f"error: {printable(os_error_message(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

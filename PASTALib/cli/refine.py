@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from PASTALib.cli.args import non_negative_float, positive_float, positive_int, seed
+
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
@@ -27,24 +29,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--data", required=True, help="folder of case folders (see description)")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--labels-kind", choices=("pasta", "totalsegmentator"), default="pasta",
+    t.add_argument("--labels-kind", choices=("auto", "pasta", "totalsegmentator"), default="auto",
                    help="label values: PASTA (default) or TotalSegmentator 'total' ids")
-    t.add_argument("--iterations", type=int, default=20000, help="total iterations (default 20000)")
-    t.add_argument("--batch", type=int, default=2, help="crops per iteration (default 2)")
-    t.add_argument("--crop", type=int, default=128, help="crop side in mm at 1 mm (default 128)")
+    t.add_argument("--iterations", type=positive_int, default=20000, help="total iterations (default 20000)")
+    t.add_argument("--batch", type=positive_int, default=2, help="crops per iteration (default 2)")
+    t.add_argument("--crop", type=positive_int, default=128, help="crop side in mm at 1 mm (default 128)")
     t.add_argument("--channels", default="16,32,64,64", help="channels per UNet level (default 16,32,64,64)")
-    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
-    t.add_argument("--train-t-max", type=int, help="sample training timesteps below this only (default: all T)")
+    t.add_argument("--lr", type=positive_float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    t.add_argument("--weight-decay", type=non_negative_float, default=1e-5, help="AdamW weight decay (default 1e-5)")
+    t.add_argument("--train-t-max", type=positive_int, help="sample training timesteps below this only (default: all T)")
     t.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     t.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16 when supported, else fp16)")
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt (exact resume)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--val-every", type=int, default=250, help="validation every N iterations (default 250)")
-    t.add_argument("--val-crops", type=int, default=8, help="held-out validation crops (default 8)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint every N iterations (default 500)")
+    t.add_argument("--seed", type=seed, default=0)
+    t.add_argument("--val-every", type=positive_int, default=250, help="validation every N iterations (default 250)")
+    t.add_argument("--val-crops", type=positive_int, default=8, help="held-out validation crops (default 8)")
+    t.add_argument("--checkpoint-every", type=positive_int, default=500, help="checkpoint every N iterations (default 500)")
     t.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--threads", type=positive_int, help="torch CPU threads")
     t.set_defaults(func=_train)
 
     a = group.add_parser(
@@ -60,12 +62,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--labels", required=True, help="its label map (PASTA values, lesion 11-25)")
     a.add_argument("--out", required=True, help="output folder or image file")
     a.add_argument("--checkpoint", required=True, help="refiner.pt from `pasta refine train`")
-    a.add_argument("--margin", type=float, help="refinement margin around the lesion in mm (default: the checkpoint's, 10)")
-    a.add_argument("--steps", type=int, help="denoising steps t (default: the checkpoint's, 5)")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--margin", type=non_negative_float, help="refinement margin around the lesion in mm (default: the checkpoint's, 10)")
+    a.add_argument("--steps", type=positive_int, help="denoising steps t (default: the checkpoint's, 5)")
+    a.add_argument("--seed", type=seed, default=0)
     a.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     a.add_argument("--amp", action="store_true", help="bf16/fp16 autocast on CUDA")
-    a.add_argument("--threads", type=int, help="torch CPU threads")
+    a.add_argument("--threads", type=positive_int, help="torch CPU threads")
     a.set_defaults(func=_apply)
 
 
@@ -108,6 +110,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
     from PASTALib.io import read_ct, read_label, write_image
     from PASTALib.refine import Refiner, refine_case
 
@@ -116,6 +119,8 @@ def _apply(args: argparse.Namespace) -> int:
     refiner = Refiner.from_checkpoint(args.checkpoint, args.device, amp=args.amp, **overrides)
     ct = read_ct(args.ct)
     labels = read_label(args.labels)
+    resolve_labels_kind(labels, "pasta", source=args.labels)
+    labels = check_label_grid(labels, ct, source=args.labels)
     refined, infos = refine_case(ct, labels, refiner, seed=args.seed)
     out = Path(args.out)
     if out.name.lower().endswith(_IMAGE_SUFFIXES):

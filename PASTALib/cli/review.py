@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_int, seed
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("review", help="blinded realism reader studies (real vs synthetic lesions)")
@@ -20,9 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument("--synthetic", action="append", default=[], metavar="DIR",
                         help="folder searched for synthesizer cases: `pasta synth generate` output (img.nii.gz, label.nii.gz, report.json; ct.nii.gz also read)")
     create.add_argument("--key", help="key folder, outside the study (default: STUDY_key beside it)")
-    create.add_argument("--seed", type=int, default=0, help="seed for balancing and case ids")
-    create.add_argument("--spacing", type=float, default=1.0, help="common isotropic spacing in mm")
-    create.add_argument("--fov", type=float, default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
+    create.add_argument("--seed", type=seed, default=0, help="seed for balancing and case ids")
+    create.add_argument("--spacing", type=positive_float, default=1.0, help="common isotropic spacing in mm")
+    create.add_argument("--fov", type=non_negative_float, default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
     create.add_argument("--allow-changes", action="store_true", help="readers may change answers")
     create.add_argument("--no-attributes", action="store_true", help="ask realism only, no report attribute questions")
     create.add_argument("--allow-report-imbalance", action="store_true",
@@ -32,14 +34,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     reader = commands.add_parser("add-reader", help="register a reader (gets a stable shuffled order)")
     reader.add_argument("study")
     reader.add_argument("reader")
-    reader.add_argument("--seed", type=int, help="shuffle seed (default: derived from study id and name)")
+    reader.add_argument("--seed", type=seed, help="shuffle seed (default: derived from study id and name)")
     reader.set_defaults(func=_add_reader)
 
     rate = commands.add_parser("rate", help="answer cases: interactive prompt, or --answers CSV")
     rate.add_argument("study")
     rate.add_argument("reader")
     rate.add_argument("--answers", metavar="CSV", help="scripted answers: case_id, realism[, shape..invasion][, reason][, seconds]")
-    rate.add_argument("--pace", type=float, default=0.0, help="seconds to wait between scripted answers")
+    rate.add_argument("--pace", type=non_negative_float, default=0.0, help="seconds to wait between scripted answers")
     rate.set_defaults(func=_rate)
 
     status = commands.add_parser("status", help="progress of every reader")
@@ -57,10 +59,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("study")
     analyze.add_argument("--key", required=True)
     analyze.add_argument("--out", required=True, help="folder for report.html, results.json, answers.csv")
-    analyze.add_argument("--threshold", type=int, default=4, help="rating >= this calls a case real")
-    analyze.add_argument("--margin", type=float, default=0.5, help="TOST equivalence margin (rating points)")
-    analyze.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
-    analyze.add_argument("--seed", type=int, default=0)
+    analyze.add_argument("--threshold", type=range_int(1, 5), default=4, help="rating >= this calls a case real")
+    analyze.add_argument("--margin", type=positive_float, default=0.5, help="TOST equivalence margin (rating points)")
+    analyze.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
+    analyze.add_argument("--seed", type=seed, default=0)
     analyze.set_defaults(func=_analyze)
 
     verify = commands.add_parser("verify", help="check every study file against the checksums made at creation")

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from PASTALib.cli.args import size_triple
+from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_float, size_triple
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,22 +25,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         "`pasta weights info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
-    p.add_argument("--overlap", type=float, help="window overlap fraction (default 0.5)")
+    p.add_argument("--overlap", type=range_float(0, 1, hi_open=True), help="window overlap fraction (default 0.5)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time mirroring over the 3 axes (8x slower; default: on with --compat authors, as "
                         "nnU-Net's predictor, off otherwise; only for models trained with mirroring augmentation)")
     p.add_argument("--compat", choices=("pasta", "authors"), default="pasta",
                    help="authors: the authors' settings for models fine-tuned their way (ndimage.zoom resampling with "
                         "aligned corners, logits blended with nnU-Net's Gaussian, mirroring unless --no-mirror; 8x slower)")
-    p.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default 2)")
+    p.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
     p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
-    p.add_argument("--spacing", type=float, help="canonical spacing in mm the model works at (default 1)")
-    p.add_argument("--min-lesion-volume", type=float, help="drop lesion components below this many mm³ (default 20)")
+    p.add_argument("--spacing", type=positive_float, help="canonical spacing in mm the model works at (default 1)")
+    p.add_argument("--min-lesion-volume", type=non_negative_float, help="drop lesion components below this many mm³ (default 20)")
     p.add_argument("--phase", choices=["auto", "plain", "enhanced"], help="enhancement wording (default auto)")
     p.add_argument("--organs", help="TotalSegmentator 'total' label map of the CT, used for location and phase "
                                     "instead of the predicted organs (single CT only)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--resample-labels", action="store_true",
+                   help="resample an --organs map on another voxel grid onto the CT (default: refuse it)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     p.add_argument("--json", action="store_true", help="print the result summary as JSON")
@@ -108,11 +110,11 @@ def _segment(args: argparse.Namespace) -> int:
             return 1 if summary["failed"] else 0
         organ_masks = None
         if args.organs:
-            from PASTALib.anatomy import OrganMasks
+            from PASTALib.anatomy.labelmaps import organ_masks_for_ct
             from PASTALib.io import read_ct, read_label
 
-            organ_masks = OrganMasks.from_label_map(read_label(args.organs), reference=read_ct(args.ct),
-                                                    source=args.organs)
+            organ_masks = organ_masks_for_ct(read_label(args.organs), read_ct(args.ct), "totalsegmentator",
+                                             source=args.organs, resample=args.resample_labels)
         result, files = segment_case(args.ct, args.out, model, cfg, organ_masks=organ_masks, progress=progress)
     finally:
         progress.close()

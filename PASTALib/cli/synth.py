@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from PASTALib.cli.args import positive_int, seed
 from PASTALib.labels import LesionType
 
 
@@ -20,8 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ct", required=True, help="CT image (NIfTI, NRRD, MHA or DICOM folder)")
     p.add_argument("--organs", required=True, help="organ label map on the CT grid")
-    p.add_argument("--labels-kind", choices=("pasta", "totalsegmentator"), default="pasta",
-                   help="organ label values: PASTA 1-10 (default) or TotalSegmentator 'total' ids")
+    p.add_argument("--labels-kind", choices=("auto", "pasta", "totalsegmentator"), default="auto",
+                   help="organ label values: PASTA 1-25 or TotalSegmentator 'total' ids (default auto: "
+                        "TotalSegmentator when a value exceeds 25); a map that does not fit the kind is refused")
+    p.add_argument("--resample-labels", action="store_true",
+                   help="resample an organ map on another voxel grid onto the CT (default: refuse it)")
     p.add_argument("--type", required=True, help="lesion type: " + ", ".join(t.slug for t in LesionType))
     p.add_argument("--center", help="lesion centre x,y,z in LPS mm (default: sampled inside the organ)")
     p.add_argument("--size", help="extent x,y,z in mm (right-left, anterior-posterior, inferior-superior) or one diameter")
@@ -33,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--enhancement", help="phase of the CT: 'Plain CT' or 'Enhanced CT' (default: detected)")
     p.add_argument("--side", choices=("left", "right"), help="side for kidney/lung")
     p.add_argument("--impression", help="report impression; an organ it names is not used (healthy-organ check)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same output)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (same seed, same output)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_lesion)
     _add_generate_parser(group)
@@ -51,22 +55,20 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _lesion(args: argparse.Namespace) -> int:
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
     from PASTALib.io import read_ct, read_label, write_image
     from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 
     spec = _spec_from_args(args)  # bad attributes fail before any image is read
     ct = read_ct(args.ct)
     labels = read_label(args.organs)
-    if args.labels_kind == "totalsegmentator":
-        from PASTALib.anatomy import OrganMasks
-
+    kind = resolve_labels_kind(labels, args.labels_kind, source=str(args.organs))
+    labels = check_label_grid(labels, ct, source=str(args.organs), resample=args.resample_labels)
+    if kind == "totalsegmentator":
         masks = OrganMasks.from_label_map(labels, reference=ct, source=str(args.organs))
         result = synthesize_lesion_in_masks(ct, masks, spec, impression=args.impression)
     else:
-        from PASTALib.geometry import resample_to_grid
-
-        if labels.GetSize() != ct.GetSize() or labels.GetOrigin() != ct.GetOrigin() or labels.GetSpacing() != ct.GetSpacing():
-            labels = resample_to_grid(labels, ct, is_label=True)  # nearest neighbour onto the CT grid
         result = synthesize_lesion(ct, labels, spec, impression=args.impression)
 
     # All four files go to a temporary sibling folder first, then move in: no partial output.
@@ -103,15 +105,15 @@ def _add_generate_parser(group: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--templates", required=True, help="template folder or CSV (see above)")
     g.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    g.add_argument("--per-type", type=int, required=True, help="cases per lesion type")
+    g.add_argument("--per-type", type=positive_int, required=True, help="cases per lesion type")
     g.add_argument("--types", nargs="+", help="lesion types (default: all 15): " + ", ".join(t.slug for t in LesionType))
-    g.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    g.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
     g.add_argument("--shard", default="0/1", help="i/n: generate every n-th case starting at i (default 0/1)")
-    g.add_argument("--seed", type=int, default=0, help="global seed; case seeds derive from (seed, type, index)")
-    g.add_argument("--crop-mm", type=int, default=None, help="edge of the 1 mm output crop in mm (default 128; PASTA-Gen-30K: 280)")
+    g.add_argument("--seed", type=seed, default=0, help="global seed; case seeds derive from (seed, type, index)")
+    g.add_argument("--crop-mm", type=positive_int, default=None, help="edge of the 1 mm output crop in mm (default 128; PASTA-Gen-30K: 280)")
     g.add_argument("--any-phase", action="store_true",
                    help="use templates of any contrast phase (default: the type's template phases, docs/labels-and-reports.md)")
-    g.add_argument("--max-attempts", type=int, default=None, help="tries per case with the next seed (default 5)")
+    g.add_argument("--max-attempts", type=positive_int, default=None, help="tries per case with the next seed (default 5)")
     g.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     g.add_argument("--no-bar", action="store_true", help="no tqdm progress bar on stderr")
     g.set_defaults(func=_generate)

@@ -12,17 +12,17 @@ import argparse
 import json
 import os
 
-from PASTALib.cli.args import size_triple
+from PASTALib.cli.args import fraction, non_negative_int, positive_float, positive_int, range_float, seed, size_triple
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder of case folders (img.nii.gz, label.nii.gz, report.json)")
     p.add_argument("--out", required=True, help="output folder (checkpoint_last.pt, metrics.csv, model_final.pth)")
-    p.add_argument("--iterations", type=int, help="training iterations")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--checkpoint-every", type=int, help="write checkpoint_last.pt every N iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=positive_int, help="training iterations")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float, help="learning rate")
+    p.add_argument("--checkpoint-every", type=positive_int, help="write checkpoint_last.pt every N iterations")
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16 AMP)")
     p.add_argument("--amp-dtype", choices=("auto", "bf16", "fp16"),
@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "fp16 with a GradScaler on older GPUs such as V100 / T4)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over even if OUT/checkpoint_last.pt exists (default: resume from it)")
-    p.add_argument("--threads", type=int, dest="num_threads", help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, dest="num_threads", help="CPU threads for torch")
     p.add_argument("--progress-lines", action="store_true", help="print 'PROGRESS <fraction> <message>' lines on stdout")
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
@@ -46,15 +46,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s1 = sub.add_parser("stage1", help="segmentation of organs 1-10 + lesions 11-25 (Dice+CE, deep supervision, SGD poly)")
     _common(s1)
     s1.add_argument("--patch-size", type=size_triple, help="patch size N or D,H,W (default 128)")
-    s1.add_argument("--fg-fraction", type=float, help="share of each batch forced onto foreground (default 0.33)")
-    s1.add_argument("--base-channels", type=int, help="channels of the first stage (default 64)")
-    s1.add_argument("--max-channels", type=int, help="channel cap (default 1024)")
-    s1.add_argument("--stages", type=int, dest="num_stages", help="number of stages incl. bottleneck (default 6)")
+    s1.add_argument("--fg-fraction", type=fraction, help="share of each batch forced onto foreground (default 0.33)")
+    s1.add_argument("--base-channels", type=positive_int, help="channels of the first stage (default 64)")
+    s1.add_argument("--max-channels", type=positive_int, help="channel cap (default 1024)")
+    s1.add_argument("--stages", type=positive_int, dest="num_stages", help="number of stages incl. bottleneck (default 6)")
     s1.add_argument("--init", help="start from these PASTA weights (segmentation heads re-initialised if classes differ)")
     s1.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (default: nnU-Net recipe) or adam")
-    s1.add_argument("--lesion-weight", type=float,
+    s1.add_argument("--lesion-weight", type=positive_float,
                     help="loss weight of the lesion classes 11-25 (default 1: the recipe; ~10 helps short runs)")
-    s1.add_argument("--num-workers", type=int,
+    s1.add_argument("--num-workers", type=non_negative_int,
                     help="DataLoader worker processes making the patches (default: 0 on CPU, a few on CUDA); "
                          "> 0 seeds each batch from (seed, rank, iteration): exactly resumable, but a different "
                          "patch stream than 0, so keep it on/off across a resume")
@@ -71,8 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s2.add_argument("--init", help="UNet weights: stage-1 OUT/model_final.pth or PASTA_final.pth "
                                    "(default: PASTA_WEIGHTS_DIR or ~/.pasta/weights/PASTA_final.pth)")
     s2.add_argument("--crop-size", type=size_triple, help="lesion crop N or D,H,W (default 96)")
-    s2.add_argument("--val-fraction", type=float, help="share of cases held out for validation (default 0.2)")
-    s2.add_argument("--eval-every", type=int)
+    s2.add_argument("--val-fraction", type=range_float(0, 1, hi_open=True), help="share of cases held out for validation (default 0.2)")
+    s2.add_argument("--eval-every", type=positive_int)
     s2.add_argument("--standardize-features", action="store_true", default=None,
                     help="fold the training features' mean/std into the new head's first layer "
                          "(helps a head trained from scratch; leave off when continuing a trained head)")

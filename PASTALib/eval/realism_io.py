@@ -131,20 +131,11 @@ def _crop_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def _read_mask(path: Path) -> sitk.Image:
-    """A mask file; unlike :func:`PASTALib.io.read_image` a single slice is accepted (a small nodule
-    contoured on one slice is a real lesion). DICOM and folders go through ``read_image``."""
+    """A mask file; unlike a CT a single slice is accepted (a small nodule contoured on one slice is a
+    real lesion). DICOM series folders must hold at least two slices."""
     from PASTALib.io import read_image
-    from PASTALib.io.image import is_dicom_file
 
-    if path.is_dir() or is_dicom_file(path):
-        return read_image(path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise EvaluationError(f"cannot read the mask {path}: not an image file (NIfTI, NRRD, MHA); re-export it") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise EvaluationError(f"{path} is not a 3D scalar mask (size {image.GetSize()}); pass a 3D label map")
-    return image
+    return read_image(path, allow_single_slice=not path.is_dir())
 
 
 def load_lesion(case: LesionCase, *, with_ct: bool) -> tuple[sitk.Image, sitk.Image | None]:

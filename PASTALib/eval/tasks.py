@@ -59,13 +59,15 @@ def evaluate_segmentation_dirs(pred_dir: str | os.PathLike, ref_dir: str | os.Pa
     """
     import SimpleITK as sitk
 
+    from PASTALib.io import read_label
+
     preds, refs = _label_files(Path(pred_dir)), _label_files(Path(ref_dir))
     missing = sorted(set(refs) - set(preds))
     if missing:
         raise EvaluationError(f"{len(missing)} reference case(s) without a prediction in {pred_dir}: {missing[:5]}")
     rows = []
     for case in sorted(refs):
-        ref_img, pred_img = sitk.ReadImage(str(refs[case])), sitk.ReadImage(str(preds[case]))
+        ref_img, pred_img = read_label(refs[case]), read_label(preds[case])
         if ref_img.GetSize() != pred_img.GetSize() or not np.allclose(ref_img.GetOrigin(), pred_img.GetOrigin(), atol=1e-3) \
                 or not np.allclose(ref_img.GetSpacing(), pred_img.GetSpacing(), atol=1e-4):
             raise EvaluationError(f"{case}: prediction grid {pred_img.GetSize()} differs from the reference "

@@ -57,13 +57,14 @@ import pandas as pd
 import torch
 from torch import nn
 
+from PASTALib.anatomy.labelmaps import LABELS_KINDS
 from PASTALib.errors import AnatomyError
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.model.attributes import ATTRIBUTE_GROUPS, IGNORE_INDEX
 from PASTALib.model.preprocess import SLF_VALUES
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.weights import weights_path
-from PASTALib.train.common import StopFlag, TrainingError
+from PASTALib.train.common import StopFlag, TrainingError, read_resume_state, restoring
 
 TASKS = ("detection", "roi", "attributes")
 DEFAULT_INPUT_SIZE = {"detection": 128, "roi": 96, "attributes": 96}
@@ -150,8 +151,8 @@ class ClassifyConfig:
             raise ClassifyError("--lr must be positive")
         if self.margin_mm < 0:
             raise ClassifyError("--margin-mm must be ≥ 0")
-        if self.labels_kind not in ("totalsegmentator", "pasta"):
-            raise ClassifyError(f"--labels-kind must be totalsegmentator or pasta, not {self.labels_kind!r}")
+        if self.labels_kind not in LABELS_KINDS:
+            raise ClassifyError(f"--labels-kind must be one of {', '.join(LABELS_KINDS)}, not {self.labels_kind!r}")
         weights = self.class_weights
         if isinstance(weights, str) and weights != "balanced":
             raise ClassifyError(f"--class-weights {weights!r}: give numbers (e.g. 1,10) or 'balanced'")
@@ -337,8 +338,8 @@ def read_case_table(table: str | os.PathLike, task: str, *, label_column: str = 
             kw["organs"] = organs if organs.is_absolute() else base / organs
             kw["organ"] = str(rec[cols["organ"]]).strip()
             kind = (str(rec[kind_col]).strip().lower() if kind_col else "") or labels_kind
-            if kind not in ("totalsegmentator", "pasta"):
-                raise ClassifyError(f"{path} row {i}: labels_kind {kind!r}; use totalsegmentator or pasta")
+            if kind not in LABELS_KINDS:
+                raise ClassifyError(f"{path} row {i}: labels_kind {kind!r}; use one of {', '.join(LABELS_KINDS)}")
             kw["labels_kind"] = kind
             try:
                 parse_organ(kw["organ"])
@@ -787,14 +788,16 @@ def _train_fold(cfg: ClassifyConfig, fold: int, train_idx: np.ndarray, crops: np
     ckpt = fold_dir / "checkpoint_last.pt"
     start = 0
     if cfg.resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        fix = f"Delete {ckpt} (or rerun with --no-resume) to start the fold over."
+        state = read_resume_state(ckpt, ("model", "optimizer", "iteration"), fix)
         if state.get("fingerprint") != cfg.fingerprint():
             raise ClassifyError(f"{ckpt} was written with other settings; use another --out or --no-resume")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
+        with restoring(ckpt, fix):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start = int(state["iteration"])
         progress.advance(start, f"fold {fold}: resumed at iteration {start}", force=True)
     # A frozen encoder without augmentation gives every case one fixed feature: encode the training
     # crops once and train the head on the features (a linear probe costs one pass, not one per step).

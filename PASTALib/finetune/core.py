@@ -48,6 +48,7 @@ import SimpleITK as sitk
 import torch
 
 from PASTALib.io.files import write_json_atomic
+from PASTALib.io.image import read_image, read_label
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
@@ -164,7 +165,7 @@ def read_fewshot_folder(folder: str | os.PathLike) -> tuple[dict[str, int], list
             if not p.is_file():
                 raise TrainingError(f"case {c.id}: {p} is missing")
     if not labels:  # no names: every value present in the label maps
-        values = sorted({int(v) for c in cases for v in np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(str(c.label)))) if v})
+        values = sorted({int(v) for c in cases for v in np.unique(sitk.GetArrayViewFromImage(read_label(c.label))) if v})
         labels = {f"label_{v}": v for v in values}
     bad = {n: v for n, v in labels.items() if not 1 <= v <= 255}
     if bad:
@@ -210,8 +211,8 @@ def prepare_case(case: FewshotCase, value_to_class: dict[int, int], folder: Path
     """Write ``folder/<id>/img.nii.gz`` + ``label.nii.gz`` (classes 0..C) on the canonical grid."""
     from PASTALib.geometry import to_canonical
 
-    image = sitk.ReadImage(str(case.image))
-    label = sitk.ReadImage(str(case.label))
+    image = read_image(case.image)
+    label = read_label(case.label)
     if image.GetSize() != label.GetSize():
         raise TrainingError(f"case {case.id}: label size {label.GetSize()} differs from image size {image.GetSize()}")
     lab = sitk.GetArrayFromImage(label)
@@ -256,8 +257,8 @@ def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes:
     cfg = InferenceConfig(patch_size=tuple(patch_size), overlap=overlap, device=str(dev), batch_size=1)
     rows = []
     for case_dir in case_dirs:
-        hu = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(case_dir) / "img.nii.gz"))).astype(np.float32)
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(case_dir) / "label.nii.gz")))
+        hu = sitk.GetArrayFromImage(read_image(Path(case_dir) / "img.nii.gz")).astype(np.float32)
+        ref = sitk.GetArrayFromImage(read_label(Path(case_dir) / "label.nii.gz"))
         pred = sliding_window_probabilities(network, hu, cfg, dev, slf_values=tuple(slf_values or SLF_VALUES),
                                             normalize=normalize)
         pred = pred.argmax(0).cpu().numpy()
@@ -310,8 +311,8 @@ def case_intensity_statistics(cases: Sequence[FewshotCase], total_samples: int |
     case's own grid, sampled as nnU-Net's fingerprint extractor): the metadata dict stored with the model."""
     from PASTALib.model.preprocess import foreground_intensity_statistics
 
-    pairs = [(sitk.GetArrayFromImage(sitk.ReadImage(str(c.image), sitk.sitkFloat32)),
-              sitk.GetArrayFromImage(sitk.ReadImage(str(c.label)))) for c in cases]
+    pairs = [(sitk.GetArrayFromImage(sitk.Cast(read_image(c.image), sitk.sitkFloat32)),
+              sitk.GetArrayFromImage(read_label(c.label))) for c in cases]
     try:
         return foreground_intensity_statistics(pairs, total_samples=total_samples).to_dict()
     except ValueError as exc:

@@ -39,7 +39,7 @@ from PASTALib.geometry import CT_OUTSIDE_HU, Grid, resample_to_grid
 from PASTALib.geometry.canonical import IDENTITY_DIRECTION
 from PASTALib.labels import Organ
 
-LABELS_KINDS = ("totalsegmentator", "pasta")
+LABELS_KINDS = ("totalsegmentator", "pasta", "auto")
 
 
 def parse_organ(text: str | int) -> tuple[Organ, Side | None]:
@@ -63,12 +63,13 @@ def organ_label(organ: Organ, side: Side | None) -> str:
 
 
 def load_organ_masks(labels: sitk.Image, ct: sitk.Image, labels_kind: str, source: str = "label map") -> OrganMasks:
-    """OrganMasks on the CT grid from a TotalSegmentator ``total`` or a PASTA (1-10 [+11-25]) label map."""
-    if labels_kind == "pasta":
-        return OrganMasks.from_pasta_label_map(labels, reference=ct, source=source)
-    if labels_kind == "totalsegmentator":
-        return OrganMasks.from_label_map(labels, reference=ct, source=source)
-    raise ValueError(f"labels_kind must be one of {LABELS_KINDS}, not {labels_kind!r}")
+    """OrganMasks on the CT grid from a TotalSegmentator ``total`` or a PASTA (1-10 [+11-25]) label map
+    (``auto``: detected); the map must be on the CT grid and fit its kind."""
+    from PASTALib.anatomy.labelmaps import organ_masks_for_ct
+
+    if labels_kind not in LABELS_KINDS:
+        raise ValueError(f"labels_kind must be one of {LABELS_KINDS}, not {labels_kind!r}")
+    return organ_masks_for_ct(labels, ct, labels_kind, source=source)
 
 
 def organ_box_lps(masks: OrganMasks, organ: Organ, side: Side | None = None) -> tuple[np.ndarray, np.ndarray]:

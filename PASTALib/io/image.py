@@ -76,23 +76,55 @@ def is_dicom_file(path: Path) -> bool:
     return len(header) == 132 and header[128:132] == b"DICM"
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file is shorter than its header says.
+def _raw_nifti_zooms(raw: bytes) -> np.ndarray | None:
+    """pixdim[1:ndim+1] as stored in the header bytes ``raw`` (nibabel's load and ITK both replace a
+    0 by 1 mm), or None when ``raw`` is not a NIfTI-1/2 header."""
+    import nibabel
 
-    ITK's NIfTI reader zero-fills a truncated .nii.gz without an error, so the byte count is
-    checked here (nibabel parses the header; the gzip stream is decompressed in chunks).
+    for order in "<>":
+        size = int(np.frombuffer(raw[:4], f"{order}i4")[0]) if len(raw) >= 4 else 0
+        if size in (348, 540) and len(raw) >= size:
+            header_class = nibabel.Nifti1Header if size == 348 else nibabel.Nifti2Header
+            header = header_class(raw[:size], check=False)  # the fixed header only, not extensions
+            ndim = int(np.clip(header["dim"][0], 1, 3))  # a 2D file may leave pixdim[3] at 0: refused as 2D later
+            return np.asarray(header["pixdim"][1:1 + ndim], float)
+    return None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise if a NIfTI file is shorter than its header says, stores a zero voxel size, or holds
+    NaN/inf voxels.
+
+    ITK's NIfTI reader zero-fills a truncated .nii.gz, reads NaN as 0 and a zero pixdim as 1 mm,
+    all without an error, so the header and the data bytes are checked here (nibabel parses the
+    header; the data is streamed in chunks, and scanned for non-finite values when it is float).
     """
     import gzip
 
     import nibabel
 
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        header = nibabel.load(str(path)).header
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
-        if path.name.lower().endswith(".gz"):
-            available = 0
-            with gzip.open(path, "rb") as stream:
-                while chunk := stream.read(1 << 22):
+        with opener(path, "rb") as stream:
+            zooms = _raw_nifti_zooms(stream.read(540))
+        if zooms is not None and (not np.all(np.isfinite(zooms)) or np.any(zooms == 0)):
+            # Checked before nibabel.load, which would log and "fix" the header.
+            raise InputImageError(
+                f"{path} has voxel spacing {tuple(zooms.tolist())} mm in its header (pixdim); spacing must be "
+                "finite and > 0. Fix the header or re-export the image."
+            )
+        proxy = nibabel.load(str(path)).dataobj  # its offset is the file's (the image's header copy says 0)
+        dtype, offset = proxy.dtype, int(proxy.offset)
+        expected = offset + int(np.prod(proxy.shape)) * dtype.itemsize
+        non_finite = 0
+        if dtype.kind == "f" or opener is gzip.open:
+            with opener(path, "rb") as stream:
+                available = len(stream.read(offset))
+                while chunk := stream.read(dtype.itemsize << 20):
+                    if dtype.kind == "f":  # the voxels of this chunk (not bytes after the data)
+                        data = chunk[: max(0, min(len(chunk), expected - available))]
+                        values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+                        non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
                     available += len(chunk)
         else:
             available = path.stat().st_size
@@ -103,22 +135,103 @@ def _check_nifti_complete(path: Path) -> None:
             f"Cannot read {path}: the file is corrupt or truncated ({available} of {expected} bytes). "
             "Re-export or re-download it."
         )
+    if non_finite:
+        raise InputImageError(
+            f"{path} has {non_finite} NaN or infinite voxel value(s); PASTA needs finite intensities. "
+            "Re-export the image (or replace NaN by the background value)."
+        )
 
 
-def read_image(path: PathLike) -> sitk.Image:
+def _check_readable(path: Path) -> None:
+    """Raise InputImageError unless ``path`` exists and this process may read it."""
+    if not path.exists():
+        raise InputImageError(f"Image not found: {path}. Check the path.")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise InputImageError(f"Cannot read {path}: permission denied. Make it readable (chmod u+r) or copy it.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputImageError(f"Cannot read {path}: the file is empty. Re-export or re-download it.")
+
+
+def _check_nrrd_complete(path: Path) -> None:
+    """Raise if a raw-encoded NRRD (attached data) is shorter than its header says.
+
+    ITK reads gzip-encoded NRRDs through zlib (a truncated stream is an error), but a raw one
+    is read with fread and the missing tail would be left as it is in memory."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    end = head.find(b"\n\n")
+    if not head.startswith(b"NRRD") or end < 0:
+        return  # ITK's reader reports what is wrong
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        if ":" in line and not line.startswith("#"):
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    if fields.get("encoding", "raw") != "raw" or "data file" in fields or "datafile" in fields:
+        return
+    itemsize = {"char": 1, "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1,
+                "uint8_t": 1, "short": 2, "int16": 2, "int16_t": 2, "ushort": 2, "unsigned short": 2, "uint16": 2,
+                "uint16_t": 2, "int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4,
+                "uint32_t": 4, "float": 4, "double": 8, "longlong": 8, "int64": 8, "int64_t": 8, "ulonglong": 8,
+                "uint64": 8, "uint64_t": 8}.get(fields.get("type", "").lower())
+    try:
+        count = int(np.prod([int(v) for v in fields.get("sizes", "").split()]))
+    except ValueError:
+        return
+    if itemsize is None or not count:
+        return
+    expected, available = end + 2 + count * itemsize, path.stat().st_size
+    if available < expected:
+        raise InputImageError(
+            f"Cannot read {path}: the file is corrupt or truncated ({available} of {expected} bytes). "
+            "Re-export or re-download it."
+        )
+
+
+def _check_values_and_grid(image: sitk.Image, path: Path) -> None:
+    """Raise InputImageError for NaN/inf voxels or a spacing/direction no scanner writes."""
+    spacing = np.asarray(image.GetSpacing(), float)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputImageError(
+            f"{path} has voxel spacing {tuple(spacing.tolist())} mm; spacing must be finite and > 0. "
+            "Fix the header (pixdim / space directions) or re-export the image."
+        )
+    direction = np.asarray(image.GetDirection(), float).reshape(3, 3)
+    origin = np.asarray(image.GetOrigin(), float)
+    if not np.all(np.isfinite(direction)) or not np.all(np.isfinite(origin)) or abs(np.linalg.det(direction)) < 1e-6:
+        raise InputImageError(
+            f"{path} has an invalid orientation (origin {tuple(origin.tolist())}, direction not a rotation). "
+            "Fix the header (qform/sform) or re-export the image."
+        )
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        values = sitk.GetArrayViewFromImage(image)
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise InputImageError(
+                f"{path} has {bad} NaN or infinite voxel value(s); PASTA needs finite intensities. "
+                "Re-export the image (or replace NaN by the background value)."
+            )
+
+
+def read_image(path: PathLike, *, allow_single_slice: bool = False) -> sitk.Image:
     """Read a 3D scalar image from NIfTI, NRRD, MHA/MHD or a DICOM series (folder or file).
 
+    The one checked reader of PASTALib: the file must exist and be readable, hold all its bytes
+    (ITK zero-fills truncated NIfTI/NRRD), be 3D scalar with finite values, a positive finite
+    spacing and a valid orientation; otherwise InputImageError names the file and the fix.
+    ``allow_single_slice`` accepts a 3D image one voxel thick (a mask contoured on one slice).
     DICOM tags of the first slice are kept in the image's metadata dictionary.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputImageError(f"Image not found: {path}. Check the path.")
+    _check_readable(path)
     tags: dict[str, str] = {}
     if path.is_dir() or is_dicom_file(path):
         image, tags = _read_dicom_series(path)
     else:
         if _suffix(path) in (".nii", ".nii.gz"):
             _check_nifti_complete(path)
+        elif _suffix(path) in (".nrrd", ".seg.nrrd"):
+            _check_nrrd_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError:
@@ -132,11 +245,12 @@ def read_image(path: PathLike) -> sitk.Image:
             f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector image); "
             "PASTA needs a scalar CT volume in Hounsfield units."
         )
-    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+    if image.GetDimension() != 3 or min(image.GetSize()) < (1 if allow_single_slice else 2):
         raise InputImageError(
             f"{path} is {image.GetDimension()}D with size {image.GetSize()}; PASTA needs a 3D volume "
             "(for a single slice or a time series, export the 3D CT series instead)."
         )
+    _check_values_and_grid(image, path)
     for key, value in tags.items():
         image.SetMetaData(key, value)
     return image

@@ -7,8 +7,8 @@ Folder layout read by ``pasta refine train --data DIR`` (one sub-folder per case
 
 Also accepted: ``image``/``ct``/``img`` and ``organs``/``label``/``labels``/``seg`` with .nii.gz,
 .nii, .nrrd or .mha. Labels are PASTA values (organs 1-10; lesion values 11-25 count as their organ)
-or, with ``labels_kind="totalsegmentator"``, TotalSegmentator ``total`` ids. A label map on another
-grid is resampled onto the CT (nearest neighbour). Crops are canonical (LPS, 1 mm) cubes resampled
+or TotalSegmentator ``total`` ids (``labels_kind``; ``auto`` detects it). A label map must be on its
+CT's grid (a map on another grid is refused, not resampled). Crops are canonical (LPS, 1 mm) cubes resampled
 straight from the input around a random voxel of a random organ; the condition is that organ's mask.
 """
 
@@ -72,15 +72,18 @@ def find_cases(root: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     return cases
 
 
-def pasta_organ_array(labels: sitk.Image, ct: sitk.Image, labels_kind: str = "pasta") -> np.ndarray:
-    """PASTA organ values (1-10) on the CT grid as (x, y, z) uint8; lesions count as their organ."""
+def pasta_organ_array(labels: sitk.Image, ct: sitk.Image, labels_kind: str = "auto",
+                      source: str = "label map") -> np.ndarray:
+    """PASTA organ values (1-10) on the CT grid as (x, y, z) uint8; lesions count as their organ.
+    The label map must be on the CT grid and fit ``labels_kind`` (``auto``: detected)."""
+    from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
+
+    labels_kind = resolve_labels_kind(labels, labels_kind, source=source)
+    labels = check_label_grid(labels, ct, source=source)
     if labels_kind == "totalsegmentator":
         from PASTALib.anatomy import OrganMasks
 
         labels = OrganMasks.from_label_map(labels, reference=ct).pasta_label_map(include_lesions=False)
-    elif labels.GetSize() != ct.GetSize() or not np.allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-3) \
-            or not np.allclose(labels.GetSpacing(), ct.GetSpacing(), atol=1e-4):
-        labels = resample_to_grid(labels, ct, is_label=True)
     arr = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.int64)
     if arr.max() > max(LesionType):
         raise InputImageError(
@@ -95,8 +98,9 @@ def pasta_organ_array(labels: sitk.Image, ct: sitk.Image, labels_kind: str = "pa
     return lut[arr]
 
 
-def load_case(name: str, ct: sitk.Image, labels: sitk.Image, labels_kind: str = "pasta", seed: int = 0) -> Case:
-    organs = pasta_organ_array(labels, ct, labels_kind)
+def load_case(name: str, ct: sitk.Image, labels: sitk.Image, labels_kind: str = "auto", seed: int = 0,
+              source: str = "label map") -> Case:
+    organs = pasta_organ_array(labels, ct, labels_kind, source)
     voxel_mm3 = float(np.prod(ct.GetSpacing()))
     min_voxels = math.ceil(MIN_HEALTHY_VOLUME_MM3 / voxel_mm3)  # smallest n with n * voxel >= the minimum volume
     if (min_voxels - 1) * voxel_mm3 >= MIN_HEALTHY_VOLUME_MM3:  # the division rounded up past an exact multiple
@@ -106,13 +110,13 @@ def load_case(name: str, ct: sitk.Image, labels: sitk.Image, labels_kind: str = 
     return Case(name, ct, organs, centres)
 
 
-def load_cases(root: str | os.PathLike, labels_kind: str = "pasta") -> list[Case]:
+def load_cases(root: str | os.PathLike, labels_kind: str = "auto") -> list[Case]:
     from PASTALib.io import read_ct, read_label
 
     cases = []
     for name, ct_path, lab_path in find_cases(root):
         ct = read_ct(ct_path)
-        case = load_case(name, ct, read_label(lab_path), labels_kind)
+        case = load_case(name, ct, read_label(lab_path), labels_kind, source=str(lab_path))
         if case.centres:
             cases.append(case)
     if not cases:

@@ -37,7 +37,7 @@ from PASTALib.refine.checkpoint import (
     read_checkpoint,
 )
 from PASTALib.refine.config import RefinerConfig
-from PASTALib.runtime import amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler, optimizer_step
+from PASTALib.runtime import amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler, optimizer_step, restoring
 from PASTALib.runtime import resolve_device as _resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
@@ -207,12 +207,13 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
         if "optimizer" not in obj or "rng" not in obj:
             raise RefinerCheckpointError(f"{ckpt_path} holds weights only (no optimizer/RNG state); it cannot be resumed.")
         load_model_state(model, obj["model"], ckpt_path)
-        optimizer.load_state_dict(obj["optimizer"])
-        if scaler is not None and obj.get("scaler"):
-            scaler.load_state_dict(obj["scaler"])
-        sampler_rng.bit_generator.state = obj["rng"]["sampler"]
-        gen.set_state(obj["rng"]["torch"])
-        start = int(obj["iteration"])
+        with restoring(ckpt_path, f"Delete {ckpt_path} or rerun without --resume to start over."):
+            optimizer.load_state_dict(obj["optimizer"])
+            if scaler is not None and obj.get("scaler"):
+                scaler.load_state_dict(obj["scaler"])
+            sampler_rng.bit_generator.state = obj["rng"]["sampler"]
+            gen.set_state(obj["rng"]["torch"])
+            start = int(obj["iteration"])
         train_hist = [(int(i), float(v)) for i, v in obj["history"]["train"]]
         val_hist = [(int(i), float(v)) for i, v in obj["history"]["val"]]
         log.info("resumed from %s at iteration %d", ckpt_path, start)

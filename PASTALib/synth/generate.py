@@ -59,12 +59,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.errors import AnatomyError, PastaError, SpecificationError
+from PASTALib.errors import AnatomyError, CorruptFileError, PastaError, SpecificationError
 from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ, Phase
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-LABELS_KINDS = ("totalsegmentator", "pasta")
+LABELS_KINDS = ("totalsegmentator", "pasta", "auto")
 DEFAULT_CROP_MM = 128  # PASTA-Gen-30K ships 280 mm crops; smaller is much faster to write
 DEFAULT_MAX_ATTEMPTS = 5
 INDEX_FILE = "templates.index.json"
@@ -173,15 +173,11 @@ class LoadedTemplate:
 
 
 def load_template(t: Template) -> LoadedTemplate:
-    from PASTALib.anatomy import OrganMasks
+    from PASTALib.anatomy.labelmaps import organ_masks_for_ct
     from PASTALib.io import read_ct, read_label
 
     ct = read_ct(t.ct)
-    labels = read_label(t.organs)
-    if t.labels_kind == "pasta":
-        masks = OrganMasks.from_pasta_label_map(labels, reference=ct, source=t.organs)
-    else:
-        masks = OrganMasks.from_label_map(labels, reference=ct, source=t.organs)
+    masks = organ_masks_for_ct(read_label(t.organs), ct, t.labels_kind, source=str(t.organs))
     total = masks.label_map
     if int(np.asarray(masks.array).max(initial=0)) < 256:
         total = sitk.Cast(total, sitk.sitkUInt8)
@@ -472,8 +468,22 @@ def read_manifest(out: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of every manifest in ``out`` (unsharded and all shards)."""
     rows: list[dict[str, str]] = []
     for path in sorted(Path(out).glob("manifest*.csv")):
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows += list(csv.DictReader(fh))
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                found = list(reader)
+            header_ok = reader.fieldnames is None or {"case_id", "status"} <= set(reader.fieldnames)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            header_ok, found = False, []
+            reason = str(exc)[:120]
+        else:
+            reason = f"header {','.join(reader.fieldnames or [])[:120]!r}"
+        if not header_ok:
+            raise CorruptFileError(
+                f"{path} is not a generation manifest ({reason}). Delete it and rerun the same command: "
+                "finished cases are found again from their case.json."
+            )
+        rows += found
     return rows
 
 
@@ -618,18 +628,23 @@ def generate(
     ids = {j.case_id for j in jobs}
     _clean_partials(out, ids)
 
+    done = {r["case_id"] for r in read_manifest(out) if r.get("case_id") in ids}  # checked before Manifest repairs it
     manifest = Manifest(config.manifest_path)
-    done = {r["case_id"] for r in read_manifest(out) if r.get("case_id") in ids}
     # A case renamed into place just before a kill has no manifest row yet: restore it from case.json.
     for job in jobs:
         if job.case_id in done:
             continue
         case_json = out / job.rel_dir / "case.json"
         if case_json.exists():
-            meta = json.loads(case_json.read_text(encoding="utf-8"))
-            report = json.loads((out / job.rel_dir / "report.json").read_text(encoding="utf-8"))
+            try:
+                meta = json.loads(case_json.read_text(encoding="utf-8"))
+                report = json.loads((out / job.rel_dir / "report.json").read_text(encoding="utf-8"))
+                row = _ok_row(job, {**meta, "report": report})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise CorruptFileError(f"{case_json.parent} holds a broken case ({type(exc).__name__}: {str(exc)[:120]}). "
+                                       "Delete that folder and rerun the same command to generate the case again.") from None
             manifest.append({"case_id": job.case_id, "lesion_type": job.lesion_type.slug, "index": job.index,
-                             **_ok_row(job, {**meta, "report": report}), "seconds": ""})
+                             **row, "seconds": ""})
             done.add(job.case_id)
     pending = [j for j in jobs if j.case_id not in done]
     summary = GenerateSummary(total=len(jobs), skipped=len(jobs) - len(pending))
@@ -735,8 +750,10 @@ def verify_case(case_dir: str | os.PathLike) -> dict[str, Any]:
         raise AssertionError(f"{case_dir}: missing {missing}")
     report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
     validate_report(report)
-    img = sitk.ReadImage(str(case_dir / "img.nii.gz"))
-    lab = sitk.ReadImage(str(case_dir / "label.nii.gz"))
+    from PASTALib.io import read_image, read_label
+
+    img = read_image(case_dir / "img.nii.gz")
+    lab = read_label(case_dir / "label.nii.gz")
     if img.GetSize() != lab.GetSize() or not np.allclose(img.GetSpacing(), (1, 1, 1)):
         raise AssertionError(f"{case_dir}: img/label grids differ or are not 1 mm")
     values = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist())

@@ -25,6 +25,8 @@ from PASTALib.runtime import (  # noqa: F401  (part of train's API)
     configure_fixed_shape_training,
     make_grad_scaler,
     optimizer_step,
+    read_resume_state,
+    restoring,
 )
 
 

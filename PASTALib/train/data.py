@@ -82,8 +82,10 @@ class LoadedCase:
 
 
 def load_case(record: CaseRecord, max_voxels_per_class: int = 20000, seed: int = 0) -> LoadedCase:
-    image = sitk.ReadImage(str(record.image_path))
-    label = sitk.ReadImage(str(record.label_path))
+    from PASTALib.io import read_image, read_label
+
+    image = read_image(record.image_path)
+    label = read_label(record.label_path)
     if image.GetSize() != label.GetSize():
         raise TrainingError(f"{record.name}: image size {image.GetSize()} differs from label size {label.GetSize()}")
     img = sitk.GetArrayFromImage(image).astype(np.float32)
@@ -232,7 +234,11 @@ class LesionSample:
 
 
 def read_reports(path: Path) -> list[dict]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path} is not a readable report file ({type(exc).__name__}: {str(exc)[:120]}); "
+                            "export the report again or remove it from the training folder") from None
     if isinstance(data, dict) and isinstance(data.get("lesions"), list):
         data = data["lesions"]
     if isinstance(data, dict):

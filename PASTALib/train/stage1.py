@@ -69,6 +69,8 @@ from PASTALib.train.common import (
     maybe_compile,
     poly_lr,
     rank_seed,
+    read_resume_state,
+    restoring,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -341,14 +343,16 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
     resumed_from: int | None = None
     cfg_json = _config_json(cfg)
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        fix = f"Delete {ckpt_path} (or rerun with --no-resume) to start over."
+        state = read_resume_state(ckpt_path, ("config", "model", "optimizer", "iteration"), fix)
         check_resume_compatible(state["config"], cfg_json, ["num_classes", "base_channels", "max_channels",
                                                             "num_stages", "patch_size", "batch_size", "lr", "optimizer", "lesion_weight", "seed"], ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        iteration = int(state["iteration"])
+        with restoring(ckpt_path, fix):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            iteration = int(state["iteration"])
         resumed_from = iteration
         saved_world = int(state.get("world_size", 1))
         saved_mode = state.get("loader", "stream")

@@ -50,6 +50,8 @@ from PASTALib.train.common import (
     configure_fixed_shape_training,
     init_distributed,
     rank_seed,
+    read_resume_state,
+    restoring,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -266,11 +268,13 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
     resumed_from: int | None = None
     cfg_json = _config_json(cfg)
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        fix = f"Delete {ckpt_path} (or rerun with --no-resume) to start over."
+        state = read_resume_state(ckpt_path, ("config", "model", "optimizer", "iteration"), fix)
         check_resume_compatible(state["config"], cfg_json, ["crop_size", "batch_size", "lr", "seed", "val_fraction"], ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        iteration = resumed_from = int(state["iteration"])
+        with restoring(ckpt_path, fix):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            iteration = resumed_from = int(state["iteration"])
         samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
         if int(state.get("world_size", 1)) == world:
             batcher.load_state_dict(samplers[rank])

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from PASTALib.io.image import read_image, read_label
 from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
 #: TotalSegmentator "total" ids → PASTA organ labels (lung lobes, liver, gallbladder, pancreas,
@@ -28,8 +29,8 @@ def make_toy_dataset(out: str | Path, ct_path: str | Path, seg_path: str | Path,
                      density_delta_hu: float = 70.0, seed: int = 0) -> list[Path]:
     """Write ``n_cases`` case folders under ``out``; returns their paths."""
     rng = np.random.default_rng(seed)
-    ct = sitk.ReadImage(str(ct_path))
-    seg = sitk.ReadImage(str(seg_path))
+    ct = read_image(ct_path)
+    seg = read_label(seg_path)
     ct_a = sitk.GetArrayFromImage(ct).astype(np.float32)
     ts = sitk.GetArrayFromImage(seg)
     org = np.zeros(ts.shape, np.uint8)
