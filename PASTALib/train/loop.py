@@ -17,8 +17,9 @@ order of things, resume, checkpoint cadence, stop handling and progress::
     save_checkpoint() after a stop, unless this iteration's checkpoint is already written
     on_train_end(failed)
 
-Stop: a :class:`~PASTALib.train.common.StopFlag` (set by the SIGTERM/SIGINT handlers or a stop file
-watcher) or a callable, checked before every step. Under torchrun the flag travels with the step's
+Stop: a :class:`~PASTALib.train.common.StopFlag` (set by the CLI's SIGTERM/SIGINT handlers, which the
+Slicer panels' Stop button sends, or by a callback) or any callable (``lambda: stop_file.exists()``),
+checked before every step. Under torchrun the flag travels with the step's
 statistics in :meth:`TrainingLoop.reduce_metrics` (one all-reduce), so every rank stops at the same
 iteration; without a process group nothing is communicated and the single-process path is plain.
 """
@@ -188,7 +189,7 @@ class TrainingLoop:
     # --- stop and reductions -------------------------------------------------------------------
 
     def stop_flag(self) -> bool:
-        """This process's stop request (signal handler, stop file, a callback)."""
+        """This process's stop request (signal handler, callback, the caller's callable)."""
         return bool(self.stop() if callable(self.stop) else self.stop.stop)
 
     def stop_requested(self) -> bool:
