@@ -46,6 +46,16 @@ def load_training_state(path: str | os.PathLike, map_location: str | torch.devic
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def restore_optimisation(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         scaler: Any = None) -> int:
+    """Load a checkpoint's model, optimizer and (when both have one) AMP scaler; return its iteration."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["iteration"])
+
+
 def gather_rank_state(dist: DistContext, sampler_state: Any) -> dict[str, Any]:
     """Checkpoint entries of the data streams: rank 0's sampler and global RNG state ("sampler",
     "rng"), the world size and, under torchrun, every rank's ("samplers", "rngs"). A collective."""

@@ -36,12 +36,10 @@ InstanceNorm3d returns the standard layout, so each convolution converts back - 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -55,36 +53,36 @@ from PASTALib.train.common import (
     AMP_CHOICES,
     DistContext,
     IterationCallback,
-    MetricsCSV,
     StopFlag,
     TrainingError,
-    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
     configure_fixed_shape_training,
-    init_distributed,
     is_out_of_memory,
     make_grad_scaler,
     maybe_compile,
     poly_lr,
     rank_seed,
-    seed_everything,
     translate_out_of_memory,
 )
 from PASTALib.train.data import IterationPatchBatches, PatchSampler, discover_cases, load_case
-from PASTALib.train.loop import TrainingLoop, gather_rank_state, load_training_state, restore_rank_state
+from PASTALib.train.loop import gather_rank_state, load_training_state, restore_optimisation, restore_rank_state
 from PASTALib.train.losses import (  # noqa: F401  (part of stage 1's API)
     DeepSupervisionLoss,
     batch_dice,
     class_weights,
     deep_supervision_weights,
 )
-from PASTALib.train.progress import Progress
+from PASTALib.train.stage_loop import (  # noqa: F401  (part of stage 1's API)
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    METRICS_NAME,
+    StageLoop,
+    TrainResult,
+    check_resume_compatible,
+)
 
-CHECKPOINT_NAME = "checkpoint_last.pt"
-FINAL_NAME = "model_final.pth"
-METRICS_NAME = "metrics.csv"
 STAGE1_FIELDS = ["iteration", "lr", "loss", "dice_lesion", "dice_organ", "seconds"]
 #: settings a checkpoint must share with the run that resumes it
 RESUME_KEYS = ["num_classes", "base_channels", "max_channels", "num_stages", "patch_size", "batch_size", "lr",
@@ -161,37 +159,12 @@ class Stage1Config:
             raise TrainingError("iterations, batch size and checkpoint interval must be ≥ 1")
 
 
-@dataclass
-class TrainResult:
-    iteration: int
-    out: Path
-    final_model: Path | None
-    checkpoint: Path
-    metrics: Path
-    stopped_early: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov; the nnU-Net/PASTA recipe) or Adam; both under the poly schedule."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                            weight_decay=cfg.weight_decay)
-
-
-def _config_json(cfg: Any) -> dict:
-    data = asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
-
-
-def check_resume_compatible(saved: dict, current: dict, keys: Sequence[str], path: Path) -> None:
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-    if diff:
-        raise TrainingError(
-            f"{path} was written with different settings ({'; '.join(diff)}); use the same settings, "
-            "another --out folder, or --no-resume to start over"
-        )
 
 
 def resolve_num_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
@@ -243,34 +216,20 @@ def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None
     """Run (or resume) stage-1 training; returns where the model and metrics are. Under torchrun
     (WORLD_SIZE > 1) runs data-parallel; see the module docstring."""
     cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    dist_ctx, device = init_distributed(cfg.device)
-    try:
-        loop = Stage1Loop(cfg, dist_ctx, device, callback=callback, stop=stop)
-        loop.run()
-        return loop.result()
-    finally:
-        dist_ctx.close()
+    return Stage1Loop.train(cfg, callback=callback, stop=stop)
 
 
-class Stage1Loop(TrainingLoop):
+class Stage1Loop(StageLoop):
     """Stage-1 segmentation training on the shared loop (hooks of :class:`TrainingLoop`)."""
 
     name = "stage1"
+    fields = STAGE1_FIELDS
+    curves = [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])]
 
     def __init__(self, cfg: Stage1Config, dist_ctx: DistContext, device: torch.device, *,
                  callback: IterationCallback | None = None, stop: StopFlag | None = None) -> None:
-        super().__init__(iterations=cfg.iterations, checkpoint_every=cfg.checkpoint_every, stop=stop,
-                         dist=dist_ctx, device=device)
-        self.cfg, self.callback, self.main = cfg, callback, dist_ctx.is_main
-        self.out = Path(cfg.out)
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_path = self.out / CHECKPOINT_NAME
-        self.cfg_json = _config_json(cfg)
+        super().__init__(cfg, dist_ctx, device, callback=callback, stop=stop)
         rank = dist_ctx.rank
-        seed_everything(cfg.seed)  # same on every rank: identical initial weights (DDP also broadcasts rank 0's)
         self.cases = [load_case(r, seed=cfg.seed + i) for i, r in enumerate(discover_cases(cfg.data))]
         self.sampler_kw = {"fg_fraction": cfg.fg_fraction, "lesion_priority": cfg.lesion_priority, "flip": cfg.flip}
         self.sampler = PatchSampler(self.cases, cfg.patch_size, seed=cfg.seed if rank == 0 else rank_seed(cfg.seed, rank),
@@ -288,15 +247,9 @@ class Stage1Loop(TrainingLoop):
                           else SLFNormalization(tuple(cfg.slf_values)))
         self.oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.patch_size,
                             "size_flag": "--patch-size", "amp": self.dtype is not None}
-        self.metrics: MetricsCSV | None = None
-        self.curves: TrainingLog | None = None
         self.batches: Iterator | None = None
         self.train_model: torch.nn.Module = self.model
         self.eager_model, self.compiled, self.first_step = self.model, False, True
-
-    def log(self, text: str) -> None:
-        if self.main:
-            print(text, file=sys.stderr, flush=True)
 
     # --- resume / checkpoint -------------------------------------------------------------------
 
@@ -306,11 +259,7 @@ class Stage1Loop(TrainingLoop):
             return None
         state = load_training_state(self.checkpoint_path)
         check_resume_compatible(state["config"], self.cfg_json, RESUME_KEYS, self.checkpoint_path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        iteration = int(state["iteration"])
+        iteration = restore_optimisation(state, self.model, self.optimizer, self.scaler)
 
         def reseed() -> None:
             self.sampler = PatchSampler(self.cases, cfg.patch_size, seed=rank_seed(cfg.seed, self.dist.rank, iteration),
@@ -340,32 +289,20 @@ class Stage1Loop(TrainingLoop):
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 **ranks, "config": self.cfg_json, "loader": self.loader_mode,
             }, self.checkpoint_path)
-            self.curves.checkpoint()
+            self.log_writer.checkpoint()
         self.dist.barrier()
 
     # --- start / end ---------------------------------------------------------------------------
 
     def on_train_start(self) -> None:
-        cfg, out, it = self.cfg, self.out, self.iteration
-        if self.main:
-            (out / "config.json").write_text(json.dumps(self.cfg_json, indent=2))
-            (out / "model_config.json").write_text(json.dumps(self.mcfg.to_dict(), indent=2))
-            self.metrics = MetricsCSV(out / METRICS_NAME, STAGE1_FIELDS, resume_iteration=it)
-        self.curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])],
-                                  tensorboard=cfg.tensorboard, enabled=self.main and cfg.curves, purge_step=it, log=self.log)
+        cfg = self.cfg
+        self.start_outputs({"model_config.json": self.mcfg.to_dict()})
         # DDP over the raw model (its state dict keeps the plain PASTA keys), then torch.compile
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.eager_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.eager_model = self.data_parallel(self.model)
         self.train_model, self.compiled = maybe_compile(self.eager_model, cfg.compile, cfg.compile_backend, log=self.log)
         self._start_loader()
-        self.progress = Progress(cfg.iterations, desc="stage1", lines=cfg.progress_lines and self.main,
-                                 bar=cfg.progress_bar and self.main, initial=it, every=max(1, cfg.iterations // 200))
         world = self.dist.world_size
-        self.progress.line(it / cfg.iterations, f"stage1 start at iteration {it}/{cfg.iterations} on {self.device}"
-                           + (f" x {world} processes" if world > 1 else ""))
+        self.start_progress(f" x {world} processes" if world > 1 else "")
         self.model.train()
 
     def _start_loader(self) -> None:
@@ -381,22 +318,14 @@ class Stage1Loop(TrainingLoop):
         self.batches = iter(loader)
 
     def on_train_end(self, *, failed: bool) -> None:
-        if self.progress is not None:
-            self.progress.close()
         self.batches = None  # shuts the DataLoader workers down
-        if self.main and self.curves is not None:
-            if not failed:
-                self.curves.checkpoint()
-            self.curves.close()
+        super().on_train_end(failed=failed)
 
     def result(self) -> TrainResult:
-        out, final = self.out, None
+        final = None
         if self.iteration >= self.cfg.iterations:
-            final = self._write_final() if self.main else out / FINAL_NAME
-            self.dist.barrier()
-            self.progress.line(1.0, f"stage1 done: {final}")
-        return TrainResult(self.iteration, out, final, self.checkpoint_path, out / METRICS_NAME,
-                           stopped_early=self.stopped)
+            final = self._write_final() if self.main else self.out / FINAL_NAME
+        return self.finish(final)
 
     def _write_final(self) -> Path:
         from PASTALib.capabilities import make_metadata, wrap_with_metadata
@@ -476,12 +405,3 @@ class Stage1Loop(TrainingLoop):
         else:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
-
-    def log_iteration(self, iteration: int, row: dict[str, Any]) -> None:
-        if self.main:
-            self.metrics.write(row)
-            self.curves.scalars(iteration, row)
-
-    def on_iteration_end(self, iteration: int, row: dict[str, Any]) -> None:
-        if self.callback is not None:
-            self.callback(iteration, row)

@@ -15,10 +15,8 @@ writes; checkpoints hold every rank's sampler/RNG state (same-world-size resume 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,17 +36,13 @@ from PASTALib.train.common import (
     AMP_CHOICES,
     DistContext,
     IterationCallback,
-    MetricsCSV,
     StopFlag,
     TrainingError,
-    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
     configure_fixed_shape_training,
-    init_distributed,
     rank_seed,
-    seed_everything,
     translate_out_of_memory,
 )
 from PASTALib.train.data import (
@@ -60,16 +54,8 @@ from PASTALib.train.data import (
     lesion_samples,
     load_case,
 )
-from PASTALib.train.loop import TrainingLoop, gather_rank_state, load_training_state, restore_rank_state
-from PASTALib.train.progress import Progress
-from PASTALib.train.stage1 import (
-    CHECKPOINT_NAME,
-    FINAL_NAME,
-    METRICS_NAME,
-    TrainResult,
-    _config_json,
-    check_resume_compatible,
-)
+from PASTALib.train.loop import gather_rank_state, load_training_state, restore_optimisation, restore_rank_state
+from PASTALib.train.stage_loop import FINAL_NAME, StageLoop, TrainResult, check_resume_compatible
 
 STAGE2_FIELDS = ["iteration", "lr", "loss", "train_acc", "val_acc", "seconds"]
 #: settings a checkpoint must share with the run that resumes it
@@ -210,35 +196,21 @@ def check_lesion_labels(case: LoadedCase) -> None:
 
 
 def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None, stop: StopFlag | None = None) -> TrainResult:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.eval_every < 1:
         raise TrainingError("iterations, batch size, eval and checkpoint intervals must be ≥ 1")
-    dist_ctx, device = init_distributed(cfg.device)
-    try:
-        loop = Stage2Loop(cfg, dist_ctx, device, callback=callback, stop=stop)
-        loop.run()
-        return loop.result()
-    finally:
-        dist_ctx.close()
+    return Stage2Loop.train(cfg, callback=callback, stop=stop)
 
 
-class Stage2Loop(TrainingLoop):
+class Stage2Loop(StageLoop):
     """Stage-2 attribute-head training on the shared loop (hooks of :class:`TrainingLoop`)."""
 
     name = "stage2"
+    fields = STAGE2_FIELDS
+    curves = [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])]
 
     def __init__(self, cfg: Stage2Config, dist_ctx: DistContext, device: torch.device, *,
                  callback: IterationCallback | None = None, stop: StopFlag | None = None) -> None:
-        super().__init__(iterations=cfg.iterations, checkpoint_every=cfg.checkpoint_every, stop=stop,
-                         dist=dist_ctx, device=device)
-        self.cfg, self.callback, self.main = cfg, callback, dist_ctx.is_main
-        self.out = Path(cfg.out)
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_path = self.out / CHECKPOINT_NAME
-        self.cfg_json = _config_json(cfg)
-        seed_everything(cfg.seed)
+        super().__init__(cfg, dist_ctx, device, callback=callback, stop=stop)
         self.model = self._frozen_model()
         self._load_data()
         rank = dist_ctx.rank
@@ -251,8 +223,6 @@ class Stage2Loop(TrainingLoop):
         configure_fixed_shape_training(device)
         self.oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.crop_size,
                             "size_flag": "--crop-size", "amp": self.dtype is not None}
-        self.metrics: MetricsCSV | None = None
-        self.curves: TrainingLog | None = None
         self.head: torch.nn.Module = self.model.head
         self.val: dict[str, Any] = {}
 
@@ -279,10 +249,6 @@ class Stage2Loop(TrainingLoop):
         if not self.train_samples:
             raise TrainingError("no lesion reports in the training cases")
 
-    def log(self, text: str) -> None:
-        if self.main:
-            print(text, file=sys.stderr, flush=True)
-
     # --- resume / checkpoint -------------------------------------------------------------------
 
     def load_checkpoint(self) -> int | None:
@@ -291,9 +257,7 @@ class Stage2Loop(TrainingLoop):
             return None
         state = load_training_state(self.checkpoint_path)
         check_resume_compatible(state["config"], self.cfg_json, RESUME_KEYS, self.checkpoint_path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        iteration = int(state["iteration"])
+        iteration = restore_optimisation(state, self.model, self.optimizer)
 
         def reseed() -> None:
             self.batcher.rng = np.random.default_rng(rank_seed(cfg.seed, self.dist.rank, iteration))
@@ -312,55 +276,32 @@ class Stage2Loop(TrainingLoop):
                 "model_config": self.model.config.to_dict(), "optimizer": self.optimizer.state_dict(),
                 **ranks, "config": self.cfg_json,
             }, self.checkpoint_path)
-            self.curves.checkpoint()
+            self.log_writer.checkpoint()
         self.dist.barrier()
 
     # --- start / end ---------------------------------------------------------------------------
 
     def on_train_start(self) -> None:
-        cfg, out, it = self.cfg, self.out, self.iteration
+        cfg = self.cfg
         if self.resumed_from is None and cfg.standardize_features:  # same data on every rank
             fold_feature_standardization(self.model, self.batcher, self.train_samples, self.device, cfg.batch_size)
-        if self.main:
-            (out / "config.json").write_text(json.dumps(self.cfg_json, indent=2))
-            (out / "model_config.json").write_text(json.dumps(self.model.config.to_dict(), indent=2))
-            (out / "split.json").write_text(json.dumps({"train": self.train_names, "validation": self.val_names}, indent=2))
-            self.metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=it)
-        self.curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])],
-                                  tensorboard=cfg.tensorboard, enabled=self.main and cfg.curves, purge_step=it, log=self.log)
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.head = DistributedDataParallel(self.model.head,
-                                                device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.progress = Progress(cfg.iterations, desc="stage2", lines=cfg.progress_lines and self.main,
-                                 bar=cfg.progress_bar and self.main, initial=it, every=max(1, cfg.iterations // 200))
+        self.start_outputs({"model_config.json": self.model.config.to_dict(),
+                            "split.json": {"train": self.train_names, "validation": self.val_names}})
+        self.head = self.data_parallel(self.model.head)
         world = self.dist.world_size
-        self.progress.line(it / cfg.iterations, f"stage2 start at iteration {it}/{cfg.iterations} on {self.device}, "
-                           f"{len(self.train_samples)} train / {len(self.val_samples)} validation lesions"
-                           + (f", {world} processes" if world > 1 else ""))
-
-    def on_train_end(self, *, failed: bool) -> None:
-        if self.progress is not None:
-            self.progress.close()
-        if self.main and self.curves is not None:
-            if not failed:
-                self.curves.checkpoint()
-            self.curves.close()
+        self.start_progress(f", {len(self.train_samples)} train / {len(self.val_samples)} validation lesions"
+                            + (f", {world} processes" if world > 1 else ""))
 
     def result(self) -> TrainResult:
-        out, final = self.out, None
+        final = None
         if self.iteration >= self.cfg.iterations:
-            final = out / FINAL_NAME
+            final = self.out / FINAL_NAME
             if self.main:
                 atomic_torch_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, final)
                 if self.val_samples and not self.val:
                     self.val = self._evaluate()
-                (out / "eval.json").write_text(json.dumps(self.val, indent=2))
-            self.dist.barrier()
-            self.progress.line(1.0, f"stage2 done: {final}")
-        return TrainResult(self.iteration, out, final, self.checkpoint_path, out / METRICS_NAME,
-                           stopped_early=self.stopped, summary=self.val)
+                (self.out / "eval.json").write_text(json.dumps(self.val, indent=2))
+        return self.finish(final, self.val)
 
     # --- one iteration -------------------------------------------------------------------------
 
@@ -392,12 +333,3 @@ class Stage2Loop(TrainingLoop):
         if self.main and self.val_samples and due:
             self.val = self._evaluate()
             row["val_acc"] = self.val["mean"]
-
-    def log_iteration(self, iteration: int, row: dict[str, Any]) -> None:
-        if self.main:
-            self.metrics.write(row)
-            self.curves.scalars(iteration, row)
-
-    def on_iteration_end(self, iteration: int, row: dict[str, Any]) -> None:
-        if self.callback is not None:
-            self.callback(iteration, row)

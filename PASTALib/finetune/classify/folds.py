@@ -48,7 +48,7 @@ from PASTALib.train.common import (
     resolve_device,
     translate_out_of_memory,
 )
-from PASTALib.train.loop import TrainingLoop, load_training_state
+from PASTALib.train.loop import TrainingLoop, load_training_state, restore_optimisation
 from PASTALib.train.progress import Progress
 
 IterationObserver = Callable[[int, int, float], None]
@@ -114,11 +114,7 @@ class FoldLoop(TrainingLoop):
         state = load_training_state(self.checkpoint_path, map_location=self.device)
         if state.get("fingerprint") != self.cfg.fingerprint():
             raise ClassifyError(f"{self.checkpoint_path} was written with other settings; use another --out or --no-resume")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
+        start = restore_optimisation(state, self.model, self.optimizer, self.scaler)
         self.progress.advance(start, f"fold {self.fold}: resumed at iteration {start}", force=True)
         return start
 
