@@ -210,8 +210,8 @@ def test_class_weights_reach_the_loss(cohort, monkeypatch):
     nll = -torch.log_softmax(logits, 1)[torch.arange(3), target]
     w = torch.tensor([1.0, 10.0])[target]
     assert float(make_loss("detection", [1.0, 10.0])(logits, target)) == pytest.approx(float((w * nll).sum() / w.sum()))
-    # In training: every fold's loss is built with the configured weights (spy on make_loss).
-    from PASTALib.finetune import classify
+    # In training: every fold's loss is built with the configured weights (spy on make_loss where the fold loop calls it).
+    from PASTALib.finetune.classify import folds
 
     seen = []
 
@@ -219,7 +219,7 @@ def test_class_weights_reach_the_loss(cohort, monkeypatch):
         seen.append((task, None if weights is None else list(weights)))
         return make_loss(task, weights, device)
 
-    monkeypatch.setattr(classify, "make_loss", spy)
+    monkeypatch.setattr(folds, "make_loss", spy)
     out = cohort.root / "weights"  # (also: a randomly initialised baseline, --init scratch, of the tiny layout)
     train_classifier(_config(cohort, out, class_weights=(1.0, 4.0), folds=2, iterations=2, init="scratch",
                              scratch_config=UNetConfig.tiny().to_dict()))

@@ -79,9 +79,8 @@ def _threads(n: int | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import signal
-
     from PASTALib.refine import RefinerConfig, TrainOptions, load_cases, train_refiner
+    from PASTALib.train.common import StopFlag
 
     _threads(args.threads)
     config = RefinerConfig(crop_size=args.crop, channels=tuple(int(c) for c in args.channels.split(",")), lr=args.lr,
@@ -90,17 +89,9 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainOptions(iterations=args.iterations, batch=args.batch, device=args.device, amp=args.amp,
                            resume=args.resume, seed=args.seed, val_every=args.val_every, val_crops=args.val_crops,
                            checkpoint_every=args.checkpoint_every, progress_lines=args.progress_lines)
-    flag = {"stop": False}
-
-    def handler(signum, frame):  # save a checkpoint at the end of the current iteration, then exit
-        flag["stop"] = True
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        result = train_refiner(config, cases, args.out, options, stop=lambda: flag["stop"], data_source=str(args.data))
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    stop = StopFlag()  # SIGTERM/SIGINT: save a checkpoint at the end of the current iteration, then exit
+    with stop.install_signal_handlers():
+        result = train_refiner(config, cases, args.out, options, stop=stop, data_source=str(args.data))
     if result.stopped:
         print(f"stopped at iteration {result.iteration}; resume with --resume (checkpoint {result.files['checkpoint']})")
         return 130

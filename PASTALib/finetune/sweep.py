@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ from PASTALib.finetune.core import (
     write_csv_atomic,
 )
 from PASTALib.train.common import StopFlag, TrainingError
+from PASTALib.train.progress import Progress
 
 FEWSHOT_NAME = "fewshot.csv"
 #: the columns ``pasta evaluate fewshot`` reads by default (method, K, value) plus where each value comes from
@@ -137,36 +137,6 @@ def finished_run(cfg: FinetuneConfig, init: Path | None) -> bool:
     return True
 
 
-class _Progress:
-    """One tqdm bar over every iteration of the sweep + ``PROGRESS <fraction> <message>`` lines.
-
-    Not PASTALib.train.common.Progress: that one advances one iteration per call, while a sweep jumps
-    (runs finished earlier, runs resumed from their checkpoint).
-    """
-
-    def __init__(self, total: int, lines: bool, bar: bool) -> None:
-        self.total, self.lines, self.every = max(1, total), lines, max(1, total // 200)
-        self.last = -self.every
-        self.bar = None
-        if bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, desc="few-shot sweep", file=sys.stderr, dynamic_ncols=True, disable=None)
-
-    def __call__(self, position: int, message: str, force: bool = False) -> None:
-        position = min(max(position, 0), self.total)
-        if self.bar is not None:
-            self.bar.update(position - self.bar.n)
-            self.bar.set_postfix_str(message[:60], refresh=False)
-        if self.lines and (force or position - self.last >= self.every or position == self.total):
-            self.last = position
-            print(f"PROGRESS {position / self.total:.4f} {message}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def fewshot_rows(method: str, k: int, fold: int, validation: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """validation.csv rows of one run → fewshot.csv rows (value = DSC; NaN where the class is absent)."""
     return [{"method": method, "K": k, "fold": fold, "case": r["case"], "class": r["class"], "name": r["name"],
@@ -198,7 +168,8 @@ def run_sweep(cfg: FinetuneConfig, ks: Sequence[int], folds: Sequence[int] | Non
     result = SweepResult(out, method, None, notes=notes)
     stop = stop or StopFlag()
     iters, n = cfg.iterations, len(plan)
-    progress = _Progress(n * iters, cfg.progress_lines, cfg.progress_bar)
+    progress = Progress(n * iters, desc="few-shot sweep", lines=cfg.progress_lines, bar=cfg.progress_bar,
+                        every=max(1, n * iters // 200))
     rows: list[dict[str, Any]] = []
     try:
         for i, (k, fold) in enumerate(plan):
@@ -208,13 +179,13 @@ def run_sweep(cfg: FinetuneConfig, ks: Sequence[int], folds: Sequence[int] | Non
             if cfg.resume and finished_run(run_cfg, init):  # --no-resume: every run starts over
                 validation = read_validation(Path(run_cfg.out) / VALIDATION_NAME)
                 status = "finished earlier"
-                progress((i + 1) * iters, f"{tag}: finished earlier, skipped", force=True)
+                progress.update((i + 1) * iters, f"{tag}: finished earlier, skipped", force=True)
             else:
-                progress(i * iters, f"{tag}: fine-tuning", force=True)
+                progress.update(i * iters, f"{tag}: fine-tuning", force=True)
 
                 def on_iteration(iteration: int, row: dict[str, float], _i: int = i, _k: int = k, _f: int = fold,
                                  _tag: str = tag) -> None:
-                    progress(_i * iters + iteration, f"{_tag}: iteration {iteration}/{iters} loss {row['loss']:.4f}")
+                    progress.update(_i * iters + iteration, f"{_tag}: iteration {iteration}/{iters} loss {row['loss']:.4f}")
                     if callback is not None:
                         callback(_k, _f, iteration, row)
 
@@ -222,7 +193,7 @@ def run_sweep(cfg: FinetuneConfig, ks: Sequence[int], folds: Sequence[int] | Non
                 if res.stopped_early or res.final_model is None:
                     result.runs.append(SweepRun(k, fold, Path(run_cfg.out), "stopped"))
                     result.stopped_early = True
-                    progress(i * iters + res.iteration, f"{tag}: stopped at iteration {res.iteration}", force=True)
+                    progress.update(i * iters + res.iteration, f"{tag}: stopped at iteration {res.iteration}", force=True)
                     break
                 validation, status = res.validation, "trained"
             scores = [r["dice"] for r in validation if not math.isnan(r["dice"])]
@@ -231,7 +202,7 @@ def run_sweep(cfg: FinetuneConfig, ks: Sequence[int], folds: Sequence[int] | Non
             rows += fewshot_rows(method, k, fold, validation)
             # rewritten after every run: a stopped sweep keeps the table of what is finished
             result.csv = write_csv_atomic(out / FEWSHOT_NAME, rows, FEWSHOT_FIELDS, float_fields=("value",))
-            progress((i + 1) * iters, f"{tag}: done, held-out DSC "
+            progress.update((i + 1) * iters, f"{tag}: done, held-out DSC "
                      + (f"{mean:.3f}" if mean is not None else "n/a"), force=True)
     finally:
         progress.close()

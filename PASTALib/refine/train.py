@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +36,13 @@ from PASTALib.refine.checkpoint import (
     read_checkpoint,
 )
 from PASTALib.refine.config import RefinerConfig
-from PASTALib.runtime import amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler, optimizer_step, restoring
+from PASTALib.runtime import (amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler,
+                              optimizer_step, restoring)
 from PASTALib.runtime import resolve_device as _resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
+from PASTALib.train.loop import StopSource, TrainingLoop
+from PASTALib.train.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -173,123 +175,151 @@ def _weights_payload(model: torch.nn.Module, config: RefinerConfig, iteration: i
 
 
 def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLike, options: TrainOptions | None = None,
-                  *, stop: Callable[[], bool] | None = None, data_source: str | None = None) -> TrainResult:
-    """Train (or resume with ``options.resume``) and write checkpoint.pt, refiner.pt, loss.csv, loss.png."""
-    options = options or TrainOptions()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(options.device)
-    autocast_dtype = amp_dtype(device, options.amp)
-    configure_fixed_shape_training(device)  # one crop shape for the whole run
-    t_start = time.perf_counter()
+                  *, stop: StopSource | None = None, data_source: str | None = None) -> TrainResult:
+    """Train (or resume with ``options.resume``) and write checkpoint.pt, refiner.pt, loss.csv, loss.png.
+    ``stop`` (a StopFlag or a callable) ends the run after the current iteration, with a checkpoint."""
+    loop = RefinerLoop(config, cases, Path(out), options or TrainOptions(), stop=stop, data_source=data_source)
+    loop.run()
+    return loop.result()
 
-    torch.manual_seed(options.seed)  # weight init
-    model = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaler = make_grad_scaler(device, autocast_dtype)
-    inferer = DiffusionInferer(build_scheduler(config))
-    sampler_rng = np.random.default_rng([options.seed, 0])
-    gen = torch.Generator().manual_seed(options.seed)
-    train_hist: list[tuple[int, float]] = []
-    val_hist: list[tuple[int, float]] = []
-    start = 0
 
-    ckpt_path = out / CHECKPOINT_NAME
-    if options.resume and ckpt_path.is_file():
-        obj = read_checkpoint(ckpt_path)
-        saved = config_from_checkpoint(obj, ckpt_path)
-        if saved.to_dict() != config.to_dict():
-            diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
+class RefinerLoop(TrainingLoop):
+    """The refinement DDPM's training on the shared loop (hooks of PASTALib.train.loop.TrainingLoop)."""
+
+    name = "refine"
+
+    def __init__(self, config: RefinerConfig, cases: list[Case], out: Path, options: TrainOptions, *,
+                 stop: StopSource | None = None, data_source: str | None = None) -> None:
+        device = resolve_device(options.device)
+        super().__init__(iterations=options.iterations, checkpoint_every=options.checkpoint_every,
+                         stop=self._stop_source(stop, options), device=device)
+        self.config, self.cases, self.out, self.options, self.data_source = config, cases, out, options, data_source
+        out.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = out / CHECKPOINT_NAME
+        self.autocast_dtype = amp_dtype(device, options.amp)
+        configure_fixed_shape_training(device)  # one crop shape for the whole run
+        self.t_start = time.perf_counter()
+        torch.manual_seed(options.seed)  # weight init
+        self.model = build_model(config).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scaler = make_grad_scaler(device, self.autocast_dtype)
+        self.inferer = DiffusionInferer(build_scheduler(config))
+        self.sampler_rng = np.random.default_rng([options.seed, 0])
+        self.gen = torch.Generator().manual_seed(options.seed)
+        self.train_hist: list[tuple[int, float]] = []
+        self.val_hist: list[tuple[int, float]] = []
+        self.t_max = config.train_t_max or config.num_train_timesteps
+
+    def _stop_source(self, stop: StopSource | None, options: TrainOptions) -> Callable[[], bool]:
+        """The caller's stop, or ``options.stop_after`` iterations done (tests: as if killed there)."""
+        asked = (lambda: False) if stop is None else stop if callable(stop) else (lambda: stop.stop)
+        return lambda: asked() or (options.stop_after is not None and self.iteration >= options.stop_after)
+
+    # --- resume / checkpoint -------------------------------------------------------------------
+
+    def load_checkpoint(self) -> int | None:
+        path = self.checkpoint_path
+        if not self.options.resume:
+            return None
+        if not path.is_file():
+            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
+            return None
+        obj = read_checkpoint(path)
+        saved, now = config_from_checkpoint(obj, path).to_dict(), self.config.to_dict()
+        if saved != now:
+            diff = {k: (v, now[k]) for k, v in saved.items() if now[k] != v}
             raise RefinerTrainingError(
-                f"--resume: {ckpt_path} was trained with other settings {diff} (checkpoint, requested). "
+                f"--resume: {path} was trained with other settings {diff} (checkpoint, requested). "
                 "Resume with the same settings or use a new --out folder."
             )
         if "optimizer" not in obj or "rng" not in obj:
-            raise RefinerCheckpointError(f"{ckpt_path} holds weights only (no optimizer/RNG state); it cannot be resumed.")
-        load_model_state(model, obj["model"], ckpt_path)
-        with restoring(ckpt_path, f"Delete {ckpt_path} or rerun without --resume to start over."):
-            optimizer.load_state_dict(obj["optimizer"])
-            if scaler is not None and obj.get("scaler"):
-                scaler.load_state_dict(obj["scaler"])
-            sampler_rng.bit_generator.state = obj["rng"]["sampler"]
-            gen.set_state(obj["rng"]["torch"])
-            start = int(obj["iteration"])
-        train_hist = [(int(i), float(v)) for i, v in obj["history"]["train"]]
-        val_hist = [(int(i), float(v)) for i, v in obj["history"]["val"]]
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
-    elif options.resume:
-        log.warning("--resume: no checkpoint in %s, starting from scratch", out)
+            raise RefinerCheckpointError(f"{path} holds weights only (no optimizer/RNG state); it cannot be resumed.")
+        load_model_state(self.model, obj["model"], path)
+        with restoring(path, f"Delete {path} or rerun without --resume to start over."):
+            self.optimizer.load_state_dict(obj["optimizer"])
+            if self.scaler is not None and obj.get("scaler"):
+                self.scaler.load_state_dict(obj["scaler"])
+            self.sampler_rng.bit_generator.state = obj["rng"]["sampler"]
+            self.gen.set_state(obj["rng"]["torch"])
+            self.train_hist = [(int(i), float(v)) for i, v in obj["history"]["train"]]
+            self.val_hist = [(int(i), float(v)) for i, v in obj["history"]["val"]]
+        log.info("resumed from %s at iteration %d", path, int(obj["iteration"]))
+        return int(obj["iteration"])
 
-    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "data": data_source,
-                                                 "cases": [c.name for c in cases],
-                                                 "options": {k: v for k, v in vars(options).items()}}, indent=2, default=str))
-    sampler = CropSampler(cases, config.crop_size, sampler_rng)
-    val = _val_set(cases, config, options)
-    t_max = config.train_t_max or config.num_train_timesteps
-
-    def save(iteration: int) -> None:
-        payload = _weights_payload(model, config, iteration)
+    def save_checkpoint(self) -> None:
+        payload = _weights_payload(self.model, self.config, self.iteration)
         payload.update({
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"sampler": sampler_rng.bit_generator.state, "torch": gen.get_state()},
-            "history": {"train": train_hist, "val": val_hist}, "options": {k: str(v) for k, v in vars(options).items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": {"sampler": self.sampler_rng.bit_generator.state, "torch": self.gen.get_state()},
+            "history": {"train": self.train_hist, "val": self.val_hist},
+            "options": {k: str(v) for k, v in vars(self.options).items()},
         })
-        atomic_torch_save(payload, ckpt_path)
-        write_curves(out, train_hist, val_hist)
+        atomic_torch_save(payload, self.checkpoint_path)
+        write_curves(self.out, self.train_hist, self.val_hist)
 
-    bar = None
-    if options.progress_bar:
-        from tqdm import tqdm
+    # --- start / end ---------------------------------------------------------------------------
 
-        bar = tqdm(total=options.iterations, initial=start, desc="refine train", file=sys.stderr, dynamic_ncols=True, disable=None)
+    def on_train_start(self) -> None:
+        options = self.options
+        (self.out / "config.json").write_text(json.dumps({
+            "config": self.config.to_dict(), "data": self.data_source, "cases": [c.name for c in self.cases],
+            "options": {k: v for k, v in vars(options).items()}}, indent=2, default=str))
+        self.sampler = CropSampler(self.cases, self.config.crop_size, self.sampler_rng)
+        self.val = _val_set(self.cases, self.config, options)
+        self.progress = Progress(options.iterations, desc="refine train", lines=options.progress_lines,
+                                 bar=options.progress_bar, initial=self.iteration)
+        if self.iteration == 0 and not self.val_hist:
+            self.val_hist.append((0, self._validate()))
+            self.progress.line(0.0, f"validation L1 {self.val_hist[-1][1]:.4f}")
+        self.model.train()
 
-    def progress(it: int, msg: str) -> None:
-        if options.progress_lines:
-            print(f"PROGRESS {it / max(options.iterations, 1):.4f} {msg}", flush=True)
+    def on_train_end(self, *, failed: bool) -> None:
+        if self.progress is not None:
+            self.progress.close()
 
-    if start == 0 and not val_hist:
-        val_hist.append((0, _validate(model, inferer, val, options.batch, device, autocast_dtype)))
-        progress(0, f"validation L1 {val_hist[-1][1]:.4f}")
+    def result(self) -> TrainResult:
+        it, options = self.iteration, self.options
+        files = {"checkpoint": self.checkpoint_path, "csv": self.out / CSV_NAME, "png": self.out / PNG_NAME}
+        if it >= options.iterations and not self.stopped:
+            if not self.checkpoint_path.is_file() or self.resumed_from == options.iterations:
+                self.checkpoint()
+            files["weights"] = atomic_torch_save(_weights_payload(self.model, self.config, it), self.out / WEIGHTS_NAME)
+            self.progress.line(1.0, f"done: {files['weights']}")
+        return TrainResult(self.out, it, self.train_hist, self.val_hist, time.perf_counter() - self.t_start,
+                           self.stopped, files)
 
-    model.train()
-    stopped = False
-    it = start
-    for it in range(start + 1, options.iterations + 1):
-        x, c = sampler.batch(options.batch)
-        t = torch.randint(0, t_max, (options.batch,), generator=gen)
-        noise = torch.randn(x.shape, generator=gen)
-        xb = torch.from_numpy(config.normalize(x)).to(device)
+    # --- one iteration -------------------------------------------------------------------------
+
+    def train_step(self, iteration: int) -> dict[str, Any]:
+        x, c = self.sampler.batch(self.options.batch)
+        t = torch.randint(0, self.t_max, (self.options.batch,), generator=self.gen)
+        noise = torch.randn(x.shape, generator=self.gen)
+        device = self.device
+        xb = torch.from_numpy(self.config.normalize(x)).to(device)
         cb = torch.from_numpy(c).to(device)
         noise_d = noise.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else _null():
-            pred = inferer(inputs=xb, diffusion_model=model, noise=noise_d, timesteps=t.to(device), condition=cb, mode="concat")
+        with torch.autocast(device.type, dtype=self.autocast_dtype) if self.autocast_dtype else _null():
+            pred = self.inferer(inputs=xb, diffusion_model=self.model, noise=noise_d, timesteps=t.to(device),
+                                condition=cb, mode="concat")
         loss = F.l1_loss(pred.float(), noise_d)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            save(it - 1)
-            raise RefinerTrainingError(f"Loss became {float(loss)} at iteration {it}; lower the learning rate or disable --amp.")
-        optimizer_step(loss, optimizer, scaler)
-        train_hist.append((it, loss_value))
-        msg = f"iteration {it}/{options.iterations} L1 {loss_value:.4f}"
-        if it % options.val_every == 0 or it == options.iterations:
-            val_hist.append((it, _validate(model, inferer, val, options.batch, device, autocast_dtype)))
-            msg += f" validation L1 {val_hist[-1][1]:.4f}"
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", val=f"{val_hist[-1][1]:.4f}", refresh=False)
-        progress(it, msg)
-        want_stop = (stop is not None and stop()) or (options.stop_after is not None and it >= options.stop_after)
-        if it % options.checkpoint_every == 0 or it == options.iterations or want_stop:
-            save(it)
-        if want_stop:
-            stopped = it < options.iterations
-            break
-    if bar is not None:
-        bar.close()
-    files = {"checkpoint": ckpt_path, "csv": out / CSV_NAME, "png": out / PNG_NAME}
-    if it >= options.iterations and not stopped:
-        if not ckpt_path.is_file() or start == options.iterations:
-            save(it)
-        files["weights"] = atomic_torch_save(_weights_payload(model, config, it), out / WEIGHTS_NAME)
-        progress(options.iterations, f"done: {files['weights']}")
-    return TrainResult(out, it, train_hist, val_hist, time.perf_counter() - t_start, stopped, files)
+            self.checkpoint()  # the state before this step
+            raise RefinerTrainingError(f"Loss became {float(loss)} at iteration {iteration + 1}; lower the learning "
+                                       "rate or disable --amp.")
+        optimizer_step(loss, self.optimizer, self.scaler)
+        self.train_hist.append((iteration + 1, loss_value))
+        return {"loss": loss_value}
+
+    def _validate(self) -> float:
+        return _validate(self.model, self.inferer, self.val, self.options.batch, self.device, self.autocast_dtype)
+
+    def validation_step(self, iteration: int, row: dict[str, Any]) -> None:
+        if iteration % self.options.val_every == 0 or iteration == self.options.iterations:
+            self.val_hist.append((iteration, self._validate()))
+            row["val_loss"] = self.val_hist[-1][1]
+
+    def progress_message(self, iteration: int, row: dict[str, Any]) -> str:
+        msg = f"iteration {iteration}/{self.options.iterations} L1 {row['loss']:.4f}"
+        return msg + (f" validation L1 {row['val_loss']:.4f}" if "val_loss" in row else "")

@@ -6,7 +6,8 @@
 
 CLI: ``pasta train stage1|stage2 --data DIR --out DIR [--device cuda] [--progress-lines]``; several GPUs:
 ``torchrun --nproc_per_node N -m PASTALib train stage1 ...`` (DistributedDataParallel, rank 0 writes).
-Stage 1 also takes ``--num-workers``, ``--compile``, ``--channels-last``; both stages write metrics.csv,
+Both stages (and the refiner and classifier trainings) run on the one hook-based loop of
+PASTALib.train.loop and report through PASTALib.train.progress. Stage 1 also takes ``--num-workers``, ``--compile``, ``--channels-last``; both stages write metrics.csv,
 curves.png and (with the tensorboard package) OUT/tensorboard.
 """
 
@@ -31,6 +32,8 @@ from PASTALib.train.data import (
     lesion_samples,
     load_case,
 )
+from PASTALib.train.loop import TrainingLoop, load_training_state
+from PASTALib.train.progress import Progress
 from PASTALib.train.stage1 import (
     DeepSupervisionLoss,
     Stage1Config,
@@ -53,12 +56,14 @@ __all__ = [
     "LesionSample",
     "MetricsCSV",
     "PatchSampler",
+    "Progress",
     "Stage1Config",
     "Stage2Config",
     "StopFlag",
     "TrainResult",
     "TrainingError",
     "TrainingLog",
+    "TrainingLoop",
     "TrainingOutOfMemoryError",
     "amp_dtype",
     "atomic_torch_save",
@@ -70,6 +75,7 @@ __all__ = [
     "init_distributed",
     "lesion_samples",
     "load_case",
+    "load_training_state",
     "poly_lr",
     "resolve_device",
     "train_stage1",

@@ -1,4 +1,6 @@
-"""Shared training infrastructure: device/AMP, RNG state, atomic checkpoints, metrics, progress."""
+"""Shared training infrastructure: device/AMP, RNG state, atomic checkpoints, metrics, stop flag, DDP.
+
+The loop itself is PASTALib.train.loop, the progress reporter PASTALib.train.progress."""
 
 from __future__ import annotations
 
@@ -126,35 +128,6 @@ class MetricsCSV:
     def read(path: str | os.PathLike) -> list[dict[str, float]]:
         with open(path, newline="") as fh:
             return [{k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in csv.DictReader(fh)]
-
-
-class Progress:
-    """tqdm bar on stderr plus ``PROGRESS <fraction> <message>`` lines on stdout (Slicer parses them)."""
-
-    def __init__(self, total: int, initial: int, desc: str, lines: bool, bar: bool = True, every: int = 1) -> None:
-        self.total, self.lines, self.every = total, lines, max(1, every)
-        self._bar = None
-        if bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                             disable=None)
-
-    def update(self, iteration: int, message: str, **postfix: float) -> None:
-        if self._bar is not None:
-            self._bar.update(1)
-            if postfix:
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
-        if self.lines and (iteration % self.every == 0 or iteration == self.total):
-            print(f"PROGRESS {iteration / max(self.total, 1):.4f} {message}", flush=True)
-
-    def message(self, fraction: float, text: str) -> None:
-        if self.lines:
-            print(f"PROGRESS {fraction:.4f} {text}", flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 class StopFlag:

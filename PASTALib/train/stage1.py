@@ -36,14 +36,12 @@ InstanceNorm3d returns the standard layout, so each convolution converts back - 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,39 +53,40 @@ from PASTALib.train.common import (
     AMP_CHOICES,
     DistContext,
     IterationCallback,
-    MetricsCSV,
-    Progress,
     StopFlag,
     TrainingError,
-    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
     configure_fixed_shape_training,
-    init_distributed,
+    is_out_of_memory,
     make_grad_scaler,
     maybe_compile,
     poly_lr,
     rank_seed,
-    read_resume_state,
-    restoring,
-    rng_state,
-    seed_everything,
-    set_rng_state,
     translate_out_of_memory,
 )
-from PASTALib.train.data import (
-    LESION_LABELS,
-    IterationPatchBatches,
-    PatchSampler,
-    discover_cases,
-    load_case,
+from PASTALib.train.data import IterationPatchBatches, PatchSampler, discover_cases, load_case
+from PASTALib.train.loop import gather_rank_state, load_training_state, restore_optimisation, restore_rank_state
+from PASTALib.train.losses import (  # noqa: F401  (part of stage 1's API)
+    DeepSupervisionLoss,
+    batch_dice,
+    class_weights,
+    deep_supervision_weights,
+)
+from PASTALib.train.stage_loop import (  # noqa: F401  (part of stage 1's API)
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    METRICS_NAME,
+    StageLoop,
+    TrainResult,
+    check_resume_compatible,
 )
 
-CHECKPOINT_NAME = "checkpoint_last.pt"
-FINAL_NAME = "model_final.pth"
-METRICS_NAME = "metrics.csv"
 STAGE1_FIELDS = ["iteration", "lr", "loss", "dice_lesion", "dice_organ", "seconds"]
+#: settings a checkpoint must share with the run that resumes it
+RESUME_KEYS = ["num_classes", "base_channels", "max_channels", "num_stages", "patch_size", "batch_size", "lr",
+               "optimizer", "lesion_weight", "seed"]
 
 
 @dataclass
@@ -160,93 +159,12 @@ class Stage1Config:
             raise TrainingError("iterations, batch size and checkpoint interval must be ≥ 1")
 
 
-@dataclass
-class TrainResult:
-    iteration: int
-    out: Path
-    final_model: Path | None
-    checkpoint: Path
-    metrics: Path
-    stopped_early: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov; the nnU-Net/PASTA recipe) or Adam; both under the poly schedule."""
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                            weight_decay=cfg.weight_decay)
-
-
-def class_weights(num_classes: int, lesion_weight: float) -> list[float] | None:
-    """Per-class loss weights: 1 everywhere, ``lesion_weight`` for the lesion labels 11-25 (None when 1)."""
-    if lesion_weight == 1.0:
-        return None
-    return [lesion_weight if c in LESION_LABELS else 1.0 for c in range(num_classes)]
-
-
-def deep_supervision_weights(n: int, drop_lowest: bool = True) -> list[float]:
-    """1/2^i for i = 0..n-1, lowest resolution set to 0 (nnU-Net v1) when n > 2, normalised."""
-    w = np.array([1 / 2**i for i in range(n)])
-    if drop_lowest and n > 2:
-        w[-1] = 0
-    return (w / w.sum()).tolist()
-
-
-class DeepSupervisionLoss(torch.nn.Module):
-    """Weighted sum of MONAI DiceCELoss over the deep-supervision outputs (full resolution first);
-    targets are downsampled by nearest-neighbour striding."""
-
-    def __init__(self, n_outputs: int, class_weights: Sequence[float] | None = None) -> None:
-        super().__init__()
-        from monai.losses import DiceCELoss
-
-        self.weights = deep_supervision_weights(n_outputs)
-        weight = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
-        self.loss = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                               smooth_nr=1e-5, smooth_dr=1e-5, weight=weight)
-
-    def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        total = outputs[0].new_zeros((), dtype=torch.float32)
-        for i, (w, out) in enumerate(zip(self.weights, outputs)):
-            if w == 0:
-                continue
-            s = 2**i
-            t = target[:, :, ::s, ::s, ::s] if s > 1 else target
-            total = total + w * self.loss(out.float(), t)
-        return total
-
-
-def _dice(pred: torch.Tensor, ref: torch.Tensor) -> float:
-    denom = int(pred.sum()) + int(ref.sum())
-    return float("nan") if denom == 0 else 2.0 * int((pred & ref).sum()) / denom
-
-
-def batch_dice(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
-    """Hard Dice of 'any lesion' (11-25) and 'any organ' (1-10) on a batch."""
-    with torch.no_grad():
-        pred = logits.argmax(1)
-        ref = target[:, 0].long()
-        lesion = (pred >= LESION_LABELS[0]) & (pred <= LESION_LABELS[-1])
-        lesion_ref = (ref >= LESION_LABELS[0]) & (ref <= LESION_LABELS[-1])
-        organ = (pred >= 1) & (pred < LESION_LABELS[0])
-        organ_ref = (ref >= 1) & (ref < LESION_LABELS[0])
-        return _dice(lesion, lesion_ref), _dice(organ, organ_ref)
-
-
-def _config_json(cfg: Any) -> dict:
-    data = asdict(cfg)
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
-
-
-def check_resume_compatible(saved: dict, current: dict, keys: Sequence[str], path: Path) -> None:
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-    if diff:
-        raise TrainingError(
-            f"{path} was written with different settings ({'; '.join(diff)}); use the same settings, "
-            "another --out folder, or --no-resume to start over"
-        )
 
 
 def resolve_num_workers(requested: int | None, device: torch.device, world_size: int = 1) -> int:
@@ -298,248 +216,193 @@ def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None
     """Run (or resume) stage-1 training; returns where the model and metrics are. Under torchrun
     (WORLD_SIZE > 1) runs data-parallel; see the module docstring."""
     cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    dist_ctx, device = init_distributed(cfg.device)
-    try:
-        return _train_stage1(cfg, dist_ctx, device, callback, stop or StopFlag())
-    finally:
-        dist_ctx.close()
+    return Stage1Loop.train(cfg, callback=callback, stop=stop)
 
 
-def _log(dist_ctx: DistContext, text: str) -> None:
-    if dist_ctx.is_main:
-        print(text, file=sys.stderr, flush=True)
+class Stage1Loop(StageLoop):
+    """Stage-1 segmentation training on the shared loop (hooks of :class:`TrainingLoop`)."""
 
+    name = "stage1"
+    fields = STAGE1_FIELDS
+    curves = [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])]
 
-def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device,
-                  callback: IterationCallback | None, stop: StopFlag) -> TrainResult:
-    out = Path(cfg.out)
-    main = dist_ctx.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
-    log = lambda text: _log(dist_ctx, text)
-    rank, world = dist_ctx.rank, dist_ctx.world_size
+    def __init__(self, cfg: Stage1Config, dist_ctx: DistContext, device: torch.device, *,
+                 callback: IterationCallback | None = None, stop: StopFlag | None = None) -> None:
+        super().__init__(cfg, dist_ctx, device, callback=callback, stop=stop)
+        rank = dist_ctx.rank
+        self.cases = [load_case(r, seed=cfg.seed + i) for i, r in enumerate(discover_cases(cfg.data))]
+        self.sampler_kw = {"fg_fraction": cfg.fg_fraction, "lesion_priority": cfg.lesion_priority, "flip": cfg.flip}
+        self.sampler = PatchSampler(self.cases, cfg.patch_size, seed=cfg.seed if rank == 0 else rank_seed(cfg.seed, rank),
+                                    **self.sampler_kw)
+        self.num_workers = resolve_num_workers(cfg.num_workers, device, dist_ctx.world_size)
+        self.loader_mode = "per-iteration" if self.num_workers > 0 else "stream"
+        self.mcfg = cfg.model_config()
+        init = cfg.init if cfg.init and not (cfg.resume and self.checkpoint_path.is_file()) else None
+        self.model, self.criterion = build_model_and_loss(cfg, device, init=init)
+        configure_fixed_shape_training(device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
+        self.scaler = make_grad_scaler(device, self.dtype)
+        self.normalize = (normalization_from_dict(cfg.normalization) if cfg.normalization
+                          else SLFNormalization(tuple(cfg.slf_values)))
+        self.oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.patch_size,
+                            "size_flag": "--patch-size", "amp": self.dtype is not None}
+        self.batches: Iterator | None = None
+        self.train_model: torch.nn.Module = self.model
+        self.eager_model, self.compiled, self.first_step = self.model, False, True
 
-    seed_everything(cfg.seed)  # same on every rank: identical initial weights (DDP also broadcasts rank 0's)
-    records = discover_cases(cfg.data)
-    cases = [load_case(r, seed=cfg.seed + i) for i, r in enumerate(records)]
-    sampler_kw = {"fg_fraction": cfg.fg_fraction, "lesion_priority": cfg.lesion_priority, "flip": cfg.flip}
-    sampler = PatchSampler(cases, cfg.patch_size, seed=cfg.seed if rank == 0 else rank_seed(cfg.seed, rank),
-                           **sampler_kw)
-    num_workers = resolve_num_workers(cfg.num_workers, device, world)
-    loader_mode = "per-iteration" if num_workers > 0 else "stream"
+    # --- resume / checkpoint -------------------------------------------------------------------
 
-    mcfg = cfg.model_config()
-    init = cfg.init if cfg.init and not (cfg.resume and ckpt_path.is_file()) else None
-    model, criterion = build_model_and_loss(cfg, device, init=init)
-    configure_fixed_shape_training(device)
-    optimizer = make_optimizer(model, cfg)
-    dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
-    scaler = make_grad_scaler(device, dtype)
+    def load_checkpoint(self) -> int | None:
+        cfg = self.cfg
+        if not (cfg.resume and self.checkpoint_path.is_file()):
+            return None
+        state = load_training_state(self.checkpoint_path, ("config", "model", "optimizer", "iteration"))
+        check_resume_compatible(state["config"], self.cfg_json, RESUME_KEYS, self.checkpoint_path)
+        iteration = restore_optimisation(state, self.model, self.optimizer, self.scaler,
+                                         source=self.checkpoint_path)
 
-    iteration = 0
-    resumed_from: int | None = None
-    cfg_json = _config_json(cfg)
-    if cfg.resume and ckpt_path.is_file():
-        fix = f"Delete {ckpt_path} (or rerun with --no-resume) to start over."
-        state = read_resume_state(ckpt_path, ("config", "model", "optimizer", "iteration"), fix)
-        check_resume_compatible(state["config"], cfg_json, ["num_classes", "base_channels", "max_channels",
-                                                            "num_stages", "patch_size", "batch_size", "lr", "optimizer", "lesion_weight", "seed"], ckpt_path)
-        with restoring(ckpt_path, fix):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            iteration = int(state["iteration"])
-        resumed_from = iteration
-        saved_world = int(state.get("world_size", 1))
+        def reseed() -> None:
+            self.sampler = PatchSampler(self.cases, cfg.patch_size, seed=rank_seed(cfg.seed, self.dist.rank, iteration),
+                                        **self.sampler_kw)
+
+        if not restore_rank_state(state, self.dist, self.sampler, reseed=reseed):
+            self.log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
+                     f"process(es): weights, optimizer and iteration {iteration} are restored, the per-rank patch "
+                     "streams are re-seeded from (seed, rank, iteration); the continuation is valid training but "
+                     "not bit-identical to an uninterrupted run")
         saved_mode = state.get("loader", "stream")
-        samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
-        if saved_world == world:
-            sampler.load_state_dict(samplers[rank])
-            set_rng_state(rngs[rank])
-        else:
-            log(f"resuming a {saved_world}-process checkpoint with {world} process(es): weights, optimizer and "
-                f"iteration {iteration} are restored, the per-rank patch streams are re-seeded from (seed, rank, "
-                "iteration); the continuation is valid training but not bit-identical to an uninterrupted run")
-            sampler = PatchSampler(cases, cfg.patch_size, seed=rank_seed(cfg.seed, rank, iteration), **sampler_kw)
-            set_rng_state(rngs[0])
         del state  # model and optimizer hold copies now; do not keep a 1.9 GB CPU copy for the whole run
-        if saved_mode != loader_mode:
-            log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the {loader_mode!r} one "
-                f"(--num-workers {'> 0' if num_workers else '0'}): valid training, not bit-identical to an "
-                "uninterrupted run")
-    if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
-        dist_ctx.agree_on_resume(resumed_from, ckpt_path)
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-        (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
-        metrics = MetricsCSV(out / METRICS_NAME, STAGE1_FIELDS, resume_iteration=iteration)
-    curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])],
-                         tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)
+        if saved_mode != self.loader_mode:
+            self.log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the "
+                     f"{self.loader_mode!r} one (--num-workers {'> 0' if self.num_workers else '0'}): valid "
+                     "training, not bit-identical to an uninterrupted run")
+        return iteration
 
-    # DDP over the raw model (its state dict keeps the plain PASTA keys), then torch.compile
-    train_model: torch.nn.Module = model
-    if dist_ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    eager_model = train_model
-    train_model, compiled = maybe_compile(train_model, cfg.compile, cfg.compile_backend, log=log)
-
-    def save() -> None:
+    def save_checkpoint(self) -> None:
         # collective: every rank contributes its sampler / RNG state, rank 0 writes, all wait
-        samplers_now = dist_ctx.all_gather_object(sampler.state_dict())
-        rngs_now = dist_ctx.all_gather_object(rng_state())
-        if main:
+        ranks = gather_rank_state(self.dist, self.sampler.state_dict())
+        if self.main:
             atomic_torch_save({
-                "kind": "pasta-train-stage1", "format": 1, "iteration": iteration,
-                "model": model.state_dict(), "model_config": mcfg.to_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "sampler": samplers_now[0],
-                "rng": rngs_now[0], "config": cfg_json, "world_size": world, "loader": loader_mode,
-                **({"samplers": samplers_now, "rngs": rngs_now} if world > 1 else {}),
-            }, ckpt_path)
-            curves.checkpoint()
-        dist_ctx.barrier()
+                "kind": "pasta-train-stage1", "format": 1, "iteration": self.iteration,
+                "model": self.model.state_dict(), "model_config": self.mcfg.to_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                **ranks, "config": self.cfg_json, "loader": self.loader_mode,
+            }, self.checkpoint_path)
+            self.log_writer.checkpoint()
+        self.dist.barrier()
 
-    normalize = normalization_from_dict(cfg.normalization) if cfg.normalization else SLFNormalization(tuple(cfg.slf_values))
-    batches = None
-    if num_workers > 0 and iteration < cfg.iterations:
-        dataset = IterationPatchBatches(cases, cfg.patch_size, cfg.batch_size, seed=cfg.seed, rank=rank,
-                                        start=iteration, stop=cfg.iterations, slf_values=cfg.slf_values,
-                                        normalize=normalize, **sampler_kw)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                                             pin_memory=device.type == "cuda", persistent_workers=True,
+    # --- start / end ---------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        cfg = self.cfg
+        self.start_outputs({"model_config.json": self.mcfg.to_dict()})
+        # DDP over the raw model (its state dict keeps the plain PASTA keys), then torch.compile
+        self.eager_model = self.data_parallel(self.model)
+        self.train_model, self.compiled = maybe_compile(self.eager_model, cfg.compile, cfg.compile_backend, log=self.log)
+        self._start_loader()
+        world = self.dist.world_size
+        self.start_progress(f" x {world} processes" if world > 1 else "")
+        self.model.train()
+
+    def _start_loader(self) -> None:
+        cfg = self.cfg
+        if self.num_workers == 0 or self.iteration >= cfg.iterations:
+            return
+        dataset = IterationPatchBatches(self.cases, cfg.patch_size, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
+                                        start=self.iteration, stop=cfg.iterations, slf_values=cfg.slf_values,
+                                        normalize=self.normalize, **self.sampler_kw)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda", persistent_workers=True,
                                              prefetch_factor=max(1, cfg.prefetch_factor))
-        batches = iter(loader)
+        self.batches = iter(loader)
 
-    def next_batch(it: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if batches is None:
-            img, lab = sampler.sample(cfg.batch_size)
-            return torch.from_numpy(normalize(img)), torch.from_numpy(lab.astype(np.int64))
-        got, x, y = next(batches)
-        if got != it:  # cannot happen with the round-robin DataLoader; guards exact resume
-            raise TrainingError(f"data loader returned the batch of iteration {got} for iteration {it}")
+    def on_train_end(self, *, failed: bool) -> None:
+        self.batches = None  # shuts the DataLoader workers down
+        super().on_train_end(failed=failed)
+
+    def result(self) -> TrainResult:
+        final = None
+        if self.iteration >= self.cfg.iterations:
+            final = self._write_final() if self.main else self.out / FINAL_NAME
+        return self.finish(final)
+
+    def _write_final(self) -> Path:
+        from PASTALib.capabilities import make_metadata, wrap_with_metadata
+
+        # the metadata block says what the file can do and which input map it expects (PASTALib.capabilities)
+        meta = make_metadata(kind="stage1", segment=True, attributes=False,
+                             segmentation_normalization=self.normalize.to_dict(), init=self.cfg.init)
+        meta.update(self.cfg.metadata or {})
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return atomic_torch_save(wrap_with_metadata(weights, meta), self.out / FINAL_NAME)
+
+    # --- one iteration -------------------------------------------------------------------------
+
+    def train_step(self, iteration: int) -> dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        lr = poly_lr(cfg.lr, iteration, cfg.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = self._next_batch(iteration)
+        x = x.to(self.device, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        y = y.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with translate_out_of_memory(iteration=iteration, **self.oom_context):
+            stats = self._forward_backward_or_eager(x, y)
+            self._optimizer_step()
+        self.first_step = False
+        return {"iteration": iteration + 1, "lr": lr, **stats, "seconds": time.perf_counter() - t0}
+
+    def _next_batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batches is None:
+            img, lab = self.sampler.sample(self.cfg.batch_size)
+            return torch.from_numpy(self.normalize(img)), torch.from_numpy(lab.astype(np.int64))
+        got, x, y = next(self.batches)
+        if got != iteration:  # cannot happen with the round-robin DataLoader; guards exact resume
+            raise TrainingError(f"data loader returned the batch of iteration {got} for iteration {iteration}")
         return x, y
 
-    oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.patch_size,
-                   "size_flag": "--patch-size", "amp": dtype is not None}
-    progress = Progress(cfg.iterations, iteration, "stage1", cfg.progress_lines and main, cfg.progress_bar and main,
-                        every=max(1, cfg.iterations // 200))
-    progress.message(iteration / cfg.iterations, f"stage1 start at iteration {iteration}/{cfg.iterations} on {device}"
-                     + (f" x {world} processes" if world > 1 else ""))
-    model.train()
-    stopped = failed = False
-    stop_requested = False  # agreed by all ranks (all-reduced with the step's statistics)
-    first_step = True
+    def _forward_backward_or_eager(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """The step through the compiled model; if compilation fails at the first step, eagerly."""
+        try:
+            return self._forward_backward(x, y)
+        except Exception as exc:
+            if not (self.compiled and self.first_step) or isinstance(exc, TrainingError) or is_out_of_memory(exc):
+                raise
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            self.log(f"--compile: torch.compile failed at the first step ({type(exc).__name__}: {first}); "
+                     "training runs eagerly")
+            self.train_model, self.compiled = self.eager_model, False
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._forward_backward(x, y)
 
-    def forward_backward(x: torch.Tensor, y: torch.Tensor, net: torch.nn.Module):
-        with autocast(device, dtype):
-            outputs = net(x).segmentation
-        loss = criterion(outputs, y)
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        with autocast(self.device, self.dtype):
+            outputs = self.train_model(x).segmentation
+        loss = self.criterion(outputs, y)
         d_lesion, d_organ = batch_dice(outputs[0].detach(), y)
-        local_stop = float(stop.stop)
-        if dist_ctx.enabled:  # mean loss / Dice over ranks (NaN Dice = no voxels: left out) and the stop flag
-            vals = torch.tensor([float(loss.detach()), 0.0 if math.isnan(d_lesion) else d_lesion,
-                                 float(not math.isnan(d_lesion)), 0.0 if math.isnan(d_organ) else d_organ,
-                                 float(not math.isnan(d_organ)), local_stop], dtype=torch.float64, device=device)
-            vals = dist_ctx.all_reduce_sum(vals).tolist()
-            loss_value = vals[0] / world
-            d_lesion = vals[1] / vals[2] if vals[2] else math.nan
-            d_organ = vals[3] / vals[4] if vals[4] else math.nan
-            local_stop = vals[5]
-        else:
-            loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingError(f"loss became {loss_value} at iteration {iteration + 1}; lower --lr or disable --amp")
-        if scaler is not None:
-            scaler.scale(loss).backward()
+        # mean loss / Dice over ranks (NaN Dice = no voxels: left out) and the agreed stop flag
+        stats = self.reduce_metrics({"loss": float(loss.detach()), "dice_lesion": d_lesion, "dice_organ": d_organ},
+                                    nan_aware=("dice_lesion", "dice_organ"))
+        if not math.isfinite(stats["loss"]):
+            raise TrainingError(f"loss became {stats['loss']} at iteration {self.iteration + 1}; lower --lr or disable --amp")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
         else:
             loss.backward()
-        return loss_value, d_lesion, d_organ, local_stop > 0
+        return stats
 
-    try:
-        while iteration < cfg.iterations:
-            if stop_requested or (not dist_ctx.enabled and stop.stop):
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            lr = poly_lr(cfg.lr, iteration, cfg.iterations)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = next_batch(iteration)
-            x = x.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            y = y.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with translate_out_of_memory(iteration=iteration, **oom_context):
-                try:
-                    loss_value, d_lesion, d_organ, stop_requested = forward_backward(x, y, train_model)
-                except Exception as exc:
-                    if not (compiled and first_step) or isinstance(exc, TrainingError) or _is_oom(exc):
-                        raise
-                    log(f"--compile: torch.compile failed at the first step ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}); training runs eagerly")
-                    train_model, compiled = eager_model, False
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_value, d_lesion, d_organ, stop_requested = forward_backward(x, y, train_model)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-            first_step = False
-            iteration += 1
-            row = {"iteration": iteration, "lr": lr, "loss": loss_value, "dice_lesion": d_lesion,
-                   "dice_organ": d_organ, "seconds": time.perf_counter() - t0}
-            if main:
-                metrics.write(row)
-                curves.scalars(iteration, row)
-            if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-                save()
-            progress.update(iteration, f"stage1 iteration {iteration}/{cfg.iterations} loss {row['loss']:.4f}",
-                            loss=row["loss"])
-            if callback is not None:
-                callback(iteration, row)
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        progress.close()
-        batches = None  # shuts the DataLoader workers down
-        # single process: also after an error once a stop was requested (the old behaviour); with
-        # several processes only on an agreed stop (a collective after one rank failed would hang)
-        want = stopped or (not dist_ctx.enabled and stop.stop)
-        if iteration > 0 and want and iteration % cfg.checkpoint_every != 0 and not (failed and dist_ctx.enabled):
-            save()
-        if main:
-            curves.checkpoint() if not failed else None
-            curves.close()
-    final = None
-    if iteration >= cfg.iterations:
-        if main:
-            from PASTALib.capabilities import make_metadata, wrap_with_metadata
-
-            # the metadata block says what the file can do and which input map it expects (PASTALib.capabilities)
-            meta = make_metadata(kind="stage1", segment=True, attributes=False,
-                                 segmentation_normalization=normalize.to_dict(), init=cfg.init)
-            meta.update(cfg.metadata or {})
-            final = atomic_torch_save(wrap_with_metadata(
-                {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, meta), out / FINAL_NAME)
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
-            final = out / FINAL_NAME
-        dist_ctx.barrier()
-        progress.message(1.0, f"stage1 done: {final}")
-    return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped)
-
-
-def _is_oom(exc: BaseException) -> bool:
-    from PASTALib.train.common import is_out_of_memory
-
-    return is_out_of_memory(exc)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()

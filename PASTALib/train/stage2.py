@@ -15,11 +15,8 @@ writes; checkpoints hold every rank's sampler/RNG state (same-world-size resume 
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,22 +36,13 @@ from PASTALib.train.common import (
     AMP_CHOICES,
     DistContext,
     IterationCallback,
-    MetricsCSV,
-    Progress,
     StopFlag,
     TrainingError,
-    TrainingLog,
     amp_dtype,
     atomic_torch_save,
     autocast,
     configure_fixed_shape_training,
-    init_distributed,
     rank_seed,
-    read_resume_state,
-    restoring,
-    rng_state,
-    seed_everything,
-    set_rng_state,
     translate_out_of_memory,
 )
 from PASTALib.train.data import (
@@ -66,16 +54,12 @@ from PASTALib.train.data import (
     lesion_samples,
     load_case,
 )
-from PASTALib.train.stage1 import (
-    CHECKPOINT_NAME,
-    FINAL_NAME,
-    METRICS_NAME,
-    TrainResult,
-    _config_json,
-    check_resume_compatible,
-)
+from PASTALib.train.loop import gather_rank_state, load_training_state, restore_optimisation, restore_rank_state
+from PASTALib.train.stage_loop import FINAL_NAME, StageLoop, TrainResult, check_resume_compatible
 
 STAGE2_FIELDS = ["iteration", "lr", "loss", "train_acc", "val_acc", "seconds"]
+#: settings a checkpoint must share with the run that resumes it
+RESUME_KEYS = ["crop_size", "batch_size", "lr", "seed", "val_fraction"]
 
 
 @dataclass
@@ -212,178 +196,140 @@ def check_lesion_labels(case: LoadedCase) -> None:
 
 
 def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None, stop: StopFlag | None = None) -> TrainResult:
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     if cfg.iterations < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.eval_every < 1:
         raise TrainingError("iterations, batch size, eval and checkpoint intervals must be ≥ 1")
-    dist_ctx, device = init_distributed(cfg.device)
-    try:
-        return _train_stage2(cfg, dist_ctx, device, callback, stop or StopFlag())
-    finally:
-        dist_ctx.close()
+    return Stage2Loop.train(cfg, callback=callback, stop=stop)
 
 
-def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device, callback: IterationCallback | None,
-                  stop: StopFlag) -> TrainResult:
-    main, rank, world = dist_ctx.is_main, dist_ctx.rank, dist_ctx.world_size
+class Stage2Loop(StageLoop):
+    """Stage-2 attribute-head training on the shared loop (hooks of :class:`TrainingLoop`)."""
 
-    def log(text: str) -> None:
-        if main:
-            print(text, file=sys.stderr, flush=True)
+    name = "stage2"
+    fields = STAGE2_FIELDS
+    curves = [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])]
 
-    out = Path(cfg.out)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / CHECKPOINT_NAME
-    seed_everything(cfg.seed)
+    def __init__(self, cfg: Stage2Config, dist_ctx: DistContext, device: torch.device, *,
+                 callback: IterationCallback | None = None, stop: StopFlag | None = None) -> None:
+        super().__init__(cfg, dist_ctx, device, callback=callback, stop=stop)
+        self.model = self._frozen_model()
+        self._load_data()
+        rank = dist_ctx.rank
+        self.batcher = LesionBatcher(self.cases, self.train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values,
+                                     cfg.seed if rank == 0 else rank_seed(cfg.seed, rank))
+        self.optimizer = torch.optim.Adam(self.model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.amp_dtype not in AMP_CHOICES:
+            raise TrainingError(f"unknown --amp-dtype {cfg.amp_dtype!r}; use {', '.join(AMP_CHOICES)}")
+        self.dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
+        configure_fixed_shape_training(device)
+        self.oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.crop_size,
+                            "size_flag": "--crop-size", "amp": self.dtype is not None}
+        self.head: torch.nn.Module = self.model.head
+        self.val: dict[str, Any] = {}
 
-    init = weights_path(cfg.init)
-    model, _ = build_model_from_checkpoint(init)  # MissingWeightsError / CheckpointError explain themselves
-    if any(s % model.config.feature_stride for s in cfg.crop_size):
-        raise TrainingError(f"crop size {cfg.crop_size} must be multiples of {model.config.feature_stride}")
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("head."))
-    model.to(device)
+    def _frozen_model(self) -> PastaUNet:
+        cfg = self.cfg
+        model, _ = build_model_from_checkpoint(weights_path(cfg.init))  # MissingWeightsError / CheckpointError explain themselves
+        if any(s % model.config.feature_stride for s in cfg.crop_size):
+            raise TrainingError(f"crop size {cfg.crop_size} must be multiples of {model.config.feature_stride}")
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("head."))
+        return model.to(self.device)
 
-    records = [r for r in discover_cases(cfg.data) if r.report_path is not None]
-    if not records:
-        raise TrainingError(f"no case under {cfg.data} has a report.json with lesion attributes")
-    cases = {r.name: load_case(r) for r in records}
-    for case in cases.values():
-        check_lesion_labels(case)
-    train_names, val_names = split_cases(list(cases), cfg.val_fraction, cfg.seed)
-    train_samples = [s for n in train_names for s in lesion_samples(cases[n])]
-    val_samples = [s for n in val_names for s in lesion_samples(cases[n])]
-    if not train_samples:
-        raise TrainingError("no lesion reports in the training cases")
-    batcher = LesionBatcher(cases, train_samples, cfg.crop_size, cfg.jitter, cfg.slf_values,
-                            cfg.seed if rank == 0 else rank_seed(cfg.seed, rank))
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.amp_dtype not in AMP_CHOICES:
-        raise TrainingError(f"unknown --amp-dtype {cfg.amp_dtype!r}; use {', '.join(AMP_CHOICES)}")
-    dtype = amp_dtype(device, cfg.amp, cfg.amp_dtype)
-    configure_fixed_shape_training(device)
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        records = [r for r in discover_cases(cfg.data) if r.report_path is not None]
+        if not records:
+            raise TrainingError(f"no case under {cfg.data} has a report.json with lesion attributes")
+        self.cases = {r.name: load_case(r) for r in records}
+        for case in self.cases.values():
+            check_lesion_labels(case)
+        self.train_names, self.val_names = split_cases(list(self.cases), cfg.val_fraction, cfg.seed)
+        self.train_samples = [s for n in self.train_names for s in lesion_samples(self.cases[n])]
+        self.val_samples = [s for n in self.val_names for s in lesion_samples(self.cases[n])]
+        if not self.train_samples:
+            raise TrainingError("no lesion reports in the training cases")
 
-    iteration = 0
-    resumed_from: int | None = None
-    cfg_json = _config_json(cfg)
-    if cfg.resume and ckpt_path.is_file():
-        fix = f"Delete {ckpt_path} (or rerun with --no-resume) to start over."
-        state = read_resume_state(ckpt_path, ("config", "model", "optimizer", "iteration"), fix)
-        check_resume_compatible(state["config"], cfg_json, ["crop_size", "batch_size", "lr", "seed", "val_fraction"], ckpt_path)
-        with restoring(ckpt_path, fix):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            iteration = resumed_from = int(state["iteration"])
-        samplers, rngs = state.get("samplers") or [state["sampler"]], state.get("rngs") or [state["rng"]]
-        if int(state.get("world_size", 1)) == world:
-            batcher.load_state_dict(samplers[rank])
-            set_rng_state(rngs[rank])
-        else:
-            log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {world} process(es): head, optimizer "
-                f"and iteration {iteration} restored, crop streams re-seeded (not bit-identical to an uninterrupted run)")
-            batcher.rng = np.random.default_rng(rank_seed(cfg.seed, rank, iteration))
-            set_rng_state(rngs[0])
-    elif cfg.standardize_features:
-        fold_feature_standardization(model, batcher, train_samples, device, cfg.batch_size)  # same data on every rank
-    if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
-        dist_ctx.agree_on_resume(resumed_from, ckpt_path)
-    if main:
-        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-        (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-        (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
-        metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=iteration)
-    curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])],
-                         tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)
-    head: torch.nn.Module = model.head
-    if dist_ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
+    # --- resume / checkpoint -------------------------------------------------------------------
 
-        head = DistributedDataParallel(model.head, device_ids=[device.index] if device.type == "cuda" else None)
+    def load_checkpoint(self) -> int | None:
+        cfg = self.cfg
+        if not (cfg.resume and self.checkpoint_path.is_file()):
+            return None
+        state = load_training_state(self.checkpoint_path, ("config", "model", "optimizer", "iteration"))
+        check_resume_compatible(state["config"], self.cfg_json, RESUME_KEYS, self.checkpoint_path)
+        iteration = restore_optimisation(state, self.model, self.optimizer, source=self.checkpoint_path)
 
-    def save() -> None:
-        samplers_now = dist_ctx.all_gather_object(batcher.state_dict())
-        rngs_now = dist_ctx.all_gather_object(rng_state())
-        if main:
+        def reseed() -> None:
+            self.batcher.rng = np.random.default_rng(rank_seed(cfg.seed, self.dist.rank, iteration))
+
+        if not restore_rank_state(state, self.dist, self.batcher, reseed=reseed):
+            self.log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
+                     f"process(es): head, optimizer and iteration {iteration} restored, crop streams re-seeded "
+                     "(not bit-identical to an uninterrupted run)")
+        return iteration
+
+    def save_checkpoint(self) -> None:
+        ranks = gather_rank_state(self.dist, self.batcher.state_dict())
+        if self.main:
             atomic_torch_save({
-                "kind": "pasta-train-stage2", "format": 1, "iteration": iteration, "model": model.state_dict(),
-                "model_config": model.config.to_dict(), "optimizer": optimizer.state_dict(),
-                "sampler": samplers_now[0], "rng": rngs_now[0], "config": cfg_json, "world_size": world,
-                **({"samplers": samplers_now, "rngs": rngs_now} if world > 1 else {}),
-            }, ckpt_path)
-            curves.checkpoint()
-        dist_ctx.barrier()
+                "kind": "pasta-train-stage2", "format": 1, "iteration": self.iteration, "model": self.model.state_dict(),
+                "model_config": self.model.config.to_dict(), "optimizer": self.optimizer.state_dict(),
+                **ranks, "config": self.cfg_json,
+            }, self.checkpoint_path)
+            self.log_writer.checkpoint()
+        self.dist.barrier()
 
-    oom_context = {"device": device, "batch_size": cfg.batch_size, "size": cfg.crop_size,
-                   "size_flag": "--crop-size", "amp": dtype is not None}
-    progress = Progress(cfg.iterations, iteration, "stage2", cfg.progress_lines and main, cfg.progress_bar and main,
-                        every=max(1, cfg.iterations // 200))
-    progress.message(iteration / cfg.iterations, f"stage2 start at iteration {iteration}/{cfg.iterations} on {device}, "
-                     f"{len(train_samples)} train / {len(val_samples)} validation lesions"
-                     + (f", {world} processes" if world > 1 else ""))
-    stopped = failed = stop_requested = False
-    val: dict[str, Any] = {}
-    try:
-        while iteration < cfg.iterations:
-            if stop_requested or (not dist_ctx.enabled and stop.stop):
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            x_np, t_np = batcher.sample(cfg.batch_size)
-            x = torch.from_numpy(x_np).to(device)
-            targets = torch.from_numpy(t_np).to(device)
-            model.eval()  # frozen UNet (InstanceNorm keeps no running stats; no dropout)
-            with translate_out_of_memory(iteration=iteration, **oom_context):
-                with torch.no_grad(), autocast(device, dtype):
-                    feature = model.encode(x)
-                logits = head(feature.float())
-                loss = grouped_cross_entropy(logits, targets)
-                train_acc = group_accuracy(logits.detach().cpu(), targets.cpu())["mean"]
-                loss_value = float(loss.detach())
-                if dist_ctx.enabled:  # mean loss / accuracy over ranks, agreed stop flag
-                    vals = dist_ctx.all_reduce_sum(torch.tensor(
-                        [loss_value, 0.0 if math.isnan(train_acc) else train_acc, float(not math.isnan(train_acc)),
-                         float(stop.stop)], dtype=torch.float64, device=device)).tolist()
-                    loss_value = vals[0] / world
-                    train_acc = vals[1] / vals[2] if vals[2] else math.nan
-                    stop_requested = vals[3] > 0
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            iteration += 1
-            row: dict[str, Any] = {"iteration": iteration, "lr": cfg.lr, "loss": loss_value,
-                                   "train_acc": train_acc, "seconds": time.perf_counter() - t0}
-            if main and val_samples and (iteration % cfg.eval_every == 0 or iteration == cfg.iterations):
-                val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
-                row["val_acc"] = val["mean"]
-            if main:
-                metrics.write(row)
-                curves.scalars(iteration, row)
-            if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-                save()
-            progress.update(iteration, f"stage2 iteration {iteration}/{cfg.iterations} loss {row['loss']:.4f}",
-                            loss=row["loss"])
-            if callback is not None:
-                callback(iteration, row)
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        progress.close()
-        if iteration > 0 and stopped and iteration % cfg.checkpoint_every != 0 and not (failed and dist_ctx.enabled):
-            save()
-        if main:
-            if not failed:
-                curves.checkpoint()
-            curves.close()
-    final = None
-    if iteration >= cfg.iterations:
-        final = out / FINAL_NAME
-        if main:
-            atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, final)
-            if val_samples and not val:
-                val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
-            (out / "eval.json").write_text(json.dumps(val, indent=2))
-        dist_ctx.barrier()
-        progress.message(1.0, f"stage2 done: {final}")
-    return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped, summary=val)
+    # --- start / end ---------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        cfg = self.cfg
+        if self.resumed_from is None and cfg.standardize_features:  # same data on every rank
+            fold_feature_standardization(self.model, self.batcher, self.train_samples, self.device, cfg.batch_size)
+        self.start_outputs({"model_config.json": self.model.config.to_dict(),
+                            "split.json": {"train": self.train_names, "validation": self.val_names}})
+        self.head = self.data_parallel(self.model.head)
+        world = self.dist.world_size
+        self.start_progress(f", {len(self.train_samples)} train / {len(self.val_samples)} validation lesions"
+                            + (f", {world} processes" if world > 1 else ""))
+
+    def result(self) -> TrainResult:
+        final = None
+        if self.iteration >= self.cfg.iterations:
+            final = self.out / FINAL_NAME
+            if self.main:
+                atomic_torch_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, final)
+                if self.val_samples and not self.val:
+                    self.val = self._evaluate()
+                (self.out / "eval.json").write_text(json.dumps(self.val, indent=2))
+        return self.finish(final, self.val)
+
+    # --- one iteration -------------------------------------------------------------------------
+
+    def train_step(self, iteration: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        x_np, t_np = self.batcher.sample(self.cfg.batch_size)
+        x = torch.from_numpy(x_np).to(self.device)
+        targets = torch.from_numpy(t_np).to(self.device)
+        self.model.eval()  # frozen UNet (InstanceNorm keeps no running stats; no dropout)
+        with translate_out_of_memory(iteration=iteration, **self.oom_context):
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                feature = self.model.encode(x)
+            logits = self.head(feature.float())
+            loss = grouped_cross_entropy(logits, targets)
+            train_acc = group_accuracy(logits.detach().cpu(), targets.cpu())["mean"]
+            # mean loss / accuracy over ranks, agreed stop flag
+            stats = self.reduce_metrics({"loss": float(loss.detach()), "train_acc": train_acc}, nan_aware=("train_acc",))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return {"iteration": iteration + 1, "lr": self.cfg.lr, "loss": stats["loss"], "train_acc": stats["train_acc"],
+                "seconds": time.perf_counter() - t0}
+
+    def _evaluate(self) -> dict[str, Any]:
+        return evaluate_attributes(self.model, self.batcher, self.val_samples, self.device, self.cfg.batch_size)
+
+    def validation_step(self, iteration: int, row: dict[str, Any]) -> None:
+        due = iteration % self.cfg.eval_every == 0 or iteration == self.cfg.iterations
+        if self.main and self.val_samples and due:
+            self.val = self._evaluate()
+            row["val_acc"] = self.val["mean"]

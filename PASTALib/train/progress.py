@@ -1,0 +1,54 @@
+"""The one progress reporter of the trainings: a tqdm bar on stderr (CLI) and ``PROGRESS <fraction>
+<message>`` lines on stdout, which the Slicer panels parse (PASTALib.jobs)."""
+
+from __future__ import annotations
+
+import sys
+
+
+class Progress:
+    """Position out of ``total`` steps, as a tqdm bar and throttled ``PROGRESS`` lines.
+
+    A line is printed when the position crosses a multiple of ``every`` (so ``every=1`` prints each
+    step, ``every=total // 200`` at most ~200 lines a run), when it reaches ``total``, or when forced.
+    Positions may jump (a resumed run, a finished fold skipped): :meth:`update` takes the absolute
+    position, :meth:`advance` a step count.
+    """
+
+    def __init__(self, total: int, *, desc: str, lines: bool, bar: bool = True, initial: int = 0,
+                 every: int = 1) -> None:
+        self.total, self.lines, self.every = max(int(total), 1), lines, max(1, int(every))
+        self.position = min(max(int(initial), 0), self.total)
+        self._last_line = self.position
+        self._bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.position, desc=desc, file=sys.stderr,
+                             dynamic_ncols=True, disable=None)
+
+    def update(self, position: int, message: str, *, force: bool = False, **postfix: float) -> None:
+        """Move to ``position``; ``postfix`` values (loss...) go to the bar."""
+        position = min(max(int(position), 0), self.total)
+        if self._bar is not None:
+            self._bar.update(position - self.position)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        crossed = position // self.every > self._last_line // self.every
+        self.position = position
+        if force or crossed or position == self.total:
+            self._last_line = position
+            self.line(position / self.total, message)
+
+    def advance(self, steps: int, message: str, *, force: bool = False, **postfix: float) -> None:
+        self.update(self.position + steps, message, force=force, **postfix)
+
+    def line(self, fraction: float, text: str) -> None:
+        """One ``PROGRESS`` line now (start / done notices), whatever the throttle."""
+        if self.lines:
+            print(f"PROGRESS {fraction:.4f} {text}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
