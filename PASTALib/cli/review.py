@@ -94,8 +94,10 @@ def _create(args: argparse.Namespace) -> int:
 def _add_reader(args: argparse.Namespace) -> int:
     from PASTALib.review import add_reader
 
+    from PASTALib.review.db import reader_name, shown
+
     seed = add_reader(args.study, args.reader, args.seed)
-    print(f"added reader {args.reader!r} (shuffle seed {seed})")
+    print(f"added reader '{shown(reader_name(args.reader))}' (shuffle seed {seed})")
     return 0
 
 
@@ -194,7 +196,7 @@ def _rate_interactive(session, attributes: tuple[str, ...]) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from PASTALib.review import ReaderSession, Study
+    from PASTALib.review import Study
     from PASTALib.review import db
 
     study = Study.open(args.study)
@@ -202,19 +204,18 @@ def _status(args: argparse.Namespace) -> int:
     try:
         readers = list(db.readers(conn))
         settings = db.settings(conn)
+        answered = [(a.reader, a.case_id) for a in db.answers(conn)]
     finally:
         conn.close()
-    progress = {}
-    for reader in readers:
-        with ReaderSession(args.study, reader) as session:
-            progress[reader] = list(session.progress())
+    cases = set(study.case_ids)
+    progress = {r: [sum(1 for who, c in answered if who == r and c in cases), len(cases)] for r in readers}
     if args.json:
         print(json.dumps({"study_id": study.study_id, "n_cases": len(study.case_ids), "settings": settings,
                           "readers": progress}, indent=2))
     else:
         print(f"study {study.study_id}: {len(study.case_ids)} cases; answers changeable: {settings.get('allow_changes')}")
         for reader, (done, total) in progress.items():
-            print(f"  {reader}: {done}/{total}")
+            print(f"  {db.shown(reader)}: {done}/{total}")  # a name stored before names were checked stays escaped
         if not readers:
             print("  no readers yet: add one with `pasta review add-reader STUDY NAME`")
     return 0

@@ -50,7 +50,7 @@ class ReaderSession:
 
     def __init__(self, study_dir: str | os.PathLike, reader: str) -> None:
         self.study = Study.open(study_dir)
-        self.reader = reader
+        self.reader = db.reader_name(reader)
         self._conn = db.connect(self.study.db_path)
         try:
             self.seed = db.reader_seed(self._conn, reader)

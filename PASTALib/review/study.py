@@ -488,22 +488,33 @@ def load_key(key_dir: str | os.PathLike) -> dict[str, Any]:
 def verify_study(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None = None) -> int:
     """Check every study file; with the key, also that the manifest itself is the one made at creation."""
     study = Study.open(study_dir)
-    if key_dir is not None:
-        key = load_key(key_dir)
-        if key["study_id"] != study.study_id:
-            raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
-        if sha256(study.root / "manifest.json") != key["manifest_sha256"]:
-            raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
-                                     "differs from the key's); restore it from a backup.")
-        return verify_files(study.root, key["sha256"])
-    return verify_files(study.root, study.checksums)
+    damaged = db.integrity_problems(study.db_path)
+    try:
+        if key_dir is not None:
+            key = load_key(key_dir)
+            if key["study_id"] != study.study_id:
+                raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
+            if sha256(study.root / "manifest.json") != key["manifest_sha256"]:
+                raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
+                                         "differs from the key's); restore it from a backup.")
+            n = verify_files(study.root, key["sha256"])
+        else:
+            n = verify_files(study.root, study.checksums)
+    except ReviewError as exc:
+        if damaged:  # report both: a restore from backup should fix everything at once
+            raise type(exc)(f"{exc} Also: {' '.join(damaged)}") from None
+        raise
+    if damaged:
+        raise ReviewError(" ".join(damaged))
+    return n
 
 
 def add_reader(study_dir: str | os.PathLike, reader: str, seed: int | None = None) -> int:
     """Register a reader; the shuffle seed defaults to one derived from the study id and name."""
+    reader = db.reader_name(reader)
     study = Study.open(study_dir)
     if seed is None:
-        digest = hashlib.sha256(f"{study.study_id}:{reader.strip()}".encode()).digest()
+        digest = hashlib.sha256(f"{study.study_id}:{reader}".encode()).digest()
         seed = int.from_bytes(digest[:4], "big")
     conn = db.connect(study.db_path)
     try:

@@ -1,0 +1,208 @@
+"""Fault suite of `pasta review` (issue 13): corrupt answer databases, bad --answers files, hostile reader
+names, blinding leaks through reports, outputs onto study files, broken case.json, stale partial folders,
+and PASTA-Gen-30K subset folders as synthetic input (issue 18).
+
+Every fault ends in one `error:` line and exit status 2 with the study's files (and the database, or at
+least every answer in it) unchanged. Inputs are tiny volumes made here: the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from PASTALib.cli.main import main as pasta_main
+from PASTALib.review import ReviewError, SourceCase, StudySettings, add_reader, create_study, real_case, synthetic_case
+from PASTALib.review.session import ReaderSession
+
+REPORT = {"shape": "Irregular", "density": "Hyperdense", "heterogeneity": "Heterogeneous",
+          "surface": "Ill-defined margin", "invasion": "Close relationship with adjacent structures"}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _volume(seed: int) -> tuple[sitk.Image, sitk.Image]:
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(-800, 30, (16, 20, 20)).astype(np.int16)
+    hu[6:11, 7:13, 7:12] += 850
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[6:11, 7:13, 7:12] = 1
+    return sitk.GetImageFromArray(hu), sitk.GetImageFromArray(mask)
+
+
+def _real(root: Path, i: int, report: dict | None = REPORT) -> SourceCase:
+    img, lab = _volume(100 + i)
+    sitk.WriteImage(img, str(root / f"real{i}.nrrd"))
+    sitk.WriteImage(lab, str(root / f"real{i}_mask.nrrd"))
+    return real_case(root / f"real{i}.nrrd", root / f"real{i}_mask.nrrd", "lung_tumor",
+                     dict(report) if report is not None else None)
+
+
+def _synthetic_folder(folder: Path, seed: int, report: dict | None = None, ct_name: str = "img.nii.gz") -> Path:
+    """`pasta synth generate` layout: img.nii.gz, label.nii.gz (lesion 11), report.json."""
+    img, lab = _volume(seed)
+    folder.mkdir(parents=True)
+    sitk.WriteImage(img, str(folder / ct_name))
+    sitk.WriteImage(lab * 11, str(folder / "label.nii.gz"))
+    (folder / "report.json").write_text(json.dumps(report or {"lesion_type": "lung_tumor", "label_value": 11, **REPORT}))
+    return folder
+
+
+def _make_study(root: Path, n: int = 2, readers: tuple[str, ...] = ("r1",)) -> Path:
+    src = root / "src"
+    src.mkdir(parents=True)
+    real = [_real(src, i) for i in range(n)]
+    synthetic = [synthetic_case(_synthetic_folder(src / f"syn{i}", 200 + i)) for i in range(n)]
+    study = root / "study"
+    create_study(real, synthetic, study, settings=StudySettings(seed=1, fov_mm=16))
+    for reader in readers:
+        add_reader(study, reader)
+    return study
+
+
+def _answer_all(study: Path, reader: str = "r1") -> int:
+    with ReaderSession(study, reader) as session:
+        for case_id in session.order:
+            session.rate(case_id, 3)
+        return len(session.order)
+
+
+@pytest.fixture(scope="module")
+def answered_study(tmp_path_factory) -> Path:
+    """A 4-case study with every case answered by r1 (copied per test: tests damage it)."""
+    study = _make_study(tmp_path_factory.mktemp("answered"))
+    _answer_all(study)
+    return study
+
+
+def _copy_study(study: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(study, dest)
+    return dest
+
+
+def _snapshot(*roots: Path) -> dict[str, bytes]:
+    """Every file under ``roots`` (path -> bytes): compared before and after a refused command."""
+    files = {}
+    for root in roots:
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for p in paths:
+            files[str(p)] = p.read_bytes()
+    return files
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    rc = pasta_main(["review", *argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _refused(argv: list[str], capsys, *must: str) -> str:
+    """Run ``pasta review ARGV``: status 2, one `error:` line on stderr containing every ``must``."""
+    rc, out, err = _cli(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, (rc, out, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    for text in must:
+        assert text in err, (text, err)
+    return err
+
+
+# ------------------------------------------------------------------ 1. corrupt responses.sqlite
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _not_sqlite(path: Path) -> None:
+    path.write_text("case_id,realism\nC000001,3\n")
+
+
+def _wrong_schema(path: Path) -> None:
+    path.unlink()
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('hello')")
+    conn.commit()
+    conn.close()
+
+
+def _zeroed_pages(path: Path) -> None:
+    """A valid header, the table pages overwritten with zeros (a bad disk sector / partial copy)."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = bytes(len(data) - page)
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {"garbage": (_garbage, "not an SQLite database"), "truncated": (_truncate, "truncated"),
+          "csv_file": (_not_sqlite, "not an SQLite database"), "wrong_schema": (_wrong_schema, "not a PASTA study database"),
+          "zeroed_pages": (_zeroed_pages, "responses.sqlite")}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_corrupt_database_is_an_error_for_every_command(answered_study, tmp_path, capsys, damage):
+    study = _copy_study(answered_study, tmp_path / "study")
+    key = answered_study.parent / "study_key"
+    db_path = study / "responses.sqlite"
+    # Fold the WAL into the file first, so damaging the file damages every answer.
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    for extra in ("-wal", "-shm"):
+        Path(f"{db_path}{extra}").unlink(missing_ok=True)
+    make, what = DAMAGE[damage]
+    make(db_path)
+    before = _snapshot(study, key)
+    answers = tmp_path / "answers.csv"
+    answers.write_text("case_id,realism\n")
+    for argv in (["status", str(study)], ["rate", str(study), "r1"], ["rate", str(study), "r1", "--answers", str(answers)],
+                 ["export", str(study), str(tmp_path / "out.csv")], ["add-reader", str(study), "r2"],
+                 ["analyze", str(study), "--key", str(key), "--out", str(tmp_path / "analysis")],
+                 ["verify", str(study)]):
+        _refused(argv, capsys, str(db_path), what)
+    after = _snapshot(study, key)
+    assert after == before  # nothing written: not the database, not its -wal/-shm, not the study files
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "analysis").exists()
+
+
+def test_verify_runs_the_integrity_check(answered_study, tmp_path, capsys):
+    """A damaged index page (header and schema fine) is found by SQLite's own check: `verify` says so
+    (PRAGMA integrity_check) and so does every command before it reads or writes an answer (quick_check)."""
+    study = _copy_study(answered_study, tmp_path / "study")
+    db_path = study / "responses.sqlite"
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_answers_1'").fetchone()[0]
+    conn.close()
+    data = bytearray(db_path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    start = (root - 1) * page
+    data[start + 3:start + 5] = (0).to_bytes(2, "big")  # the index's leaf page now claims 0 cells
+    db_path.write_bytes(bytes(data))
+    before = _snapshot(study)
+    _refused(["status", str(study)], capsys, "integrity check", str(db_path))
+    _refused(["rate", str(study), "r1"], capsys, "integrity check", str(db_path))
+    err = _refused(["verify", str(study)], capsys, "integrity check", str(db_path))
+    assert "Restore" in err and _snapshot(study) == before
+    rc, out, _ = _cli(["verify", str(_copy_study(answered_study, tmp_path / "intact"))], capsys)
+    assert rc == 0 and out.startswith("ok:")
