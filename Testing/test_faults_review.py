@@ -206,3 +206,119 @@ def test_verify_runs_the_integrity_check(answered_study, tmp_path, capsys):
     assert "Restore" in err and _snapshot(study) == before
     rc, out, _ = _cli(["verify", str(_copy_study(answered_study, tmp_path / "intact"))], capsys)
     assert rc == 0 and out.startswith("ok:")
+
+
+# ------------------------------------------------------------------ 2. bad --answers files
+
+
+def _study_case_ids(study: Path) -> list[str]:
+    return json.loads((study / "study.json").read_text())["case_ids"]
+
+
+def _answer_files(folder: Path, ids: list[str]) -> dict[str, tuple[Path, str]]:
+    """name -> (answers file, text the error must contain). Each file is wrong in one way only; the
+    rows before the fault are valid, so a reader that writes as it goes would record some."""
+    folder.mkdir()
+    good = [f"{c},3" for c in ids]
+
+    def csv_file(name: str, lines: list[str], header: str = "case_id,realism") -> Path:
+        path = folder / name
+        path.write_text("\n".join([header, *lines]) + "\n")
+        return path
+
+    folder_path = folder / "a_folder.csv"
+    folder_path.mkdir()
+    binary = folder / "binary.csv"
+    binary.write_bytes(b"case_id,realism\n" + bytes(range(128)))
+    latin1 = folder / "latin1.csv"
+    latin1.write_bytes("case_id,realism,reason\n".encode() + f"{ids[0]},3,d\xe9j\xe0 vu\n".encode("latin-1"))
+    bad_json = folder / "bad.json"
+    bad_json.write_text('[{"case_id": "%s", "realism": 3},' % ids[0])
+    json_range = folder / "range.json"
+    json_range.write_text(json.dumps([{"case_id": c, "realism": 3} for c in ids[:-1]] + [{"case_id": ids[-1], "realism": 7}]))
+    return {
+        "missing": (folder / "nope.csv", "No answers file"),
+        "folder": (folder_path, "is a folder"),
+        "binary": (binary, "NUL bytes"),
+        "latin1": (latin1, "not UTF-8"),
+        "empty": (csv_file("empty.csv", [], header=""), "has no column case_id, realism"),
+        "header_only": (csv_file("header.csv", []), "has no answers"),
+        "no_realism_column": (csv_file("norealism.csv", [f"{c},3" for c in ids], header="case_id,rating"), "no column realism"),
+        "unknown_column": (csv_file("typo.csv", [f"{c},3,4" for c in ids], header="case_id,realism,shpae"), "unknown column(s) 'shpae'"),
+        "unknown_case": (csv_file("unknown.csv", [*good, "C999999,3"]), "case 'C999999' is not in this study"),
+        "traversal_case": (csv_file("traversal.csv", [*good, "../../etc/passwd,3"]), "is not in this study"),
+        "duplicate_case": (csv_file("dup.csv", [*good, f"{ids[0]},4"]), f"case {ids[0]} is answered twice"),
+        "realism_6": (csv_file("r6.csv", [*good[:-1], f"{ids[-1]},6"]), "Realism rating '6' is out of range"),
+        "realism_0": (csv_file("r0.csv", [f"{ids[0]},0", *good[1:]]), "Realism rating '0' is out of range"),
+        "realism_text": (csv_file("rtext.csv", [*good[:-1], f"{ids[-1]},very"]), "Realism rating 'very'"),
+        "realism_fraction": (csv_file("rfrac.csv", [*good[:-1], f"{ids[-1]},3.5"]), "Realism rating '3.5'"),
+        "realism_empty": (csv_file("rempty.csv", [*good[:-1], f"{ids[-1]},"]), "Realism rating ''"),
+        "attribute_9": (csv_file("attr.csv", [f"{c},3,9" for c in ids], header="case_id,realism,shape"), "Shape accuracy rating '9'"),
+        "seconds_negative": (csv_file("sec.csv", [*[f"{c},3,1" for c in ids[:-1]], f"{ids[-1]},3,-4"], header="case_id,realism,seconds"), "seconds '-4'"),
+        "extra_fields": (csv_file("extra.csv", [*good[:-1], f"{ids[-1]},3,oops,more"]), "more fields than the header"),
+        "bad_json": (bad_json, "not valid JSON"),
+        "json_not_list": (csv_file("obj.json", [], header='{"realism": 3}'), "no list of answer objects"),
+        "json_range": (json_range, "Realism rating 7 is out of range"),
+    }
+
+
+def test_bad_answers_files_record_nothing(tmp_path, capsys):
+    study = _make_study(tmp_path)
+    ids = _study_case_ids(study)
+    files = _answer_files(tmp_path / "answers", ids)
+    before = _snapshot(study)
+    for name, (path, message) in files.items():
+        inputs = _snapshot(path) if path.is_file() else {}
+        err = _refused(["rate", str(study), "r1", "--answers", str(path)], capsys, message)
+        assert str(path) in err, name
+        assert _snapshot(path) == inputs if inputs else True
+        with ReaderSession(study, "r1") as session:
+            assert session.progress()[0] == 0, name  # nothing recorded, not even the valid rows before the fault
+    assert _snapshot(study) == before
+    # The same study takes a valid file (CSV or JSON) afterwards: the faults above changed nothing.
+    good = tmp_path / "answers" / "good.json"
+    good.write_text(json.dumps({c: {"realism": 4, "seconds": 2.5} for c in ids}))
+    rc, out, err = _cli(["rate", str(study), "r1", "--answers", str(good)], capsys)
+    assert rc == 0 and "all cases answered" in out, err
+    with ReaderSession(study, "r1") as session:
+        assert {c: a.realism for c, a in session.answers().items()} == {c: 4 for c in ids}
+
+
+# ------------------------------------------------------------------ 3. reader names
+
+BAD_NAMES = {
+    "escape": ("\x1b[31mEVIL\x1b[0m", "'\\x1b'"),
+    "bidi": ("ali\u202ece", "'\\u202e'"),
+    "bell": ("bob\x07", "'\\x07'"),
+    "newline": ("a\nb", "'\\n'"),
+    "tab": ("a\tb", "'\\t'"),
+    "slash": ("../../x", "'/'"),
+    "backslash": ("a\\b", "'\\\\'"),
+    "comma": ("smith, j", "','"),
+    "empty": ("   ", "empty"),
+    "long": ("x" * 65, "65 characters"),
+    "zero_width": ("a\u200bb", "'\\u200b'"),
+}
+
+
+def test_reader_names_are_checked_and_never_printed_raw(tmp_path, capsys):
+    study = _make_study(tmp_path, n=1, readers=())
+    before = _snapshot(study)
+    for name, (reader, message) in BAD_NAMES.items():
+        err = _refused(["add-reader", str(study), reader], capsys, message)
+        assert "\x1b" not in err and "\u202e" not in err and "\x07" not in err, name
+        # The same name is refused when rating (not "unknown reader" with the raw name in it).
+        err = _refused(["rate", str(study), reader], capsys, "reader name")
+        assert "\x1b" not in err and "\u202e" not in err, name
+    assert _snapshot(study) == before
+    rc, out, _ = _cli(["add-reader", str(study), "Dr. Müller (R2)"], capsys)
+    assert rc == 0 and "'Dr. Müller (R2)'" in out
+    # A name written into the database by other means (an older PASTALib) is shown escaped.
+    conn = sqlite3.connect(study / "responses.sqlite")
+    conn.execute("INSERT INTO readers VALUES (?, 1, 'x')", ("\x1b]0;pwned\x07",))
+    conn.commit()
+    conn.close()
+    rc, out, _ = _cli(["status", str(study)], capsys)
+    assert rc == 0 and "\\x1b]0;pwned\\x07: 0/2" in out and "\x1b" not in out
+    rc, out, _ = _cli(["status", str(study), "--json"], capsys)
+    assert rc == 0 and "\x1b" not in out and json.loads(out)["readers"]["\x1b]0;pwned\x07"] == [0, 2]

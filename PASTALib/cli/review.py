@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -38,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rate = commands.add_parser("rate", help="answer cases: interactive prompt, or --answers CSV")
     rate.add_argument("study")
     rate.add_argument("reader")
-    rate.add_argument("--answers", metavar="CSV", help="scripted answers: case_id, realism[, shape..invasion][, reason][, seconds]")
+    rate.add_argument("--answers", metavar="FILE", help="scripted answers, checked whole before any is recorded: CSV with "
+                      "columns case_id, realism[, shape..invasion][, reason][, seconds], or a .json list of such objects")
     rate.add_argument("--pace", type=float, default=0.0, help="seconds to wait between scripted answers")
     rate.set_defaults(func=_rate)
 
@@ -101,40 +101,33 @@ def _add_reader(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_answers(path: str) -> dict[str, dict[str, str]]:
-    from PASTALib.review import ReviewError
-
-    with open(path, newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or not {"case_id", "realism"} <= set(rows[0]):
-        raise ReviewError(f"{path} needs a header with columns case_id, realism (optional shape..invasion, reason, seconds).")
-    return {row["case_id"].strip(): row for row in rows}
-
-
 def _rate(args: argparse.Namespace) -> int:
     from PASTALib.review import ATTRIBUTES, ReaderSession
+    from PASTALib.review.session import read_answers
 
     with ReaderSession(args.study, args.reader) as session:
+        # The whole file is checked before the first answer is recorded.
+        answers = read_answers(args.answers, session.study) if args.answers else None
         done, total = session.progress()
         if done:
             print(f"resuming: {done} of {total} answered", flush=True)
-        if args.answers:
-            return _rate_scripted(session, _read_answers(args.answers), args.pace, ATTRIBUTES)
+        if answers is not None:
+            return _rate_scripted(session, answers, args.pace, ATTRIBUTES)
         return _rate_interactive(session, ATTRIBUTES)
 
 
-def _rate_scripted(session, answers: dict[str, dict[str, str]], pace: float, attributes: tuple[str, ...]) -> int:
+def _rate_scripted(session, answers: dict[str, dict], pace: float, attributes: tuple[str, ...]) -> int:
     view = session.resume()
     while view is not None:
         if view.answer is None:
             row = answers.get(view.case_id)
             if row is None:
-                print(f"stopped: no answer for case {view.case_id} ({view.position} of {view.total}) in the CSV",
+                print(f"stopped: no answer for case {view.case_id} ({view.position} of {view.total}) in the answers file",
                       file=sys.stderr)
                 return 1
-            attrs = {a: row[a] for a in attributes if (row.get(a) or "").strip() and view.report and a in view.report}
-            seconds = float(row["seconds"]) if (row.get("seconds") or "").strip() else None
-            session.rate(view.case_id, row["realism"], attrs or None, row.get("reason") or None, seconds)
+            # Attribute ratings for questions this case does not ask are ignored (one table may cover all cases).
+            attrs = {a: v for a, v in row["attributes"].items() if view.report and a in view.report}
+            session.rate(view.case_id, row["realism"], attrs or None, row["reason"], row["seconds"])
             print(f"PROGRESS {session.progress()[0]}/{view.total}", flush=True)
             if pace:
                 time.sleep(pace)
