@@ -322,3 +322,68 @@ def test_reader_names_are_checked_and_never_printed_raw(tmp_path, capsys):
     assert rc == 0 and "\\x1b]0;pwned\\x07: 0/2" in out and "\x1b" not in out
     rc, out, _ = _cli(["status", str(study), "--json"], capsys)
     assert rc == 0 and "\x1b" not in out and json.loads(out)["readers"]["\x1b]0;pwned\x07"] == [0, 2]
+
+
+# ------------------------------------------------------------------ 4. reports that would reveal the origin
+
+
+def _blinding_inputs(root: Path, real_reports: list[dict | None]) -> tuple[list[SourceCase], list[SourceCase]]:
+    root.mkdir()
+    real = [_real(root, i, r) for i, r in enumerate(real_reports)]
+    synthetic = [synthetic_case(_synthetic_folder(root / f"syn{i}", 300 + i)) for i in range(len(real_reports))]
+    return real, synthetic
+
+
+def test_incomplete_or_reworded_reports_are_refused(tmp_path, capsys):
+    two_of_five = {"shape": "Irregular", "density": "Hyperdense"}
+    reworded = {**REPORT, "shape": "round", "surface": "smooth"}
+    lowercase = {**REPORT, "density": "hyperdense"}
+    for name, reports, must in (
+        ("partial", [two_of_five, REPORT], ["1 of 4 cases", "2 of 5 attributes (missing heterogeneity, surface, invasion)",
+                                            "real0.nrrd"]),
+        ("reworded", [REPORT, reworded], ["shape 'round' is not a report wording (did you mean 'Round-like'?)",
+                                          "surface 'smooth' is not a report wording (allowed: 'Well-defined margin', "
+                                          "'Ill-defined margin')", "real1.nrrd"]),
+        ("lowercase", [lowercase, lowercase], ["2 of 4 cases", "density 'hyperdense'", "did you mean 'Hyperdense'?"]),
+    ):
+        real, synthetic = _blinding_inputs(tmp_path / name, reports)
+        inputs = _snapshot(tmp_path / name)
+        with pytest.raises(ReviewError) as info:
+            create_study(real, synthetic, tmp_path / f"{name}_study", settings=StudySettings(fov_mm=16))
+        message = str(info.value)
+        for text in [*must, "reveals the origin", "Complete the reports", "--no-attributes"]:
+            assert text in message, (name, text, message)
+        assert "synthetic /" not in message and "/syn" not in message  # only the offending (real) cases are listed
+        assert not (tmp_path / f"{name}_study").exists() and not (tmp_path / f"{name}_study_key").exists()
+        assert not list(tmp_path.glob(f".{name}_study*"))
+        assert _snapshot(tmp_path / name) == inputs
+    # The same cases without attribute questions: nothing is shown, nothing leaks.
+    created = create_study(real, synthetic, tmp_path / "noattr", settings=StudySettings(fov_mm=16, ask_attributes=False))
+    assert all(json.loads((created.study_dir / "cases" / c / "case.json").read_text())["report"] is None
+               for c in created.case_ids)
+
+
+def test_cli_create_lists_offending_reports(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "r.json").write_text(json.dumps({"shape": "Round-like mass", "density": "Hypodense"}))
+    real = [_real(src, i) for i in range(2)]
+    with open(src / "real.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "mask", "lesion_type", "report"])
+        for case in real:
+            writer.writerow([case.image.name, case.mask.name, "lung_tumor", "r.json"])
+    for i in range(2):
+        _synthetic_folder(src / "synth" / f"c{i}", 400 + i)
+    inputs = _snapshot(src)
+    _refused(["create", str(tmp_path / "study"), "--real-csv", str(src / "real.csv"), "--synthetic", str(src / "synth"),
+              "--fov", "16"], capsys, "2 of 5 attributes (missing heterogeneity, surface, invasion)", "real0.nrrd",
+             "real1.nrrd", "Complete the reports")
+    assert _snapshot(src) == inputs and not (tmp_path / "study").exists()
+    # "Round-like mass" (the report's sentence form) is the shape 'Round-like': shown as such once complete.
+    (src / "r.json").write_text(json.dumps({**REPORT, "shape": "Round-like mass"}))
+    rc, out, err = _cli(["create", str(tmp_path / "study"), "--real-csv", str(src / "real.csv"), "--synthetic",
+                         str(src / "synth"), "--fov", "16"], capsys)
+    assert rc == 0, err
+    shown = {json.loads(p.read_text())["report"]["shape"] for p in (tmp_path / "study" / "cases").glob("*/case.json")}
+    assert shown == {"Round-like", "Irregular"}

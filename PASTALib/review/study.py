@@ -188,12 +188,83 @@ def balance(cases: Sequence[SourceCase], seed: int) -> tuple[list[SourceCase], l
     return kept, dropped
 
 
+def _vocabulary() -> dict[str, type]:
+    """Report attribute -> its enum of exact wordings (PASTALib.synth.attributes, imported when needed:
+    the synth package loads scipy and SimpleITK)."""
+    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+
+    return {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "surface": Surface,
+            "invasion": Invasion}
+
+
+def report_attributes(report: dict[str, Any] | None) -> dict[str, str]:
+    """The five attribute wordings of a report, as given (surrounding spaces trimmed).
+
+    Reads our report.json keys (``shape``...) and PASTA-Gen ``type.json`` keys (``Shape``...); the
+    shape's sentence form "<shape> mass" (StructuredReport.shape_text, type.json) becomes the shape."""
+    if not report:
+        return {}
+    out = {}
+    for attribute in db.ATTRIBUTES:
+        value = report.get(attribute, report.get(attribute.capitalize()))
+        if value is None or not str(value).strip():
+            continue
+        text = str(value).strip()
+        if attribute == "shape" and text.endswith(" mass"):
+            text = text[: -len(" mass")]
+        out[attribute] = text
+    return out
+
+
+def report_problems(report: dict[str, Any] | None) -> list[str]:
+    """Why a (non-empty) report would tell readers something besides its content: attributes missing
+    (fewer questions than other cases) or wordings outside the report vocabulary."""
+    from PASTALib.errors import PastaError
+    from PASTALib.synth.attributes import parse_attribute
+
+    given = report_attributes(report)
+    if not given:
+        return []
+    problems = []
+    missing = [a for a in db.ATTRIBUTES if a not in given]
+    if missing:
+        problems.append(f"{len(given)} of {len(db.ATTRIBUTES)} attributes (missing {', '.join(missing)})")
+    for attribute, enum in _vocabulary().items():
+        text = given.get(attribute)
+        if text is None or text in {m.value for m in enum}:
+            continue
+        try:
+            hint = f"did you mean {parse_attribute(enum, text, attribute).value!r}?"
+        except PastaError:
+            hint = "allowed: " + ", ".join(repr(m.value) for m in enum)
+        problems.append(f"{attribute} {db.shown(repr(text))} is not a report wording ({hint})")
+    return problems
+
+
 def _visible_report(case: SourceCase, settings: StudySettings) -> dict[str, str] | None:
     """The report attributes a reader sees (exact wordings only: no seed, sizes or synthesis details)."""
     if not settings.ask_attributes or not case.report:
         return None
-    shown = {a: str(case.report[a]) for a in db.ATTRIBUTES if case.report.get(a)}
-    return shown or None
+    return report_attributes(case.report) or None
+
+
+def _refuse_revealing_reports(cases: Sequence[SourceCase], settings: StudySettings) -> None:
+    """Every report shown must be complete and in the exact vocabulary: real reports with 2 of 5
+    attributes next to synthetic ones with 5, or 'round' next to 'Round-like', tell the origin."""
+    if not settings.ask_attributes:
+        return
+    offending = [(c, p) for c in cases for p in [report_problems(c.report)] if p]
+    if not offending:
+        return
+    listed = "; ".join(f"{c.origin} {c.image}: {', '.join(p)}" for c, p in offending[:10])
+    more = f"; and {len(offending) - 10} more" if len(offending) > 10 else ""
+    raise ReviewError(
+        f"Cannot blind the attribute questions: {len(offending)} of {len(cases)} cases have a report that is "
+        f"incomplete or not in the report vocabulary, so the number or wording of the questions reveals the "
+        f"origin. {listed}{more}. Complete the reports (all of {', '.join(db.ATTRIBUTES)}) in the exact "
+        "wording of the structured report (docs/labels-and-reports.md; `pasta synth` writes it), or create "
+        "the study without attribute questions (--no-attributes)."
+    )
 
 
 def _report_warnings(cases: Sequence[SourceCase], settings: StudySettings) -> list[str]:
@@ -357,6 +428,7 @@ def create_study(
     kept, dropped = balance(cases, settings.seed)
     if not kept:
         raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
+    _refuse_revealing_reports(kept, settings)
     warnings = _report_warnings(kept, settings)
     if warnings and not settings.allow_report_imbalance:
         raise ReviewError("Cannot blind the attribute questions. " + " ".join(warnings)
