@@ -387,3 +387,119 @@ def test_cli_create_lists_offending_reports(tmp_path, capsys):
     assert rc == 0, err
     shown = {json.loads(p.read_text())["report"]["shape"] for p in (tmp_path / "study" / "cases").glob("*/case.json")}
     assert shown == {"Round-like", "Irregular"}
+
+
+# ------------------------------------------------------------------ 5. outputs onto inputs, broken JSON, killed create
+
+
+def test_export_and_analyze_never_write_onto_study_or_inputs(answered_study, tmp_path, capsys):
+    study = _copy_study(answered_study, tmp_path / "study")
+    key = _copy_study(answered_study.parent / "study_key", tmp_path / "study_key")
+    source = Path(next(iter(json.loads((key / "key.json").read_text())["cases"].values()))["image"])
+    a_file = tmp_path / "plain_file"
+    a_file.write_text("x")
+    before = _snapshot(study, key, source)
+    for argv, must in (
+        (["export", str(study), str(study / "study.json")], "inside the study folder"),
+        (["export", str(study), str(study / "responses.sqlite")], "inside the study folder"),
+        (["export", str(study), str(study / "answers.csv")], "inside the study folder"),
+        (["export", str(study), str(study / "cases" / "x.csv"), "--key", str(key)], "inside the study folder"),
+        (["export", str(study), str(key / "key.json"), "--key", str(key)], "would replace an input"),
+        (["export", str(study), str(source), "--key", str(key)], "would replace an input"),
+        (["export", str(study), str(tmp_path)], "is a folder"),
+        (["export", str(study), str(a_file / "answers.csv")], "cannot write"),
+        (["analyze", str(study), "--key", str(key), "--out", str(study)], "inside the study folder"),
+        (["analyze", str(study), "--key", str(key), "--out", str(study / "results")], "inside the study folder"),
+        (["analyze", str(study), "--key", str(key), "--out", str(a_file)], "is a file"),
+    ):
+        _refused(argv, capsys, must)
+    assert _snapshot(study, key, source) == before and a_file.read_text() == "x"
+    assert not list(tmp_path.glob(".*partial*")) and not list(study.rglob(".*partial*"))
+    rc, _, err = _cli(["export", str(study), str(tmp_path / "out" / "answers.csv"), "--key", str(key)], capsys)
+    assert rc == 0, err
+    assert len((tmp_path / "out" / "answers.csv").read_text().splitlines()) == 5  # header + 4 answers
+
+
+def _break_json(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-7] + b"\x00\xff{")
+
+
+def test_broken_json_files_are_named_before_they_are_parsed(answered_study, tmp_path, capsys):
+    key_src = answered_study.parent / "study_key"
+    case_id = _study_case_ids(answered_study)[0]
+    for name, damage, must in (
+        ("case_json", lambda s, k: _break_json(s / "cases" / case_id / "case.json"),
+         [f"cases/{case_id}/case.json changed (sha256 differs"]),
+        ("case_json_deleted", lambda s, k: (s / "cases" / case_id / "case.json").unlink(),
+         [f"cases/{case_id}/case.json is missing"]),
+        ("study_json", lambda s, k: _break_json(s / "study.json"), ["study.json changed"]),
+        ("manifest", lambda s, k: _break_json(s / "manifest.json"), ["manifest.json is damaged (not valid JSON"]),
+        ("manifest_list", lambda s, k: (s / "manifest.json").write_text("[1, 2]"), ["manifest.json is damaged (not a JSON object"]),
+        ("manifest_unlisted", lambda s, k: (s / "manifest.json").write_text(json.dumps({"sha256": {}})),
+         ["study.json is not listed in"]),
+    ):
+        study = _copy_study(answered_study, tmp_path / name / "study")
+        key = _copy_study(key_src, tmp_path / name / "study_key")
+        damage(study, key)
+        before = _snapshot(study, key)
+        for argv in (["status", str(study)], ["rate", str(study), "r1"], ["add-reader", str(study), "r9"],
+                     ["export", str(study), str(tmp_path / name / "a.csv")], ["verify", str(study)],
+                     ["analyze", str(study), "--key", str(key), "--out", str(tmp_path / name / "out")]):
+            _refused(argv, capsys, *must)
+        assert _snapshot(study, key) == before
+        assert not (tmp_path / name / "a.csv").exists() and not (tmp_path / name / "out").exists()
+    # A damaged key: analyze and export --key refuse it by name.
+    study = _copy_study(answered_study, tmp_path / "key" / "study")
+    key = _copy_study(key_src, tmp_path / "key" / "study_key")
+    _break_json(key / "key.json")
+    for argv in (["analyze", str(study), "--key", str(key), "--out", str(tmp_path / "key" / "out")],
+                 ["export", str(study), str(tmp_path / "key" / "a.csv"), "--key", str(key)],
+                 ["verify", str(study), "--key", str(key)]):
+        _refused(argv, capsys, "key.json is damaged", "Restore key.json")
+
+
+_KILLED_CREATE = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+import test_faults_review as t
+from PASTALib.review import StudySettings, create_study, synthetic_case
+root = Path({root!r})
+src = root / "src"
+src.mkdir()
+real = [t._real(src, i) for i in range(2)]
+syn = [synthetic_case(t._synthetic_folder(src / f"syn{{i}}", 500 + i)) for i in range(2)]
+def die(n, total):
+    if n == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+create_study(real, syn, root / "study", settings=StudySettings(fov_mm=16), progress=die)
+"""
+
+
+def test_killed_create_leaves_partials_that_the_next_create_removes(tmp_path, capsys):
+    tests = Path(__file__).resolve().parent
+    script = _KILLED_CREATE.format(repo=str(tests.parent), tests=str(tests), root=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == -9, result.stderr
+    stale = sorted(p.name for p in tmp_path.glob(".*.partial-*"))
+    assert len(stale) == 2 and all(".pasta-review-partial.json" in os.listdir(tmp_path / p) for p in stale)
+    assert not (tmp_path / "study").exists()
+    # Look-alikes that are not ours, or whose creator still runs, are left alone.
+    foreign = tmp_path / ".other.partial-1"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("someone else's")
+    alive = tmp_path / ".busy.partial-2"
+    alive.mkdir()
+    import socket
+
+    (alive / ".pasta-review-partial.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    real, synthetic = _blinding_inputs(tmp_path / "again", [REPORT, REPORT])
+    created = create_study(real, synthetic, tmp_path / "study2", settings=StudySettings(fov_mm=16))
+    assert sorted(p.name for p in created.removed_partials) == stale
+    assert sorted(p.name for p in tmp_path.glob(".*.partial-*")) == [".busy.partial-2", ".other.partial-1"]
+    assert (foreign / "data.txt").read_text() == "someone else's"
+    assert not list(created.study_dir.rglob(".pasta-review-partial.json"))
+    assert not list(created.key_dir.rglob(".pasta-review-partial.json"))
+    rc, out, _ = _cli(["verify", str(created.study_dir), "--key", str(created.key_dir)], capsys)
+    assert rc == 0 and out.startswith("ok:")

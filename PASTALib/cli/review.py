@@ -80,6 +80,8 @@ def _create(args: argparse.Namespace) -> int:
                              allow_report_imbalance=args.allow_report_imbalance)
     created = create_study(real, synthetic, args.study, args.key, settings,
                            progress=lambda n, total: print(f"PROGRESS {n}/{total}", flush=True))
+    for stale in created.removed_partials:
+        print(f"removed {stale} (left by an interrupted `pasta review create`)")
     print(f"study: {created.study_dir} ({len(created.case_ids)} cases)")
     print(f"key (keep away from readers): {created.key_dir}")
     for lesion_type, counts in created.counts.items():

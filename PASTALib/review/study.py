@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,9 @@ IMAGE_NAME, MASK_NAME, CASE_JSON = "image.nii.gz", "mask.nii.gz", "case.json"
 DB_NAME = "responses.sqlite"
 #: Files in the study folder that change while readers work (not checksummed).
 _MUTABLE = {"manifest.json", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"}
+#: Marks a staging folder of :func:`create_study` (pid, host): a killed create's leftovers are recognised
+#: by it and removed by the next create; it is deleted just before the folder is renamed into place.
+PARTIAL_MARKER = ".pasta-review-partial.json"
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class CreatedStudy:
     counts: dict[str, dict[str, int]]  # lesion type slug -> origin -> n kept
     dropped: list[dict[str, str]]
     warnings: list[str] = field(default_factory=list)
+    removed_partials: list[Path] = field(default_factory=list)  # leftovers of killed creates, cleaned
 
 
 # ---------------------------------------------------------------- inputs
@@ -378,7 +383,7 @@ def sha256(path: Path) -> str:
 def study_files(study_dir: Path) -> list[str]:
     """Relative paths of the study's fixed files (everything except the manifest and database)."""
     return sorted(p.relative_to(study_dir).as_posix() for p in study_dir.rglob("*")
-                  if p.is_file() and p.name not in _MUTABLE)
+                  if p.is_file() and p.name not in _MUTABLE and p.name != PARTIAL_MARKER)
 
 
 def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True) -> int:
@@ -403,6 +408,35 @@ def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True
 # ---------------------------------------------------------------- create
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or a pid we cannot ask about): leave its folder alone
+    return True
+
+
+def remove_stale_partials(folders: Iterable[Path]) -> list[Path]:
+    """Remove staging folders that a killed :func:`create_study` left in ``folders``: only folders
+    carrying PARTIAL_MARKER, written on this host by a process that no longer runs."""
+    removed = []
+    for parent in sorted({Path(f) for f in folders}):
+        if not parent.is_dir():
+            continue
+        for stage in sorted(parent.glob(".*.partial-*")):
+            try:
+                info = json.loads((stage / PARTIAL_MARKER).read_text(encoding="utf-8"))
+                pid, host = int(info["pid"]), str(info["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours (or not readable): never delete what we cannot prove we made
+            if host == socket.gethostname() and not _process_alive(pid):
+                shutil.rmtree(stage, ignore_errors=True)
+                removed.append(stage)
+    return removed
+
+
 def default_key_dir(study_dir: Path) -> Path:
     return study_dir.parent / f"{study_dir.name}_key"
 
@@ -418,7 +452,10 @@ def create_study(
     if key_dir == study_dir or study_dir in key_dir.parents:
         raise ReviewError(f"The key folder {key_dir} must be outside the study folder {study_dir}: "
                           "readers get the study folder, and the key reveals every answer.")
+    removed_partials = remove_stale_partials((study_dir.parent, key_dir.parent))
     for folder in (study_dir, key_dir):
+        if folder.exists() and not folder.is_dir():
+            raise ReviewError(f"{folder} is a file; choose a new folder for the study and key.")
         if folder.exists() and any(folder.iterdir()):
             raise ReviewError(f"{folder} exists and is not empty; choose a new folder for the study and key.")
     cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
@@ -443,9 +480,11 @@ def create_study(
             ids.append(candidate)
     mtime = float(int(time.time()))
     stage, key_stage = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (study_dir, key_dir))
-    for p in (stage, key_stage):
+    for p, final in ((stage, study_dir), (key_stage, key_dir)):
         shutil.rmtree(p, ignore_errors=True)
         p.mkdir(parents=True)
+        (p / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "target": str(final)}), encoding="utf-8")
     try:
         key_cases: dict[str, dict[str, Any]] = {}
         seen_voxels: dict[str, SourceCase] = {}
@@ -489,6 +528,7 @@ def create_study(
         for final, staged in ((study_dir, stage), (key_dir, key_stage)):
             if final.exists():
                 final.rmdir()
+            (staged / PARTIAL_MARKER).unlink()
             os.replace(staged, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -497,7 +537,7 @@ def create_study(
     counts: dict[str, dict[str, int]] = {}
     for case in kept:
         counts.setdefault(case.lesion_type.slug, {o: 0 for o in ORIGINS})[case.origin] += 1
-    return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings)
+    return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings, removed_partials)
 
 
 def _write_json(path: Path, data: dict[str, Any], mtime: float) -> None:
@@ -526,23 +566,33 @@ class Study:
 
     @classmethod
     def open(cls, study_dir: str | os.PathLike) -> "Study":
+        """Open a study; every JSON file is checked against the manifest before it is parsed."""
         root = Path(study_dir).resolve()
         if not (root / "study.json").is_file() or not (root / "manifest.json").is_file():
             raise ReviewError(f"{root} is not a reader study (no study.json/manifest.json). "
                               "Create one with `pasta review create`.")
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        checksums = manifest["sha256"]
-        verify_files(root, {"study.json": checksums["study.json"]}, complete=False)
-        meta = json.loads((root / "study.json").read_text(encoding="utf-8"))
+        manifest = _read_json(root / "manifest.json", "Restore manifest.json from a backup of the study folder "
+                              "(`pasta review verify STUDY --key KEY` checks it against the key).")
+        checksums = manifest.get("sha256")
+        if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+            raise StudyTamperedError(f"{root / 'manifest.json'} has no checksum table ('sha256'); restore it from a "
+                                     "backup of the study folder.")
+        _verify_listed(root, checksums, "study.json")
+        meta = _read_json(root / "study.json", "Restore the study folder from a backup.")
         if meta.get("format_version", 0) > STUDY_FORMAT_VERSION:
             raise ReviewError(f"{root} was made by a newer PASTALib (format {meta['format_version']}); update PASTALib.")
+        case_ids = meta.get("case_ids")
+        if not isinstance(case_ids, list) or not all(isinstance(c, str) and c.isalnum() for c in case_ids):
+            raise StudyTamperedError(f"{root / 'study.json'} has no valid case list; restore the study folder.")
         cases = {}
-        for case_id in meta["case_ids"]:
-            path = root / "cases" / case_id / CASE_JSON
-            if not path.is_file():
-                raise StudyTamperedError(f"{path.relative_to(root)} is missing from the study; restore the study folder.")
-            cases[case_id] = json.loads(path.read_text(encoding="utf-8"))
-        return cls(root, meta["study_id"], tuple(meta["case_ids"]), cases, meta["settings"], checksums)
+        for case_id in case_ids:
+            rel = f"cases/{case_id}/{CASE_JSON}"
+            _verify_listed(root, checksums, rel)  # before parsing: a damaged file is named, never parsed
+            cases[case_id] = _read_json(root / rel, "Restore the study folder from a backup.")
+        try:
+            return cls(root, meta["study_id"], tuple(case_ids), cases, meta["settings"], checksums)
+        except KeyError as exc:
+            raise StudyTamperedError(f"{root / 'study.json'} lacks {exc}; restore the study folder.") from None
 
     def verify_case(self, case_id: str) -> None:
         """Check one case's files against the manifest (cheap: done whenever a case is shown)."""
@@ -550,11 +600,36 @@ class Study:
         verify_files(self.root, {k: v for k, v in self.checksums.items() if k.startswith(prefix)}, complete=False)
 
 
+def _verify_listed(root: Path, checksums: dict[str, str], rel: str) -> None:
+    """Check one study file against the manifest; a file the manifest does not list is tampering too."""
+    if rel not in checksums:
+        raise StudyTamperedError(f"{rel} is not listed in {root / 'manifest.json'}: the study was modified after "
+                                 "it was created. Restore the study folder from a backup.")
+    verify_files(root, {rel: checksums[rel]}, complete=False)
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or ReviewError naming the file and ``fix``."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ReviewError(f"cannot read {path} ({exc.strerror or exc}). Check the folder's permissions.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyTamperedError(f"{path} is damaged (not valid JSON: {exc}). {fix}") from None
+    if not isinstance(data, dict):
+        raise StudyTamperedError(f"{path} is damaged (not a JSON object). {fix}")
+    return data
+
+
 def load_key(key_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(key_dir) / "key.json"
     if not path.is_file():
         raise ReviewError(f"No study key at {path}. Pass the key folder written by `pasta review create` (--key).")
-    return json.loads(path.read_text(encoding="utf-8"))
+    key = _read_json(path, "Restore key.json from your backup of the key folder.")
+    if not isinstance(key.get("cases"), dict) or "study_id" not in key:
+        raise StudyTamperedError(f"{path} is not a study key (no study_id/cases). Pass the key folder written by "
+                                 "`pasta review create` (--key), or restore it from your backup.")
+    return key
 
 
 def verify_study(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None = None) -> int:
@@ -566,10 +641,10 @@ def verify_study(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None
             key = load_key(key_dir)
             if key["study_id"] != study.study_id:
                 raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
-            if sha256(study.root / "manifest.json") != key["manifest_sha256"]:
+            if sha256(study.root / "manifest.json") != key.get("manifest_sha256"):
                 raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
                                          "differs from the key's); restore it from a backup.")
-            n = verify_files(study.root, key["sha256"])
+            n = verify_files(study.root, key.get("sha256") or {})
         else:
             n = verify_files(study.root, study.checksums)
     except ReviewError as exc:
