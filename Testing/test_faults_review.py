@@ -503,3 +503,79 @@ def test_killed_create_leaves_partials_that_the_next_create_removes(tmp_path, ca
     assert not list(created.key_dir.rglob(".pasta-review-partial.json"))
     rc, out, _ = _cli(["verify", str(created.study_dir), "--key", str(created.key_dir)], capsys)
     assert rc == 0 and out.startswith("ok:")
+
+
+# ------------------------------------------------------------------ 6. PASTA-Gen-30K subsets as synthetic input (#18)
+
+
+def _pasta_gen_subset(out: Path, numbers: tuple[int, ...]) -> Path:
+    """A `pasta data pasta-gen-30k` folder made by its own installer (PASTALib.synth.pasta_gen_30k.install_cases)
+    from files laid out as the Hub's <Organ>/<Kind>/<n>/ in <out>/.hf: img/label/total.nii.gz + type.json."""
+    from PASTALib.labels import LesionType
+    from PASTALib.synth.pasta_gen_30k import DOWNLOAD_DIR, install_cases
+
+    for i, n in enumerate(numbers):
+        folder = out / DOWNLOAD_DIR / "Lung" / "Tumor" / str(n)
+        folder.mkdir(parents=True)
+        img, lab = _volume(600 + n)
+        sitk.WriteImage(img, str(folder / "img.nii.gz"))
+        sitk.WriteImage(lab * 11, str(folder / "label.nii.gz"))
+        sitk.WriteImage(lab, str(folder / "total.nii.gz"))
+        # type.json as `pasta synth generate` writes it (PASTA-Gen keys, "<shape> mass"); the first case
+        # names its lesion type, the others leave it to the Lung/Tumor folder.
+        meta = {"Enhancement status": "Enhanced CT", "Location": "Right lung", "Size": "9×9×9mm",
+                "Shape": f"{REPORT['shape']} mass", **{k.capitalize(): v for k, v in REPORT.items() if k != "shape"}}
+        if i == 0:
+            meta.update(lesion_type="lung_tumor", label_value=11)
+        (folder / "type.json").write_text(json.dumps(meta, ensure_ascii=False))
+    install_cases(out / DOWNLOAD_DIR, out, [(LesionType.LUNG_TUMOR, n) for n in numbers], "0" * 40)
+    # A case still downloading (hidden .hf area) must not be picked up.
+    partial = out / DOWNLOAD_DIR / "Lung" / "Tumor" / "99"
+    partial.mkdir(parents=True)
+    (partial / "type.json").write_text(json.dumps({"lesion_type": "lung_tumor"}))
+    return out
+
+
+def test_create_reads_a_pasta_gen_30k_subset(tmp_path, capsys):
+    from PASTALib.review import find_synthetic_cases
+
+    subset = _pasta_gen_subset(tmp_path / "pg", (3, 12))
+    assert sorted(p.relative_to(subset).as_posix() for p in subset.glob("Lung/Tumor/*")) == ["Lung/Tumor/00003", "Lung/Tumor/00012"]
+    found = find_synthetic_cases([subset])
+    assert [(c.image.parent.name, c.image.name, int(c.lesion_type), c.lesion_values) for c in found] == [
+        ("00003", "img.nii.gz", 11, (11,)), ("00012", "img.nii.gz", 11, (11,))]
+    src = tmp_path / "real"
+    src.mkdir()
+    (src / "r.json").write_text(json.dumps(REPORT))
+    with open(src / "real.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["image", "mask", "lesion_type", "report"])
+        for i in range(2):
+            case = _real(src, i)
+            writer.writerow([case.image.name, case.mask.name, "lung_tumor", "r.json"])
+    inputs = _snapshot(subset, src)
+    study = tmp_path / "study"
+    rc, out, err = _cli(["create", str(study), "--real-csv", str(src / "real.csv"), "--synthetic", str(subset),
+                         "--fov", "16"], capsys)
+    assert rc == 0, err
+    assert "lung_tumor: 2 real + 2 synthetic" in out
+    key = json.loads((tmp_path / "study_key" / "key.json").read_text())
+    synthetic = sorted(Path(c["image"]).relative_to(subset).as_posix() for c in key["cases"].values() if c["origin"] == "synthetic")
+    assert synthetic == ["Lung/Tumor/00003/img.nii.gz", "Lung/Tumor/00012/img.nii.gz"]
+    reports = [json.loads(p.read_text())["report"] for p in (study / "cases").glob("*/case.json")]
+    assert reports == [REPORT] * 4  # same five questions, same wording, whatever the source
+    assert _snapshot(subset, src) == inputs
+    # A generate folder and a subset together under one --synthetic root are both read.
+    both = tmp_path / "both"
+    _pasta_gen_subset(both / "pg", (5,))
+    _synthetic_folder(both / "generate" / "Lung" / "Tumor" / "00000", 700)
+    assert sorted(c.image.parent.name for c in find_synthetic_cases([both])) == ["00000", "00005"]
+    # A type.json whose folder is no <Organ>/<Kind> and that names no lesion type is refused by name.
+    lost = tmp_path / "lost" / "case"
+    _synthetic_folder(lost, 800)
+    (lost / "report.json").unlink()
+    (lost / "type.json").write_text(json.dumps({"Shape": "Irregular mass"}))
+    _refused(["create", str(tmp_path / "s3"), "--real-csv", str(src / "real.csv"), "--synthetic", str(lost.parent)],
+             capsys, "type.json has no 'lesion_type'", "add \"lesion_type\"")
+    _refused(["create", str(tmp_path / "s4"), "--real-csv", str(src / "real.csv"), "--synthetic", str(tmp_path / "nope")],
+             capsys, "is not a folder")
