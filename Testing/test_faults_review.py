@@ -579,3 +579,37 @@ def test_create_reads_a_pasta_gen_30k_subset(tmp_path, capsys):
              capsys, "type.json has no 'lesion_type'", "add \"lesion_type\"")
     _refused(["create", str(tmp_path / "s4"), "--real-csv", str(src / "real.csv"), "--synthetic", str(tmp_path / "nope")],
              capsys, "is not a folder")
+
+
+# ------------------------------------------------------------------ numeric options: range stated, nothing written
+
+
+def test_numeric_options_state_their_range(answered_study, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "r.json").write_text(json.dumps(REPORT))
+    (src / "real.csv").write_text("image,mask,lesion_type,report\n")
+    study = _copy_study(answered_study, tmp_path / "study")
+    key = answered_study.parent / "study_key"
+    create = ["create", str(tmp_path / "new"), "--real-csv", str(src / "real.csv"), "--synthetic", str(src)]
+    analyze = ["analyze", str(study), "--key", str(key), "--out", str(tmp_path / "out")]
+    before = _snapshot(study, key)
+    for argv, must in (
+        (create + ["--spacing", "0"], "--spacing) 0.0 is out of range: give a number from 0.1 to 10"),
+        (create + ["--spacing", "nan"], "--spacing) nan"),
+        (create + ["--spacing", "inf"], "--spacing) inf"),
+        (create + ["--fov", "-5"], "--fov; 0 keeps the whole CT) -5.0 is out of range: give a number from 4 to 2000"),
+        (create + ["--fov", "2", "--spacing", "1"], "from 4 to 2000"),
+        (create + ["--seed", "-1"], "--seed) -1 is out of range: give a whole number from 0 to 4294967295"),
+        (["add-reader", str(study), "r7", "--seed", "-3"], "--seed) -3 is out of range"),
+        (["rate", str(study), "r1", "--pace", "-1"], "--pace (seconds between scripted answers) -1.0 is out of range"),
+        (["rate", str(study), "r1", "--pace", "nan"], "--pace (seconds between scripted answers) nan"),
+        (analyze + ["--threshold", "9"], "--threshold; rating >= it calls a case real) 9 is out of range: give a whole number from 2 to 5"),
+        (analyze + ["--margin", "-1"], "--margin, rating points) -1.0 is out of range"),
+        (analyze + ["--margin", "inf"], "--margin, rating points) inf"),
+        (analyze + ["--n-boot", "-5"], "--n-boot) -5 is out of range: give a whole number from 20 to 100000"),
+        (analyze + ["--seed", "-5"], "--seed) -5 is out of range"),
+    ):
+        _refused(argv, capsys, must)
+    assert _snapshot(study, key) == before
+    assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()

@@ -73,11 +73,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace) -> int:
     from PASTALib.review import StudySettings, create_study, find_synthetic_cases, read_real_cases_csv
 
-    real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
-    synthetic = find_synthetic_cases(args.synthetic)
+    # Options first: a bad number is reported before any input is read.
     settings = StudySettings(seed=args.seed, spacing_mm=args.spacing, fov_mm=args.fov or None,
                              allow_changes=args.allow_changes, ask_attributes=not args.no_attributes,
                              allow_report_imbalance=args.allow_report_imbalance)
+    real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
+    synthetic = find_synthetic_cases(args.synthetic)
     created = create_study(real, synthetic, args.study, args.key, settings,
                            progress=lambda n, total: print(f"PROGRESS {n}/{total}", flush=True))
     for stale in created.removed_partials:
@@ -105,8 +106,10 @@ def _add_reader(args: argparse.Namespace) -> int:
 
 def _rate(args: argparse.Namespace) -> int:
     from PASTALib.review import ATTRIBUTES, ReaderSession
+    from PASTALib.review.db import check_number
     from PASTALib.review.session import read_answers
 
+    pace = check_number(args.pace, "--pace (seconds between scripted answers)", 0, 3600)
     with ReaderSession(args.study, args.reader) as session:
         # The whole file is checked before the first answer is recorded.
         answers = read_answers(args.answers, session.study) if args.answers else None
@@ -114,7 +117,7 @@ def _rate(args: argparse.Namespace) -> int:
         if done:
             print(f"resuming: {done} of {total} answered", flush=True)
         if answers is not None:
-            return _rate_scripted(session, answers, args.pace, ATTRIBUTES)
+            return _rate_scripted(session, answers, pace, ATTRIBUTES)
         return _rate_interactive(session, ATTRIBUTES)
 
 

@@ -343,6 +343,7 @@ def reader_name(reader: str) -> str:
 @_reported
 def add_reader(conn: sqlite3.Connection, reader: str, seed: int) -> None:
     name = reader_name(reader)
+    seed = check_number(seed, "The reader's shuffle seed (--seed)", 0, MAX_SEED, integer=True)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM readers WHERE reader = ?", (name,)).fetchone():
             raise ReviewError(f"Reader {name!r} is already registered in this study.")
@@ -376,6 +377,25 @@ def check_rating(value: object, what: str) -> int:
     if isinstance(value, bool) or not math.isfinite(number) or number != int(number) or not 1 <= number <= 5:
         raise RatingRangeError(f"{what} rating {value!r} is out of range: give a whole number from 1 to 5.")
     return int(number)
+
+
+#: Seeds are numpy SeedSequence entropy: non-negative; 32 bits are plenty and print compactly.
+MAX_SEED = 2**32 - 1
+
+
+def check_number(value: object, option: str, low: float, high: float, *, integer: bool = False) -> float | int:
+    """``value`` if it is a finite number (a whole one when ``integer``) in [low, high]; otherwise
+    ReviewError stating the option's allowed range (never a silent fallback to a default)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    whole = math.isfinite(number) and number == int(number)
+    if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high or (integer and not whole):
+        kind = "a whole number" if integer else "a number"
+        bounds = f"{int(low)} to {int(high)}" if integer else f"{low:g} to {high:g}"
+        raise ReviewError(f"{option} {value!r} is out of range: give {kind} from {bounds}.")
+    return int(number) if integer else number
 
 
 @_reported

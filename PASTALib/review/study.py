@@ -83,6 +83,13 @@ class StudySettings:
     ask_attributes: bool = True  # ask 1-5 accuracy of the 5 report attributes for cases with a report
     allow_report_imbalance: bool = False  # see create_study: report presence must not reveal origin
 
+    def __post_init__(self) -> None:
+        db.check_number(self.seed, "The study seed (--seed)", 0, db.MAX_SEED, integer=True)
+        spacing = db.check_number(self.spacing_mm, "The study spacing in mm (--spacing)", 0.1, 10.0)
+        if self.fov_mm is not None:
+            # At least 4 voxels across, or the lesion-centred cube shows nothing around the lesion.
+            db.check_number(self.fov_mm, "The field of view in mm (--fov; 0 keeps the whole CT)", 4 * spacing, 2000.0)
+
 
 @dataclass
 class CreatedStudy:
