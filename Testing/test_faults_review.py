@@ -613,3 +613,71 @@ def test_numeric_options_state_their_range(answered_study, tmp_path, capsys):
         _refused(argv, capsys, must)
     assert _snapshot(study, key) == before
     assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ a full disk (small tmpfs; skipped where mounting is not allowed)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: a tmpfs of ``kib`` KiB at a fresh folder (unmounted afterwards)."""
+    mounts = []
+
+    def make(kib: int) -> Path:
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip() or 'needs root'})")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as stream:
+        try:
+            while True:
+                stream.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_full_disk_create_and_rate(tmp_path, small_disk, capsys):
+    real, synthetic = _blinding_inputs(tmp_path / "src", [REPORT, REPORT])
+    disk = small_disk(512)
+    _fill(disk).unlink()  # the tmpfs works
+    filler = _fill(disk)
+    os.truncate(filler, filler.stat().st_size - 24 * 1024)  # 24 KiB left: too little for the study + key
+    with pytest.raises(ReviewError, match="cannot create the study .*No space left on device.*nothing was created"):
+        create_study(real, synthetic, disk / "study", settings=StudySettings(fov_mm=16))
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no study, no key, no partial folder
+    # Rating on a full disk: an error, and every answer given before it is still there.
+    filler.unlink()
+    study = disk / "study"
+    create_study(real, synthetic, study, settings=StudySettings(fov_mm=16))
+    add_reader(study, "r1")
+    ids = _study_case_ids(study)
+    with ReaderSession(study, "r1") as session:
+        first = session.order[0]
+        session.rate(first, 2)
+    answers = tmp_path / "answers.csv"
+    answers.write_text("case_id,realism\n" + "".join(f"{c},4\n" for c in ids))
+    filler = _fill(disk)
+    rc, out, err = _cli(["rate", str(study), "r1", "--answers", str(answers)], capsys)
+    assert rc == 2 and err.startswith("error: ") and "full" in err and "Traceback" not in err, (rc, out, err)
+    filler.unlink()
+    with ReaderSession(study, "r1") as session:
+        assert session.answers()[first].realism == 2
+    rc, out, err = _cli(["rate", str(study), "r1", "--answers", str(answers)], capsys)
+    assert rc == 0, err
+    with ReaderSession(study, "r1") as session:
+        assert session.progress() == (4, 4) and session.answers()[first].realism == 2
+    rc, out, _ = _cli(["verify", str(study)], capsys)
+    assert rc == 0, out

@@ -108,6 +108,9 @@ def database_error(path: Path, exc: sqlite3.Error) -> ReviewError:
     if "locked" in lowered or "busy" in lowered:
         return ReviewError(f"{path} is busy: another reader's process held it for over {BUSY_TIMEOUT_MS // 1000} s "
                            f"(sqlite: {detail}). Try again; if it persists, close other `pasta review` sessions.")
+    if "full" in lowered:
+        return ReviewError(f"the disk holding {path} is full (sqlite: {detail}); the last answer was not saved and "
+                           "none before it is lost. Free some space and run the command again.")
     if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
         return ReviewError(f"cannot write the study database {path} (sqlite: {detail}). Give yourself write "
                            "permission on the file and its folder (SQLite writes -wal/-shm files beside it), "
@@ -280,6 +283,8 @@ def init_db(path: str | Path, settings: dict[str, object]) -> None:
             conn.executemany(
                 "INSERT INTO settings VALUES (?, ?)", [(k, json.dumps(v)) for k, v in settings.items()]
             )
+    except sqlite3.Error as exc:
+        raise database_error(path, exc) from None
     finally:
         conn.close()
 

@@ -538,12 +538,12 @@ def create_study(
             ids.append(candidate)
     mtime = float(int(time.time()))
     stage, key_stage = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (study_dir, key_dir))
-    for p, final in ((stage, study_dir), (key_stage, key_dir)):
-        shutil.rmtree(p, ignore_errors=True)
-        p.mkdir(parents=True)
-        (p / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                    "target": str(final)}), encoding="utf-8")
     try:
+        for p, final in ((stage, study_dir), (key_stage, key_dir)):
+            shutil.rmtree(p, ignore_errors=True)
+            p.mkdir(parents=True)
+            (p / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "target": str(final)}), encoding="utf-8")
         key_cases: dict[str, dict[str, Any]] = {}
         seen_voxels: dict[str, SourceCase] = {}
         for n, (index, case_id) in enumerate(zip(order, ids), 1):
@@ -584,10 +584,22 @@ def create_study(
             "sha256": checksums, "manifest_sha256": sha256(stage / "manifest.json"),
         }, mtime)
         for final, staged in ((study_dir, stage), (key_dir, key_stage)):
-            if final.exists():
-                final.rmdir()
-            (staged / PARTIAL_MARKER).unlink()
-            os.replace(staged, final)
+            try:
+                if final.exists():
+                    final.rmdir()
+                (staged / PARTIAL_MARKER).unlink()
+                os.replace(staged, final)
+            except OSError:
+                if final.is_dir() and any(final.iterdir()):
+                    raise ReviewError(f"{final} was filled by another `pasta review create` while this one ran; "
+                                      "choose a new folder for the study and key.") from None
+                raise
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(key_stage, ignore_errors=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ReviewError(f"cannot create the study {study_dir}{where}: {exc.strerror or exc}. Free disk space, or choose a "
+                          "writable location for the study and key; nothing was created.") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(key_stage, ignore_errors=True)
