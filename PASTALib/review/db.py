@@ -181,6 +181,14 @@ def connect(path: str | Path) -> sqlite3.Connection:
     if not path.is_file():
         raise ReviewError(f"No study database at {path}. Create the study first (pasta review create).")
     problems = integrity_problems(path, quick=True)
+    for _ in range(2):
+        with open(path, "rb") as stream:
+            if not problems or stream.read(16) != _SQLITE_MAGIC:
+                break
+        # The immutable check can catch another reader's closing checkpoint half-way: ask again
+        # before calling an SQLite file damaged (real damage persists).
+        time.sleep(0.1)
+        problems = integrity_problems(path, quick=True)
     if problems:
         raise ReviewError(" ".join(problems))
     conn = _open(path, check=True)
