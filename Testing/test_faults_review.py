@@ -298,6 +298,8 @@ BAD_NAMES = {
     "empty": ("   ", "empty"),
     "long": ("x" * 65, "65 characters"),
     "zero_width": ("a\u200bb", "'\\u200b'"),
+    "formula": ("=1+2", "starts with '='"),
+    "formula_at": ("@SUM(A1)", "starts with '@'"),
 }
 
 

@@ -350,6 +350,8 @@ def reader_name(reader: str) -> str:
     if bad:
         listed = ", ".join(repr(c) for c in bad)
         raise ReviewError(f"The reader name '{shown(name)}' contains {listed}: {rule}.")
+    if name[0] in "=+-@":  # a spreadsheet opening the exported CSV would run it as a formula
+        raise ReviewError(f"The reader name '{shown(name)}' starts with {name[0]!r}: {rule}, not starting with = + - @.")
     return name
 
 
