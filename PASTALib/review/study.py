@@ -598,8 +598,8 @@ def create_study(
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(key_stage, ignore_errors=True)
         where = f" ({exc.filename})" if exc.filename else ""
-        raise ReviewError(f"cannot create the study {study_dir}{where}: {exc.strerror or exc}. Free disk space, or choose a "
-                          "writable location for the study and key; nothing was created.") from None
+        raise ReviewError(f"cannot create the study {study_dir}{where}: {exc.strerror or exc}. Free disk space, "
+                          "or choose a writable location for the study and key; nothing was created.") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(key_stage, ignore_errors=True)
