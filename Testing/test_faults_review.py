@@ -154,7 +154,7 @@ def _zeroed_pages(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-DAMAGE = {"garbage": (_garbage, "not an SQLite database"), "truncated": (_truncate, "truncated"),
+DAMAGE = {"missing": (Path.unlink, "is missing"), "garbage": (_garbage, "not an SQLite database"), "truncated": (_truncate, "truncated"),
           "csv_file": (_not_sqlite, "not an SQLite database"), "wrong_schema": (_wrong_schema, "not a PASTA study database"),
           "zeroed_pages": (_zeroed_pages, "responses.sqlite")}
 

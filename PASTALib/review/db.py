@@ -179,7 +179,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
     A damaged or foreign file raises ReviewError naming it (nothing is written to it)."""
     path = Path(path)
     if not path.is_file():
-        raise ReviewError(f"No study database at {path}. Create the study first (pasta review create).")
+        raise ReviewError(_missing(path))
     problems = integrity_problems(path, quick=True)
     for _ in range(2):
         with open(path, "rb") as stream:
@@ -224,6 +224,12 @@ def _open(path: Path, check: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _missing(path: Path) -> str:
+    return (f"the study database {path} is missing (every study is created with one). Restore {path.name} from "
+            "a backup of the study folder; without one the answers are lost and the study must be created again "
+            "(pasta review create).")
+
+
 def _read_only(path: Path) -> sqlite3.Connection:
     """A connection that cannot change anything on disk. Without a -wal file (no session open, none
     crashed) the database file is the whole truth and is opened immutable: SQLite then creates no
@@ -239,7 +245,7 @@ def integrity_problems(path: str | Path, quick: bool = False) -> list[str]:
     ``PRAGMA quick_check``, no index cross-check), read-only. Empty when it is sound."""
     path = Path(path)
     if not path.is_file():
-        return [f"{path.name} is missing"]
+        return [_missing(path)]
     try:
         check_header(path)
     except ReviewError as exc:
