@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
 
-from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_int, seed
+from PASTALib.cli.args import range_float, range_int, seed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,8 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="folder searched for synthesizer cases: `pasta synth generate` output (img.nii.gz, label.nii.gz, report.json; ct.nii.gz also read)")
     create.add_argument("--key", help="key folder, outside the study (default: STUDY_key beside it)")
     create.add_argument("--seed", type=seed, default=0, help="seed for balancing and case ids")
-    create.add_argument("--spacing", type=positive_float, default=1.0, help="common isotropic spacing in mm")
-    create.add_argument("--fov", type=non_negative_float, default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
+    create.add_argument("--spacing", type=range_float(0.1, 10.0), default=1.0, help="common isotropic spacing in mm")
+    create.add_argument("--fov", type=range_float(0.0, 2000.0), default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
     create.add_argument("--allow-changes", action="store_true", help="readers may change answers")
     create.add_argument("--no-attributes", action="store_true", help="ask realism only, no report attribute questions")
     create.add_argument("--allow-report-imbalance", action="store_true",
@@ -40,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rate = commands.add_parser("rate", help="answer cases: interactive prompt, or --answers CSV")
     rate.add_argument("study")
     rate.add_argument("reader")
-    rate.add_argument("--answers", metavar="CSV", help="scripted answers: case_id, realism[, shape..invasion][, reason][, seconds]")
-    rate.add_argument("--pace", type=non_negative_float, default=0.0, help="seconds to wait between scripted answers")
+    rate.add_argument("--answers", metavar="FILE", help="scripted answers, checked whole before any is recorded: CSV with "
+                      "columns case_id, realism[, shape..invasion][, reason][, seconds], or a .json list of such objects")
+    rate.add_argument("--pace", type=range_float(0.0, 3600.0), default=0.0, help="seconds to wait between scripted answers")
     rate.set_defaults(func=_rate)
 
     status = commands.add_parser("status", help="progress of every reader")
@@ -59,9 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("study")
     analyze.add_argument("--key", required=True)
     analyze.add_argument("--out", required=True, help="folder for report.html, results.json, answers.csv")
-    analyze.add_argument("--threshold", type=range_int(1, 5), default=4, help="rating >= this calls a case real")
-    analyze.add_argument("--margin", type=positive_float, default=0.5, help="TOST equivalence margin (rating points)")
-    analyze.add_argument("--n-boot", type=positive_int, default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
+    analyze.add_argument("--threshold", type=range_int(2, 5), default=4, help="rating >= this calls a case real")
+    analyze.add_argument("--margin", type=range_float(0.01, 4.0), default=0.5, help="TOST equivalence margin (rating points)")
+    analyze.add_argument("--n-boot", type=range_int(20, 100_000), default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
     analyze.add_argument("--seed", type=seed, default=0)
     analyze.set_defaults(func=_analyze)
 
@@ -75,13 +75,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _create(args: argparse.Namespace) -> int:
     from PASTALib.review import StudySettings, create_study, find_synthetic_cases, read_real_cases_csv
 
-    real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
-    synthetic = find_synthetic_cases(args.synthetic)
+    # Options first: a bad number is reported before any input is read.
     settings = StudySettings(seed=args.seed, spacing_mm=args.spacing, fov_mm=args.fov or None,
                              allow_changes=args.allow_changes, ask_attributes=not args.no_attributes,
                              allow_report_imbalance=args.allow_report_imbalance)
+    real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
+    synthetic = find_synthetic_cases(args.synthetic)
     created = create_study(real, synthetic, args.study, args.key, settings,
                            progress=lambda n, total: print(f"PROGRESS {n}/{total}", flush=True))
+    for stale in created.removed_partials:
+        print(f"removed {stale} (left by an interrupted `pasta review create`)")
     print(f"study: {created.study_dir} ({len(created.case_ids)} cases)")
     print(f"key (keep away from readers): {created.key_dir}")
     for lesion_type, counts in created.counts.items():
@@ -96,45 +99,41 @@ def _create(args: argparse.Namespace) -> int:
 def _add_reader(args: argparse.Namespace) -> int:
     from PASTALib.review import add_reader
 
+    from PASTALib.review.db import reader_name, shown
+
     seed = add_reader(args.study, args.reader, args.seed)
-    print(f"added reader {args.reader!r} (shuffle seed {seed})")
+    print(f"added reader '{shown(reader_name(args.reader))}' (shuffle seed {seed})")
     return 0
-
-
-def _read_answers(path: str) -> dict[str, dict[str, str]]:
-    from PASTALib.review import ReviewError
-
-    with open(path, newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    if not rows or not {"case_id", "realism"} <= set(rows[0]):
-        raise ReviewError(f"{path} needs a header with columns case_id, realism (optional shape..invasion, reason, seconds).")
-    return {row["case_id"].strip(): row for row in rows}
 
 
 def _rate(args: argparse.Namespace) -> int:
     from PASTALib.review import ATTRIBUTES, ReaderSession
+    from PASTALib.review.session import read_answers
 
+    pace = args.pace  # range checked by its argparse type
     with ReaderSession(args.study, args.reader) as session:
+        # The whole file is checked before the first answer is recorded.
+        answers = read_answers(args.answers, session.study) if args.answers else None
         done, total = session.progress()
         if done:
             print(f"resuming: {done} of {total} answered", flush=True)
-        if args.answers:
-            return _rate_scripted(session, _read_answers(args.answers), args.pace, ATTRIBUTES)
+        if answers is not None:
+            return _rate_scripted(session, answers, pace, ATTRIBUTES)
         return _rate_interactive(session, ATTRIBUTES)
 
 
-def _rate_scripted(session, answers: dict[str, dict[str, str]], pace: float, attributes: tuple[str, ...]) -> int:
+def _rate_scripted(session, answers: dict[str, dict], pace: float, attributes: tuple[str, ...]) -> int:
     view = session.resume()
     while view is not None:
         if view.answer is None:
             row = answers.get(view.case_id)
             if row is None:
-                print(f"stopped: no answer for case {view.case_id} ({view.position} of {view.total}) in the CSV",
+                print(f"stopped: no answer for case {view.case_id} ({view.position} of {view.total}) in the answers file",
                       file=sys.stderr)
                 return 1
-            attrs = {a: row[a] for a in attributes if (row.get(a) or "").strip() and view.report and a in view.report}
-            seconds = float(row["seconds"]) if (row.get("seconds") or "").strip() else None
-            session.rate(view.case_id, row["realism"], attrs or None, row.get("reason") or None, seconds)
+            # Attribute ratings for questions this case does not ask are ignored (one table may cover all cases).
+            attrs = {a: v for a, v in row["attributes"].items() if view.report and a in view.report}
+            session.rate(view.case_id, row["realism"], attrs or None, row["reason"], row["seconds"])
             print(f"PROGRESS {session.progress()[0]}/{view.total}", flush=True)
             if pace:
                 time.sleep(pace)
@@ -196,7 +195,7 @@ def _rate_interactive(session, attributes: tuple[str, ...]) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from PASTALib.review import ReaderSession, Study
+    from PASTALib.review import Study
     from PASTALib.review import db
 
     study = Study.open(args.study)
@@ -204,19 +203,18 @@ def _status(args: argparse.Namespace) -> int:
     try:
         readers = list(db.readers(conn))
         settings = db.settings(conn)
+        answered = [(a.reader, a.case_id) for a in db.answers(conn)]
     finally:
         conn.close()
-    progress = {}
-    for reader in readers:
-        with ReaderSession(args.study, reader) as session:
-            progress[reader] = list(session.progress())
+    cases = set(study.case_ids)
+    progress = {r: [sum(1 for who, c in answered if who == r and c in cases), len(cases)] for r in readers}
     if args.json:
         print(json.dumps({"study_id": study.study_id, "n_cases": len(study.case_ids), "settings": settings,
                           "readers": progress}, indent=2))
     else:
         print(f"study {study.study_id}: {len(study.case_ids)} cases; answers changeable: {settings.get('allow_changes')}")
         for reader, (done, total) in progress.items():
-            print(f"  {reader}: {done}/{total}")
+            print(f"  {db.shown(reader)}: {done}/{total}")  # a name stored before names were checked stays escaped
         if not readers:
             print("  no readers yet: add one with `pasta review add-reader STUDY NAME`")
     return 0

@@ -507,9 +507,18 @@ def analyze(
     threshold: int = 4, margin: float = 0.5, n_boot: int = 1000, seed: int = 0, verify: bool = True,
 ) -> dict[str, Any]:
     """Verify the study, analyse all answers and (with ``out_dir``) write results.json, answers.csv, report.html."""
-    from PASTALib.review.export import answer_rows, export_csv
+    from PASTALib.review.errors import ReviewError
+    from PASTALib.review.export import answer_rows, check_output, export_csv
     from PASTALib.review.study import verify_study
 
+    from PASTALib.review.db import MAX_SEED, check_number
+
+    threshold = check_number(threshold, "The threshold (--threshold; rating >= it calls a case real)", 2, 5, integer=True)
+    margin = check_number(margin, "The equivalence margin (--margin, rating points)", 0.01, 4.0)
+    n_boot = check_number(n_boot, "The number of bootstrap replicates (--n-boot)", 20, 100_000, integer=True)
+    seed = check_number(seed, "The seed (--seed)", 0, MAX_SEED, integer=True)
+    if out_dir is not None:
+        out_dir = check_output(out_dir, study_dir, key_dir, folder=True)
     if verify:
         verify_study(study_dir, key_dir)
     results = _clean(analyze_rows(answer_rows(study_dir, key_dir), threshold=threshold, margin=margin,
@@ -517,9 +526,15 @@ def analyze(
     if out_dir is not None:
         from PASTALib.review.html import write_report
 
+        from PASTALib.io.files import write_text_atomic
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+        except OSError as exc:
+            raise ReviewError(f"cannot write the analysis to {out} ({exc.strerror or exc}); choose a writable "
+                              "folder (--out).") from None
         export_csv(study_dir, out / "answers.csv", key_dir)
         write_report(results, out / "report.html")
     return results

@@ -5,6 +5,9 @@ The same class drives the terminal prompt (``pasta review rate``) and the Slicer
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -50,7 +53,7 @@ class ReaderSession:
 
     def __init__(self, study_dir: str | os.PathLike, reader: str) -> None:
         self.study = Study.open(study_dir)
-        self.reader = reader
+        self.reader = db.reader_name(reader)
         self._conn = db.connect(self.study.db_path)
         try:
             self.seed = db.reader_seed(self._conn, reader)
@@ -169,3 +172,104 @@ class ReaderSession:
     def answers(self) -> dict[str, db.Answer]:
         """This reader's current answers by case id."""
         return self._answers()
+
+
+#: Columns of a scripted answers file; the other columns of an export (`pasta review export`) are ignored.
+ANSWER_COLUMNS = ("case_id", "realism", *db.ATTRIBUTES, "reason", "seconds")
+_EXPORT_COLUMNS = ("reader", "position", "lesion_type", "answered_at", "revision", "origin", "source_image", "source_mask")
+
+
+def _answer_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, row) of every answer in a CSV or JSON file; ReviewError when it cannot be read."""
+    fix = ("give a CSV with a header row case_id,realism[,shape,density,heterogeneity,surface,invasion][,reason]"
+           "[,seconds] (or a .json list of objects with those keys)")
+    if not path.exists():
+        raise ReviewError(f"No answers file at {path}: {fix}.")
+    if not path.is_file():
+        raise ReviewError(f"{path} is a folder, not an answers file: {fix}.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ReviewError(f"cannot read the answers file {path} ({exc.strerror or exc}): check its permissions.") from None
+    except UnicodeDecodeError as exc:
+        raise ReviewError(f"{path} is not UTF-8 text (byte {exc.start}): {fix}.") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReviewError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}): {fix}.") from None
+        if isinstance(data, dict) and all(isinstance(v, dict) for v in data.values()):
+            data = [{"case_id": k, **v} for k, v in data.items()]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ReviewError(f"{path} holds no list of answer objects: {fix}.")
+        records = [(f"entry {i}", r) for i, r in enumerate(data, 1)]
+    else:
+        if "\x00" in text:
+            raise ReviewError(f"{path} contains NUL bytes (a binary file?): {fix}.")
+        try:
+            reader = csv.DictReader(text.splitlines(keepends=True))
+            records = [(f"line {reader.line_num}", row) for row in reader]
+            header = reader.fieldnames or []
+        except csv.Error as exc:
+            raise ReviewError(f"{path} is not a readable CSV ({exc}): {fix}.") from None
+        if None in {k for _, r in records for k in r}:
+            line = next(w for w, r in records if None in r)
+            raise ReviewError(f"{path} {line} has more fields than the header: {fix}.")
+        missing = [c for c in ("case_id", "realism") if c not in header]
+        if missing:
+            raise ReviewError(f"{path} has no column {', '.join(missing)}: {fix}.")
+    return records
+
+
+def read_answers(path: str | os.PathLike, study: Study) -> dict[str, dict[str, Any]]:
+    """Read and check a whole scripted answers file before anything is recorded.
+
+    Returns case id -> {realism, attributes, reason, seconds}. Raises ReviewError listing every
+    problem (unknown columns or case ids, repeated cases, ratings outside 1-5, bad seconds)."""
+    path = Path(path)
+    records = _answer_records(path)
+    if not records:
+        raise ReviewError(f"{path} has no answers (only a header, or empty). Add one row per case.")
+    problems: list[str] = []
+    unknown = sorted({str(k) for _, r in records for k in r} - set(ANSWER_COLUMNS) - set(_EXPORT_COLUMNS))
+    if unknown:
+        problems.append(f"unknown column(s) {', '.join(db.shown(repr(k)) for k in unknown)} "
+                        f"(allowed: {', '.join(ANSWER_COLUMNS)})")
+    answers: dict[str, dict[str, Any]] = {}
+    for where, row in records:
+        case_id = str(row.get("case_id") or "").strip()
+        if not case_id:
+            problems.append(f"{where}: no case_id")
+            continue
+        if case_id not in study.cases:
+            problems.append(f"{where}: case {db.shown(repr(case_id))} is not in this study")
+            continue
+        if case_id in answers:
+            problems.append(f"{where}: case {case_id} is answered twice")
+            continue
+        try:
+            realism = db.check_rating(row.get("realism"), "Realism")
+            attributes = {a: db.check_rating(row[a], f"{a.capitalize()} accuracy")
+                          for a in db.ATTRIBUTES if str(row.get(a) if row.get(a) is not None else "").strip()}
+        except ReviewError as exc:
+            problems.append(f"{where} (case {case_id}): {exc}")
+            continue
+        seconds = row.get("seconds")
+        if seconds is not None and str(seconds).strip():
+            try:
+                seconds = float(seconds)
+            except (TypeError, ValueError):
+                seconds = float("nan")
+            if not math.isfinite(seconds) or seconds < 0:
+                problems.append(f"{where} (case {case_id}): seconds {db.shown(repr(row.get('seconds')))} is not a "
+                                "number of seconds >= 0")
+                continue
+        else:
+            seconds = None
+        reason = row.get("reason")
+        answers[case_id] = {"realism": realism, "attributes": attributes,
+                            "reason": str(reason).strip() or None if reason is not None else None, "seconds": seconds}
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise ReviewError(f"{path} was not used (nothing recorded): {shown}. Fix the file and run the command again.")
+    return answers

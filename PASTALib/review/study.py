@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,9 @@ IMAGE_NAME, MASK_NAME, CASE_JSON = "image.nii.gz", "mask.nii.gz", "case.json"
 DB_NAME = "responses.sqlite"
 #: Files in the study folder that change while readers work (not checksummed).
 _MUTABLE = {"manifest.json", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"}
+#: Marks a staging folder of :func:`create_study` (pid, host): a killed create's leftovers are recognised
+#: by it and removed by the next create; it is deleted just before the folder is renamed into place.
+PARTIAL_MARKER = ".pasta-review-partial.json"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,13 @@ class StudySettings:
     ask_attributes: bool = True  # ask 1-5 accuracy of the 5 report attributes for cases with a report
     allow_report_imbalance: bool = False  # see create_study: report presence must not reveal origin
 
+    def __post_init__(self) -> None:
+        db.check_number(self.seed, "The study seed (--seed)", 0, db.MAX_SEED, integer=True)
+        spacing = db.check_number(self.spacing_mm, "The study spacing in mm (--spacing)", 0.1, 10.0)
+        if self.fov_mm is not None:
+            # At least 4 voxels across, or the lesion-centred cube shows nothing around the lesion.
+            db.check_number(self.fov_mm, "The field of view in mm (--fov; 0 keeps the whole CT)", 4 * spacing, 2000.0)
+
 
 @dataclass
 class CreatedStudy:
@@ -88,6 +99,7 @@ class CreatedStudy:
     counts: dict[str, dict[str, int]]  # lesion type slug -> origin -> n kept
     dropped: list[dict[str, str]]
     warnings: list[str] = field(default_factory=list)
+    removed_partials: list[Path] = field(default_factory=list)  # leftovers of killed creates, cleaned
 
 
 # ---------------------------------------------------------------- inputs
@@ -99,7 +111,14 @@ def real_case(
 ) -> SourceCase:
     """A real case; ``report`` may be a dict or a JSON file with the attribute wordings."""
     if report is not None and not isinstance(report, dict):
-        report = json.loads(Path(report).read_text(encoding="utf-8"))
+        path = Path(report)
+        try:
+            report = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ReviewError(f"cannot read the report {path} ({exc}); give a JSON file with the attribute "
+                              "wordings (shape, density, heterogeneity, surface, invasion).") from None
+        if not isinstance(report, dict):
+            raise ReviewError(f"the report {path} is not a JSON object; give one with the attribute wordings.")
     return SourceCase("real", Path(image), Path(mask), LesionType.parse(lesion_type), report,
                       tuple(int(v) for v in lesion_values) if lesion_values else None)
 
@@ -108,52 +127,96 @@ def real_case(
 #: writes and the trainers read (PASTALib.train.data, refine, finetune); ``ct.nii.gz`` (what
 #: `pasta synth lesion` writes) is read too.
 SYNTHETIC_CT_NAMES = ("img.nii.gz", "ct.nii.gz")
+#: The report of a synthesizer case folder: our ``report.json`` (`pasta synth`), else the PASTA-Gen
+#: ``type.json`` (the only report of a `pasta data pasta-gen-30k` subset).
+SYNTHETIC_REPORT_NAMES = ("report.json", "type.json")
+
+
+def _folder_lesion_type(folder: Path) -> LesionType | None:
+    """The lesion type of a PASTA-Gen-30K case folder ``<Organ>/<Kind>/<n>`` from its path (None if none fits)."""
+    from PASTALib.synth.generate import DATASET_FOLDERS
+
+    by_folder = {v: k for k, v in DATASET_FOLDERS.items()}
+    return by_folder.get((folder.parent.parent.name, folder.parent.name))
 
 
 def synthetic_case(folder: str | os.PathLike) -> SourceCase:
-    """A synthesizer output folder: img.nii.gz (or ct.nii.gz), label.nii.gz (lesion 11-25), report.json."""
+    """A synthesizer case folder: img.nii.gz (or ct.nii.gz), label.nii.gz (lesion 11-25) and report.json,
+    as `pasta synth generate` writes; or a PASTA-Gen-30K case (`pasta data pasta-gen-30k`), whose
+    report is type.json and whose lesion type is its ``<Organ>/<Kind>`` folder when type.json omits it."""
     folder = Path(folder)
     ct = next((folder / n for n in SYNTHETIC_CT_NAMES if (folder / n).is_file()), None)
+    report_path = next((folder / n for n in SYNTHETIC_REPORT_NAMES if (folder / n).is_file()), None)
     missing = [n for n, ok in (("img.nii.gz (or ct.nii.gz)", ct is not None),
                                ("label.nii.gz", (folder / "label.nii.gz").is_file()),
-                               ("report.json", (folder / "report.json").is_file())) if not ok]
+                               ("report.json (or type.json)", report_path is not None)) if not ok]
     if missing:
         raise ReviewError(f"{folder} is not a synthetic case folder: {', '.join(missing)} missing "
-                          "(expected img.nii.gz, label.nii.gz, report.json as written by `pasta synth generate`; "
-                          "ct.nii.gz from `pasta synth lesion` is accepted for the CT).")
-    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    if "lesion_type" not in report:
-        raise ReviewError(f"{folder / 'report.json'} has no 'lesion_type'.")
-    lesion_type = LesionType.parse(report["lesion_type"])
-    value = int(report.get("label_value", int(lesion_type)))
+                          "(expected img.nii.gz, label.nii.gz, report.json as written by `pasta synth generate`, "
+                          "or type.json for a `pasta data pasta-gen-30k` case; ct.nii.gz from `pasta synth lesion` "
+                          "is accepted for the CT).")
+    try:
+        report = json.loads(report_path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReviewError(f"cannot read {report_path} ({exc}); regenerate the case or remove its folder.") from None
+    if not isinstance(report, dict):
+        raise ReviewError(f"{report_path} is not a report object; regenerate the case or remove its folder.")
+    if "lesion_type" in report:
+        lesion_type = LesionType.parse(report["lesion_type"])
+    elif (from_path := _folder_lesion_type(folder)) is not None:
+        lesion_type = from_path
+    else:
+        raise ReviewError(f"{report_path} has no 'lesion_type' and {folder} is not a PASTA-Gen-30K "
+                          "<Organ>/<Kind>/<n> folder; add \"lesion_type\" (e.g. \"lung_tumor\") to the report.")
+    try:
+        value = int(report.get("label_value", int(lesion_type)))
+    except (TypeError, ValueError):
+        raise ReviewError(f"{report_path}: label_value {report.get('label_value')!r} is not a label value "
+                          "(11-25); fix or remove it.") from None
     return SourceCase("synthetic", ct, folder / "label.nii.gz", lesion_type, report, (value,))
 
 
 def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]:
-    """Every folder under ``roots`` (or a root itself) that holds a report.json (hidden folders such as
-    `pasta synth generate`'s unfinished ``.partial`` cases are skipped)."""
+    """Every case folder under ``roots`` (or a root itself): one holding label.nii.gz and report.json or
+    type.json (`pasta synth generate` output, a `pasta data pasta-gen-30k` subset). Hidden folders,
+    such as generate's unfinished ``.partial`` cases and the subset's ``.hf`` download area, are skipped."""
     found = []
     for root in roots:
-        for report in sorted(Path(root).rglob("report.json")):
-            if any(part.startswith(".") for part in report.relative_to(root).parts[:-1]):
+        root = Path(root)
+        if not root.is_dir():
+            raise ReviewError(f"--synthetic {root} is not a folder; give the output folder of `pasta synth generate` "
+                              "or `pasta data pasta-gen-30k`.")
+        folders = {p.parent for n in SYNTHETIC_REPORT_NAMES for p in root.rglob(n)}
+        for folder in sorted(folders):
+            if any(part.startswith(".") for part in folder.relative_to(root).parts):
                 continue
-            found.append(synthetic_case(report.parent))
+            if not (folder / "label.nii.gz").is_file() and not (folder / "report.json").is_file():
+                continue  # a stray type.json is not a case; a report.json without label is named below
+            found.append(synthetic_case(folder))
     return found
 
 
 def read_real_cases_csv(path: str | os.PathLike) -> list[SourceCase]:
     """CSV with columns image, mask, lesion_type[, report][, lesion_values "1;2"]; paths relative to the CSV."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
+    try:
+        with open(path, newline="", encoding="utf-8") as stream:
+            rows = list(csv.DictReader(stream))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ReviewError(f"cannot read the real-case CSV {path} ({exc}); give a UTF-8 CSV file with columns "
+                          "image, mask, lesion_type (optional report, lesion_values).") from None
     missing = {"image", "mask", "lesion_type"} - set(rows[0] if rows else {})
     if not rows or missing:
         raise ReviewError(f"{path} needs a header with columns image, mask, lesion_type "
                           f"(optional report, lesion_values); missing: {', '.join(sorted(missing)) or 'all rows'}.")
     base = path.parent
     cases = []
-    for row in rows:
-        values = [int(v) for v in (row.get("lesion_values") or "").replace(",", ";").split(";") if v.strip()]
+    for line, row in enumerate(rows, 2):
+        try:
+            values = [int(v) for v in (row.get("lesion_values") or "").replace(",", ";").split(";") if v.strip()]
+        except ValueError:
+            raise ReviewError(f"{path} line {line}: lesion_values {row.get('lesion_values')!r} must be whole "
+                              "numbers separated by ';' (e.g. 1;2).") from None
         report = (base / row["report"]) if row.get("report") else None
         cases.append(real_case(base / row["image"], base / row["mask"], row["lesion_type"], report, values or None))
     return cases
@@ -188,12 +251,83 @@ def balance(cases: Sequence[SourceCase], seed: int) -> tuple[list[SourceCase], l
     return kept, dropped
 
 
+def _vocabulary() -> dict[str, type]:
+    """Report attribute -> its enum of exact wordings (PASTALib.synth.attributes, imported when needed:
+    the synth package loads scipy and SimpleITK)."""
+    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+
+    return {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "surface": Surface,
+            "invasion": Invasion}
+
+
+def report_attributes(report: dict[str, Any] | None) -> dict[str, str]:
+    """The five attribute wordings of a report, as given (surrounding spaces trimmed).
+
+    Reads our report.json keys (``shape``...) and PASTA-Gen ``type.json`` keys (``Shape``...); the
+    shape's sentence form "<shape> mass" (StructuredReport.shape_text, type.json) becomes the shape."""
+    if not report:
+        return {}
+    out = {}
+    for attribute in db.ATTRIBUTES:
+        value = report.get(attribute, report.get(attribute.capitalize()))
+        if value is None or not str(value).strip():
+            continue
+        text = str(value).strip()
+        if attribute == "shape" and text.endswith(" mass"):
+            text = text[: -len(" mass")]
+        out[attribute] = text
+    return out
+
+
+def report_problems(report: dict[str, Any] | None) -> list[str]:
+    """Why a (non-empty) report would tell readers something besides its content: attributes missing
+    (fewer questions than other cases) or wordings outside the report vocabulary."""
+    from PASTALib.errors import PastaError
+    from PASTALib.synth.attributes import parse_attribute
+
+    given = report_attributes(report)
+    if not given:
+        return []
+    problems = []
+    missing = [a for a in db.ATTRIBUTES if a not in given]
+    if missing:
+        problems.append(f"{len(given)} of {len(db.ATTRIBUTES)} attributes (missing {', '.join(missing)})")
+    for attribute, enum in _vocabulary().items():
+        text = given.get(attribute)
+        if text is None or text in {m.value for m in enum}:
+            continue
+        try:
+            hint = f"did you mean {parse_attribute(enum, text, attribute).value!r}?"
+        except PastaError:
+            hint = "allowed: " + ", ".join(repr(m.value) for m in enum)
+        problems.append(f"{attribute} {db.shown(repr(text))} is not a report wording ({hint})")
+    return problems
+
+
 def _visible_report(case: SourceCase, settings: StudySettings) -> dict[str, str] | None:
     """The report attributes a reader sees (exact wordings only: no seed, sizes or synthesis details)."""
     if not settings.ask_attributes or not case.report:
         return None
-    shown = {a: str(case.report[a]) for a in db.ATTRIBUTES if case.report.get(a)}
-    return shown or None
+    return report_attributes(case.report) or None
+
+
+def _refuse_revealing_reports(cases: Sequence[SourceCase], settings: StudySettings) -> None:
+    """Every report shown must be complete and in the exact vocabulary: real reports with 2 of 5
+    attributes next to synthetic ones with 5, or 'round' next to 'Round-like', tell the origin."""
+    if not settings.ask_attributes:
+        return
+    offending = [(c, p) for c in cases for p in [report_problems(c.report)] if p]
+    if not offending:
+        return
+    listed = "; ".join(f"{c.origin} {c.image}: {', '.join(p)}" for c, p in offending[:10])
+    more = f"; and {len(offending) - 10} more" if len(offending) > 10 else ""
+    raise ReviewError(
+        f"Cannot blind the attribute questions: {len(offending)} of {len(cases)} cases have a report that is "
+        f"incomplete or not in the report vocabulary, so the number or wording of the questions reveals the "
+        f"origin. {listed}{more}. Complete the reports (all of {', '.join(db.ATTRIBUTES)}) in the exact "
+        "wording of the structured report (docs/labels-and-reports.md; `pasta synth` writes it), or create "
+        "the study without attribute questions (--no-attributes)."
+    )
 
 
 def _report_warnings(cases: Sequence[SourceCase], settings: StudySettings) -> list[str]:
@@ -307,7 +441,7 @@ def sha256(path: Path) -> str:
 def study_files(study_dir: Path) -> list[str]:
     """Relative paths of the study's fixed files (everything except the manifest and database)."""
     return sorted(p.relative_to(study_dir).as_posix() for p in study_dir.rglob("*")
-                  if p.is_file() and p.name not in _MUTABLE)
+                  if p.is_file() and p.name not in _MUTABLE and p.name != PARTIAL_MARKER)
 
 
 def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True) -> int:
@@ -332,6 +466,35 @@ def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True
 # ---------------------------------------------------------------- create
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or a pid we cannot ask about): leave its folder alone
+    return True
+
+
+def remove_stale_partials(folders: Iterable[Path]) -> list[Path]:
+    """Remove staging folders that a killed :func:`create_study` left in ``folders``: only folders
+    carrying PARTIAL_MARKER, written on this host by a process that no longer runs."""
+    removed = []
+    for parent in sorted({Path(f) for f in folders}):
+        if not parent.is_dir():
+            continue
+        for stage in sorted(parent.glob(".*.partial-*")):
+            try:
+                info = json.loads((stage / PARTIAL_MARKER).read_text(encoding="utf-8"))
+                pid, host = int(info["pid"]), str(info["host"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # not ours (or not readable): never delete what we cannot prove we made
+            if host == socket.gethostname() and not _process_alive(pid):
+                shutil.rmtree(stage, ignore_errors=True)
+                removed.append(stage)
+    return removed
+
+
 def default_key_dir(study_dir: Path) -> Path:
     return study_dir.parent / f"{study_dir.name}_key"
 
@@ -347,7 +510,10 @@ def create_study(
     if key_dir == study_dir or study_dir in key_dir.parents:
         raise ReviewError(f"The key folder {key_dir} must be outside the study folder {study_dir}: "
                           "readers get the study folder, and the key reveals every answer.")
+    removed_partials = remove_stale_partials((study_dir.parent, key_dir.parent))
     for folder in (study_dir, key_dir):
+        if folder.exists() and not folder.is_dir():
+            raise ReviewError(f"{folder} is a file; choose a new folder for the study and key.")
         if folder.exists() and any(folder.iterdir()):
             raise ReviewError(f"{folder} exists and is not empty; choose a new folder for the study and key.")
     cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
@@ -357,6 +523,7 @@ def create_study(
     kept, dropped = balance(cases, settings.seed)
     if not kept:
         raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
+    _refuse_revealing_reports(kept, settings)
     warnings = _report_warnings(kept, settings)
     if warnings and not settings.allow_report_imbalance:
         raise ReviewError("Cannot blind the attribute questions. " + " ".join(warnings)
@@ -371,10 +538,12 @@ def create_study(
             ids.append(candidate)
     mtime = float(int(time.time()))
     stage, key_stage = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (study_dir, key_dir))
-    for p in (stage, key_stage):
-        shutil.rmtree(p, ignore_errors=True)
-        p.mkdir(parents=True)
     try:
+        for p, final in ((stage, study_dir), (key_stage, key_dir)):
+            shutil.rmtree(p, ignore_errors=True)
+            p.mkdir(parents=True)
+            (p / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "target": str(final)}), encoding="utf-8")
         key_cases: dict[str, dict[str, Any]] = {}
         seen_voxels: dict[str, SourceCase] = {}
         for n, (index, case_id) in enumerate(zip(order, ids), 1):
@@ -415,9 +584,22 @@ def create_study(
             "sha256": checksums, "manifest_sha256": sha256(stage / "manifest.json"),
         }, mtime)
         for final, staged in ((study_dir, stage), (key_dir, key_stage)):
-            if final.exists():
-                final.rmdir()
-            os.replace(staged, final)
+            try:
+                if final.exists():
+                    final.rmdir()
+                (staged / PARTIAL_MARKER).unlink()
+                os.replace(staged, final)
+            except OSError:
+                if final.is_dir() and any(final.iterdir()):
+                    raise ReviewError(f"{final} was filled by another `pasta review create` while this one ran; "
+                                      "choose a new folder for the study and key.") from None
+                raise
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(key_stage, ignore_errors=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ReviewError(f"cannot create the study {study_dir}{where}: {exc.strerror or exc}. Free disk space, "
+                          "or choose a writable location for the study and key; nothing was created.") from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(key_stage, ignore_errors=True)
@@ -425,7 +607,7 @@ def create_study(
     counts: dict[str, dict[str, int]] = {}
     for case in kept:
         counts.setdefault(case.lesion_type.slug, {o: 0 for o in ORIGINS})[case.origin] += 1
-    return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings)
+    return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings, removed_partials)
 
 
 def _write_json(path: Path, data: dict[str, Any], mtime: float) -> None:
@@ -454,23 +636,33 @@ class Study:
 
     @classmethod
     def open(cls, study_dir: str | os.PathLike) -> "Study":
+        """Open a study; every JSON file is checked against the manifest before it is parsed."""
         root = Path(study_dir).resolve()
         if not (root / "study.json").is_file() or not (root / "manifest.json").is_file():
             raise ReviewError(f"{root} is not a reader study (no study.json/manifest.json). "
                               "Create one with `pasta review create`.")
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        checksums = manifest["sha256"]
-        verify_files(root, {"study.json": checksums["study.json"]}, complete=False)
-        meta = json.loads((root / "study.json").read_text(encoding="utf-8"))
+        manifest = _read_json(root / "manifest.json", "Restore manifest.json from a backup of the study folder "
+                              "(`pasta review verify STUDY --key KEY` checks it against the key).")
+        checksums = manifest.get("sha256")
+        if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+            raise StudyTamperedError(f"{root / 'manifest.json'} has no checksum table ('sha256'); restore it from a "
+                                     "backup of the study folder.")
+        _verify_listed(root, checksums, "study.json")
+        meta = _read_json(root / "study.json", "Restore the study folder from a backup.")
         if meta.get("format_version", 0) > STUDY_FORMAT_VERSION:
             raise ReviewError(f"{root} was made by a newer PASTALib (format {meta['format_version']}); update PASTALib.")
+        case_ids = meta.get("case_ids")
+        if not isinstance(case_ids, list) or not all(isinstance(c, str) and c.isalnum() for c in case_ids):
+            raise StudyTamperedError(f"{root / 'study.json'} has no valid case list; restore the study folder.")
         cases = {}
-        for case_id in meta["case_ids"]:
-            path = root / "cases" / case_id / CASE_JSON
-            if not path.is_file():
-                raise StudyTamperedError(f"{path.relative_to(root)} is missing from the study; restore the study folder.")
-            cases[case_id] = json.loads(path.read_text(encoding="utf-8"))
-        return cls(root, meta["study_id"], tuple(meta["case_ids"]), cases, meta["settings"], checksums)
+        for case_id in case_ids:
+            rel = f"cases/{case_id}/{CASE_JSON}"
+            _verify_listed(root, checksums, rel)  # before parsing: a damaged file is named, never parsed
+            cases[case_id] = _read_json(root / rel, "Restore the study folder from a backup.")
+        try:
+            return cls(root, meta["study_id"], tuple(case_ids), cases, meta["settings"], checksums)
+        except KeyError as exc:
+            raise StudyTamperedError(f"{root / 'study.json'} lacks {exc}; restore the study folder.") from None
 
     def verify_case(self, case_id: str) -> None:
         """Check one case's files against the manifest (cheap: done whenever a case is shown)."""
@@ -478,32 +670,68 @@ class Study:
         verify_files(self.root, {k: v for k, v in self.checksums.items() if k.startswith(prefix)}, complete=False)
 
 
+def _verify_listed(root: Path, checksums: dict[str, str], rel: str) -> None:
+    """Check one study file against the manifest; a file the manifest does not list is tampering too."""
+    if rel not in checksums:
+        raise StudyTamperedError(f"{rel} is not listed in {root / 'manifest.json'}: the study was modified after "
+                                 "it was created. Restore the study folder from a backup.")
+    verify_files(root, {rel: checksums[rel]}, complete=False)
+
+
+def _read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or ReviewError naming the file and ``fix``."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ReviewError(f"cannot read {path} ({exc.strerror or exc}). Check the folder's permissions.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyTamperedError(f"{path} is damaged (not valid JSON: {exc}). {fix}") from None
+    if not isinstance(data, dict):
+        raise StudyTamperedError(f"{path} is damaged (not a JSON object). {fix}")
+    return data
+
+
 def load_key(key_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(key_dir) / "key.json"
     if not path.is_file():
         raise ReviewError(f"No study key at {path}. Pass the key folder written by `pasta review create` (--key).")
-    return json.loads(path.read_text(encoding="utf-8"))
+    key = _read_json(path, "Restore key.json from your backup of the key folder.")
+    if not isinstance(key.get("cases"), dict) or "study_id" not in key:
+        raise StudyTamperedError(f"{path} is not a study key (no study_id/cases). Pass the key folder written by "
+                                 "`pasta review create` (--key), or restore it from your backup.")
+    return key
 
 
 def verify_study(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None = None) -> int:
     """Check every study file; with the key, also that the manifest itself is the one made at creation."""
     study = Study.open(study_dir)
-    if key_dir is not None:
-        key = load_key(key_dir)
-        if key["study_id"] != study.study_id:
-            raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
-        if sha256(study.root / "manifest.json") != key["manifest_sha256"]:
-            raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
-                                     "differs from the key's); restore it from a backup.")
-        return verify_files(study.root, key["sha256"])
-    return verify_files(study.root, study.checksums)
+    damaged = db.integrity_problems(study.db_path)
+    try:
+        if key_dir is not None:
+            key = load_key(key_dir)
+            if key["study_id"] != study.study_id:
+                raise ReviewError(f"The key in {key_dir} belongs to study {key['study_id']}, not {study.study_id}.")
+            if sha256(study.root / "manifest.json") != key.get("manifest_sha256"):
+                raise StudyTamperedError(f"manifest.json in {study.root} changed after creation (its sha256 "
+                                         "differs from the key's); restore it from a backup.")
+            n = verify_files(study.root, key.get("sha256") or {})
+        else:
+            n = verify_files(study.root, study.checksums)
+    except ReviewError as exc:
+        if damaged:  # report both: a restore from backup should fix everything at once
+            raise type(exc)(f"{exc} Also: {' '.join(damaged)}") from None
+        raise
+    if damaged:
+        raise ReviewError(" ".join(damaged))
+    return n
 
 
 def add_reader(study_dir: str | os.PathLike, reader: str, seed: int | None = None) -> int:
     """Register a reader; the shuffle seed defaults to one derived from the study id and name."""
+    reader = db.reader_name(reader)
     study = Study.open(study_dir)
     if seed is None:
-        digest = hashlib.sha256(f"{study.study_id}:{reader.strip()}".encode()).digest()
+        digest = hashlib.sha256(f"{study.study_id}:{reader}".encode()).digest()
         seed = int.from_bytes(digest[:4], "big")
     conn = db.connect(study.db_path)
     try:
