@@ -90,6 +90,10 @@ def _run(args: argparse.Namespace) -> int:
     fields = FinetuneConfig.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and v is not None and k not in ("k", "fold")}
     kw["out"] = args.out or str(Path(args.data) / "finetune")
+    from PASTALib.io.outputs import check_outputs
+
+    check_outputs([args.data, None if (args.init or "").lower() == "scratch" else args.init, args.layout],
+                  folders=[kw["out"]])
     if kw.get("spacing_mm") == 0:
         kw["spacing_mm"] = None
     if (args.init or "").lower() == "scratch":

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from PASTALib.labels import LesionType
 
+#: Files `pasta synth lesion` writes into --out.
+LESION_FILES = ("ct.nii.gz", "label.nii.gz", "report.json", "report.txt", "spec.json")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("synth", help="synthesize lesions (PASTA-Gen)").add_subparsers(dest="command", metavar="COMMAND")
@@ -51,10 +54,13 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _lesion(args: argparse.Namespace) -> int:
-    from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
     from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 
+    from PASTALib.io.outputs import check_outputs
+
     spec = _spec_from_args(args)  # bad attributes fail before any image is read
+    check_outputs([args.ct, args.organs], folders=[args.out], names=LESION_FILES)
     ct = read_ct(args.ct)
     labels = read_label(args.organs)
     if args.labels_kind == "totalsegmentator":
@@ -76,9 +82,9 @@ def _lesion(args: argparse.Namespace) -> int:
     try:
         write_image(result.ct, staging / "ct.nii.gz")
         write_image(result.labels, staging / "label.nii.gz")
-        (staging / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
-        (staging / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
-        (staging / "spec.json").write_text(json.dumps(result.spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(staging / "report.json", result.report.to_json() + "\n")
+        write_text_atomic(staging / "report.txt", result.report.to_text() + "\n")
+        write_text_atomic(staging / "spec.json", json.dumps(result.spec.to_dict(), indent=2) + "\n")
         for item in sorted(staging.iterdir()):
             os.replace(item, out / item.name)
     finally:
@@ -121,11 +127,13 @@ def _generate(args: argparse.Namespace) -> int:
     import sys
 
     from PASTALib.errors import SpecificationError
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.synth.generate import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, generate
 
     types = tuple(LesionType.parse(t) for item in (args.types or [t.slug for t in LesionType]) for t in item.split(",") if t)
     if not types:
         raise SpecificationError("--types is empty.")
+    check_outputs([args.templates], folders=[args.out], names=["manifest.csv"])
     config = GenerateConfig(
         out=Path(args.out), per_type=args.per_type, types=types, seed=args.seed,
         crop_mm=args.crop_mm or DEFAULT_CROP_MM, any_phase=args.any_phase,

@@ -134,6 +134,24 @@ def check_writable(path: PathLike, *, folder: bool = False) -> Path:
     return path
 
 
+def check_outputs(
+    inputs: Iterable[PathLike | None], *, files: Iterable[PathLike | None] = (),
+    folders: Iterable[PathLike | None] = (), names: Iterable[str] = (),
+) -> None:
+    """What every writing command calls before its work: ``files`` (output files) and ``folders``
+    (output folders, into which the fixed file ``names`` are written) must be writable and must not
+    replace, contain or be an input (:func:`check_output_not_input`, :func:`check_writable`)."""
+    inputs, files, folders, names = list(inputs), [f for f in files if f], [f for f in folders if f], list(names)
+    for f in files:  # first: "is a folder" says more than "contains the input"
+        if Path(f).is_dir():
+            check_writable(f)
+    check_output_not_input([*files, *(Path(f) / n for f in folders for n in names)], inputs, folders=folders)
+    for f in files:
+        check_writable(f)
+    for f in folders:
+        check_writable(f, folder=True)
+
+
 # ----------------------------------------------------------------------------- verified atomic writes
 
 
@@ -395,7 +413,7 @@ def safe_name(name: object, what: str = "name", *, max_length: int = 128) -> str
 
 
 __all__ = [
-    "LOCK_NAME", "OutputError", "atomic_output", "check_output_not_input", "check_writable", "folder_lock",
+    "LOCK_NAME", "OutputError", "atomic_output", "check_output_not_input", "check_outputs", "check_writable", "folder_lock",
     "fsync_file", "pid_alive", "remove_stale_partials", "safe_name", "verify_image_file", "verify_zip",
     "write_bytes_verified",
 ]
