@@ -351,7 +351,15 @@ def resolve_init(cfg: FinetuneConfig) -> Path | None:
 
 def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
              stop: StopFlag | None = None) -> FinetuneResult:
-    """Run (or resume) K-shot fine-tuning of fold ``cfg.fold``; see the module docstring."""
+    """Run (or resume) K-shot fine-tuning of fold ``cfg.fold``; see the module docstring. The output
+    folder is locked for the run (a second run on it is an error)."""
+    from PASTALib.io.outputs import folder_lock
+
+    with folder_lock(cfg.out, what="fine-tuning folder"):
+        return _finetune(cfg, callback=callback, stop=stop)
+
+
+def _finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None, stop: StopFlag | None) -> FinetuneResult:
     from PASTALib.model import UNetConfig
     from PASTALib.model.checkpoint import infer_config, load_state_dict_file
     from PASTALib.train import Stage1Config, train_stage1

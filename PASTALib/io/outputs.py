@@ -305,10 +305,13 @@ def _lock_owner(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "this output folder") -> Iterator[Path]:
+def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "this output folder",
+                clean: bool = True) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder/name`` for the block, or raise :class:`OutputError` naming the
     process that holds it. Non-blocking; released when the block ends or the process dies (kill -9
-    included: the kernel drops ``flock`` locks), so there are no stale locks to clean by hand."""
+    included: the kernel drops ``flock`` locks), so there are no stale locks to clean by hand.
+    With ``clean``, the killed runs' ``.NAME.partial-PID`` leftovers in ``folder`` are removed once
+    the lock is held (:func:`remove_stale_partials`)."""
     import fcntl
 
     folder = Path(folder)
@@ -347,6 +350,8 @@ def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "this ou
     os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv[:4])}".encode("utf-8", "replace"))
     _HELD[path] = [fd, 1]
     try:
+        if clean:
+            remove_stale_partials(folder)
         yield path
     finally:
         _HELD.pop(path, None)

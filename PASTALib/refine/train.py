@@ -174,9 +174,16 @@ def _weights_payload(model: torch.nn.Module, config: RefinerConfig, iteration: i
 
 def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLike, options: TrainOptions | None = None,
                   *, stop: Callable[[], bool] | None = None, data_source: str | None = None) -> TrainResult:
-    """Train (or resume with ``options.resume``) and write checkpoint.pt, refiner.pt, loss.csv, loss.png."""
-    options = options or TrainOptions()
-    out = Path(out)
+    """Train (or resume with ``options.resume``) and write checkpoint.pt, refiner.pt, loss.csv, loss.png.
+    The output folder is locked for the run (a second run on it is an error)."""
+    from PASTALib.io.outputs import folder_lock
+
+    with folder_lock(out, what="refiner training folder"):
+        return _train_refiner(config, cases, Path(out), options or TrainOptions(), stop=stop, data_source=data_source)
+
+
+def _train_refiner(config: RefinerConfig, cases: list[Case], out: Path, options: TrainOptions, *,
+                   stop: Callable[[], bool] | None, data_source: str | None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     autocast_dtype = amp_dtype(device, options.amp)

@@ -61,6 +61,7 @@ import SimpleITK as sitk
 
 from PASTALib.errors import AnatomyError, PastaError, SpecificationError
 from PASTALib.io.files import write_text_atomic
+from PASTALib.io.outputs import LOCK_NAME, folder_lock
 from PASTALib.labels import LesionType, Organ, Phase
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -612,6 +613,18 @@ def generate(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config.out = out
+    shard, shards = config.shard
+    # One run per shard and folder: a second one would interleave manifest rows and delete the
+    # first one's .partial cases. Shards of one job array still run side by side.
+    lock = LOCK_NAME if shards == 1 else f".pasta.shard-{shard}-of-{shards}.lock"
+    with folder_lock(out, name=lock, what="dataset folder (same --shard)"):
+        return _generate(templates, config, out, progress, stop, t_start)
+
+
+def _generate(
+    templates: str | os.PathLike | list[Template], config: GenerateConfig, out: Path,
+    progress: Callable[[int, int, dict[str, Any]], None] | None, stop: threading.Event | None, t_start: float,
+) -> GenerateSummary:
     tlist = discover_templates(templates) if not isinstance(templates, list) else sorted(templates, key=lambda t: t.name)
     by_name = {t.name: t for t in tlist}
     jobs = case_list(config.types, config.per_type, config.shard)

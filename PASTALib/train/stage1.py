@@ -65,6 +65,7 @@ from PASTALib.train.common import (
     autocast,
     configure_fixed_shape_training,
     init_distributed,
+    output_lock,
     make_grad_scaler,
     maybe_compile,
     poly_lr,
@@ -300,7 +301,8 @@ def train_stage1(cfg: Stage1Config, *, callback: IterationCallback | None = None
         torch.set_num_threads(cfg.num_threads)
     dist_ctx, device = init_distributed(cfg.device)
     try:
-        return _train_stage1(cfg, dist_ctx, device, callback, stop or StopFlag())
+        with output_lock(cfg.out, dist_ctx):
+            return _train_stage1(cfg, dist_ctx, device, callback, stop or StopFlag())
     finally:
         dist_ctx.close()
 

@@ -49,6 +49,7 @@ from PASTALib.train.common import (
     autocast,
     configure_fixed_shape_training,
     init_distributed,
+    output_lock,
     rank_seed,
     rng_state,
     seed_everything,
@@ -216,7 +217,8 @@ def train_stage2(cfg: Stage2Config, *, callback: IterationCallback | None = None
         raise TrainingError("iterations, batch size, eval and checkpoint intervals must be ≥ 1")
     dist_ctx, device = init_distributed(cfg.device)
     try:
-        return _train_stage2(cfg, dist_ctx, device, callback, stop or StopFlag())
+        with output_lock(cfg.out, dist_ctx):
+            return _train_stage2(cfg, dist_ctx, device, callback, stop or StopFlag())
     finally:
         dist_ctx.close()
 
