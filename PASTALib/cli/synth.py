@@ -169,6 +169,15 @@ def _generate(args: argparse.Namespace) -> int:
     if summary.stopped:
         print("stopped: finished cases are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    failed = summary.failed + summary.skipped_failed
+    if failed and not summary.ok and summary.skipped == summary.skipped_failed:
+        from PASTALib.synth.generate import GenerationError
+
+        first = next((row for row in summary.rows if row["status"] != "ok"), {"case_id": "see", "error": config.manifest_path})
+        raise GenerationError(
+            f"all {failed} cases failed (first: {first['case_id']}: {first.get('error', '')}). Fix the "
+            "templates (a healthy organ of each type, the type's contrast phase: see docs/labels-and-reports.md), "
+            "pass --any-phase, or choose types the templates support; then rerun.")
     if args.progress_lines:
         print("PROGRESS 1.0000 done", flush=True)
     return 0

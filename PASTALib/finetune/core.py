@@ -48,6 +48,7 @@ import SimpleITK as sitk
 import torch
 
 from PASTALib.io.files import write_json_atomic
+from PASTALib.io.outputs import safe_name
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
@@ -156,6 +157,8 @@ def read_fewshot_folder(folder: str | os.PathLike) -> tuple[dict[str, int], list
         for label_path in sorted((folder / "labelsTr").glob("*.nii.gz")):
             cid = label_path.name[: -len(".nii.gz")]
             cases.append(FewshotCase(cid, folder / "imagesTr" / f"{cid}_0000.nii.gz", label_path))
+    for c in cases:  # ids become folder names under OUT: '../../x' must not write outside it
+        safe_name(c.id, f"case id in {manifest_path if manifest_path.is_file() else folder / 'labelsTr'}")
     if not cases:
         raise TrainingError(f"no annotated cases in {folder}: expected {MANIFEST_NAME} with imagesTr/<id>_0000.nii.gz "
                             "and labelsTr/<id>.nii.gz (mark cases in the PASTA module's few-shot section)")

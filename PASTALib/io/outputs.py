@@ -305,7 +305,7 @@ def _lock_owner(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "this output folder",
+def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "output folder",
                 clean: bool = True) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder/name`` for the block, or raise :class:`OutputError` naming the
     process that holds it. Non-blocking; released when the block ends or the process dies (kill -9
