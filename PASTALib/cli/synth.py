@@ -171,9 +171,9 @@ def _generate(args: argparse.Namespace) -> int:
         return 130
     failed = summary.failed + summary.skipped_failed
     if failed and not summary.ok and summary.skipped == summary.skipped_failed:
-        from PASTALib.synth.generate import GenerationError
+        from PASTALib.synth.generate import GenerationError, read_manifest
 
-        first = next((row for row in summary.rows if row["status"] != "ok"), {"case_id": "see", "error": config.manifest_path})
+        first = next(row for row in [*summary.rows, *read_manifest(config.out)] if row["status"] != "ok")
         raise GenerationError(
             f"all {failed} cases failed (first: {first['case_id']}: {first.get('error', '')}). Fix the "
             "templates (a healthy organ of each type, the type's contrast phase: see docs/labels-and-reports.md), "
