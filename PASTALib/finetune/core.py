@@ -34,6 +34,7 @@ writes the annotated label values.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -47,7 +48,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PASTALib.io.files import write_json_atomic
+from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.outputs import safe_name
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
@@ -281,13 +282,12 @@ def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]], fields: Sequenc
                      float_fields: Sequence[str] = ()) -> Path:
     """CSV written to a temporary name and renamed (never a half-written table); NaN in a
     ``float_fields`` column is written empty (pandas reads it back as NaN)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, **{f: "" if math.isnan(float(r[f])) else f"{float(r[f]):.6f}" for f in float_fields}})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **{f: "" if math.isnan(float(r[f])) else f"{float(r[f]):.6f}" for f in float_fields}})
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 

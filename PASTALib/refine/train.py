@@ -11,6 +11,7 @@ fixed timesteps and a fixed noise seed, so its curve measures the model alone.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from monai.inferers import DiffusionInferer
 
 from PASTALib.errors import PastaError
+from PASTALib.io.files import write_text_atomic
 from PASTALib.refine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -131,13 +133,12 @@ def write_curves(out: Path, train: list[tuple[int, float]], val: list[tuple[int,
     train_d = dict(train)
     its = sorted(set(train_d) | set(val_d))
     csv_path = out / CSV_NAME
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["iteration", "train_loss", "val_loss"])
-        for i in its:
-            w.writerow([i, f"{train_d[i]:.6g}" if i in train_d else "", f"{val_d[i]:.6g}" if i in val_d else ""])
-    os.replace(tmp, csv_path)
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(["iteration", "train_loss", "val_loss"])
+    for i in its:
+        w.writerow([i, f"{train_d[i]:.6g}" if i in train_d else "", f"{val_d[i]:.6g}" if i in val_d else ""])
+    write_text_atomic(csv_path, buffer.getvalue())
 
     import matplotlib
 
@@ -226,7 +227,7 @@ def _train_refiner(config: RefinerConfig, cases: list[Case], out: Path, options:
     elif options.resume:
         log.warning("--resume: no checkpoint in %s, starting from scratch", out)
 
-    (out / "config.json").write_text(json.dumps({"config": config.to_dict(), "data": data_source,
+    write_text_atomic(out / "config.json", json.dumps({"config": config.to_dict(), "data": data_source,
                                                  "cases": [c.name for c in cases],
                                                  "options": {k: v for k, v in vars(options).items()}}, indent=2, default=str))
     sampler = CropSampler(cases, config.crop_size, sampler_rng)

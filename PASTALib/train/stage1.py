@@ -48,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from PASTALib.io.files import write_text_atomic
 from PASTALib.model.checkpoint import load_pasta_checkpoint
 from PASTALib.model.preprocess import SLF_VALUES, SLFNormalization, normalization_from_dict
 from PASTALib.model.unet import PastaUNet, UNetConfig
@@ -372,8 +373,8 @@ def _train_stage1(cfg: Stage1Config, dist_ctx: DistContext, device: torch.device
     if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
         dist_ctx.agree_on_resume(resumed_from, ckpt_path)
     if main:
-        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-        (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
+        write_text_atomic(out / "config.json", json.dumps(cfg_json, indent=2))
+        write_text_atomic(out / "model_config.json", json.dumps(mcfg.to_dict(), indent=2))
         metrics = MetricsCSV(out / METRICS_NAME, STAGE1_FIELDS, resume_iteration=iteration)
     curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("training Dice", ["dice_lesion", "dice_organ"])],
                          tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)

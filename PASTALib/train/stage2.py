@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from PASTALib.io.files import write_text_atomic
 from PASTALib.model.attributes import (
     ATTRIBUTE_GROUPS,
     IGNORE_INDEX,
@@ -287,9 +288,9 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
     if dist_ctx.enabled:  # every rank must continue from the same iteration (several nodes: one shared --out)
         dist_ctx.agree_on_resume(resumed_from, ckpt_path)
     if main:
-        (out / "config.json").write_text(json.dumps(cfg_json, indent=2))
-        (out / "model_config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-        (out / "split.json").write_text(json.dumps({"train": train_names, "validation": val_names}, indent=2))
+        write_text_atomic(out / "config.json", json.dumps(cfg_json, indent=2))
+        write_text_atomic(out / "model_config.json", json.dumps(model.config.to_dict(), indent=2))
+        write_text_atomic(out / "split.json", json.dumps({"train": train_names, "validation": val_names}, indent=2))
         metrics = MetricsCSV(out / METRICS_NAME, STAGE2_FIELDS, resume_iteration=iteration)
     curves = TrainingLog(out, out / METRICS_NAME, [("loss", ["loss"]), ("attribute accuracy", ["train_acc", "val_acc"])],
                          tensorboard=cfg.tensorboard, enabled=main and cfg.curves, purge_step=iteration, log=log)
@@ -381,7 +382,7 @@ def _train_stage2(cfg: Stage2Config, dist_ctx: DistContext, device: torch.device
             atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, final)
             if val_samples and not val:
                 val = evaluate_attributes(model, batcher, val_samples, device, cfg.batch_size)
-            (out / "eval.json").write_text(json.dumps(val, indent=2))
+            write_text_atomic(out / "eval.json", json.dumps(val, indent=2))
         dist_ctx.barrier()
         progress.message(1.0, f"stage2 done: {final}")
     return TrainResult(iteration, out, final, ckpt_path, out / METRICS_NAME, stopped_early=stopped, summary=val)
