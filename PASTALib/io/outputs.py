@@ -23,6 +23,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -334,12 +335,18 @@ def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "output 
             raise _disk_error(path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise OutputError(
                 f"{folder} is in use by {_lock_owner(path)}: two runs on one {what} would corrupt it. "
                 "Wait for that run to finish (or stop it), or choose another output folder."
             ) from None
+        except OSError as exc:  # a file system without locks (some network mounts): run, but say so
+            os.close(fd)
+            warnings.warn(f"cannot lock {folder} ({exc.strerror or exc}); make sure no other run uses it",
+                          RuntimeWarning, stacklevel=3)
+            yield path
+            return
         try:  # the holder before us may have removed the file after we opened it: lock the current one
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
