@@ -257,7 +257,14 @@ def _refine(d, out):
     train_refiner(RefinerConfig(), [], out)
 
 
-LOCKED = [("batch-segment", _batch), ("train", _train), ("finetune", _finetune), ("refine-train", _refine)]
+def _classify(d, out):
+    from PASTALib.finetune.classify import TASKS, ClassifyConfig, train_classifier
+
+    train_classifier(ClassifyConfig(task=TASKS[0], table=str(d["table"]), out=str(out)))
+
+
+LOCKED = [("batch-segment", _batch), ("train", _train), ("finetune", _finetune), ("refine-train", _refine),
+          ("classify-train", _classify)]
 
 
 @pytest.mark.parametrize("run", [c[1] for c in LOCKED], ids=[c[0] for c in LOCKED])
