@@ -313,13 +313,27 @@ def folder_lock(folder: PathLike, *, name: str = LOCK_NAME, what: str = "output 
     included: the kernel drops ``flock`` locks), so there are no stale locks to clean by hand.
     With ``clean``, the killed runs' ``.NAME.partial-PID`` leftovers in ``folder`` are removed once
     the lock is held (:func:`remove_stale_partials`)."""
-    import fcntl
-
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # removed again if left empty
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _disk_error(folder, exc) from None
+    try:
+        with _locked(folder, name, what, clean) as path:
+            yield path
+    finally:
+        for p in created:  # a run refused early leaves no empty folders behind
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, name: str, what: str, clean: bool) -> Iterator[Path]:
+    import fcntl
+
     path = (folder / name).resolve()
     if path in _HELD:
         _HELD[path][1] += 1
