@@ -94,7 +94,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from PASTALib.demo import render_lesion_grid
     from PASTALib.errors import PastaError
     from PASTALib.io import write_image, write_segmentation
-
     from PASTALib.io.outputs import check_output_not_input, check_writable
 
     out = Path(args.out)

@@ -53,7 +53,6 @@ def _extract(args: argparse.Namespace) -> int:
     import torch
 
     from PASTALib.embed.extractor import embed_table, load_embedder
-
     from PASTALib.io.outputs import check_outputs
 
     check_outputs([args.csv, args.weights], files=[args.out, args.npz])

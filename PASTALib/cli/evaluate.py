@@ -211,7 +211,6 @@ def _realism(args: argparse.Namespace) -> int:
     from PASTALib.eval.realism_io import read_real_csv, read_synthetic_dir
     from PASTALib.eval.realism_report import summary, write_realism_report
     from PASTALib.eval.tasks import EvaluationError
-
     from PASTALib.io.outputs import check_outputs
 
     out = Path(args.out)

@@ -79,9 +79,8 @@ def _threads(n: int | None) -> None:
 def _train(args: argparse.Namespace) -> int:
     import signal
 
-    from PASTALib.refine import RefinerConfig, TrainOptions, load_cases, train_refiner
-
     from PASTALib.io.outputs import check_outputs
+    from PASTALib.refine import RefinerConfig, TrainOptions, load_cases, train_refiner
 
     check_outputs([args.data], folders=[args.out])
     _threads(args.threads)
@@ -112,9 +111,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
-    from PASTALib.refine import Refiner, refine_case
-
     from PASTALib.io.outputs import check_outputs
+    from PASTALib.refine import Refiner, refine_case
 
     inputs = [args.ct, args.labels, args.checkpoint]
     if Path(args.out).name.lower().endswith(_IMAGE_SUFFIXES):

@@ -71,9 +71,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from PASTALib.review import StudySettings, create_study, find_synthetic_cases, read_real_cases_csv
-
     from PASTALib.io.outputs import check_outputs
+    from PASTALib.review import StudySettings, create_study, find_synthetic_cases, read_real_cases_csv
 
     check_outputs([*args.real_csv, *args.synthetic], folders=[args.study, args.key])
     real = [c for path in args.real_csv for c in read_real_cases_csv(path)]

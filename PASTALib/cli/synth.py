@@ -55,9 +55,8 @@ def _spec_from_args(args: argparse.Namespace):
 
 def _lesion(args: argparse.Namespace) -> int:
     from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
-    from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
-
     from PASTALib.io.outputs import check_outputs
+    from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 
     spec = _spec_from_args(args)  # bad attributes fail before any image is read
     check_outputs([args.ct, args.organs], folders=[args.out], names=LESION_FILES)
