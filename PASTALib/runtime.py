@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -106,23 +105,18 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half file."""
+    """torch.save to a temporary file in the same folder, fsync, CRC check of the zip archive, then
+    rename: never a half file, and a full disk raises OutputError with the old checkpoint intact."""
+    from PASTALib.io.outputs import OutputError, atomic_output, verify_zip
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            torch.save(obj, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path, verify_zip) as tmp:
+        try:
+            with open(tmp, "wb") as stream:
+                torch.save(obj, stream)
+        except RuntimeError as exc:  # torch's zip writer reports ENOSPC as "file write failed"
+            raise OutputError(f"Cannot write {path}: {str(exc).strip().splitlines()[-1]}. The disk is probably "
+                              "full: free disk space or choose another output folder; the previous file is unchanged.") from None
     return path
 
 

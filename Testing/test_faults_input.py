@@ -7,6 +7,7 @@ one ``error:`` line naming the problem, the input files byte-identical and no ou
 from __future__ import annotations
 
 import argparse
+import errno
 import gzip
 import hashlib
 import json
@@ -348,7 +349,9 @@ def test_garbage_generation_manifest_is_refused(content: bytes, case: dict[str, 
     assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
 
 
-def test_broken_case_json_is_refused(case: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_broken_case_json_is_generated_again(case: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """A finished case whose case.json is broken is not counted as done on resume: it is made again
+    (deterministic from the seed), not trained on and not a traceback."""
     from PASTALib.synth.generate import case_list
     from PASTALib.labels import LesionType
 
@@ -357,9 +360,10 @@ def test_broken_case_json_is_refused(case: dict[str, Path], tmp_path: Path, caps
     (out / job.rel_dir).mkdir(parents=True)
     (out / job.rel_dir / "case.json").write_text("{broken")
     (out / job.rel_dir / "report.json").write_text("{}")
-    assert_refused(capsys, ["synth", "generate", "--templates", _template(case, tmp_path), "--out", out,
-                            "--per-type", "1", "--types", "liver_tumor", "--no-bar"],
-                   ["broken case", "delete that folder"], out / job.rel_dir)
+    code, err = _run(capsys, ["synth", "generate", "--templates", _template(case, tmp_path), "--out", out,
+                              "--per-type", "1", "--types", "liver_tumor", "--any-phase", "--no-bar"])
+    assert code == 0, err
+    assert json.loads((out / job.rel_dir / "case.json").read_text())["seed"] is not None
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"classes": [{"class": 2, "name": "x", "label_value": 1}]}),
@@ -431,12 +435,28 @@ def test_every_numeric_option_states_its_range() -> None:
 
 
 # --------------------------------------------------------------------------- 5. the CLI error policy
-def test_os_error_is_one_line_with_the_path_and_a_fix(case: dict[str, Path], tmp_path: Path, capsys) -> None:
+def test_output_under_a_file_is_one_line_with_the_path_and_a_fix(case: dict[str, Path], tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder is needed")
     out = blocker / "canonical.nii.gz"
-    line = assert_refused(capsys, ["geometry", "canonical", case["ct"], out], [str(blocker), "fix"], case["dir"])
+    line = assert_refused(capsys, ["geometry", "canonical", case["ct"], out], [str(blocker), "is a file", "choose"], case["dir"])
     assert "error: " in line and blocker.read_text() == "a file where a folder is needed"
+
+
+@pytest.mark.parametrize("errno_value, words", [(errno.ENOSPC, ["no space left", "free disk space"]),
+                                                (errno.EACCES, ["permission denied", "permissions"]),
+                                                (errno.EROFS, ["read-only", "writable disk"])])
+def test_an_unforeseen_os_error_is_one_line_with_the_path_and_a_fix(monkeypatch, tmp_path: Path, capsys,
+                                                                    errno_value: int, words: list[str]) -> None:
+    """The last resort of the CLI's policy: an OSError no check anticipated still ends in one line."""
+    import PASTALib.cli.io as cli_io
+
+    def fails(args):
+        raise OSError(errno_value, os.strerror(errno_value), str(tmp_path / "x.nii.gz"))
+
+    monkeypatch.setattr(cli_io, "_info", fails)
+    line = assert_refused(capsys, ["io", "info", tmp_path / "x.nii.gz"], [str(tmp_path / "x.nii.gz"), "fix:", *words], tmp_path)
+    assert "Traceback" not in line
 
 
 def test_control_characters_in_user_text_are_escaped(tmp_path: Path, capsys) -> None:

@@ -19,6 +19,7 @@ from PASTALib.io import (
     write_image,
     write_segmentation,
 )
+from PASTALib.io.outputs import OutputError
 
 
 def test_reads_jpeg2000_dicom_series_with_empty_uids(ts_data: Path) -> None:
@@ -107,10 +108,10 @@ def test_write_is_atomic_and_leaves_nothing_on_failure(ts_data: Path, tmp_path: 
     ct = read_ct(ts_data / "example_ct_sm.nii.gz")
     with pytest.raises(InputImageError, match="Cannot write"):
         write_image(ct, tmp_path / "ct.png")
-    # The final rename fails (a folder has the target's name): the partial file is removed.
+    # A folder has the target's name: refused, nothing written.
     blocked = tmp_path / "blocked.nii.gz"
     blocked.mkdir()
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="is a folder"):
         write_image(ct, blocked)
     target = write_image(ct, tmp_path / "ct.nii.gz")
     assert read_ct(target).GetSize() == ct.GetSize()

@@ -132,8 +132,10 @@ def _organs(args: argparse.Namespace) -> int:
 def _lungmask(args: argparse.Namespace) -> int:
     from PASTALib.anatomy import classical_lung_mask
     from PASTALib.io import read_ct, write_image
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.labels import Organ
 
+    check_outputs([args.ct], files=[args.out])
     ct = read_ct(args.ct)
     masks = classical_lung_mask(ct)
     write_image(masks.pasta_label_map() if args.pasta else masks.label_map, args.out)

@@ -107,7 +107,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from PASTALib.finetune.classify import ClassifyConfig, train_classifier
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.train.common import StopFlag
+
+    check_outputs([args.table, args.init], folders=[args.out])
 
     fields = ClassifyConfig.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -139,7 +142,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from PASTALib.finetune.classify import predict_table
+    from PASTALib.io.outputs import check_outputs
 
+    check_outputs([args.model, args.table], files=[args.out])
     frame = predict_table(args.model, args.table, out=args.out, device=args.device, batch_size=args.batch_size,
                           id_column=args.id_column, label_column=args.label_column, crops_dir=args.crops_dir)
     print(f"wrote {args.out} ({len(frame)} row(s))")

@@ -98,8 +98,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from PASTALib.demo import render_lesion_grid
     from PASTALib.errors import PastaError
     from PASTALib.io import write_image, write_segmentation
+    from PASTALib.io.outputs import check_output_not_input, check_writable
 
     out = Path(args.out)
+    # --force replaces the whole folder: it must not be or hold an input.
+    check_output_not_input([out], [args.ct, args.organs, args.wheel])
+    check_writable(out, folder=True)
     if out.exists() and not args.force:
         raise PastaError(f"{out} already exists; pass --force to replace it or choose another --out.")
     started = time.perf_counter()

@@ -55,7 +55,9 @@ def _extract(args: argparse.Namespace) -> int:
     import torch
 
     from PASTALib.embed.extractor import embed_table, load_embedder
+    from PASTALib.io.outputs import check_outputs
 
+    check_outputs([args.csv, args.weights], files=[args.out, args.npz])
     if args.threads:
         torch.set_num_threads(args.threads)
     embedder = load_embedder(args.weights, device=args.device, crop_size=args.crop, batch_size=args.batch_size)
@@ -71,7 +73,7 @@ def _probe(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from PASTALib.embed.probes import repeated_split_auc
-    from PASTALib.eval.report import to_markdown, write_table
+    from PASTALib.eval.report import check_table_outputs, to_markdown, write_table
     from PASTALib.eval.tasks import EvaluationError
 
     df = pd.read_csv(args.features)
@@ -90,6 +92,7 @@ def _probe(args: argparse.Namespace) -> int:
     table = pd.DataFrame(rows)
     print(to_markdown(table), end="")
     if args.out:
+        check_table_outputs(args.out, [args.features])
         write_table(table, args.out, title=f"Probe AUC ({args.label}, {args.repeats} stratified splits)")
     return 0
 
@@ -100,7 +103,7 @@ def _stability(args: argparse.Namespace) -> int:
 
     from PASTALib.embed.extractor import COORD_COLUMNS, load_embedder
     from PASTALib.embed.stability import perturbations, perturbed_features, stability_report, summarize_by_kind
-    from PASTALib.eval.report import to_markdown, write_table
+    from PASTALib.eval.report import check_table_outputs, to_markdown, write_table
     from PASTALib.io import read_ct
 
     embedder = load_embedder(args.weights, device=args.device, crop_size=args.crop)
@@ -116,5 +119,6 @@ def _stability(args: argparse.Namespace) -> int:
     summary = summarize_by_kind(report)
     print(to_markdown(summary), end="")
     if args.out:
+        check_table_outputs(args.out, [args.csv, args.weights])
         write_table(report, args.out, title="Feature stability")
     return 0

@@ -96,11 +96,21 @@ def _add_realism_parser(group: argparse._SubParsersAction) -> None:
     real.set_defaults(func=_realism)
 
 
+def _input_paths(args: argparse.Namespace) -> list[str]:
+    """Every input file or folder named on the command line (for the output checks)."""
+    paths: list[str] = []
+    for key in ("csv", "a", "b", "pred", "ref", "features", "real", "synthetic"):
+        value = getattr(args, key, None)
+        paths += value if isinstance(value, list) else [value] if value else []
+    return paths
+
+
 def _emit(df, args, title: str) -> None:
-    from PASTALib.eval.report import to_markdown, write_table
+    from PASTALib.eval.report import check_table_outputs, to_markdown, write_table
 
     print(to_markdown(df), end="")
     if args.out:
+        check_table_outputs(args.out, _input_paths(args))
         paths = write_table(df, args.out, title=title)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -108,9 +118,12 @@ def _emit(df, args, title: str) -> None:
 def _seg(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from PASTALib.eval.report import write_table
+    from PASTALib.eval.report import check_table_outputs, write_table
     from PASTALib.eval.tasks import evaluate_segmentation_dirs, segmentation_summary
 
+    if args.out:
+        for prefix in (args.out, f"{args.out}_per_case"):
+            check_table_outputs(prefix, _input_paths(args))
     per_case = evaluate_segmentation_dirs(args.pred, args.ref, args.labels, empty=float("nan") if args.empty_nan else 1.0)
     summary = segmentation_summary(per_case, rng=np.random.default_rng(args.seed), n_resamples=args.n_boot)
     if args.out:
@@ -200,8 +213,10 @@ def _realism(args: argparse.Namespace) -> int:
     from PASTALib.eval.realism_io import read_real_csv, read_synthetic_dir
     from PASTALib.eval.realism_report import summary, write_realism_report
     from PASTALib.eval.tasks import EvaluationError
+    from PASTALib.io.outputs import check_outputs
 
     out = Path(args.out)
+    check_outputs(_input_paths(args), folders=[out])
     if (out / "realism.html").exists() and not args.force:
         raise EvaluationError(f"{out} already holds a realism report; pass --force to overwrite it or choose another --out")
     if args.max_synthetic is not None and args.max_synthetic < 1:

@@ -86,11 +86,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from PASTALib.eval.plots import FEW_SHOT_K
     from PASTALib.finetune import FinetuneConfig, finetune, run_sweep
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.train import StopFlag
 
     fields = FinetuneConfig.__dataclass_fields__
     kw = {k: v for k, v in vars(args).items() if k in fields and v is not None and k not in ("k", "fold")}
     kw["out"] = args.out or str(Path(args.data) / "finetune")
+    check_outputs([args.data, None if (args.init or "").lower() == "scratch" else args.init, args.layout],
+                  folders=[kw["out"]])
     if kw.get("spacing_mm") == 0:
         kw["spacing_mm"] = None
     if (args.init or "").lower() == "scratch":

@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _canonical(args: argparse.Namespace) -> int:
     from PASTALib.geometry import to_canonical
     from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io.outputs import check_outputs
 
+    check_outputs([args.input], files=[args.output])
     image = read_label(args.input) if args.label else read_ct(args.input)
     canonical, mapping = to_canonical(image, is_label=args.label, spacing=args.spacing)
     write_image(canonical, args.output)

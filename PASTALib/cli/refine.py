@@ -79,9 +79,11 @@ def _threads(n: int | None) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.refine import RefinerConfig, TrainOptions, load_cases, train_refiner
     from PASTALib.train.common import StopFlag
 
+    check_outputs([args.data], folders=[args.out])
     _threads(args.threads)
     config = RefinerConfig(crop_size=args.crop, channels=tuple(int(c) for c in args.channels.split(",")), lr=args.lr,
                            weight_decay=args.weight_decay, train_t_max=args.train_t_max)
@@ -102,9 +104,15 @@ def _train(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
-    from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.refine import Refiner, refine_case
 
+    inputs = [args.ct, args.labels, args.checkpoint]
+    if Path(args.out).name.lower().endswith(_IMAGE_SUFFIXES):
+        check_outputs(inputs, files=[args.out])
+    else:
+        check_outputs(inputs, folders=[args.out], names=("ct.nii.gz", "label.nii.gz", "refine.json"))
     _threads(args.threads)
     overrides = {k: v for k, v in (("refine_steps", args.steps), ("margin_mm", args.margin)) if v is not None}
     refiner = Refiner.from_checkpoint(args.checkpoint, args.device, amp=args.amp, **overrides)
@@ -122,8 +130,8 @@ def _apply(args: argparse.Namespace) -> int:
         try:
             write_image(refined, staging / "ct.nii.gz")
             write_image(labels, staging / "label.nii.gz")
-            (staging / "refine.json").write_text(json.dumps({"checkpoint": str(args.checkpoint), "lesions": infos},
-                                                            indent=2, default=str) + "\n")
+            write_text_atomic(staging / "refine.json", json.dumps({"checkpoint": str(args.checkpoint), "lesions": infos},
+                                                                  indent=2, default=str) + "\n")
             for f in staging.iterdir():
                 f.replace(out / f.name)
         finally:

@@ -73,12 +73,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _create(args: argparse.Namespace) -> int:
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.review import StudySettings, create_study, find_synthetic_cases, read_real_cases_csv
 
     # Options first: a bad number is reported before any input is read.
     settings = StudySettings(seed=args.seed, spacing_mm=args.spacing, fov_mm=args.fov or None,
                              allow_changes=args.allow_changes, ask_attributes=not args.no_attributes,
                              allow_report_imbalance=args.allow_report_imbalance)
+    check_outputs([*args.real_csv, *args.synthetic], folders=[args.study, args.key])
     real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
     synthetic = find_synthetic_cases(args.synthetic)
     created = create_study(real, synthetic, args.study, args.key, settings,
@@ -228,8 +230,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.review.analysis import analyze
 
+    check_outputs([args.study, args.key], folders=[args.out])
     results = analyze(args.study, args.key, args.out, threshold=args.threshold, margin=args.margin,
                       n_boot=args.n_boot, seed=args.seed)
     auc = results["all_readers"]["auc"]

@@ -12,6 +12,9 @@ from pathlib import Path
 from PASTALib.cli.args import positive_int, seed
 from PASTALib.labels import LesionType
 
+#: Files `pasta synth lesion` writes into --out.
+LESION_FILES = ("ct.nii.gz", "label.nii.gz", "report.json", "report.txt", "spec.json")
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser("synth", help="synthesize lesions (PASTA-Gen)").add_subparsers(dest="command", metavar="COMMAND")
@@ -57,10 +60,12 @@ def _spec_from_args(args: argparse.Namespace):
 def _lesion(args: argparse.Namespace) -> int:
     from PASTALib.anatomy import OrganMasks
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
-    from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 
     spec = _spec_from_args(args)  # bad attributes fail before any image is read
+    check_outputs([args.ct, args.organs], folders=[args.out], names=LESION_FILES)
     ct = read_ct(args.ct)
     labels = read_label(args.organs)
     kind = resolve_labels_kind(labels, args.labels_kind, source=str(args.organs))
@@ -78,9 +83,9 @@ def _lesion(args: argparse.Namespace) -> int:
     try:
         write_image(result.ct, staging / "ct.nii.gz")
         write_image(result.labels, staging / "label.nii.gz")
-        (staging / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
-        (staging / "report.txt").write_text(result.report.to_text() + "\n", encoding="utf-8")
-        (staging / "spec.json").write_text(json.dumps(result.spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(staging / "report.json", result.report.to_json() + "\n")
+        write_text_atomic(staging / "report.txt", result.report.to_text() + "\n")
+        write_text_atomic(staging / "spec.json", json.dumps(result.spec.to_dict(), indent=2) + "\n")
         for item in sorted(staging.iterdir()):
             os.replace(item, out / item.name)
     finally:
@@ -123,11 +128,13 @@ def _generate(args: argparse.Namespace) -> int:
     import sys
 
     from PASTALib.errors import SpecificationError
+    from PASTALib.io.outputs import check_outputs
     from PASTALib.synth.generate import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, generate
 
     types = tuple(LesionType.parse(t) for item in (args.types or [t.slug for t in LesionType]) for t in item.split(",") if t)
     if not types:
         raise SpecificationError("--types is empty.")
+    check_outputs([args.templates], folders=[args.out], names=["manifest.csv"])
     config = GenerateConfig(
         out=Path(args.out), per_type=args.per_type, types=types, seed=args.seed,
         crop_mm=args.crop_mm or DEFAULT_CROP_MM, any_phase=args.any_phase,
@@ -163,6 +170,15 @@ def _generate(args: argparse.Namespace) -> int:
     if summary.stopped:
         print("stopped: finished cases are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    failed = summary.failed + summary.skipped_failed
+    if failed and not summary.ok and summary.skipped == summary.skipped_failed:
+        from PASTALib.synth.generate import GenerationError, read_manifest
+
+        first = next(row for row in [*summary.rows, *read_manifest(config.out)] if row["status"] != "ok")
+        raise GenerationError(
+            f"all {failed} cases failed (first: {first['case_id']}: {first.get('error', '')}). Fix the "
+            "templates (a healthy organ of each type, the type's contrast phase: see docs/labels-and-reports.md), "
+            "pass --any-phase, or choose types the templates support; then rerun.")
     if args.progress_lines:
         print("PROGRESS 1.0000 done", flush=True)
     return 0

@@ -96,7 +96,10 @@ def _run(args: argparse.Namespace, stage: str) -> int:
         train_stage2,
     )
 
+    from PASTALib.io.outputs import check_outputs
+
     cls, fn = (Stage1Config, train_stage1) if stage == "stage1" else (Stage2Config, train_stage2)
+    check_outputs([args.data, getattr(args, "init", None)], folders=[args.out])
     cfg = cls(**_overrides(args, cls))
     stop = StopFlag()
     with stop.install_signal_handlers():

@@ -532,12 +532,13 @@ def build_sr(result: Any, source: SourceSeries, seg: Any, lesion_segments: dict[
 
 
 def _save(ds: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
+    import pydicom
+
+    from PASTALib.io.outputs import atomic_output
+
+    # Read back before the rename: a full disk must not leave a truncated SEG/SR in place.
+    with atomic_output(path, lambda tmp: pydicom.dcmread(str(tmp))) as tmp:
         ds.save_as(str(tmp), enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -285,7 +285,8 @@ def write_npz(csv_path: str | os.PathLike, npz_path: str | os.PathLike) -> Path:
         values = meta[c].to_numpy()
         arrays[c] = values.astype(str) if values.dtype == object else values
     npz_path = Path(npz_path)
-    tmp = npz_path.with_name(npz_path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, npz_path)
+    from PASTALib.io.outputs import atomic_output, verify_zip
+
+    with atomic_output(npz_path, verify_zip, suffix=".npz") as tmp:  # .npz is a zip: CRC-checked before the rename
+        np.savez(tmp, **arrays)
     return npz_path

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from PASTALib.io.files import write_text_atomic
+
 
 def _cell(value, digits: int) -> str:
     if value is None:
@@ -59,7 +61,15 @@ def write_table(table: pd.DataFrame | Sequence[Mapping], prefix: str | os.PathLi
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = {"csv": prefix.with_name(prefix.name + ".csv"), "md": prefix.with_name(prefix.name + ".md"),
              "html": prefix.with_name(prefix.name + ".html")}
-    df.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(to_markdown(df, digits))
-    paths["html"].write_text(to_html(df, title, digits))
+    write_text_atomic(paths["csv"], df.to_csv(index=False))
+    write_text_atomic(paths["md"], to_markdown(df, digits))
+    write_text_atomic(paths["html"], to_html(df, title, digits))
     return paths
+
+
+def check_table_outputs(prefix: str | os.PathLike, inputs: Sequence[str | os.PathLike | None]) -> None:
+    """Refuse a ``--out`` prefix whose .csv/.md/.html would replace an input (or cannot be written)."""
+    from PASTALib.io.outputs import check_outputs
+
+    prefix = Path(prefix)
+    check_outputs(inputs, files=[prefix.with_name(prefix.name + s) for s in (".csv", ".md", ".html")])

@@ -34,6 +34,7 @@ writes the annotated label values.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -47,8 +48,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PASTALib.io.files import write_json_atomic
+from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.image import read_image, read_label
+from PASTALib.io.outputs import safe_name
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
@@ -157,6 +159,8 @@ def read_fewshot_folder(folder: str | os.PathLike) -> tuple[dict[str, int], list
         for label_path in sorted((folder / "labelsTr").glob("*.nii.gz")):
             cid = label_path.name[: -len(".nii.gz")]
             cases.append(FewshotCase(cid, folder / "imagesTr" / f"{cid}_0000.nii.gz", label_path))
+    for c in cases:  # ids become folder names under OUT: '../../x' must not write outside it
+        safe_name(c.id, f"case id in {manifest_path if manifest_path.is_file() else folder / 'labelsTr'}")
     if not cases:
         raise TrainingError(f"no annotated cases in {folder}: expected {MANIFEST_NAME} with imagesTr/<id>_0000.nii.gz "
                             "and labelsTr/<id>.nii.gz (mark cases in the PASTA module's few-shot section)")
@@ -279,13 +283,12 @@ def write_csv_atomic(path: Path, rows: Sequence[dict[str, Any]], fields: Sequenc
                      float_fields: Sequence[str] = ()) -> Path:
     """CSV written to a temporary name and renamed (never a half-written table); NaN in a
     ``float_fields`` column is written empty (pandas reads it back as NaN)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, **{f: "" if math.isnan(float(r[f])) else f"{float(r[f]):.6f}" for f in float_fields}})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **{f: "" if math.isnan(float(r[f])) else f"{float(r[f]):.6f}" for f in float_fields}})
+    write_text_atomic(path, buffer.getvalue())
     return path
 
 
@@ -352,7 +355,15 @@ def resolve_init(cfg: FinetuneConfig) -> Path | None:
 
 def finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None = None,
              stop: StopFlag | None = None) -> FinetuneResult:
-    """Run (or resume) K-shot fine-tuning of fold ``cfg.fold``; see the module docstring."""
+    """Run (or resume) K-shot fine-tuning of fold ``cfg.fold``; see the module docstring. The output
+    folder is locked for the run (a second run on it is an error)."""
+    from PASTALib.io.outputs import folder_lock
+
+    with folder_lock(cfg.out, what="fine-tuning folder"):
+        return _finetune(cfg, callback=callback, stop=stop)
+
+
+def _finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None, stop: StopFlag | None) -> FinetuneResult:
     from PASTALib.model import UNetConfig
     from PASTALib.model.checkpoint import infer_config, load_state_dict_file
     from PASTALib.train import Stage1Config, train_stage1

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,16 +160,11 @@ def cache_key(spec: Mapping[str, Any]) -> str:
 
 def save_crop(path: Path, array: np.ndarray, spec: Mapping[str, Any]) -> None:
     """Crop as int16 HU (rounded; −1024 stays exact) + its description, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        hu = np.clip(np.round(array), -32768, 32767).astype(np.int16)
+    from PASTALib.io.outputs import atomic_output, verify_zip
+
+    hu = np.clip(np.round(array), -32768, 32767).astype(np.int16)
+    with atomic_output(path, verify_zip, suffix=".npz") as tmp:  # .npz is a zip: CRC-checked before the rename
         np.savez_compressed(tmp, hu=hu, spec=np.array(json.dumps(spec, sort_keys=True, default=str)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_crop(path: Path) -> np.ndarray | None:

@@ -2,7 +2,8 @@
 
 Each case is written into ``OUT/.<id>.partial-<pid>/`` and renamed to ``OUT/<id>/`` when every
 file is written, so ``OUT/<id>/`` exists only complete: a rerun skips it. A killed run leaves at
-most a ``.partial`` folder, removed by the next run (when its process is gone). ``OUT/manifest.csv``
+most a ``.partial`` folder, removed by the next run (when its process is gone; the folder is locked
+against a second concurrent run). ``OUT/manifest.csv``
 logs one row per finished, failed or skipped case.
 """
 
@@ -21,12 +22,12 @@ from typing import Any
 
 from PASTALib.infer.config import InferenceConfig, InferenceError
 from PASTALib.infer.pipeline import RUN_NAME, PastaModel, segment_case
+from PASTALib.io.outputs import folder_lock
 
 ProgressFn = Callable[[float, str], None]
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ["id", "ct", "status", "lesions", "seconds", "finished_at", "error"]
-_PARTIAL = re.compile(r"^\.(?P<id>.+)\.partial-(?P<pid>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -91,29 +92,6 @@ def discover_batch(source: str | os.PathLike) -> list[BatchCase]:
     return cases
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_partials(out: Path) -> list[Path]:
-    """Remove ``.<id>.partial-<pid>`` folders whose process is gone (a killed earlier run)."""
-    removed = []
-    for p in out.iterdir() if out.is_dir() else []:
-        m = _PARTIAL.match(p.name)
-        if m and p.is_dir() and not _pid_alive(int(m.group("pid"))):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
-
-
 def is_finished(case_dir: Path) -> bool:
     return (case_dir / RUN_NAME).is_file()
 
@@ -138,8 +116,12 @@ def run_batch(source: str | os.PathLike, out_dir: str | os.PathLike, model: Past
     cfg = cfg or InferenceConfig()
     cases = discover_batch(source)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale_partials(out)
+    with folder_lock(out, what="batch output folder"):  # also removes killed runs' .partial folders
+        return _run_batch(cases, out, model, cfg, progress, fail_fast)
+
+
+def _run_batch(cases: list[BatchCase], out: Path, model: PastaModel, cfg: InferenceConfig,
+               progress: ProgressFn | None, fail_fast: bool) -> dict[str, Any]:
     manifest = out / MANIFEST_NAME
     summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}}
     n = len(cases)

@@ -46,6 +46,8 @@ LESIONS_NAME = "lesions.json"  # sidecar: confidences, probabilities, longest di
 RUN_NAME = "run.json"
 DICOM_SEG_NAME = "seg.dcm"
 DICOM_SR_NAME = "sr.dcm"
+#: Every file `pasta segment` may write into its output folder.
+OUTPUT_NAMES = (LABELS_NAME, SEG_NRRD_NAME, REPORTS_NAME, REPORTS_TEXT_NAME, LESIONS_NAME, RUN_NAME, DICOM_SEG_NAME, DICOM_SR_NAME)
 
 
 @dataclass

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
+from PASTALib.io.outputs import write_bytes_verified
+
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) through a unique temporary file in the same folder + rename: readers
-    never see a half-written file, and a crash leaves the previous version in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write ``text`` (UTF-8) through a temporary file in the same folder, read it back, then rename:
+    readers never see a half-written file, and a crash or a full disk leaves the previous version
+    in place (:class:`~PASTALib.io.outputs.OutputError` says so)."""
+    return write_bytes_verified(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int = 2) -> Path:

@@ -316,18 +316,20 @@ def read_label(path: PathLike) -> sitk.Image:
 
 
 def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:
-    """Write ``image`` atomically (temporary file + rename): never leaves a half-written file."""
+    """Write ``image`` atomically and verified (temporary file, read-back check, rename): never leaves a
+    half-written or truncated file, and a full disk raises OutputError with the old file intact."""
+    from PASTALib.io.outputs import OutputError, atomic_output, verify_image_file
+
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in WRITABLE_SUFFIXES:
         raise InputImageError(f"Cannot write {path}: use one of {', '.join(WRITABLE_SUFFIXES)}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name[: -len(suffix)]}.partial-{os.getpid()}{suffix}")
-    try:
-        sitk.WriteImage(image, str(partial), useCompression=compress)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_output(path, lambda tmp: verify_image_file(tmp, image), suffix=suffix) as partial:
+        try:
+            sitk.WriteImage(image, str(partial), useCompression=compress)
+        except RuntimeError as exc:  # ITK reports write errors (ENOSPC, EACCES) as RuntimeError
+            raise OutputError(f"Cannot write {path}: {str(exc).strip().splitlines()[-1]}. Free disk space or "
+                              "choose a writable output folder; the previous file (if any) is unchanged.") from None
     return path
 
 

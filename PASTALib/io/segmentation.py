@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.io.image import PathLike, image_to_array
+from PASTALib.io.outputs import atomic_output
 from PASTALib.labels import label_name
 
 #: Display colours (RGB 0-1) for PASTA labels: organs muted, lesions saturated.
@@ -57,11 +57,11 @@ def write_segmentation(
         segmentation["segments"].append(
             {"id": f"Segment_{value}", "labelValue": value, "layer": 0, "name": name, "color": list(color)}
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name[: -len('.seg.nrrd')]}.partial-{os.getpid()}.seg.nrrd")
-    try:
+    def same_voxels(tmp: Path) -> None:  # a full disk must not rename a truncated file into place
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp)))  # a copy: a view dies with its image
+        if back.shape[::-1] != voxels.shape or not np.array_equal(back.transpose(2, 1, 0), voxels):
+            raise ValueError("the voxels read back differ from those written")
+
+    with atomic_output(path, same_voxels, suffix=".seg.nrrd") as partial:
         slicerio.write_segmentation(str(partial), segmentation)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

@@ -11,6 +11,7 @@ fixed timesteps and a fixed noise seed, so its curve measures the model alone.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from monai.inferers import DiffusionInferer
 
 from PASTALib.errors import PastaError
+from PASTALib.io.files import write_text_atomic
 from PASTALib.refine.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -133,13 +135,12 @@ def write_curves(out: Path, train: list[tuple[int, float]], val: list[tuple[int,
     train_d = dict(train)
     its = sorted(set(train_d) | set(val_d))
     csv_path = out / CSV_NAME
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["iteration", "train_loss", "val_loss"])
-        for i in its:
-            w.writerow([i, f"{train_d[i]:.6g}" if i in train_d else "", f"{val_d[i]:.6g}" if i in val_d else ""])
-    os.replace(tmp, csv_path)
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(["iteration", "train_loss", "val_loss"])
+    for i in its:
+        w.writerow([i, f"{train_d[i]:.6g}" if i in train_d else "", f"{val_d[i]:.6g}" if i in val_d else ""])
+    write_text_atomic(csv_path, buffer.getvalue())
 
     import matplotlib
 
@@ -178,9 +179,12 @@ def train_refiner(config: RefinerConfig, cases: list[Case], out: str | os.PathLi
                   *, stop: StopSource | None = None, data_source: str | None = None) -> TrainResult:
     """Train (or resume with ``options.resume``) and write checkpoint.pt, refiner.pt, loss.csv, loss.png.
     ``stop`` (a StopFlag or a callable) ends the run after the current iteration, with a checkpoint."""
-    loop = RefinerLoop(config, cases, Path(out), options or TrainOptions(), stop=stop, data_source=data_source)
-    loop.run()
-    return loop.result()
+    from PASTALib.io.outputs import folder_lock
+
+    with folder_lock(out, what="refiner training folder"):  # a second run on the folder is an error
+        loop = RefinerLoop(config, cases, Path(out), options or TrainOptions(), stop=stop, data_source=data_source)
+        loop.run()
+        return loop.result()
 
 
 class RefinerLoop(TrainingLoop):
@@ -262,7 +266,7 @@ class RefinerLoop(TrainingLoop):
 
     def on_train_start(self) -> None:
         options = self.options
-        (self.out / "config.json").write_text(json.dumps({
+        write_text_atomic(self.out / "config.json", json.dumps({
             "config": self.config.to_dict(), "data": self.data_source, "cases": [c.name for c in self.cases],
             "options": {k: v for k, v in vars(options).items()}}, indent=2, default=str))
         self.sampler = CropSampler(self.cases, self.config.crop_size, self.sampler_rng)

@@ -504,7 +504,24 @@ def create_study(
     key_dir: str | os.PathLike | None = None, settings: StudySettings = StudySettings(),
     progress=None,
 ) -> CreatedStudy:
-    """Balance, anonymise and write a new study plus its separate key (see module docstring)."""
+    """Balance, anonymise and write a new study plus its separate key (see module docstring).
+
+    A lock beside the study folder keeps a second ``create`` of the same study out; once it is held,
+    the staging folders of killed earlier runs (``.STUDY.partial-PID``, ``.KEY.partial-PID``) are removed."""
+    from PASTALib.io.outputs import folder_lock, remove_stale_partials
+
+    study = Path(study_dir).resolve()
+    key = Path(key_dir).resolve() if key_dir else default_key_dir(study)
+    with folder_lock(study.parent, name=f".{study.name}.pasta.lock", what="study", clean=False):
+        remove_stale_partials(study.parent, [study.name])
+        remove_stale_partials(key.parent, [key.name])
+        return _create_study(real, synthetic, study, key, settings, progress)
+
+
+def _create_study(
+    real: Sequence[SourceCase], synthetic: Sequence[SourceCase], study_dir: str | os.PathLike,
+    key_dir: str | os.PathLike | None, settings: StudySettings, progress,
+) -> CreatedStudy:
     study_dir = Path(study_dir).resolve()
     key_dir = Path(key_dir).resolve() if key_dir else default_key_dir(study_dir)
     if key_dir == study_dir or study_dir in key_dir.parents:

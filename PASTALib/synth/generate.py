@@ -39,6 +39,7 @@ removed and manifest rows missing for finished folders are restored from their c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -61,7 +62,13 @@ import SimpleITK as sitk
 
 from PASTALib.errors import AnatomyError, CorruptFileError, PastaError, SpecificationError
 from PASTALib.io.files import write_text_atomic
+from PASTALib.io.image import write_image
+from PASTALib.io.outputs import LOCK_NAME, OutputError, folder_lock
 from PASTALib.labels import LesionType, Organ, Phase
+
+class GenerationError(PastaError):
+    """No case of a ``generate`` run could be made (every one failed)."""
+
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABELS_KINDS = ("totalsegmentator", "pasta", "auto")
@@ -299,9 +306,29 @@ _CACHE: OrderedDict[str, LoadedTemplate] = OrderedDict()
 _CACHE_SIZE = 4  # loaded templates kept per worker (a 512x512x300 CT + labels is ~0.5 GB)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Make this worker end when the generator process dies, kill -9 included (an orphaned worker would
+    run forever): PR_SET_PDEATHSIG on Linux, plus a thread that watches the parent pid elsewhere."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _init_worker(templates: dict[str, Template], index: dict[str, dict], config: dict[str, Any], parent: int | None) -> None:
     """Process-pool initializer: settings, and Ctrl-C left to the main process (it stops cleanly)."""
     if parent is not None:
+        _exit_with_parent(parent)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     _WORKER.update(templates=templates, index=index, config=config, parent=parent)
@@ -390,13 +417,13 @@ def _write_case(out: Path, job: CaseJob, meta: dict[str, Any], images: dict[str,
     partial = out / PARTIAL_DIR / f"{job.case_id}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     try:
-        for name, image in images.items():
-            sitk.WriteImage(image, str(partial / name), useCompression=True)
+        for name, image in images.items():  # verified writes: a full disk fails the case, not silently
+            write_image(image, partial / name)
         report = meta["report"]
-        (partial / "type.json").write_text(json.dumps(meta["type"], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (partial / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text_atomic(partial / "type.json", json.dumps(meta["type"], indent=2, ensure_ascii=False) + "\n")
+        write_text_atomic(partial / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         case_meta = {k: v for k, v in meta.items() if k not in ("type", "report")}
-        (partial / "case.json").write_text(json.dumps(case_meta, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(partial / "case.json", json.dumps(case_meta, indent=2) + "\n")
         parent = _WORKER.get("parent")
         if parent is not None and os.getppid() != parent:
             return False  # the generator died: leave nothing behind (the restart redoes this case)
@@ -435,6 +462,8 @@ def run_case(job: CaseJob) -> dict[str, Any]:
         row.update(template=name, seed=synth_seed, attempt=attempt)
         try:
             meta, images = synthesize_case(job, name, side, synth_seed, config)
+        except OutputError:
+            raise  # a full disk or unwritable folder: every further case would fail the same way
         except PastaError as exc:
             errors.append(f"attempt {attempt} ({name}, seed {synth_seed}): {exc}")
             continue
@@ -451,6 +480,25 @@ def run_case(job: CaseJob) -> dict[str, Any]:
     row.update(status="failed", error=errors[-1] if errors else "failed", errors=errors)
     row["seconds"] = round(time.perf_counter() - t0, 3)
     return row
+
+
+def case_complete(case_dir: Path) -> bool:
+    """Whether every file of a finished case is there and plausible (non-empty; the JSON files parse;
+    a .nii.gz starts with the gzip magic): resume must not count a case whose files were deleted."""
+    try:
+        for name in CASE_FILES:
+            path = case_dir / name
+            if not path.is_file() or path.stat().st_size == 0:
+                return False
+            if name.endswith(".json"):
+                json.loads(path.read_text(encoding="utf-8"))
+            else:
+                with open(path, "rb") as stream:
+                    if stream.read(2) != b"\x1f\x8b":
+                        return False
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _ok_row(job: CaseJob, meta: dict[str, Any]) -> dict[str, Any]:
@@ -527,6 +575,7 @@ class GenerateSummary:
     failed: int = 0
     stopped: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped_failed: int = 0  # of ``skipped``: cases a previous run recorded as failed
     seconds: float = 0.0
 
 
@@ -622,19 +671,41 @@ def generate(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config.out = out
+    shard, shards = config.shard
+    # One run per shard and folder: a second one would interleave manifest rows and delete the
+    # first one's .partial cases. Shards of one job array still run side by side.
+    lock = LOCK_NAME if shards == 1 else f".pasta.shard-{shard}-of-{shards}.lock"
+    with folder_lock(out, name=lock, what="dataset folder (same --shard)"):
+        return _generate(templates, config, out, progress, stop, t_start)
+
+
+def _generate(
+    templates: str | os.PathLike | list[Template], config: GenerateConfig, out: Path,
+    progress: Callable[[int, int, dict[str, Any]], None] | None, stop: threading.Event | None, t_start: float,
+) -> GenerateSummary:
     tlist = discover_templates(templates) if not isinstance(templates, list) else sorted(templates, key=lambda t: t.name)
     by_name = {t.name: t for t in tlist}
     jobs = case_list(config.types, config.per_type, config.shard)
     ids = {j.case_id for j in jobs}
     _clean_partials(out, ids)
 
-    done = {r["case_id"] for r in read_manifest(out) if r.get("case_id") in ids}  # checked before Manifest repairs it
+    # read (and checked: garbage is a CorruptFileError) before Manifest repairs it; the last row counts
+    rows = {r["case_id"]: r for r in read_manifest(out) if r.get("case_id") in ids}
+    done = {cid for cid, r in rows.items() if r.get("status") != "ok"}  # failed cases fail again
     manifest = Manifest(config.manifest_path)
-    # A case renamed into place just before a kill has no manifest row yet: restore it from case.json.
     for job in jobs:
         if job.case_id in done:
             continue
-        case_json = out / job.rel_dir / "case.json"
+        final = out / job.rel_dir
+        if not case_complete(final):
+            if final.exists():  # files deleted or damaged since: generate the case again
+                shutil.rmtree(final, ignore_errors=True)
+            continue
+        if job.case_id in rows:
+            done.add(job.case_id)
+            continue
+        # A case renamed into place just before a kill has no manifest row yet: restore it from case.json.
+        case_json = final / "case.json"
         if case_json.exists():
             try:
                 meta = json.loads(case_json.read_text(encoding="utf-8"))
@@ -647,7 +718,8 @@ def generate(
                              **row, "seconds": ""})
             done.add(job.case_id)
     pending = [j for j in jobs if j.case_id not in done]
-    summary = GenerateSummary(total=len(jobs), skipped=len(jobs) - len(pending))
+    summary = GenerateSummary(total=len(jobs), skipped=len(jobs) - len(pending),
+                              skipped_failed=sum(1 for c in done if rows.get(c, {}).get("status") not in (None, "ok")))
     worker_config = {"out": str(out), "seed": config.seed, "crop_mm": config.crop_mm, "any_phase": config.any_phase,
                      "max_attempts": config.max_attempts}
 
@@ -696,7 +768,8 @@ def _run_pool(
     os.environ.update({k: "1" for k in saved})
     ctx = mp.get_context("spawn")
     # Index first (same pool: templates are read in parallel), then cases; workers cache templates.
-    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(tlist))), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(tlist))), mp_context=ctx,
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         index = build_index(tlist, out, map_fn=pool.map)
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(by_name, index, worker_config, os.getpid()))
@@ -704,6 +777,7 @@ def _run_pool(
     running: dict[Any, CaseJob] = {}
     stopped = False
     broken = ""
+    fatal: OutputError | None = None
     try:
         while queue or running:
             while queue and len(running) < 2 * workers and not stop_event.is_set():
@@ -718,6 +792,10 @@ def _run_pool(
                 job = running.pop(future)
                 try:
                     row = future.result()
+                except OutputError as exc:  # disk full / unwritable: stop and say so
+                    fatal = fatal or exc
+                    stop_event.set()
+                    continue
                 except Exception as exc:  # a worker died (OOM killer, kill -9): no row, the case stays to do
                     broken = broken or f"{type(exc).__name__}: {exc}"
                     stop_event.set()
@@ -735,6 +813,8 @@ def _run_pool(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if fatal is not None:
+        raise fatal
     if broken:
         raise PastaError(f"A worker process died ({broken}); finished cases are kept, rerun the same command to resume.")
     return stopped
@@ -763,9 +843,9 @@ def verify_case(case_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = [
-    "CASE_FILES", "DATASET_FOLDERS", "DEFAULT_CROP_MM", "MANIFEST_COLUMNS", "CaseJob", "GenerateConfig",
+    "CASE_FILES", "DATASET_FOLDERS", "DEFAULT_CROP_MM", "MANIFEST_COLUMNS", "CaseJob", "GenerateConfig", "GenerationError",
     "GenerateSummary", "Template", "case_list", "case_seeds", "discover_templates", "eligible_templates",
-    "generate", "index_template", "load_template", "read_manifest", "verify_case",
+    "case_complete", "generate", "index_template", "load_template", "read_manifest", "verify_case",
 ]
 
 if __name__ == "__main__":  # pragma: no cover

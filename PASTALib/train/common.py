@@ -315,6 +315,14 @@ def init_distributed(device_name: str = "auto") -> tuple[DistContext, torch.devi
     return DistContext(rank, local_rank, world, here), device
 
 
+def output_lock(out: str | os.PathLike, dist_ctx: DistContext) -> contextlib.AbstractContextManager:
+    """The training folder's lock (a second run on it is refused; killed runs' temporary files are
+    removed); only the writing rank (0) takes it."""
+    from PASTALib.io.outputs import folder_lock
+
+    return folder_lock(out, what="training folder") if dist_ctx.is_main else contextlib.nullcontext()
+
+
 def rank_seed(seed: int, rank: int, *extra: int) -> np.random.SeedSequence:
     """Independent, reproducible stream per (global seed, rank[, iteration...]). Rank 0 of a plain
     run keeps ``seed`` itself (see PatchSampler) so single-process results are unchanged."""

@@ -28,6 +28,7 @@ from PASTALib.model.attributes import (
     grouped_cross_entropy,
     split_logits,
 )
+from PASTALib.io.files import write_text_atomic
 from PASTALib.model.checkpoint import build_model_from_checkpoint
 from PASTALib.weights import weights_path
 from PASTALib.model.preprocess import SLF_VALUES
@@ -300,7 +301,7 @@ class Stage2Loop(StageLoop):
                 atomic_torch_save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, final)
                 if self.val_samples and not self.val:
                     self.val = self._evaluate()
-                (self.out / "eval.json").write_text(json.dumps(self.val, indent=2))
+                write_text_atomic(self.out / "eval.json", json.dumps(self.val, indent=2))
         return self.finish(final, self.val)
 
     # --- one iteration -------------------------------------------------------------------------

@@ -19,8 +19,10 @@ from PASTALib.train.common import (
     TrainingError,
     TrainingLog,
     init_distributed,
+    output_lock,
     seed_everything,
 )
+from PASTALib.io.files import write_text_atomic
 from PASTALib.train.loop import TrainingLoop
 from PASTALib.train.progress import Progress
 
@@ -69,9 +71,10 @@ class StageLoop(TrainingLoop):
             torch.set_num_threads(cfg.num_threads)
         dist_ctx, device = init_distributed(cfg.device)
         try:
-            loop = cls(cfg, dist_ctx, device, callback=callback, stop=stop)
-            loop.run()
-            return loop.result()
+            with output_lock(cfg.out, dist_ctx):
+                loop = cls(cfg, dist_ctx, device, callback=callback, stop=stop)
+                loop.run()
+                return loop.result()
         finally:
             dist_ctx.close()
 
@@ -100,7 +103,7 @@ class StageLoop(TrainingLoop):
         cfg, out, it = self.cfg, self.out, self.iteration
         if self.main:
             for name, data in {"config.json": self.cfg_json, **files}.items():
-                (out / name).write_text(json.dumps(data, indent=2))
+                write_text_atomic(out / name, json.dumps(data, indent=2))
             self.metrics = MetricsCSV(out / METRICS_NAME, self.fields, resume_iteration=it)
         self.log_writer = TrainingLog(out, out / METRICS_NAME, self.curves, tensorboard=cfg.tensorboard,
                                       enabled=self.main and cfg.curves, purge_step=it, log=self.log)

@@ -317,9 +317,17 @@ def train_classifier(cfg: ClassifyConfig, *, stop: StopFlag | None = None,
                      on_fold: Callable[[FoldResult], None] | None = None) -> ClassifyResult:
     """Cross-validated fine-tuning (see the package docstring). Finished folds are skipped on a rerun;
     an interrupted fold resumes from its checkpoint. ``stop`` (StopFlag) ends the run cleanly after
-    saving; ``on_iteration(fold, iteration, loss)`` and ``on_fold(FoldResult)`` observe it."""
+    saving; ``on_iteration(fold, iteration, loss)`` and ``on_fold(FoldResult)`` observe it. The output
+    folder is locked for the run (a second run on it is an error)."""
+    from PASTALib.io.outputs import folder_lock
+
     cfg.validate()
-    stop = stop or StopFlag()
+    with folder_lock(cfg.out, what="classification folder"):
+        return _train_classifier(cfg, stop or StopFlag(), on_iteration, on_fold)
+
+
+def _train_classifier(cfg: ClassifyConfig, stop: StopFlag, on_iteration: IterationObserver | None,
+                      on_fold: Callable[[FoldResult], None] | None) -> ClassifyResult:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
