@@ -61,7 +61,7 @@ def ts_data(shared_data: Path) -> Path:
 #: inexact grid round trip (labels mapped back onto the 3 mm input grid with nearest neighbour).
 SPACING = 4.5
 PATCH = 32
-ITERATIONS = 500
+ITERATIONS = 800
 LESION_WEIGHT = 2.0  # CE weight of the lesion classes: 10 (the former setting) floods the liver and kidneys with lesion
 TRAIN_THREADS = 2  # the training loop is the suite's largest single cost; 2 threads halve it on the 2-core machine
 

@@ -317,7 +317,10 @@ def test_compat_authors_on_the_same_weights(case, checkpoint, tmp_path):
         result, _ = segment_case(case.ct, tmp_path / compat, model, InferenceConfig(compat=compat, **kw))
         labels[compat] = sitk.GetArrayFromImage(result.labels)
     gt = sitk.GetArrayFromImage(sitk.ReadImage(str(case.gt)))
-    values = [v for v in (2, 8, 12, 24) if (gt == v).any()]  # liver, kidney, liver tumour, kidney cyst
+    # liver, kidney, liver tumour, kidney cyst: those the model finds (>= 50 voxels; the tiny model does not learn
+    # the water-density plain-CT kidney cyst in its budget: DSC 0 against the reference in both modes)
+    values = [v for v in (2, 8, 12, 24) if (gt == v).any() and (labels["pasta"] == v).sum() >= 50]
+    assert {2, 8, 12} <= set(values), values
     agree = dice(labels["pasta"], labels["authors"], labels=values)
     vs_gt = {c: dice(labels[c], gt, labels=values) for c in labels}
     print("pasta vs authors DSC", {v: round(agree[v], 3) for v in values},

@@ -79,7 +79,10 @@ def test_reports_match_the_written_labels(case, segmented):
     values = [r["label_value"] for r in reports]
     for report, sidecar, line in zip(reports, lesions, lines):
         validate_report(report)
-        assert line.endswith(report["text"])
+        # the line is the report's text, plus the uncertainty note when the type and the organ disagree
+        suffix = "; lesion type uncertain (" if sidecar["type_uncertain"] else ""
+        assert line.startswith(f"Lesion {sidecar['index']}: {report['text']}{suffix}"), line
+        assert ("lesion type uncertain" in line) == sidecar["type_uncertain"], line
         assert set(sidecar["confidence"]) == {"shape", "density", "heterogeneity", "surface", "invasion"}
         assert all(0.0 < c <= 1.0 for c in sidecar["confidence"].values())
         if values.count(report["label_value"]) != 1:
