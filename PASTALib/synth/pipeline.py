@@ -23,7 +23,7 @@ from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.synth import intensity, placement
 from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
-from PASTALib.synth.attributes import Shape
+from PASTALib.synth.attributes import Shape, Surface
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
 from PASTALib.synth.report import StructuredReport, build_report
 from PASTALib.synth.spec import (
@@ -135,7 +135,7 @@ _WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of 
 
 def _build_sdf(
     spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    stone_count: int, shape_seed: int,
+    stone_count: int, shape_seed: int, flatten: float = 1.0, orders: tuple[int, int] = (2, 4),
 ) -> np.ndarray:
     """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
     radii = np.asarray(spec.size_mm, float) / 2.0
@@ -143,7 +143,7 @@ def _build_sdf(
         rng = np.random.default_rng(shape_seed)  # same random shape for both passes
         if spec.shape is Shape.PUNCTATE:
             return shp.stones_field(coords, r, rng, stone_count)
-        return shp.mass_field(coords, r, rng, lob, spicules)
+        return shp.mass_field(coords, r, rng, lob, spicules, flatten=flatten, orders=orders)
 
     # One size-correction pass: lobulation changes the extents; rescale radii so the body
     # (without spicules, as a radiologist measures) spans the requested size.
@@ -207,6 +207,36 @@ class _ShapeDraws:
     margin_w: float
     stone_count: int
     shape_seed: int
+    flatten: float = 1.0  # shortest principal axis factor (irregularity model)
+    orders: tuple[int, int] = (2, 4)  # lobulation orders
+
+
+def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan | None]:
+    """The shape stream's draws of a resolved spec: drawn first and always in the same order (stable
+    across attributes). Masses of a type with an irregularity model get lobulation, spicules and
+    flattening from one continuous level (profiles.Irregularity); the others from the per-attribute ranges."""
+    prof = resolved.profile
+    rng_shape = stream(seed, STREAM_SHAPE)
+    model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
+    flatten = 1.0
+    if model is not None:
+        u = model.level(rng_shape, resolved.shape, resolved.margin is Surface.ILL_DEFINED,
+                        float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
+        lob, n_spicules, flatten = model.lobulation_amp(u), model.spicule_count(u), 1.0 - model.flatten * u
+    else:
+        lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
+        lo_s, hi_s = SPICULES[resolved.shape]
+        n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
+    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
+    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
+    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
+    outward = float(rng_shape.uniform(3.0, 8.0))
+    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
+    shape_seed = int(rng_shape.integers(2**62))
+    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
+    plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
+    orders = model.orders if model is not None else (2, 4)
+    return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, flatten, orders), plan
 
 
 @dataclass
@@ -262,7 +292,7 @@ def _crop_attempt(
     else:
         sdf = _shape_in_crop(
             resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
-            stone_count=draws.stone_count, shape_seed=draws.shape_seed,
+            stone_count=draws.stone_count, shape_seed=draws.shape_seed, flatten=draws.flatten, orders=draws.orders,
         )
     alpha = _alpha(sdf, draws.margin_w, ct_c, organ.is_hollow)
     inside = alpha > 0.5
@@ -299,20 +329,7 @@ def synthesize_lesion(
     prof = resolved.profile
     timings["checks"] = time.perf_counter() - t0
 
-    # Shape parameters: drawn first and always in the same order (stable across attributes).
-    rng_shape = stream(spec.seed, STREAM_SHAPE)
-    lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
-    lo_s, hi_s = SPICULES[resolved.shape]
-    n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
-    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
-    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
-    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
-    outward = float(rng_shape.uniform(3.0, 8.0))
-    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
-    shape_seed = int(rng_shape.integers(2**62))
-    wall = resolved.shape is Shape.WALL_THICKENING
-    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
-    plan = WallPlan(thickness, outward, circumferential, position) if wall else None
+    draws, plan = shape_draws(spec.seed, resolved)
 
     # Location.
     t = time.perf_counter()
@@ -321,7 +338,7 @@ def synthesize_lesion(
     if plan is not None:
         centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
     elif spec.center_mm is not None:
-        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
+        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=plan is not None)]
     else:
         first, size, others = placement.sample_centre(
             region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
@@ -334,7 +351,6 @@ def synthesize_lesion(
     timings["placement"] = time.perf_counter() - t
 
     # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
-    draws = _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed)
     best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
         site_radius = site_radii[attempt] if site_radii else 0.0
@@ -405,7 +421,7 @@ def synthesize_lesion(
     resolved = replace(resolved, center_mm=tuple(float(v) for v in region.index_to_lps(site)), side=side or resolved.side)
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
-        "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,
+        "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": draws.margin_w, "lobulation": draws.lob, "spicules": draws.n_spicules,
         "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
