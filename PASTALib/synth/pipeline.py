@@ -115,6 +115,15 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
     return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
 
 
+#: Clip of the isotropic volume correction (an oblique, lobulated body holds less than its box).
+_VOLUME_GAIN = (0.8, 1.35)
+
+
+def _matches_volume(spec: LesionSpec) -> bool:
+    """Masses of a type with an irregularity model are sized by volume, the others by extents."""
+    return spec.profile.irregularity is not None and spec.shape in (Shape.ROUND, Shape.IRREGULAR)
+
+
 def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach: float = 0.0) -> np.ndarray:
     """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
     radii = np.asarray(spec.size_mm) / 2.0
@@ -122,9 +131,10 @@ def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach
         # Annular: half the length along the (not yet known) organ axis, the organ radius across it.
         extent = np.full(3, max(float(radii.max()), wall_reach)) if wall_reach > 0 else radii
         return extent + 2.5 * margin_w + 2.0
-    reach = 1.15 * (1.0 + 3.0 * lob)  # size correction may grow radii up to 15 %
+    gain = _VOLUME_GAIN[1] if _matches_volume(spec) else 1.15  # the size correction's largest growth
+    reach = gain * (1.0 + 3.0 * lob)
     if spec.shape is Shape.IRREGULAR:
-        reach = max(reach, 1.15 * 1.85)  # spicules reach 1.8 radii
+        reach = max(reach, gain * 1.85)  # spicules reach 1.8 radii
     return radii * reach + 2.5 * margin_w + 2.0
 
 
@@ -145,12 +155,19 @@ def _build_sdf(
             return shp.stones_field(coords, r, rng, stone_count)
         return shp.mass_field(coords, r, rng, lob, spicules, flatten=flatten, orders=orders)
 
-    # One size-correction pass: lobulation changes the extents; rescale radii so the body
-    # (without spicules, as a radiologist measures) spans the requested size.
-    body = field_of(radii, 0)
-    measured = shp.extents_mm(body < 0)
-    if np.all(measured > 0):
-        radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
+    # One size-correction pass on the body (without spicules, as a radiologist measures): lobulation
+    # and the oblique orientation change its size. Masses with an irregularity model keep the requested
+    # VOLUME (equivalent diameter = geometric mean of size_mm; the extents follow the shape, as in
+    # real nodules); the others are rescaled per axis so they span the requested extents.
+    body = field_of(radii, 0) < 0
+    if _matches_volume(spec):
+        count = np.count_nonzero(body)  # 1 mm voxels
+        if count:
+            radii = radii * float(np.clip((np.pi / 6.0 * np.prod(spec.size_mm) / count) ** (1.0 / 3.0), *_VOLUME_GAIN))
+    else:
+        measured = shp.extents_mm(body)
+        if np.all(measured > 0):
+            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
     sdf = shp.to_sdf(field_of(radii, n_spicules))
     # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside).
     if np.any((sdf < 3.0) & ~allowed_c):

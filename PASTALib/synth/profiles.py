@@ -91,8 +91,8 @@ class Irregularity:
 #: PASTALib.eval.lidc.rating_groups). Fitted by size-matched comparison of sphericity, solidity,
 #: convexity and flatness at the LIDC scans' own spacings (benchmarks/realism_lidc.py).
 LUNG_IRREGULARITY = Irregularity(
-    beta=MappingProxyType({ROUND: (2.0, 5.0), IRREG: (5.0, 3.0)}), ill_margin_shift=0.1, size_slope=0.1,
-    size_ref_mm=15.0, lobulation=(0.02, 0.3), spicules_max=2, spicule_onset=0.6, flatten=0.3, orders=(1, 3),
+    beta=MappingProxyType({ROUND: (1.0, 4.0), IRREG: (2.5, 2.0)}), ill_margin_shift=0.1, size_slope=0.1,
+    size_ref_mm=15.0, lobulation=(0.0, 0.5), spicules_max=3, spicule_onset=0.6, flatten=0.0, orders=(1, 2),
 )
 
 
@@ -188,7 +188,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # (10-90 %: 0.53-0.96 / 0.37-0.75); 0.15 gave 0.90 / 0.77, with both real tumours at the
         # 0th-3rd percentile. Qualitatively consistent with Bianconi et al., Sensors 2022 (lung
         # lesions on CT are anisotropic; benign ones flatter than malignant).
-        aspect_sigma=0.22, irregularity=LUNG_IRREGULARITY,
+        aspect_sigma=0.1, irregularity=LUNG_IRREGULARITY,
     ),
     LesionType.LIVER_TUMOR: TypeProfile(
         LesionType.LIVER_TUMOR, 30.0, 0.5, (8.0, 120.0),  # [LiTS]
