@@ -175,6 +175,23 @@ def _build_sdf(
     return sdf
 
 
+
+def lesion_shape(spec: LesionSpec, phase: Phase = Phase.PLAIN) -> np.ndarray:
+    """The boolean 1 mm mask (canonical x, y, z) of a mass or punctate lesion exactly as
+    :func:`synthesize_lesion` shapes it for this spec and seed, without a CT (no organ clipping):
+    for measuring the shape model. Wall thickening needs its organ and raises SpecificationError."""
+    resolved = spec.resolve(phase)
+    if resolved.shape is Shape.WALL_THICKENING:
+        raise SpecificationError("a wall-thickening lesion is shaped by its organ; use synthesize_lesion with a CT")
+    draws, _ = shape_draws(spec.seed, resolved)
+    half = _shape_half_extent(resolved, draws.lob, 0.0)
+    size = 2 * np.ceil(half).astype(int) + 1
+    coords = shp.crop_coords(size, (size - 1) / 2.0)
+    region = np.ones(tuple(size), bool)
+    return _build_sdf(resolved, coords, region, region, lob=draws.lob, n_spicules=draws.n_spicules,
+                      stone_count=draws.stone_count, shape_seed=draws.shape_seed, flatten=draws.flatten,
+                      orders=draws.orders) < 0
+
 def _shape_in_crop(
     spec: LesionSpec, grid_size: tuple[int, int, int], half_mm: np.ndarray, organ_c: np.ndarray, allowed_c: np.ndarray,
     **kwargs: Any,
@@ -252,7 +269,7 @@ def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan 
     shape_seed = int(rng_shape.integers(2**62))
     circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
     plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
-    orders = model.orders if model is not None else (2, 4)
+    orders = model.lobe_orders(resolved.margin is Surface.ILL_DEFINED) if model is not None else (2, 4)
     return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, flatten, orders), plan
 
 

@@ -72,13 +72,16 @@ class Irregularity:
     spicule_onset: float
     flatten: float
     orders: tuple[int, int] = (2, 4)  # angular orders of the lobulation (low: lobes, not surface roughness)
-    spicule_width: float = 1.0  # spicule width factor
+    ill_orders: tuple[int, int] | None = None  # an ill-defined margin's orders (higher: a ragged contour)
 
     def level(self, rng: np.random.Generator, shape: Shape, ill_defined: bool, diameter_mm: float) -> float:
         """Draw ``u`` for one lesion (one Beta draw from ``rng``)."""
         a, b = self.beta[shape]
         u = rng.beta(a, b) + self.ill_margin_shift * ill_defined + self.size_slope * np.log2(diameter_mm / self.size_ref_mm)
         return float(np.clip(u, 0.0, 1.0))
+
+    def lobe_orders(self, ill_defined: bool) -> tuple[int, int]:
+        return self.ill_orders if ill_defined and self.ill_orders is not None else self.orders
 
     def lobulation_amp(self, u: float) -> float:
         return self.lobulation[0] + (self.lobulation[1] - self.lobulation[0]) * u
@@ -91,8 +94,8 @@ class Irregularity:
 #: PASTALib.eval.lidc.rating_groups). Fitted by size-matched comparison of sphericity, solidity,
 #: convexity and flatness at the LIDC scans' own spacings (benchmarks/realism_lidc.py).
 LUNG_IRREGULARITY = Irregularity(
-    beta=MappingProxyType({ROUND: (1.0, 4.0), IRREG: (2.5, 2.0)}), ill_margin_shift=0.1, size_slope=0.1,
-    size_ref_mm=15.0, lobulation=(0.0, 0.5), spicules_max=3, spicule_onset=0.6, flatten=0.0, orders=(1, 2),
+    beta=MappingProxyType({ROUND: (1.3, 3.7), IRREG: (2.0, 3.0)}), ill_margin_shift=0.1, size_slope=0.1,
+    size_ref_mm=15.0, lobulation=(0.0, 0.5), spicules_max=3, spicule_onset=0.7, flatten=0.0, orders=(1, 2), ill_orders=(1, 3),
 )
 
 
