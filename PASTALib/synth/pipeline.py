@@ -145,7 +145,7 @@ _WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of 
 
 def _build_sdf(
     spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    stone_count: int, shape_seed: int, flatten: float = 1.0, orders: tuple[int, int] = (2, 4),
+    stone_count: int, shape_seed: int, anisotropy: float = 1.0, orders: tuple[int, int] = (2, 4),
 ) -> np.ndarray:
     """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
     radii = np.asarray(spec.size_mm, float) / 2.0
@@ -153,7 +153,7 @@ def _build_sdf(
         rng = np.random.default_rng(shape_seed)  # same random shape for both passes
         if spec.shape is Shape.PUNCTATE:
             return shp.stones_field(coords, r, rng, stone_count)
-        return shp.mass_field(coords, r, rng, lob, spicules, flatten=flatten, orders=orders)
+        return shp.mass_field(coords, r, rng, lob, spicules, anisotropy=anisotropy, orders=orders)
 
     # One size-correction pass on the body (without spicules, as a radiologist measures): lobulation
     # and the oblique orientation change its size. Masses with an irregularity model keep the requested
@@ -189,7 +189,7 @@ def lesion_shape(spec: LesionSpec, phase: Phase = Phase.PLAIN) -> np.ndarray:
     coords = shp.crop_coords(size, (size - 1) / 2.0)
     region = np.ones(tuple(size), bool)
     return _build_sdf(resolved, coords, region, region, lob=draws.lob, n_spicules=draws.n_spicules,
-                      stone_count=draws.stone_count, shape_seed=draws.shape_seed, flatten=draws.flatten,
+                      stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy,
                       orders=draws.orders) < 0
 
 def _shape_in_crop(
@@ -241,22 +241,22 @@ class _ShapeDraws:
     margin_w: float
     stone_count: int
     shape_seed: int
-    flatten: float = 1.0  # shortest principal axis factor (irregularity model)
+    anisotropy: float = 1.0  # exponent of the principal radii's ratios (irregularity model)
     orders: tuple[int, int] = (2, 4)  # lobulation orders
 
 
 def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan | None]:
     """The shape stream's draws of a resolved spec: drawn first and always in the same order (stable
     across attributes). Masses of a type with an irregularity model get lobulation, spicules and
-    flattening from one continuous level (profiles.Irregularity); the others from the per-attribute ranges."""
+    anisotropy from one continuous level (profiles.Irregularity); the others from the per-attribute ranges."""
     prof = resolved.profile
     rng_shape = stream(seed, STREAM_SHAPE)
     model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
-    flatten = 1.0
+    anisotropy = 1.0
     if model is not None:
         u = model.level(rng_shape, resolved.shape, resolved.margin is Surface.ILL_DEFINED,
                         float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
-        lob, n_spicules, flatten = model.lobulation_amp(u), model.spicule_count(u), 1.0 - model.flatten * u
+        lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u)
     else:
         lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
         lo_s, hi_s = SPICULES[resolved.shape]
@@ -270,7 +270,7 @@ def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan 
     circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
     plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
     orders = model.lobe_orders(resolved.margin is Surface.ILL_DEFINED) if model is not None else (2, 4)
-    return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, flatten, orders), plan
+    return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, anisotropy, orders), plan
 
 
 @dataclass
@@ -326,7 +326,7 @@ def _crop_attempt(
     else:
         sdf = _shape_in_crop(
             resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
-            stone_count=draws.stone_count, shape_seed=draws.shape_seed, flatten=draws.flatten, orders=draws.orders,
+            stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy, orders=draws.orders,
         )
     alpha = _alpha(sdf, draws.margin_w, ct_c, organ.is_hollow)
     inside = alpha > 0.5

@@ -173,14 +173,14 @@ def _smooth_min_into(body: np.ndarray, other: np.ndarray, k: float, work: np.nda
 
 
 def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator, lobulation_amp: float, spicules: int,
-               *, flatten: float = 1.0, orders: tuple[int, int] = (2, 4)) -> np.ndarray:
+               *, anisotropy: float = 1.0, orders: tuple[int, int] = (2, 4)) -> np.ndarray:
     """Implicit field (negative inside) of a lobulated, obliquely oriented ellipsoid with optional spicules.
 
     ``radii`` are the HALF-EXTENTS along canonical x/y/z: the ellipsoid is rotated by a random
     orientation and its principal radii solved so its axis-aligned extents stay ``2 x radii``
     (``oriented_radii``). Built in the unit-sphere space q = diag(1/a) R^T p, so scaling ``radii``
-    scales the whole shape (the size correction relies on that). ``flatten`` (<= 1) shrinks the
-    shortest principal radius after the orientation is solved; ``orders``: the lobulation's angular orders. ``rng`` is consumed in a fixed
+    scales the whole shape (the size correction relies on that). ``anisotropy`` raises the solved
+    principal radii's ratios to this power at the same volume (< 1 rounder, > 1 more elongated/flat); ``orders``: the lobulation's angular orders. ``rng`` is consumed in a fixed
     order: lobulation, spicules, then orientation (draws before the orientation are unchanged).
     float32 throughout, without building q or the unit vectors (see ``_Quadric``).
     """
@@ -192,9 +192,9 @@ def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator,
     axis = _random_directions(rng, 1)[0]
     angle = float(rng.uniform(0.0, 0.5 * np.pi))
     rot, principal = oriented_radii(radii, axis, angle)
-    if flatten != 1.0:
-        principal = principal.copy()
-        principal[int(np.argmin(principal))] *= flatten
+    if anisotropy != 1.0:
+        mean = float(np.exp(np.mean(np.log(principal))))
+        principal = mean * (principal / mean) ** anisotropy
     quad = _Quadric(coords, (rot / principal[None, :]).T)  # A = diag(1/a) R^T
 
     rho2 = quad.norm2()
