@@ -364,6 +364,7 @@ def synthesize_lesion(
     timings["checks"] = time.perf_counter() - t0
 
     draws, plan = shape_draws(spec.seed, resolved)
+    requested_thickness = plan.thickness if plan is not None else None
 
     # Location.
     t = time.perf_counter()
@@ -461,10 +462,10 @@ def synthesize_lesion(
     }
     if plan is not None:
         details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
-        details["wall_requested_mm"] = thickness
+        details["wall_requested_mm"] = requested_thickness
         details["circumferential"] = plan.circumferential
     if resolved.shape is Shape.PUNCTATE:
-        details["stones"] = stone_count
+        details["stones"] = draws.stone_count
     return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
 
 
