@@ -59,8 +59,9 @@ class Irregularity:
     are less round and less solid), clipped to [0, 1]. ``u`` sets the lobulation amplitude (linear
     between ``lobulation``), the spicule count (``round(spicules_max * ((u - onset) / (1 - onset))+)``)
     and the anisotropy (exponent of the principal radii's ratios, linear between ``anisotropy``:
-    irregular real nodules are also more elongated and flatter, LIDC flatness-solidity correlation 0.58). Fitted on LIDC-IDRI even-numbered patients' contours (see
-    ``LUNG_IRREGULARITY`` and benchmarks/realism_lidc.py).
+    irregular real nodules are also more elongated and flatter; LIDC flatness-solidity correlation
+    0.58). An ill-defined margin also uses ``ill_orders`` (a more ragged contour). Fitted on the
+    LIDC-IDRI even-numbered patients' contours (``LUNG_IRREGULARITY``, benchmarks/realism_lidc.py).
     """
 
     beta: Mapping[Shape, tuple[float, float]]
@@ -187,14 +188,12 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.4, ILL: 0.6},
         invasion_probability=0.15, texture_std_hu=(20.0, 40.0), necrosis=True,
         parenchyma_window=(-1000.0, -400.0), nominal_parenchyma_hu={PLAIN: -850.0, ENHANCED: -850.0},
-        # Lung tumours are elongated/flattened, not spheres. Calibration target: the two real NSCLC
-        # tumours of the PyRadiomics test data (lung1/lung2; Elongation 0.72/0.74, Flatness 0.51/0.57,
-        # benchmarks/realism_lung.py); no larger cohort is available here, so sigma only puts them
-        # near the middle of a wide synthetic spread. With shape.mass_field's oblique orientation
-        # (principal axes more unequal than the extents) sigma 0.3 gives ellipsoid medians ~0.76 / ~0.51
-        # (10-90 %: 0.53-0.96 / 0.37-0.75); 0.15 gave 0.90 / 0.77, with both real tumours at the
-        # 0th-3rd percentile. Qualitatively consistent with Bianconi et al., Sensors 2022 (lung
-        # lesions on CT are anisotropic; benign ones flatter than malignant).
+        # Lung tumours are elongated/flattened, not spheres. Shape calibrated on LIDC-IDRI contours
+        # (even-numbered patients, LUNG_IRREGULARITY): the per-axis aspect spread (sigma 0.15) is
+        # widened or narrowed per lesion by the irregularity's anisotropy exponent (0.5-1.5), which
+        # gives LIDC's flatness/elongation medians (0.63 / 0.80 at 10-40 mm) and their correlation with
+        # solidity. (It was 0.3 from the two NSCLC tumours lung1/lung2 alone, benchmarks/realism_lung.py:
+        # flatness 0.50-0.53 vs LIDC's 0.61.)
         aspect_sigma=0.15, irregularity=LUNG_IRREGULARITY,
     ),
     LesionType.LIVER_TUMOR: TypeProfile(
