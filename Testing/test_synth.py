@@ -151,7 +151,12 @@ def test_clean_lesion_matches_request_and_report(kind, clean_results):
     z, x, y = report.size_zxy_mm
     measured = np.array([x, y, z], float)
     requested = np.asarray(result.spec.size_mm)
-    if result.spec.shape.value == "Round-like":
+    if result.spec.profile.irregularity is not None and result.spec.shape.value in ("Round-like", "Irregular"):
+        # Lung masses keep the requested volume (LIDC-calibrated lobes change their extents): equivalent
+        # diameter within 10 % of the request's (measured: 22 mm sphere request -> extents 21 x 29 x 20 mm).
+        equivalent = (6.0 * report.volume_mm3 / np.pi) ** (1.0 / 3.0)
+        assert abs(equivalent / np.prod(requested) ** (1.0 / 3.0) - 1.0) <= 0.10, (equivalent, requested, measured)
+    elif result.spec.shape.value == "Round-like":
         # 15 % plus half a voxel: extents on a grid are whole voxels (3 mm on the TotalSegmentator CT).
         voxel = np.abs(np.asarray(case.ct.GetDirection()).reshape(3, 3)) @ spacing
         assert np.all(np.abs(measured - requested) <= 0.15 * requested + 0.5 * voxel + 1e-6), (measured, requested)

@@ -2,7 +2,7 @@
 # Create .venv with PASTALib and its test dependencies. torch is pinned and installed FIRST:
 # any resolver that sees an unpinned torch would pull a multi-GB CUDA build.
 # Re-running is cheap: nothing is reinstalled while pyproject.toml and this script are unchanged.
-# --with-benchmarks also installs PyRadiomics (benchmarks/realism_lung.py); its sdist only
+# --with-benchmarks also installs pylidc (benchmarks/realism_lidc.py) and PyRadiomics (benchmarks/realism_lung.py); its sdist only
 # builds without build isolation, so it is installed that way, after numpy. And nnU-Net v2's
 # predictor (benchmarks/bench_infer.py), with --no-deps: its metadata wants torch, so the
 # runtime modules the predictor imports are pinned one by one instead of resolved.
@@ -39,6 +39,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # isolation; pip prepares their metadata with these (pyradiomics' setup.py imports numpy, versioneer).
   "$VENV/bin/python" -m pip install -q "setuptools==84.2.1" "wheel==0.48.0" "versioneer==0.29"
   echo "$want" > "$stamp"
+fi
+# pylidc (LIDC-IDRI annotation database, benchmarks/realism_lidc.py): pinned with the SQLAlchemy 1.x it needs.
+if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -m pip show -q pylidc >/dev/null 2>&1; then
+  "$VENV/bin/python" -m pip install -q "pylidc==0.2.3" "SQLAlchemy==1.4.54"
 fi
 if [ "$WITH_BENCHMARKS" = 1 ] && ! "$VENV/bin/python" -c 'import radiomics' 2>/dev/null; then
   "$VENV/bin/python" -m pip install -q --no-build-isolation "pyradiomics==3.0.1"

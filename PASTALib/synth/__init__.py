@@ -4,7 +4,7 @@ No Slicer, Qt or torch import here: the engine runs anywhere numpy/scipy/SimpleI
 """
 
 from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
-from PASTALib.synth.pipeline import Refiner, SynthesisResult, estimate_phase, synthesize_lesion
+from PASTALib.synth.pipeline import Refiner, SynthesisResult, estimate_phase, lesion_shape, synthesize_lesion
 from PASTALib.synth.profiles import PROFILES, TypeProfile, profile
 from PASTALib.synth.report import StructuredReport, measure_lesion, report_schema, validate_report
 from PASTALib.synth.spec import LesionSpec, allowed_values
@@ -26,6 +26,7 @@ __all__ = [
     "measure_lesion",
     "profile",
     "report_schema",
+    "lesion_shape",
     "synthesize_lesion",
     "validate_report",
 ]

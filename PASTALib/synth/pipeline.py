@@ -23,7 +23,7 @@ from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.synth import intensity, placement
 from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
-from PASTALib.synth.attributes import Shape
+from PASTALib.synth.attributes import Shape, Surface
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
 from PASTALib.synth.report import StructuredReport, build_report
 from PASTALib.synth.spec import (
@@ -115,6 +115,15 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
     return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
 
 
+#: Clip of the isotropic volume correction (an oblique, lobulated body holds less than its box).
+_VOLUME_GAIN = (0.8, 1.35)
+
+
+def _matches_volume(spec: LesionSpec) -> bool:
+    """Masses of a type with an irregularity model are sized by volume, the others by extents."""
+    return spec.profile.irregularity is not None and spec.shape in (Shape.ROUND, Shape.IRREGULAR)
+
+
 def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach: float = 0.0) -> np.ndarray:
     """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
     radii = np.asarray(spec.size_mm) / 2.0
@@ -122,9 +131,10 @@ def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach
         # Annular: half the length along the (not yet known) organ axis, the organ radius across it.
         extent = np.full(3, max(float(radii.max()), wall_reach)) if wall_reach > 0 else radii
         return extent + 2.5 * margin_w + 2.0
-    reach = 1.15 * (1.0 + 3.0 * lob)  # size correction may grow radii up to 15 %
+    gain = _VOLUME_GAIN[1] if _matches_volume(spec) else 1.15  # the size correction's largest growth
+    reach = gain * (1.0 + 3.0 * lob)
     if spec.shape is Shape.IRREGULAR:
-        reach = max(reach, 1.15 * 1.85)  # spicules reach 1.8 radii
+        reach = max(reach, gain * 1.85)  # spicules reach 1.8 radii
     return radii * reach + 2.5 * margin_w + 2.0
 
 
@@ -135,7 +145,7 @@ _WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of 
 
 def _build_sdf(
     spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    stone_count: int, shape_seed: int,
+    stone_count: int, shape_seed: int, anisotropy: float = 1.0, orders: tuple[int, int] = (2, 4),
 ) -> np.ndarray:
     """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
     radii = np.asarray(spec.size_mm, float) / 2.0
@@ -143,20 +153,44 @@ def _build_sdf(
         rng = np.random.default_rng(shape_seed)  # same random shape for both passes
         if spec.shape is Shape.PUNCTATE:
             return shp.stones_field(coords, r, rng, stone_count)
-        return shp.mass_field(coords, r, rng, lob, spicules)
+        return shp.mass_field(coords, r, rng, lob, spicules, anisotropy=anisotropy, orders=orders)
 
-    # One size-correction pass: lobulation changes the extents; rescale radii so the body
-    # (without spicules, as a radiologist measures) spans the requested size.
-    body = field_of(radii, 0)
-    measured = shp.extents_mm(body < 0)
-    if np.all(measured > 0):
-        radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
+    # One size-correction pass on the body (without spicules, as a radiologist measures): lobulation
+    # and the oblique orientation change its size. Masses with an irregularity model keep the requested
+    # VOLUME (equivalent diameter = geometric mean of size_mm; the extents follow the shape, as in
+    # real nodules); the others are rescaled per axis so they span the requested extents.
+    body = field_of(radii, 0) < 0
+    if _matches_volume(spec):
+        count = np.count_nonzero(body)  # 1 mm voxels
+        if count:
+            radii = radii * float(np.clip((np.pi / 6.0 * np.prod(spec.size_mm) / count) ** (1.0 / 3.0), *_VOLUME_GAIN))
+    else:
+        measured = shp.extents_mm(body)
+        if np.all(measured > 0):
+            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
     sdf = shp.to_sdf(field_of(radii, n_spicules))
     # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside).
     if np.any((sdf < 3.0) & ~allowed_c):
         sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
     return sdf
 
+
+
+def lesion_shape(spec: LesionSpec, phase: Phase = Phase.PLAIN) -> np.ndarray:
+    """The boolean 1 mm mask (canonical x, y, z) of a mass or punctate lesion exactly as
+    :func:`synthesize_lesion` shapes it for this spec and seed, without a CT (no organ clipping):
+    for measuring the shape model. Wall thickening needs its organ and raises SpecificationError."""
+    resolved = spec.resolve(phase)
+    if resolved.shape is Shape.WALL_THICKENING:
+        raise SpecificationError("a wall-thickening lesion is shaped by its organ; use synthesize_lesion with a CT")
+    draws, _ = shape_draws(spec.seed, resolved)
+    half = _shape_half_extent(resolved, draws.lob, 0.0)
+    size = 2 * np.ceil(half).astype(int) + 1
+    coords = shp.crop_coords(size, (size - 1) / 2.0)
+    region = np.ones(tuple(size), bool)
+    return _build_sdf(resolved, coords, region, region, lob=draws.lob, n_spicules=draws.n_spicules,
+                      stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy,
+                      orders=draws.orders) < 0
 
 def _shape_in_crop(
     spec: LesionSpec, grid_size: tuple[int, int, int], half_mm: np.ndarray, organ_c: np.ndarray, allowed_c: np.ndarray,
@@ -207,6 +241,36 @@ class _ShapeDraws:
     margin_w: float
     stone_count: int
     shape_seed: int
+    anisotropy: float = 1.0  # exponent of the principal radii's ratios (irregularity model)
+    orders: tuple[int, int] = (2, 4)  # lobulation orders
+
+
+def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan | None]:
+    """The shape stream's draws of a resolved spec: drawn first and always in the same order (stable
+    across attributes). Masses of a type with an irregularity model get lobulation, spicules and
+    anisotropy from one continuous level (profiles.Irregularity); the others from the per-attribute ranges."""
+    prof = resolved.profile
+    rng_shape = stream(seed, STREAM_SHAPE)
+    model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
+    anisotropy = 1.0
+    if model is not None:
+        u = model.level(rng_shape, resolved.shape, resolved.margin is Surface.ILL_DEFINED,
+                        float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
+        lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u)
+    else:
+        lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
+        lo_s, hi_s = SPICULES[resolved.shape]
+        n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
+    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
+    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
+    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
+    outward = float(rng_shape.uniform(3.0, 8.0))
+    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
+    shape_seed = int(rng_shape.integers(2**62))
+    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
+    plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
+    orders = model.lobe_orders(resolved.margin is Surface.ILL_DEFINED) if model is not None else (2, 4)
+    return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, anisotropy, orders), plan
 
 
 @dataclass
@@ -262,7 +326,7 @@ def _crop_attempt(
     else:
         sdf = _shape_in_crop(
             resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
-            stone_count=draws.stone_count, shape_seed=draws.shape_seed,
+            stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy, orders=draws.orders,
         )
     alpha = _alpha(sdf, draws.margin_w, ct_c, organ.is_hollow)
     inside = alpha > 0.5
@@ -299,20 +363,8 @@ def synthesize_lesion(
     prof = resolved.profile
     timings["checks"] = time.perf_counter() - t0
 
-    # Shape parameters: drawn first and always in the same order (stable across attributes).
-    rng_shape = stream(spec.seed, STREAM_SHAPE)
-    lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
-    lo_s, hi_s = SPICULES[resolved.shape]
-    n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
-    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
-    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
-    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
-    outward = float(rng_shape.uniform(3.0, 8.0))
-    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
-    shape_seed = int(rng_shape.integers(2**62))
-    wall = resolved.shape is Shape.WALL_THICKENING
-    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
-    plan = WallPlan(thickness, outward, circumferential, position) if wall else None
+    draws, plan = shape_draws(spec.seed, resolved)
+    requested_thickness = plan.thickness if plan is not None else None
 
     # Location.
     t = time.perf_counter()
@@ -321,7 +373,7 @@ def synthesize_lesion(
     if plan is not None:
         centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
     elif spec.center_mm is not None:
-        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=wall)]
+        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=plan is not None)]
     else:
         first, size, others = placement.sample_centre(
             region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
@@ -334,7 +386,6 @@ def synthesize_lesion(
     timings["placement"] = time.perf_counter() - t
 
     # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
-    draws = _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed)
     best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
         site_radius = site_radii[attempt] if site_radii else 0.0
@@ -405,16 +456,16 @@ def synthesize_lesion(
     resolved = replace(resolved, center_mm=tuple(float(v) for v in region.index_to_lps(site)), side=side or resolved.side)
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
-        "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": margin_w, "lobulation": lob, "spicules": n_spicules,
+        "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": draws.margin_w, "lobulation": draws.lob, "spicules": draws.n_spicules,
         "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
     if plan is not None:
         details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
-        details["wall_requested_mm"] = thickness
+        details["wall_requested_mm"] = requested_thickness
         details["circumferential"] = plan.circumferential
     if resolved.shape is Shape.PUNCTATE:
-        details["stones"] = stone_count
+        details["stones"] = draws.stone_count
     return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
 
 

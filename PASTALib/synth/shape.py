@@ -63,9 +63,10 @@ def _random_directions(rng: np.random.Generator, n: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _lobulation_params(rng: np.random.Generator, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _lobulation_params(rng: np.random.Generator, terms: int, order_range: tuple[int, int] = (2, 4)
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     dirs = _random_directions(rng, terms)
-    orders = rng.integers(2, 5, size=terms)
+    orders = rng.integers(order_range[0], order_range[1] + 1, size=terms)
     phases = rng.uniform(0, 2 * np.pi, size=terms)
     weights = rng.uniform(0.5, 1.0, size=terms)
     return dirs, orders, phases, weights
@@ -171,17 +172,19 @@ def _smooth_min_into(body: np.ndarray, other: np.ndarray, k: float, work: np.nda
     np.subtract(other, work, out=body)
 
 
-def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator, lobulation_amp: float, spicules: int) -> np.ndarray:
+def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator, lobulation_amp: float, spicules: int,
+               *, anisotropy: float = 1.0, orders: tuple[int, int] = (2, 4)) -> np.ndarray:
     """Implicit field (negative inside) of a lobulated, obliquely oriented ellipsoid with optional spicules.
 
     ``radii`` are the HALF-EXTENTS along canonical x/y/z: the ellipsoid is rotated by a random
     orientation and its principal radii solved so its axis-aligned extents stay ``2 x radii``
     (``oriented_radii``). Built in the unit-sphere space q = diag(1/a) R^T p, so scaling ``radii``
-    scales the whole shape (the size correction relies on that). ``rng`` is consumed in a fixed
-    order: lobulation, spicules, then orientation (draws before the orientation are unchanged).
+    scales the whole shape (the size correction relies on that). ``anisotropy`` raises the solved
+    principal radii's ratios to this power at the same volume (< 1 rounder, > 1 more elongated and
+    flat); ``orders``: the lobulation's range of angular orders. ``rng`` is consumed in a fixed order: lobulation, spicules, then orientation (draws before the orientation are unchanged).
     float32 throughout, without building q or the unit vectors (see ``_Quadric``).
     """
-    dirs_l, orders, phases, weights = _lobulation_params(rng, 6)
+    dirs_l, lobe_orders, phases, weights = _lobulation_params(rng, 6, orders)
     # Always draw the spicule parameters (a fixed number) so the stream does not depend on the count.
     dirs = _random_directions(rng, 8)
     lengths = rng.uniform(0.35, 0.8, size=8)
@@ -189,6 +192,9 @@ def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator,
     axis = _random_directions(rng, 1)[0]
     angle = float(rng.uniform(0.0, 0.5 * np.pi))
     rot, principal = oriented_radii(radii, axis, angle)
+    if anisotropy != 1.0:
+        mean = float(np.exp(np.mean(np.log(principal))))
+        principal = mean * (principal / mean) ** anisotropy
     quad = _Quadric(coords, (rot / principal[None, :]).T)  # A = diag(1/a) R^T
 
     rho2 = quad.norm2()
@@ -198,7 +204,7 @@ def mass_field(coords: Coords, radii: Sequence[float], rng: np.random.Generator,
     # Lobulation: sum_k w_k cos(k pi (q.d_k)/|q| + phase_k), q.d_k a linear form of p.
     lob = np.zeros(quad.shape, np.float32)
     work = np.empty(quad.shape, np.float32)
-    for d, k, ph, w in zip(dirs_l, orders, phases, weights):
+    for d, k, ph, w in zip(dirs_l, lobe_orders, phases, weights):
         quad.linear(d * (k * np.pi), out=work)
         work *= inv
         work += np.float32(ph)
