@@ -412,10 +412,10 @@ def test_export_and_analyze_never_write_onto_study_or_inputs(answered_study, tmp
         (["export", str(study), str(key / "key.json"), "--key", str(key)], "would replace an input"),
         (["export", str(study), str(source), "--key", str(key)], "would replace an input"),
         (["export", str(study), str(tmp_path)], "is a folder"),
-        (["export", str(study), str(a_file / "answers.csv")], "cannot write"),
-        (["analyze", str(study), "--key", str(key), "--out", str(study)], "inside the study folder"),
+        (["export", str(study), str(a_file / "answers.csv")], "is a file, not a folder"),
+        (["analyze", str(study), "--key", str(key), "--out", str(study)], "is the input folder"),
         (["analyze", str(study), "--key", str(key), "--out", str(study / "results")], "inside the study folder"),
-        (["analyze", str(study), "--key", str(key), "--out", str(a_file)], "is a file"),
+        (["analyze", str(study), "--key", str(key), "--out", str(a_file)], "is an existing file"),
     ):
         _refused(argv, capsys, must)
     assert _snapshot(study, key, source) == before and a_file.read_text() == "x"

@@ -167,4 +167,4 @@ def test_cli_with_hf_endpoint_environment(hub, tmp_path):
     assert "PROGRESS 1.0000 1 cases in" in result.stdout and result.stdout.strip().endswith(f"1 cases (1 new) in {out}")
     assert (out / "Liver/Tumor/00003/img.nii.gz").read_bytes() == FILES["Liver/Tumor/3/img.nii.gz"]
     bad = subprocess.run(args[:-5] + ["--per-type", "0", "--out", str(out)], capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --per-type must be at least 1")
+    assert bad.returncode == 2 and "error: argument --per-type: must be an integer >= 1 (got '0')" in bad.stderr

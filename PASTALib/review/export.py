@@ -77,6 +77,9 @@ def check_output(path: str | os.PathLike, study_dir: str | os.PathLike, key_dir:
         if clash:
             raise ReviewError(f"writing {clash[0]} would replace an input of the study (the key or a source "
                               "image); choose another output path.")
+    from PASTALib.io.outputs import check_writable
+
+    check_writable(out, folder=folder)  # a file in the folder's place, a read-only disk: before any work
     return out
 
 
