@@ -29,7 +29,7 @@ except ImportError:  # Slicer < 5.4
 
 # Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
 # (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
-from PASTASynthLib import dependencies
+from PASTASlicerLib import dependencies
 
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
@@ -46,8 +46,8 @@ from PASTALogicLib.logic import (
     weights_download_command,
 )
 from PASTALogicLib.reports import ReportEditError
-from PASTASynthLib.jobs import BatchJob, nodes_in_scene
-from PASTASynthLib.mrml import MRMLContext
+from PASTASlicerLib.jobs import BatchJob, nodes_in_scene
+from PASTASlicerLib.mrml import MRMLContext
 
 #
 # PASTA
@@ -116,7 +116,7 @@ def optionalPath(path) -> Optional[str]:
 
 
 class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencies.DependencyPanelMixin):
-    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASynthLib.jobs)."""
+    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASlicerLib.jobs)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -176,8 +176,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencie
 
     def onReload(self) -> None:
         """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
-        PASTALogicLib / PASTASynthLib would otherwise stay unloaded."""
-        dependencies.unload_packages(("PASTALogicLib", "PASTASynthLib"))
+        PASTALogicLib / PASTASlicerLib would otherwise stay unloaded."""
+        dependencies.unload_packages(("PASTALogicLib", "PASTASlicerLib"))
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cancelJob(self) -> None:
@@ -496,7 +496,7 @@ class PASTALogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def saveVolume(volumeNode, path: str) -> None:
         import SimpleITK as sitk
-        from PASTASynthLib import mrml
+        from PASTASlicerLib import mrml
 
         sitk.WriteImage(mrml.volume_to_sitk(volumeNode), path, True)
 

@@ -31,7 +31,7 @@ except ImportError:  # Slicer < 5.4
 
 # Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
 # (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
-from PASTASynthLib import dependencies
+from PASTASlicerLib import dependencies
 
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
@@ -39,9 +39,9 @@ if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.m
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
 from PASTASynthLib import totalsegmentator_job
-from PASTASynthLib.jobs import BatchJob, generate_command
+from PASTASlicerLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
-from PASTASynthLib.mrml import MRMLContext
+from PASTASlicerLib.mrml import MRMLContext
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
 
@@ -245,8 +245,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
     def onReload(self) -> None:
         """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
-        PASTASynthLib would otherwise stay unloaded (the next import reads them again)."""
-        dependencies.unload_packages(("PASTASynthLib", "PASTALogicLib"))
+        PASTASynthLib / PASTASlicerLib would otherwise stay unloaded (the next import reads them again)."""
+        dependencies.unload_packages(("PASTASynthLib", "PASTASlicerLib"))
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cancelJobs(self) -> None:

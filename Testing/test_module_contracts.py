@@ -195,6 +195,21 @@ def test_cmake_lists_existing_files(module):
     assert not unlisted, f"{cmake.relative_to(REPO)} does not install {unlisted}"
 
 
+def test_shared_slicer_library_is_installed_as_a_package():
+    """PASTASlicerLib is built like Slicer's DICOMLib (WITH_SUBDIR: its own folder in
+    qt-scripted-modules), before the modules that import it, and installs every file it has."""
+    cmake = REPO / "PASTASlicerLib" / "CMakeLists.txt"
+    text = re.sub(r"#[^\n]*", "", cmake.read_text(encoding="utf-8"))
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_SUBDIR" in text and "NAME ${MODULE_NAME}" in text
+    assert "WITH_GENERIC_TESTS" not in text  # a library, not a module
+    files = set(_cmake_listed_files(cmake))
+    on_disk = {p for p in (REPO / "PASTASlicerLib").glob("*.py")}
+    assert files == on_disk, f"{cmake.relative_to(REPO)} lists {sorted(map(str, files ^ on_disk))} wrongly"
+    top = re.sub(r"#[^\n]*", "", (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    assert top.index("add_subdirectory(PASTASlicerLib)") < top.index("add_subdirectory(PASTA)")
+    assert top.index("add_subdirectory(PASTASlicerLib)") < top.index("add_subdirectory(PASTASynth)")
+
+
 def test_top_level_cmake_is_an_extension():
     text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for needle in ("cmake_minimum_required(", "project(PASTA)", "EXTENSION_HOMEPAGE",
@@ -260,7 +275,7 @@ def test_module_top_level_imports_are_light(module):
 def test_helper_packages_import_without_torch():
     """The module helper packages (and what they import) never import torch."""
     code = ("import sys; sys.path[:0] = [%r, %r, %r];"
-            "import PASTASynthLib.logic, PASTASynthLib.scenarios, PASTASynthLib.dependencies, "
+            "import PASTASynthLib.logic, PASTASynthLib.scenarios, PASTASlicerLib.dependencies, PASTASlicerLib.jobs, "
             "PASTALogicLib.logic, PASTALogicLib.scenarios;"
             # the widget checks for the weights when the panel opens: that must not load torch either
             "from PASTALib.errors import MissingWeightsError\n"
@@ -273,11 +288,8 @@ def test_helper_packages_import_without_torch():
 
 
 def test_dependency_check_message():
-    sys.path.insert(0, str(REPO / "PASTASynth"))
-    try:
-        from PASTASynthLib import dependencies
-    finally:
-        sys.path.remove(str(REPO / "PASTASynth"))
+    from PASTASlicerLib import dependencies
+
     report = dependencies.check_dependencies()
     assert report.ok, report.message  # the test venv has every dependency
     absent = dependencies.PythonRequirement("surely-not-a-package-xyz", "xyz", "==1", "test")

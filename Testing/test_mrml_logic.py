@@ -17,7 +17,8 @@ slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
 from PASTALogicLib import scenarios as pasta_scenarios  # noqa: E402
-from PASTASynthLib import mrml, scenarios  # noqa: E402
+from PASTASlicerLib import mrml  # noqa: E402
+from PASTASynthLib import scenarios  # noqa: E402
 from PASTASynthLib.logic import SynthesisLogic  # noqa: E402
 
 

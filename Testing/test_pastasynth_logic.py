@@ -21,7 +21,8 @@ from conftest import SHARED_DATA
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
-from PASTASynthLib import jobs, mrml, scenarios
+from PASTASlicerLib import jobs, mrml
+from PASTASynthLib import scenarios
 from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic
 
 from PASTALib.errors import AnatomyError, MissingWeightsError, PastaError

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
-from PASTASynthLib import mrml, scenarios
+from PASTASlicerLib import mrml
+from PASTASynthLib import scenarios
 from PASTASynthLib.reader_study import ReaderStudyLogic
 
 from PASTALib.review import (

@@ -102,7 +102,7 @@ class PanelCase:
 
 
 def _ctx():
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     return mrml.MRMLContext.headless()
 
@@ -110,7 +110,7 @@ def _ctx():
 def _layers(ctx, segmentation_node, volume_node, fill=0.35, opacity3d=None, only=None,
             background: set[str] | None = None) -> list[SegmentLayer]:
     """Segment masks on the volume grid, in the segment colours (as Slicer displays them)."""
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     seg = segmentation_node.GetSegmentation()
     display = segmentation_node.GetDisplayNode()
@@ -131,7 +131,7 @@ def _layers(ctx, segmentation_node, volume_node, fill=0.35, opacity3d=None, only
 
 
 def _dependency_text() -> tuple[str, bool]:
-    from PASTASynthLib import dependencies
+    from PASTASlicerLib import dependencies
 
     report = dependencies.check_dependencies()
     return report.message, report.ok
@@ -293,7 +293,7 @@ def build_segment(seed: int) -> PanelCase:
     as a prediction; report cards = the reports PASTALib measured from the image."""
     import SimpleITK as sitk
     from PASTALogicLib.logic import SegmentationReportLogic
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     from PASTALib.labels import LesionType, Organ
 
@@ -342,7 +342,8 @@ def build_segment(seed: int) -> PanelCase:
 def build_fewshot(seed: int, work: Path, cases=(1, 2)) -> PanelCase:
     """pyradiomics lung CTs with their real tumour masks, exported as few-shot training cases."""
     from PASTALogicLib.logic import SegmentationReportLogic
-    from PASTASynthLib import mrml, scenarios
+    from PASTASlicerLib import mrml
+    from PASTASynthLib import scenarios
     from PASTASynthLib.logic import SynthesisLogic
 
     from PASTALib.labels import LesionType
@@ -401,7 +402,7 @@ def canonical_view_arrays(scene: ViewScene):
     """CT and segment masks on a canonical LPS grid [x, y, z] (right->left, anterior->posterior,
     inferior->superior) at VIEW_SPACING_MM, and the centre as a canonical index."""
     import SimpleITK as sitk
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     from PASTALib.geometry.canonical import to_canonical
 

@@ -2,7 +2,7 @@
 
 Whole-CT inference and fine-tuning are long jobs: the widget runs them as a subprocess of the
 library CLI (:func:`segment_command`, :func:`finetune_command`, run by
-``PASTASynthLib.jobs.BatchJob``: ``PROGRESS`` lines, Cancel kills the process tree). Everything
+``PASTASlicerLib.jobs.BatchJob``: ``PROGRESS`` lines, Cancel kills the process tree). Everything
 else happens here on nodes of the injected scene:
 
 * :meth:`SegmentationReportLogic.import_segment_outputs` turns a ``pasta segment`` output folder
@@ -30,9 +30,9 @@ import numpy as np
 
 from PASTALib.errors import MissingWeightsError, PastaError  # light: PASTALib's package root imports nothing heavy
 from PASTALib.io.files import write_json_atomic
-from PASTASynthLib import mrml
-from PASTASynthLib.jobs import cli_command, parse_progress  # noqa: F401  (one CLI runner for both modules)
-from PASTASynthLib.mrml import MRMLLogicBase
+from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import cli_command, parse_progress  # noqa: F401  (one CLI runner for both modules)
+from PASTASlicerLib.mrml import MRMLLogicBase
 
 from .reports import ReportCards
 
@@ -61,7 +61,7 @@ class SegmentImportError(PastaError, ValueError):
     """A ``pasta segment`` output folder cannot be imported (missing, corrupt or inconsistent files)."""
 
 
-# --- CLI commands (run by PASTASynthLib.jobs.BatchJob) --------------------------------------------
+# --- CLI commands (run by PASTASlicerLib.jobs.BatchJob) --------------------------------------------
 
 
 def segment_command(ct_path: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint: str | os.PathLike,

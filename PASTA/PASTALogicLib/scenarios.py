@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from PASTASynthLib import mrml
-from PASTASynthLib.mrml import MRMLContext
+from PASTASlicerLib import mrml
+from PASTASlicerLib.mrml import MRMLContext
 
 from .logic import (
     SegmentationReportLogic,
@@ -304,7 +304,7 @@ def scenario_few_shot(ctx: MRMLContext, ct_node, segmentation_node, training_fol
                       finetune_args: Sequence[str] = (), timeout: float = 600.0) -> dict:
     """Mark the segmentation as two training cases, fine-tune in a subprocess with progress lines,
     then "Use fine-tuned model" resolves to TRAINING_FOLDER/finetune/model_final.pth with its classes."""
-    from PASTASynthLib.jobs import BatchJob
+    from PASTASlicerLib.jobs import BatchJob
 
     logic = SegmentationReportLogic(context=ctx)
     folder = Path(training_folder)

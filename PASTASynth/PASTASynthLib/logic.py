@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import mrml
-from .mrml import MRMLLogicBase
+from PASTASlicerLib import mrml
+from PASTASlicerLib.mrml import MRMLLogicBase
 
 #: Node reference role from the output segmentation (and volume) to the report text node.
 REPORT_REFERENCE_ROLE = "PASTAReport"
@@ -412,7 +412,7 @@ class SynthesisLogic(MRMLLogicBase):
         """The label map written by ``PASTASynthLib.totalsegmentator_job`` as an organ segmentation
         of ``ct_node``, or None when the CT left the scene while the job ran (scene closed, node
         deleted): a finished job then adds nothing and raises nothing."""
-        from .jobs import nodes_in_scene
+        from PASTASlicerLib.jobs import nodes_in_scene
 
         if not nodes_in_scene(self.scene, ct_node):
             return None

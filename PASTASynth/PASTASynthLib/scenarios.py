@@ -1,6 +1,6 @@
 """Scenario checks run by pytest (slicer-core) and by PASTASynthTest.runTest (in Slicer).
 
-Each scenario takes an :class:`~PASTASynthLib.mrml.MRMLContext` and file paths, raises
+Each scenario takes an :class:`~PASTASlicerLib.mrml.MRMLContext` and file paths, raises
 ``AssertionError`` with a clear message on failure and returns what it built.
 :func:`make_synthetic_case` writes a small oblique, anisotropic CT + label map so the
 scenarios also run where no test data is installed (inside Slicer).
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import mrml
+from PASTASlicerLib import mrml
 from .logic import SynthesisLogic
-from .mrml import LPS_TO_RAS, MRMLContext
+from PASTASlicerLib.mrml import LPS_TO_RAS, MRMLContext
 
 #: TotalSegmentator "total" ids of the organs the MRML tests use (class_map_total.json).
 TOTALSEG_TEST_ORGANS = {5: "liver", 2: "kidney_right", 3: "kidney_left", 21: "urinary_bladder"}
@@ -449,7 +449,7 @@ def scenario_batch_job_cancel(work_dir) -> None:
     import sys
     import time
 
-    from .jobs import BatchJob, parse_progress
+    from PASTASlicerLib.jobs import BatchJob, parse_progress
 
     assert parse_progress("PROGRESS 0.25 loading") == (0.25, "loading")
     assert parse_progress("PROGRESS 40% inference") == (0.4, "inference")

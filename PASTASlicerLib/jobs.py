@@ -60,17 +60,20 @@ def popen_platform_kwargs(os_name: str | None = None) -> dict:
     return {"start_new_session": True}
 
 
-def pastalib_env(env: dict | None = None) -> dict:
-    """Environment where ``python -m PASTALib`` and ``python -m PASTASynthLib.<runner>`` find
-    this PASTALib and these helper packages (their folders prepended to PYTHONPATH)."""
+def pastalib_env(env: dict | None = None, packages: Sequence[str] = ()) -> dict:
+    """Environment where ``python -m PASTALib`` and ``python -m <package>.<runner>`` find this
+    PASTALib, PASTASlicerLib and ``packages`` (their folders prepended to PYTHONPATH). Installed,
+    all of them sit in Slicer's qt-scripted-modules folder; in a source tree the module helper
+    packages (PASTASynthLib, PASTALogicLib) sit in their module's folder."""
     env = dict(os.environ if env is None else env)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     roots = []
-    spec = importlib.util.find_spec("PASTALib")
-    if spec is not None and spec.origin:
-        roots.append(str(Path(spec.origin).resolve().parents[1]))
-    roots.append(str(Path(__file__).resolve().parents[1]))  # the folder holding PASTASynthLib
-    for root in reversed(roots):
+    for package in ("PASTALib", *packages):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            roots.append(str(Path(spec.origin).resolve().parents[1]))
+    roots.append(str(Path(__file__).resolve().parents[1]))  # the folder holding PASTASlicerLib
+    for root in dict.fromkeys(reversed(roots)):
         if root not in parts:
             parts.insert(0, root)
     env["PYTHONPATH"] = os.pathsep.join(parts)
@@ -139,7 +142,9 @@ class BatchJob:
         self.on_progress = on_progress
         self.on_line = on_line
         self.cwd = cwd
-        self.env = pastalib_env(env)
+        # ``python -m package.runner``: the runner's package must be found too
+        runner = self.command[self.command.index("-m") + 1] if "-m" in self.command[:-1] else None
+        self.env = pastalib_env(env, () if runner is None else (runner.partition(".")[0],))
         self.process: subprocess.Popen | None = None
         self.fraction = 0.0
         self.message = ""
