@@ -46,6 +46,7 @@ from PASTALogicLib.logic import (
     weights_download_command,
 )
 from PASTALogicLib.reports import ReportEditError
+from PASTASlicerLib import mrml
 from PASTASlicerLib.jobs import BatchJob, nodes_in_scene
 from PASTASlicerLib.mrml import MRMLContext
 
@@ -302,7 +303,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencie
             checkpoint = self.logic.resolveCheckpoint(p)  # missing weights: says where to get them
             workDir = tempfile.mkdtemp(prefix="pasta_")
             ctPath = os.path.join(workDir, "ct.nii.gz")
-            self.logic.saveVolume(p.inputVolume, ctPath)
+            mrml.write_volume(p.inputVolume, ctPath)
             outDir = os.path.join(workDir, "out")
             ctNode = p.inputVolume
             self._startJob("segment", segment_command(ctPath, outDir, checkpoint=checkpoint, device=p.device),
@@ -492,13 +493,6 @@ class PASTALogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return PASTAParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def saveVolume(volumeNode, path: str) -> None:
-        import SimpleITK as sitk
-        from PASTASlicerLib import mrml
-
-        sitk.WriteImage(mrml.volume_to_sitk(volumeNode), path, True)
 
     @staticmethod
     def resolveCheckpoint(parameterNode):

@@ -38,10 +38,11 @@ if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.m
 
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
-from PASTASynthLib import totalsegmentator_job
+from PASTASlicerLib import mrml
 from PASTASlicerLib.jobs import BatchJob, generate_command
-from PASTASynthLib.logic import SynthesisLogic
 from PASTASlicerLib.mrml import MRMLContext
+from PASTASynthLib import totalsegmentator_job
+from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
 
@@ -313,17 +314,19 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         slug = self.ui.lesionTypeComboBox.currentData
         if not slug or self._updatingType:
             return
+        from PASTALib.synth import allowed_values
+
         self._updatingType = True
         try:
             if self._parameterNode:
                 self._parameterNode.lesionType = slug
-            allowed = self.logic.allowedValues(slug)
+            allowed = allowed_values(slug)
             for key, combo in (("shape", self.ui.shapeComboBox), ("density", self.ui.densityComboBox),
                                ("heterogeneity", self.ui.heterogeneityComboBox), ("margin", self.ui.marginComboBox),
                                ("invasion", self.ui.invasionComboBox)):
                 self._enableComboItems(combo, allowed[key])
-            low, high = self.logic.sizeRange(slug)
-            typical = self.logic.typicalSize(slug)
+            low, high = self.logic.synthesis.size_range_mm(slug)
+            typical = self.logic.synthesis.typical_size_mm(slug)
             for slider in (self.ui.sizeXSliderWidget, self.ui.sizeYSliderWidget, self.ui.sizeZSliderWidget):
                 slider.minimum, slider.maximum = low, high
                 if not low <= slider.value <= high:
@@ -374,7 +377,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         workDir = tempfile.mkdtemp(prefix="pasta_totalseg_")
         with slicer.util.tryWithErrorDisplay(_("Cannot start TotalSegmentator."), waitCursor=True):
             ctPath = os.path.join(workDir, "ct.nii")
-            self.logic.saveVolume(ct, ctPath)
+            mrml.write_volume(ct, ctPath)
             labelPath = os.path.join(workDir, "organs.nii.gz")
             command = totalsegmentator_job.command(ctPath, labelPath, fast=fast, device="auto",
                                                    allow_download=allowDownload)
@@ -441,13 +444,13 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             slicer.util.warningDisplay(_("Select a CT volume first."))
             return
         with slicer.util.tryWithErrorDisplay(_("Lung mask failed."), waitCursor=True):
-            self._parameterNode.organSegmentation = self.logic.lungMaskSegmentation(ct)
+            self._parameterNode.organSegmentation = self.logic.synthesis.lung_mask_segmentation(ct)
 
     # -- synthesis ----------------------------------------------------------------------
 
     def _showReport(self, report: dict, prefix: str = "") -> None:
         self._report = report
-        self.ui.reportTextEdit.plainText = prefix + self.logic.reportText(report) + "\n\n" + json.dumps(
+        self.ui.reportTextEdit.plainText = prefix + SynthesisLogic.report_text(report) + "\n\n" + json.dumps(
             report, indent=2, ensure_ascii=False)
 
     def onPreview(self) -> None:
@@ -491,7 +494,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.ui.statusLabel.text = _("Removed the synthetic CT, segmentation and report")
 
     def onCopyReport(self) -> None:
-        text = self.logic.reportText(self._report) if self._report else self.ui.reportTextEdit.plainText
+        text = SynthesisLogic.report_text(self._report) if self._report else self.ui.reportTextEdit.plainText
         qt.QApplication.clipboard().setText(text)
 
     def onSaveReport(self) -> None:
@@ -501,7 +504,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         path = qt.QFileDialog.getSaveFileName(None, _("Save report"), "report.json", "JSON (*.json)")
         if path:
             with slicer.util.tryWithErrorDisplay(_("Could not save the report."), waitCursor=True):
-                self.logic.saveReport(self._report, path)
+                SynthesisLogic.save_report(self._report, path)
 
     # -- batch generation (subprocess) --------------------------------------------------
 
@@ -792,15 +795,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return PASTASynthParameterNode(super().getParameterNode())
 
-    def allowedValues(self, slug: str) -> dict:
-        return self.synthesis.allowed_values(slug)
-
-    def sizeRange(self, slug: str):
-        return self.synthesis.size_range_mm(slug)
-
-    def typicalSize(self, slug: str) -> float:
-        return self.synthesis.typical_size_mm(slug)
-
     def enhancementText(self, slug: str, ctNode=None, segmentationNode=None, detect: bool = False) -> str:
         """The type's PASTA-Gen template phases; with ``detect`` also the phase measured in the CT
         (aorta/IVC segments), which reads the whole CT (on demand only)."""
@@ -811,12 +805,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
             return f"Template: {template} (Detect phase measures the CT)"
         _phase, explanation = self.synthesis.detect_enhancement(ctNode, segmentationNode)
         return f"{explanation} (template: {template})"
-
-    def saveVolume(self, volumeNode, path: str) -> None:
-        """Write a volume for a subprocess (uncompressed .nii: fast to write and to read)."""
-        import SimpleITK as sitk
-
-        sitk.WriteImage(self.synthesis.volume_to_sitk(volumeNode), path, path.endswith(".gz"))
 
     @staticmethod
     def specFromParameterNode(parameterNode) -> dict:
@@ -852,17 +840,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
         parameterNode.outputSegmentation = None
         parameterNode.outputReport = None
         self.synthesis.remove_outputs(output)
-
-    def lungMaskSegmentation(self, ctNode):
-        return self.synthesis.lung_mask_segmentation(ctNode)
-
-    @staticmethod
-    def reportText(report: dict) -> str:
-        return SynthesisLogic.report_text(report)
-
-    @staticmethod
-    def saveReport(report: dict, path: str) -> None:
-        SynthesisLogic.save_report(report, path)
 
 
 #

@@ -210,6 +210,27 @@ def test_shared_slicer_library_is_installed_as_a_package():
     assert top.index("add_subdirectory(PASTASlicerLib)") < top.index("add_subdirectory(PASTASynth)")
 
 
+def _imported_packages(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_modules_share_only_the_slicer_library():
+    """Neither module imports the other's helper package: what both need is in PASTASlicerLib
+    (or PASTALib), which imports neither."""
+    assert "PASTASynthLib" not in _imported_packages(REPO / "PASTA")
+    assert "PASTALogicLib" not in _imported_packages(REPO / "PASTASynth")
+    shared = _imported_packages(REPO / "PASTASlicerLib")
+    assert not shared & {"PASTASynthLib", "PASTALogicLib", "PASTA", "PASTASynth"}, shared
+    assert {"PASTASlicerLib"} <= _imported_packages(REPO / "PASTA") & _imported_packages(REPO / "PASTASynth")
+
+
 def test_top_level_cmake_is_an_extension():
     text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     for needle in ("cmake_minimum_required(", "project(PASTA)", "EXTENSION_HOMEPAGE",

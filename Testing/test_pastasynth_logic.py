@@ -159,7 +159,7 @@ def test_segment_names_map_to_pasta_organs(ctx, ts_paths):
     ]
     reference = None
     for names in variants:
-        segmentation = logic.segmentation_from_label_map(labels, ct, names)
+        segmentation = mrml.segmentation_from_label_map(ctx, labels, ct, names)
         masks = logic.organ_masks(segmentation, ct)
         liver, kidney = masks.organ_mask(Organ.LIVER), masks.organ_mask(Organ.KIDNEY)
         arr = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
@@ -175,12 +175,12 @@ def test_allowed_values_and_spec_from_gui():
     from PASTALib.synth.attributes import Invasion, Shape
 
     for lesion_type in LesionType:
-        assert SynthesisLogic.allowed_values(lesion_type.slug) == allowed_values(lesion_type)
+        assert allowed_values(lesion_type.slug) == allowed_values(lesion_type)  # what the panel passes
         low, high = SynthesisLogic.size_range_mm(lesion_type.slug)
         assert 0 < low < SynthesisLogic.typical_size_mm(lesion_type.slug) < high
-    liver = SynthesisLogic.allowed_values("liver_tumor")
+    liver = allowed_values("liver_tumor")
     assert Shape.WALL_THICKENING.value not in liver["shape"]
-    assert Invasion.ADJACENT.value not in SynthesisLogic.allowed_values("kidney_cyst")["invasion"]
+    assert Invasion.ADJACENT.value not in allowed_values("kidney_cyst")["invasion"]
     spec = SynthesisLogic.spec_from_parameters("liver_tumor", (25, 20, 30), shape="Irregular", density="",
                                                invasion=Invasion.NONE.value, seed=4)
     assert spec == {"lesion_type": "liver_tumor", "seed": 4, "size_mm": [25.0, 20.0, 30.0], "shape": "Irregular",
@@ -211,7 +211,7 @@ def test_detect_enhancement(ctx, ts_case, ts_paths):
     n = ctx.scene.GetNumberOfNodes()
     phase, text = logic.detect_enhancement(ct, segmentation)
     assert phase is Phase.PLAIN and "aorta" in text
-    no_vessels = logic.segmentation_from_label_map(sitk.ReadImage(str(ts_paths[1])), ct, {5: "liver"})
+    no_vessels = mrml.segmentation_from_label_map(ctx, sitk.ReadImage(str(ts_paths[1])), ct, {5: "liver"})
     phase, text = logic.detect_enhancement(ct, no_vessels)
     assert phase is None and "no aorta/IVC" in text
     assert logic.detect_enhancement(ct, None)[0] is None

@@ -171,7 +171,9 @@ def build_synthesis(seed: int) -> PanelCase:
     _phase, enhancement = logic.detect_enhancement(ct, organs)
     dependency_text, dependency_ok = _dependency_text()
     report_text = logic.report_text(output.report) + "\n\n" + json.dumps(output.report, indent=2, ensure_ascii=False)
-    allowed = logic.allowed_values(spec["lesion_type"])
+    from PASTALib.synth import allowed_values
+
+    allowed = allowed_values(spec["lesion_type"])
     low, high = logic.size_range_mm(spec["lesion_type"])
 
     def fill(ui, q):

@@ -512,8 +512,6 @@ class SegmentationReportLogic(MRMLLogicBase):
             raise ValueError(f"Case id {case_id!r} may only use letters, digits, '_', '-', '.'")
         import SimpleITK as sitk
 
-        from PASTASynthLib.logic import SynthesisLogic
-
         if label_values is None:
             label_values = self.training_label_values(segmentation_node)
         names = mrml.segment_names(segmentation_node)
@@ -527,9 +525,8 @@ class SegmentationReportLogic(MRMLLogicBase):
         (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
         image_path = folder / "imagesTr" / f"{case_id}_0000.nii.gz"
         label_path = folder / "labelsTr" / f"{case_id}.nii.gz"
-        synth_logic = SynthesisLogic(context=self.context)
         sitk.WriteImage(mrml.volume_to_sitk(ct_node), str(image_path), True)
-        labels = synth_logic.segmentation_to_sitk(segmentation_node, ct_node, label_values)
+        labels = mrml.segmentation_to_sitk(self.context, segmentation_node, ct_node, label_values)
         sitk.WriteImage(labels, str(label_path), True)
 
         manifest = self.read_manifest(folder)

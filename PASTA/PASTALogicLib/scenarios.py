@@ -348,7 +348,7 @@ def make_segment_outputs(folder) -> tuple[Path, Path, Path]:
     from PASTALib.infer import InferenceConfig, report_lesions
     from PASTALib.infer.pipeline import write_outputs
     from PASTALib.model import PastaUNet, UNetConfig
-    from PASTASynthLib.scenarios import make_synthetic_case
+    from PASTASlicerLib.scenarios import make_synthetic_case
 
     folder = Path(folder)
     ct_path, label_path, _ = make_synthetic_case(folder / "case")
@@ -376,7 +376,7 @@ def make_segment_outputs(folder) -> tuple[Path, Path, Path]:
 def run_all(ctx: MRMLContext, work_dir, ct_path=None, label_path=None, names=None, *,
             run_finetune: bool = False) -> None:
     """Everything PASTATest.runTest checks inside Slicer, on synthetic data (no model download)."""
-    from PASTASynthLib.scenarios import make_synthetic_case
+    from PASTASlicerLib.scenarios import make_synthetic_case
 
     work = Path(work_dir)
     if ct_path is None:
