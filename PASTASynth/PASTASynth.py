@@ -137,10 +137,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self._tsTimer = None
         self._tsFinish = None
         self._updatingType = False
-        self.readerStudy = None
-        self._shortcuts = []
-        self._attributeRows = {}
-        self._caseShownAt = 0.0
+        self.readerStudyPanel = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -182,13 +179,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.batchGenerateButton.connect("clicked(bool)", self.onBatchGenerate)
-        self.ui.openStudyButton.connect("clicked(bool)", self.onOpenStudy)
-        self.ui.closeStudyButton.connect("clicked(bool)", self.onCloseStudy)
-        self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
-        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
-        for score, button in enumerate(self._likertButtons(), start=1):
-            button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
-        self.setupReaderStudy()
+        self.readerStudyPanel = ReaderStudyPanel(self.ui, self.logic.synthesis.context)
+        # Shortcuts live on the main window so they work while the reader scrolls a slice view.
+        self.readerStudyPanel.setup(slicer.util.mainWindow() or self.parent)
 
         # Batch progress: the job's reader thread only fills a queue; this GUI-thread
         # timer polls it (no thread ever touches Qt).
@@ -211,10 +204,6 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.marginComboBox, margin),
                 (self.ui.invasionComboBox, invasion)]
 
-    def _likertButtons(self):
-        return [self.ui.likert1Button, self.ui.likert2Button, self.ui.likert3Button,
-                self.ui.likert4Button, self.ui.likert5Button]
-
     # -- parameter node -----------------------------------------------------------------
 
     def cleanup(self) -> None:
@@ -225,20 +214,16 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             self._jobTimer.stop()
         if self._tsTimer is not None:
             self._tsTimer.stop()
-        if self.readerStudy is not None:
-            self.readerStudy.close()
-        for shortcut in self._shortcuts:
-            shortcut.setEnabled(False)
-            shortcut.setParent(None)
-        self._shortcuts = []
+        if self.readerStudyPanel is not None:
+            self.readerStudyPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self._updateShortcuts(entered=True)
+        self.readerStudyPanel.setEntered(True)
 
     def exit(self) -> None:
-        self._updateShortcuts(entered=False)
+        self.readerStudyPanel.setEntered(False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -264,11 +249,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         # Results of a running job would go into nodes that are about to disappear: stop it.
         self.cancelJobs()
         self.setParameterNode(None)
-        if self.readerStudy is not None and self.readerStudy.is_open:
-            self.readerStudy.close()  # its nodes go with the scene; every answer is already saved
-            self._showCase(None)
-            self.ui.readerStudyStatusLabel.text = _("The scene was closed: open the study again to continue "
-                                                    "(your answers are saved).")
+        if self.readerStudyPanel is not None:
+            self.readerStudyPanel.onSceneStartClose()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -558,20 +540,46 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             slicer.util.errorDisplay(_("Batch generation failed (exit code {code}).").format(code=job.returncode),
                                      detailedText=job.output_tail)
 
-    # -- reader study -------------------------------------------------------------------
-    # Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised case and
-    # commits each answer at once through PASTALib's ReaderSession; nothing is buffered here
-    # except the accuracy ratings and reason typed for the case on screen, which the realism
-    # rating (button or key 1-5) submits together.
+
+#
+# ReaderStudyPanel
+#
+
+
+class ReaderStudyPanel:
+    """The blinded reader-study section of the PASTASynth panel (``readerStudyCollapsibleButton``
+    in PASTASynth.ui). Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised
+    case and commits each answer at once through PASTALib.review; nothing is buffered
+    here except the accuracy ratings and reason typed for the case on screen, which the realism
+    rating (button or key 1-5) submits together."""
 
     #: Keys that must not rate a case twice: key ratings within this many seconds of a case
     #: appearing are ignored (a double press would otherwise also rate the next case).
     KEY_RATING_DEBOUNCE_S = 0.4
 
-    def setupReaderStudy(self) -> None:
+    def __init__(self, ui, context) -> None:
+        self.ui = ui
+        self.logic = ReaderStudyLogic(context)
+        self._shortcuts = []
+        self._attributeRows = {}
+        self._caseShownAt = 0.0
+        self._entered = False
+
+    def _likertButtons(self):
+        return [self.ui.likert1Button, self.ui.likert2Button, self.ui.likert3Button,
+                self.ui.likert4Button, self.ui.likert5Button]
+
+    def setup(self, shortcutParent) -> None:
+        """Wire the buttons, build one rating row per report attribute, add the keyboard shortcuts
+        (on ``shortcutParent``: the main window, so they work while a slice view has the focus)."""
         from PASTALib.review import ATTRIBUTES
 
-        self.readerStudy = ReaderStudyLogic(self.logic.synthesis.context)
+        self.ui.openStudyButton.connect("clicked(bool)", self.onOpenStudy)
+        self.ui.closeStudyButton.connect("clicked(bool)", self.onCloseStudy)
+        self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        for score, button in enumerate(self._likertButtons(), start=1):
+            button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
         for score, (button, anchor) in enumerate(zip(self._likertButtons(), REALISM_ANCHORS), start=1):
             button.toolTip = _("Realism {score}: {anchor} (key {score}; saves the case and shows the next)").format(
                 score=score, anchor=anchor.lower())
@@ -591,25 +599,40 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 grid.addWidget(radio, row, score)
                 buttons.append(radio)
             self._attributeRows[attribute] = (label, group, buttons)
-        # Shortcuts live on the main window so they work while the reader scrolls a slice view;
-        # they are enabled only while this module is shown and a case is on screen.
-        parent = slicer.util.mainWindow() or self.parent
+        # Enabled only while the module is shown and a study is open.
         keys = [(str(score), lambda s=score: self.onLikertKey(s)) for score in range(1, 6)]
         keys += [(qt.Qt.Key_Left, self.onPreviousCase), (qt.Qt.Key_PageUp, self.onPreviousCase),
                  (qt.Qt.Key_Right, self.onNextCase), (qt.Qt.Key_PageDown, self.onNextCase)]
         for key, slot in keys:
-            shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
+            shortcut = qt.QShortcut(qt.QKeySequence(key), shortcutParent)
             shortcut.setContext(qt.Qt.WindowShortcut)
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
         self._showCase(None)
 
-    def _updateShortcuts(self, entered=None) -> None:
-        if entered is None:
-            entered = bool(self.parent.isEntered) if hasattr(self.parent, "isEntered") else True
-        active = bool(entered and self.readerStudy is not None and self.readerStudy.is_open)
+    def setEntered(self, entered: bool) -> None:
+        """The module was shown (True) or left (False)."""
+        self._entered = entered
+        self._updateShortcuts()
+
+    def _updateShortcuts(self) -> None:
+        active = self._entered and self.logic.is_open
         for shortcut in self._shortcuts:
             shortcut.setEnabled(active)
+
+    def onSceneStartClose(self) -> None:
+        if self.logic.is_open:
+            self.logic.close()  # its nodes go with the scene; every answer is already saved
+            self._showCase(None)
+            self.ui.readerStudyStatusLabel.text = _("The scene was closed: open the study again to continue "
+                                                    "(your answers are saved).")
+
+    def cleanup(self) -> None:
+        self.logic.close()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.setParent(None)
+        self._shortcuts = []
 
     def _reviewErrorDisplay(self, exc) -> None:
         """A clear message for each PASTALib review error (the library's text says what to do)."""
@@ -644,11 +667,11 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
     def onOpenStudy(self) -> None:
         reader = self.ui.readerNameLineEdit.text.strip()
         folder = self.ui.studyFolderPathLineEdit.currentPath
-        ok, view = self._runReview(self.readerStudy.open, folder, reader)
+        ok, view = self._runReview(self.logic.open, folder, reader)
         if not ok:
             return
-        ok, shown = self._runReview(self.readerStudy.show_current)
-        answered, total = self.readerStudy.progress()
+        ok, shown = self._runReview(self.logic.show_current)
+        answered, total = self.logic.progress()
         if ok:
             self._showCase(shown)
         if view is None:
@@ -662,26 +685,25 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self._updateShortcuts()
 
     def onCloseStudy(self) -> None:
-        if self.readerStudy is not None:
-            self.readerStudy.close()
+        self.logic.close()
         self._showCase(None)
         self.ui.readerStudyStatusLabel.text = _("Study closed; every answer is saved.")
         self._updateShortcuts()
 
     def _requireOpenStudy(self) -> bool:
-        if self.readerStudy is None or not self.readerStudy.is_open:
+        if not self.logic.is_open:
             self.ui.readerStudyStatusLabel.text = _("Open a study first (reader name + study folder).")
             return False
         return True
 
     def onPreviousCase(self) -> None:
         if self._requireOpenStudy():
-            ok, shown = self._runReview(self.readerStudy.previous)
+            ok, shown = self._runReview(self.logic.previous)
             self._showCase(shown)
 
     def onNextCase(self) -> None:
         if self._requireOpenStudy():
-            ok, shown = self._runReview(self.readerStudy.next)
+            ok, shown = self._runReview(self.logic.next)
             self._showCase(shown)
 
     def onLikertKey(self, score: int) -> None:
@@ -693,7 +715,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         """Save realism + accuracy ratings + reason for the case on screen at once, then go on."""
         if not self._requireOpenStudy():
             return
-        shown = self.readerStudy.shown
+        shown = self.logic.shown
         if shown is None:
             self.ui.readerStudyStatusLabel.text = _("No case is shown: use Previous to review a case.")
             return
@@ -702,12 +724,12 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             return
         ratings = {a: (group.checkedId() if group.checkedId() > 0 else None)
                    for a, (label, group, buttons) in self._attributeRows.items() if a in shown.attributes}
-        ok, answer = self._runReview(self.readerStudy.rate, score, ratings, self.ui.reasonLineEdit.text)
+        ok, answer = self._runReview(self.logic.rate, score, ratings, self.ui.reasonLineEdit.text)
         if not ok:
-            self._showCase(self.readerStudy.shown)
+            self._showCase(self.logic.shown)
             return
-        answered, total = self.readerStudy.progress()
-        ok, shown = self._runReview(self.readerStudy.next)
+        answered, total = self.logic.progress()
+        ok, shown = self._runReview(self.logic.next)
         self._showCase(shown)
         self.ui.readerStudyStatusLabel.text = _("Saved realism {score} ({answered} of {total} answered).").format(
             score=score, answered=answered, total=total)
@@ -736,9 +758,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             for button in likert:
                 button.enabled = False
             self.ui.reasonLineEdit.enabled = False
-            isOpen = self.readerStudy is not None and self.readerStudy.is_open
+            isOpen = self.logic.is_open
             if isOpen:
-                answered, total = self.readerStudy.progress()
+                answered, total = self.logic.progress()
                 self.ui.caseTitleLabel.text = _("End of the study: {answered} of {total} answered.").format(
                     answered=answered, total=total)
                 self.ui.caseCounterLabel.text = _("{answered} of {total} answered").format(answered=answered, total=total)
@@ -754,7 +776,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                                               slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         answer = shown.answer
         self.ui.caseTitleLabel.text = _("{title}: {lesionType}").format(title=shown.title, lesionType=shown.lesion_type)
-        answered, total = self.readerStudy.progress()
+        answered, total = self.logic.progress()
         self.ui.caseCounterLabel.text = _("{position} of {total} ({answered} answered)").format(
             position=shown.position, total=total, answered=answered)
         report = shown.report or {}

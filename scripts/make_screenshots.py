@@ -973,14 +973,14 @@ def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
 
 
 def _fill_reader_study_idle(ui, q) -> None:
-    """The reader-study panel before a study is opened (as PASTASynthWidget._showCase(None))."""
+    """The reader-study panel before a study is opened (as ReaderStudyPanel._showCase(None))."""
     _set(ui, "attributeRatingsGroupBox", "visible", False)
     for i in range(1, 6):
         _set(ui, f"likert{i}Button", "enabled", False)
 
 
 def _fill_attribute_ratings(ui, q, attributes, report: dict, anchors, ratings: dict) -> None:
-    """As PASTASynthWidget.setupReaderStudy/_showCase: one row per report statement, 1-5 radios."""
+    """As ReaderStudyPanel.setup/_showCase: one row per report statement, 1-5 radios."""
     QtWidgets = q.QtWidgets
     box = ui.get("attributeRatingsGroupBox")
     if box is None or box.layout() is None:
