@@ -1,4 +1,4 @@
-"""Long jobs (batch generation) as a subprocess of the PASTALib CLI, with progress and cancel.
+"""Long jobs (PASTALib CLI commands, the modules' runners) as subprocesses, with progress and cancel.
 
 :class:`BatchJob` runs a command in its own process group (``start_new_session=True``),
 reads its output on a background thread into a queue, and :meth:`BatchJob.poll` hands the
@@ -108,25 +108,6 @@ def nodes_in_scene(scene, *nodes) -> bool:
 def cli_command(*args: str, python: str | None = None) -> list[str]:
     """``[python, -m, PASTALib, *args]``."""
     return [python or python_executable(), "-m", "PASTALib", *map(str, args)]
-
-
-def generate_command(output_dir: str | os.PathLike, *, templates: str | os.PathLike, per_type: int,
-                     lesion_types: Sequence[str] | None = None, seed: int | None = None,
-                     extra: Sequence[str] = (), python: str | None = None) -> list[str]:
-    """``pasta synth generate`` (PASTA-Gen style dataset) with ``--progress-lines``.
-
-    ``templates``: a folder of ``<name>/ct.nii.gz`` + ``<name>/organs.nii.gz`` (TotalSegmentator
-    ids) or a CSV (see ``pasta synth generate --help``); ``per_type`` cases per lesion type.
-    Rerunning the same command resumes.
-    """
-    args: list[str] = ["synth", "generate", "--templates", os.fspath(templates), "--out", os.fspath(output_dir),
-                       "--per-type", str(int(per_type))]
-    if seed is not None:
-        args += ["--seed", str(int(seed))]
-    args += [*extra, "--progress-lines"]
-    if lesion_types:
-        args += ["--types", *lesion_types]  # last: nargs="+"
-    return cli_command(*args, python=python)
 
 
 class BatchJob:

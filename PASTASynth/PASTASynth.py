@@ -39,10 +39,10 @@ if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.m
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
 from PASTASlicerLib import mrml
-from PASTASlicerLib.jobs import BatchJob, generate_command
+from PASTASlicerLib.jobs import BatchJob
 from PASTASlicerLib.mrml import MRMLContext
 from PASTASynthLib import totalsegmentator_job
-from PASTASynthLib.logic import SynthesisLogic
+from PASTASynthLib.logic import SynthesisLogic, generate_command
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
 

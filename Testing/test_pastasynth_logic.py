@@ -23,7 +23,7 @@ sitk = pytest.importorskip("SimpleITK")
 
 from PASTASlicerLib import jobs, mrml
 from PASTASynthLib import scenarios
-from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic
+from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic, generate_command
 
 from PASTALib.errors import AnatomyError, MissingWeightsError, PastaError
 from PASTALib.labels import LesionType, Organ, Phase
@@ -277,7 +277,7 @@ def test_pastalib_cli_runs_as_a_subprocess(tmp_path):
     job = jobs.BatchJob(jobs.cli_command("--help"), on_line=lines.append, cwd=tmp_path).start()
     assert job.wait(timeout=120) == "finished", job.output_tail
     assert any("synth" in line for line in lines)
-    command = jobs.generate_command(tmp_path / "out", templates=tmp_path, per_type=2,
+    command = generate_command(tmp_path / "out", templates=tmp_path, per_type=2,
                                     lesion_types=["liver_tumor", "kidney_cyst"], seed=1)
     assert command[1:5] == ["-m", "PASTALib", "synth", "generate"] and "--progress-lines" in command
     assert command[command.index("--per-type") + 1] == "2" and command[-2:] == ["liver_tumor", "kidney_cyst"]
@@ -301,7 +301,7 @@ def test_batch_generate_end_to_end(tmp_path):
     ct_path.rename(template / "ct.nii.gz")
     label_path.rename(template / "organs.nii.gz")
     seen = []
-    job = jobs.BatchJob(jobs.generate_command(tmp_path / "out", templates=tmp_path / "templates", per_type=1,
+    job = jobs.BatchJob(generate_command(tmp_path / "out", templates=tmp_path / "templates", per_type=1,
                                               lesion_types=["liver_cyst"], seed=0),
                         on_progress=lambda f, m: seen.append(f)).start()
     assert job.wait(timeout=240) == "finished", job.output_tail

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import cli_command
 from PASTASlicerLib.mrml import MRMLLogicBase
 
 #: Node reference role from the output segmentation (and volume) to the report text node.
@@ -30,6 +31,25 @@ REPORT_TEXT_ATTRIBUTE = "PASTA.ReportText"
 #: Name of the (single) temporary preview volume.
 PREVIEW_NAME = "PASTA preview"
 PREVIEW_ATTRIBUTE = "PASTA.Preview"
+
+
+def generate_command(output_dir: str | os.PathLike, *, templates: str | os.PathLike, per_type: int,
+                     lesion_types: Sequence[str] | None = None, seed: int | None = None,
+                     extra: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """``pasta synth generate`` (PASTA-Gen style dataset) with ``--progress-lines``.
+
+    ``templates``: a folder of ``<name>/ct.nii.gz`` + ``<name>/organs.nii.gz`` (TotalSegmentator
+    ids) or a CSV (see ``pasta synth generate --help``); ``per_type`` cases per lesion type.
+    Rerunning the same command resumes.
+    """
+    args: list[str] = ["synth", "generate", "--templates", os.fspath(templates), "--out", os.fspath(output_dir),
+                       "--per-type", str(int(per_type))]
+    if seed is not None:
+        args += ["--seed", str(int(seed))]
+    args += [*extra, "--progress-lines"]
+    if lesion_types:
+        args += ["--types", *lesion_types]  # last: nargs="+"
+    return cli_command(*args, python=python)
 
 
 @dataclass
