@@ -179,7 +179,10 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.batchGenerateButton.connect("clicked(bool)", self.onBatchGenerate)
-        self.readerStudyPanel = ReaderStudyPanel(self.ui, self.logic.synthesis.context)
+        # The reader study: its own widget (UI/ReaderStudyPanel.ui), above the panel's end spacer.
+        readerStudyWidget = slicer.util.loadUI(self.resourcePath("UI/ReaderStudyPanel.ui"))
+        uiWidget.layout().insertWidget(uiWidget.layout().count() - 1, readerStudyWidget)
+        self.readerStudyPanel = ReaderStudyPanel(readerStudyWidget, self.logic.synthesis.context)
         # Shortcuts live on the main window so they work while the reader scrolls a slice view.
         self.readerStudyPanel.setup(slicer.util.mainWindow() or self.parent)
 
@@ -547,18 +550,20 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
 
 class ReaderStudyPanel:
-    """The blinded reader-study section of the PASTASynth panel (``readerStudyCollapsibleButton``
-    in PASTASynth.ui). Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised
-    case and commits each answer at once through PASTALib.review; nothing is buffered
-    here except the accuracy ratings and reason typed for the case on screen, which the realism
-    rating (button or key 1-5) submits together."""
+    """The blinded reader-study section of the PASTASynth panel, built from UI/ReaderStudyPanel.ui.
+
+    Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised case and commits
+    each answer at once through PASTALib.review; nothing is buffered here except the accuracy
+    ratings and reason typed for the case on screen, which the realism rating (button or key
+    1-5) submits together."""
 
     #: Keys that must not rate a case twice: key ratings within this many seconds of a case
     #: appearing are ignored (a double press would otherwise also rate the next case).
     KEY_RATING_DEBOUNCE_S = 0.4
 
-    def __init__(self, ui, context) -> None:
-        self.ui = ui
+    def __init__(self, widget, context) -> None:
+        self.widget = widget
+        self.ui = slicer.util.childWidgetVariables(widget)
         self.logic = ReaderStudyLogic(context)
         self._shortcuts = []
         self._attributeRows = {}

@@ -18,20 +18,23 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["PASTA", "PASTASynth"]
+#: Widget classes of a module file built from their own .ui (class name = .ui name in Resources/UI).
+PANELS = {"PASTA": [], "PASTASynth": ["ReaderStudyPanel"]}
 
 
 def module_py(module: str) -> Path:
     return REPO / module / f"{module}.py"
 
 
-def ui_path(module: str) -> Path:
-    return REPO / module / "Resources" / "UI" / f"{module}.ui"
+def ui_path(module: str, name: str | None = None) -> Path:
+    return REPO / module / "Resources" / "UI" / f"{name or module}.ui"
 
 
 def ui_object_names(path: Path) -> dict[str, str]:
@@ -40,10 +43,13 @@ def ui_object_names(path: Path) -> dict[str, str]:
     return {w.get("name"): w.get("class") for w in root.iter("widget")}
 
 
-def ui_attributes_used(path: Path) -> set[str]:
+def ui_attributes_used(path: Path, only: str | None = None, skip: Sequence[str] = ()) -> set[str]:
+    """``self.ui.X`` names used in a module file: in class ``only``, or everywhere but the classes in ``skip``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = [n for n in tree.body if not (isinstance(n, ast.ClassDef) and n.name in skip)
+             and (only is None or (isinstance(n, ast.ClassDef) and n.name == only))]
     used = set()
-    for node in ast.walk(tree):
+    for node in (n for root in roots for n in ast.walk(root)):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                 and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
                 and node.value.value.id == "self"):
@@ -54,10 +60,17 @@ def ui_attributes_used(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_attributes_exist(module):
     names = ui_object_names(ui_path(module))
-    used = ui_attributes_used(module_py(module))
+    used = ui_attributes_used(module_py(module), skip=PANELS[module])
     assert used, f"{module}.py uses no self.ui widgets?"
     missing = sorted(used - set(names))
     assert not missing, f"{module}.py uses self.ui.{missing} not defined in {ui_path(module).name}"
+    for panel in PANELS[module]:
+        used = ui_attributes_used(module_py(module), only=panel)
+        assert used, f"{panel} uses no self.ui widgets?"
+        missing = sorted(used - set(ui_object_names(ui_path(module, panel))))
+        assert not missing, f"{panel} uses self.ui.{missing} not defined in {panel}.ui"
+        # each widget lives in one .ui: the panel's are not left in the module's
+        assert not used & set(names), f"{sorted(used & set(names))} are in both {module}.ui and {panel}.ui"
 
 
 def _parameter_fields(module: str) -> set[str]:
@@ -150,7 +163,7 @@ def _check_loaded(path: Path, result: dict) -> None:
 
 
 def test_ui_files_load_with_quiloader(tmp_path):
-    paths = [ui_path(m) for m in MODULES]
+    paths = [ui_path(m) for m in MODULES] + [ui_path(m, p) for m in MODULES for p in PANELS[m]]
     broken = tmp_path / "broken.ui"
     broken.write_text(ui_path("PASTA").read_text(encoding="utf-8").replace("</widget>", "", 1), encoding="utf-8")
     typo = tmp_path / "typo.ui"
@@ -186,6 +199,7 @@ def test_cmake_lists_existing_files(module):
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     files = _cmake_listed_files(cmake)
     assert module_py(module) in files and ui_path(module) in files
+    assert {ui_path(module, p) for p in PANELS[module]} <= set(files)
     assert REPO / module / "Resources" / "Icons" / f"{module}.png" in files
     missing = [str(f.relative_to(REPO)) for f in files if not f.is_file()]
     assert not missing, f"{cmake.relative_to(REPO)} lists missing files: {missing}"

@@ -257,7 +257,8 @@ def test_widget_wires_shortcuts_and_stays_thin():
     # The reader study is its own widget class; the module widget only builds it and forwards
     # enter / exit / scene close / cleanup.
     widget, panel = ast.unparse(classes["PASTASynthWidget"]), ast.unparse(classes["ReaderStudyPanel"])
-    for needle in ("ReaderStudyPanel(self.ui, self.logic.synthesis.context)", "self.readerStudyPanel.setup(",
+    for needle in ("ReaderStudyPanel(readerStudyWidget, self.logic.synthesis.context)",
+                   "loadUI(self.resourcePath('UI/ReaderStudyPanel.ui'))", "self.readerStudyPanel.setup(",
                    "self.readerStudyPanel.setEntered(True)", "self.readerStudyPanel.setEntered(False)",
                    "self.readerStudyPanel.onSceneStartClose()", "self.readerStudyPanel.cleanup()"):
         assert needle in widget, f"PASTASynthWidget lacks {needle}"

@@ -1110,6 +1110,13 @@ def compose(case: PanelCase, path: Path) -> Path:
     QtGui, QtWidgets = q.QtGui, q.QtWidgets
     ui_path = REPO / case.module / "Resources" / "UI" / f"{case.module}.ui"
     panel, ui = load_ui(ui_path)
+    # Sections built from their own .ui (the reader study) go above the panel's end spacer, as
+    # the module widget's setup() puts them.
+    for section_path in sorted(ui_path.parent.glob("*.ui")):
+        if section_path != ui_path:
+            section, section_ui = load_ui(section_path)
+            panel.layout().insertWidget(panel.layout().count() - 1, section)
+            ui.update(section_ui)
     case.fill(ui, q)
     _expand(ui, case.expanded)
 
