@@ -308,7 +308,8 @@ def main() -> int:
     sys.meta_path.insert(0, SlicerOnly())
     # Slicer puts the extension's qt-scripted-modules folder on sys.path: the modules, their
     # helper packages, PASTASlicerLib and PASTALib all sit there side by side.
-    sys.path.insert(0, str(qt_scripted_modules(HERE.parents[1])))
+    installed = qt_scripted_modules(HERE.parents[1])
+    sys.path.insert(0, str(installed))
     preloaded = set(sys.modules)
     result = {"ok": False, "error": None, "blocked": blocked, "imported": []}
     try:
@@ -326,6 +327,9 @@ def main() -> int:
     result["imported"] = sorted({n.partition(".")[0] for n in set(sys.modules) - preloaded})
     print("CLOSURE-RESULT " + json.dumps(result))
     sys.stdout.flush()
+    import shutil
+
+    shutil.rmtree(installed.parent, ignore_errors=True)  # the links only, never their targets
     os._exit(0)  # no interpreter teardown: stand-ins need not survive atexit hooks
 
 
