@@ -1,5 +1,5 @@
-"""Scenario checks of the shared MRML layer, run by pytest (slicer-core) and by the modules'
-runTest (in Slicer) through PASTASynthLib.scenarios.run_all.
+"""Scenario checks of the shared MRML layer, run by pytest (slicer-core) and by
+PASTASynthTest.runTest (in Slicer, through PASTASynthLib.scenarios.run_all).
 
 Each scenario takes an :class:`~PASTASlicerLib.mrml.MRMLContext` and file paths, raises
 ``AssertionError`` with a clear message on failure and returns what it built.

@@ -85,7 +85,8 @@ class PreviewOutput:
 
 
 class SynthesisLogic(MRMLLogicBase):
-    """Load CTs, convert nodes <-> SimpleITK, build segmentations, run synthesis."""
+    """Load CTs, organ masks and locations from nodes, run synthesis into new nodes (node <->
+    SimpleITK conversions and segmentations: PASTASlicerLib.mrml)."""
 
     # -- volumes ------------------------------------------------------------------------
 
