@@ -29,7 +29,7 @@ except ImportError:  # Slicer < 5.4
 
 # Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
 # (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
-from PASTASynthLib import dependencies
+from PASTASlicerLib import dependencies
 
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
@@ -46,8 +46,9 @@ from PASTALogicLib.logic import (
     weights_download_command,
 )
 from PASTALogicLib.reports import ReportEditError
-from PASTASynthLib.jobs import BatchJob, nodes_in_scene
-from PASTASynthLib.mrml import MRMLContext
+from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import BatchJob, nodes_in_scene
+from PASTASlicerLib.mrml import MRMLContext
 
 #
 # PASTA
@@ -116,7 +117,7 @@ def optionalPath(path) -> Optional[str]:
 
 
 class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencies.DependencyPanelMixin):
-    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASynthLib.jobs)."""
+    """Thin GUI: MRML work goes to PASTALogic, long jobs to a CLI subprocess (PASTASlicerLib.jobs)."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -176,8 +177,8 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencie
 
     def onReload(self) -> None:
         """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
-        PASTALogicLib / PASTASynthLib would otherwise stay unloaded."""
-        dependencies.unload_packages(("PASTALogicLib", "PASTASynthLib"))
+        PASTALogicLib / PASTASlicerLib would otherwise stay unloaded."""
+        dependencies.unload_packages(("PASTALogicLib", "PASTASlicerLib"))
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cancelJob(self) -> None:
@@ -302,7 +303,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencie
             checkpoint = self.logic.resolveCheckpoint(p)  # missing weights: says where to get them
             workDir = tempfile.mkdtemp(prefix="pasta_")
             ctPath = os.path.join(workDir, "ct.nii.gz")
-            self.logic.saveVolume(p.inputVolume, ctPath)
+            mrml.write_volume(p.inputVolume, ctPath)
             outDir = os.path.join(workDir, "out")
             ctNode = p.inputVolume
             self._startJob("segment", segment_command(ctPath, outDir, checkpoint=checkpoint, device=p.device),
@@ -492,13 +493,6 @@ class PASTALogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return PASTAParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def saveVolume(volumeNode, path: str) -> None:
-        import SimpleITK as sitk
-        from PASTASynthLib import mrml
-
-        sitk.WriteImage(mrml.volume_to_sitk(volumeNode), path, True)
 
     @staticmethod
     def resolveCheckpoint(parameterNode):

@@ -1,6 +1,6 @@
 """What PASTALib needs installed in 3D Slicer's Python, as data, and the check against it.
 
-One torch-free table shared by the module panels (PASTASynthLib.dependencies installs from it),
+One torch-free table shared by the module panels (PASTASlicerLib.dependencies installs from it),
 the tests (against pyproject.toml, the panels' imports and Slicer's bundled versions) and the
 command line: ``python -m PASTALib.requirements [--slicer 5.10]`` prints each requirement with
 the installed version and exits 1 when one is missing or outside its range.

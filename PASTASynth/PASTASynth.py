@@ -31,17 +31,18 @@ except ImportError:  # Slicer < 5.4
 
 # Refuse Slicer < 5.10 with a clear message before anything that needs a newer Slicer loads
 # (dependencies is Python 3.9-safe; Slicer 5.8 has Python 3.9).
-from PASTASynthLib import dependencies
+from PASTASlicerLib import dependencies
 
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
 
 # Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
 # imported inside the methods that need it, after the dependency check.
+from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import BatchJob
+from PASTASlicerLib.mrml import MRMLContext
 from PASTASynthLib import totalsegmentator_job
-from PASTASynthLib.jobs import BatchJob, generate_command
-from PASTASynthLib.logic import SynthesisLogic
-from PASTASynthLib.mrml import MRMLContext
+from PASTASynthLib.logic import SynthesisLogic, generate_command
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
 
@@ -136,10 +137,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self._tsTimer = None
         self._tsFinish = None
         self._updatingType = False
-        self.readerStudy = None
-        self._shortcuts = []
-        self._attributeRows = {}
-        self._caseShownAt = 0.0
+        self.readerStudyPanel = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -181,13 +179,12 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.ui.copyReportButton.connect("clicked(bool)", self.onCopyReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.batchGenerateButton.connect("clicked(bool)", self.onBatchGenerate)
-        self.ui.openStudyButton.connect("clicked(bool)", self.onOpenStudy)
-        self.ui.closeStudyButton.connect("clicked(bool)", self.onCloseStudy)
-        self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
-        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
-        for score, button in enumerate(self._likertButtons(), start=1):
-            button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
-        self.setupReaderStudy()
+        # The reader study: its own widget (UI/ReaderStudyPanel.ui), above the panel's end spacer.
+        readerStudyWidget = slicer.util.loadUI(self.resourcePath("UI/ReaderStudyPanel.ui"))
+        uiWidget.layout().insertWidget(uiWidget.layout().count() - 1, readerStudyWidget)
+        self.readerStudyPanel = ReaderStudyPanel(readerStudyWidget, self.logic.synthesis.context)
+        # Shortcuts live on the main window so they work while the reader scrolls a slice view.
+        self.readerStudyPanel.setup(slicer.util.mainWindow() or self.parent)
 
         # Batch progress: the job's reader thread only fills a queue; this GUI-thread
         # timer polls it (no thread ever touches Qt).
@@ -210,10 +207,6 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.marginComboBox, margin),
                 (self.ui.invasionComboBox, invasion)]
 
-    def _likertButtons(self):
-        return [self.ui.likert1Button, self.ui.likert2Button, self.ui.likert3Button,
-                self.ui.likert4Button, self.ui.likert5Button]
-
     # -- parameter node -----------------------------------------------------------------
 
     def cleanup(self) -> None:
@@ -224,20 +217,16 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             self._jobTimer.stop()
         if self._tsTimer is not None:
             self._tsTimer.stop()
-        if self.readerStudy is not None:
-            self.readerStudy.close()
-        for shortcut in self._shortcuts:
-            shortcut.setEnabled(False)
-            shortcut.setParent(None)
-        self._shortcuts = []
+        if self.readerStudyPanel is not None:
+            self.readerStudyPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self._updateShortcuts(entered=True)
+        self.readerStudyPanel.setEntered(True)
 
     def exit(self) -> None:
-        self._updateShortcuts(entered=False)
+        self.readerStudyPanel.setEntered(False)
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -245,8 +234,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
     def onReload(self) -> None:
         """Reload also the helper packages: Slicer's reload re-runs only this file, so edits in
-        PASTASynthLib would otherwise stay unloaded (the next import reads them again)."""
-        dependencies.unload_packages(("PASTASynthLib", "PASTALogicLib"))
+        PASTASynthLib / PASTASlicerLib would otherwise stay unloaded (the next import reads them again)."""
+        dependencies.unload_packages(("PASTASynthLib", "PASTASlicerLib"))
         ScriptedLoadableModuleWidget.onReload(self)
 
     def cancelJobs(self) -> None:
@@ -263,11 +252,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         # Results of a running job would go into nodes that are about to disappear: stop it.
         self.cancelJobs()
         self.setParameterNode(None)
-        if self.readerStudy is not None and self.readerStudy.is_open:
-            self.readerStudy.close()  # its nodes go with the scene; every answer is already saved
-            self._showCase(None)
-            self.ui.readerStudyStatusLabel.text = _("The scene was closed: open the study again to continue "
-                                                    "(your answers are saved).")
+        if self.readerStudyPanel is not None:
+            self.readerStudyPanel.onSceneStartClose()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -313,17 +299,19 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         slug = self.ui.lesionTypeComboBox.currentData
         if not slug or self._updatingType:
             return
+        from PASTALib.synth import allowed_values
+
         self._updatingType = True
         try:
             if self._parameterNode:
                 self._parameterNode.lesionType = slug
-            allowed = self.logic.allowedValues(slug)
+            allowed = allowed_values(slug)
             for key, combo in (("shape", self.ui.shapeComboBox), ("density", self.ui.densityComboBox),
                                ("heterogeneity", self.ui.heterogeneityComboBox), ("margin", self.ui.marginComboBox),
                                ("invasion", self.ui.invasionComboBox)):
                 self._enableComboItems(combo, allowed[key])
-            low, high = self.logic.sizeRange(slug)
-            typical = self.logic.typicalSize(slug)
+            low, high = self.logic.synthesis.size_range_mm(slug)
+            typical = self.logic.synthesis.typical_size_mm(slug)
             for slider in (self.ui.sizeXSliderWidget, self.ui.sizeYSliderWidget, self.ui.sizeZSliderWidget):
                 slider.minimum, slider.maximum = low, high
                 if not low <= slider.value <= high:
@@ -374,7 +362,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         workDir = tempfile.mkdtemp(prefix="pasta_totalseg_")
         with slicer.util.tryWithErrorDisplay(_("Cannot start TotalSegmentator."), waitCursor=True):
             ctPath = os.path.join(workDir, "ct.nii")
-            self.logic.saveVolume(ct, ctPath)
+            mrml.write_volume(ct, ctPath)
             labelPath = os.path.join(workDir, "organs.nii.gz")
             command = totalsegmentator_job.command(ctPath, labelPath, fast=fast, device="auto",
                                                    allow_download=allowDownload)
@@ -441,13 +429,13 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             slicer.util.warningDisplay(_("Select a CT volume first."))
             return
         with slicer.util.tryWithErrorDisplay(_("Lung mask failed."), waitCursor=True):
-            self._parameterNode.organSegmentation = self.logic.lungMaskSegmentation(ct)
+            self._parameterNode.organSegmentation = self.logic.synthesis.lung_mask_segmentation(ct)
 
     # -- synthesis ----------------------------------------------------------------------
 
     def _showReport(self, report: dict, prefix: str = "") -> None:
         self._report = report
-        self.ui.reportTextEdit.plainText = prefix + self.logic.reportText(report) + "\n\n" + json.dumps(
+        self.ui.reportTextEdit.plainText = prefix + SynthesisLogic.report_text(report) + "\n\n" + json.dumps(
             report, indent=2, ensure_ascii=False)
 
     def onPreview(self) -> None:
@@ -491,7 +479,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.ui.statusLabel.text = _("Removed the synthetic CT, segmentation and report")
 
     def onCopyReport(self) -> None:
-        text = self.logic.reportText(self._report) if self._report else self.ui.reportTextEdit.plainText
+        text = SynthesisLogic.report_text(self._report) if self._report else self.ui.reportTextEdit.plainText
         qt.QApplication.clipboard().setText(text)
 
     def onSaveReport(self) -> None:
@@ -501,7 +489,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         path = qt.QFileDialog.getSaveFileName(None, _("Save report"), "report.json", "JSON (*.json)")
         if path:
             with slicer.util.tryWithErrorDisplay(_("Could not save the report."), waitCursor=True):
-                self.logic.saveReport(self._report, path)
+                SynthesisLogic.save_report(self._report, path)
 
     # -- batch generation (subprocess) --------------------------------------------------
 
@@ -555,20 +543,48 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             slicer.util.errorDisplay(_("Batch generation failed (exit code {code}).").format(code=job.returncode),
                                      detailedText=job.output_tail)
 
-    # -- reader study -------------------------------------------------------------------
-    # Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised case and
-    # commits each answer at once through PASTALib's ReaderSession; nothing is buffered here
-    # except the accuracy ratings and reason typed for the case on screen, which the realism
-    # rating (button or key 1-5) submits together.
+
+#
+# ReaderStudyPanel
+#
+
+
+class ReaderStudyPanel:
+    """The blinded reader-study section of the PASTASynth panel, built from UI/ReaderStudyPanel.ui.
+
+    Thin: ReaderStudyLogic (PASTASynthLib.reader_study) shows the anonymised case and commits
+    each answer at once through PASTALib.review; nothing is buffered here except the accuracy
+    ratings and reason typed for the case on screen, which the realism rating (button or key
+    1-5) submits together."""
 
     #: Keys that must not rate a case twice: key ratings within this many seconds of a case
     #: appearing are ignored (a double press would otherwise also rate the next case).
     KEY_RATING_DEBOUNCE_S = 0.4
 
-    def setupReaderStudy(self) -> None:
+    def __init__(self, widget, context) -> None:
+        self.widget = widget
+        self.ui = slicer.util.childWidgetVariables(widget)
+        self.logic = ReaderStudyLogic(context)
+        self._shortcuts = []
+        self._attributeRows = {}
+        self._caseShownAt = 0.0
+        self._entered = False
+
+    def _likertButtons(self):
+        return [self.ui.likert1Button, self.ui.likert2Button, self.ui.likert3Button,
+                self.ui.likert4Button, self.ui.likert5Button]
+
+    def setup(self, shortcutParent) -> None:
+        """Wire the buttons, build one rating row per report attribute, add the keyboard shortcuts
+        (on ``shortcutParent``: the main window, so they work while a slice view has the focus)."""
         from PASTALib.review import ATTRIBUTES
 
-        self.readerStudy = ReaderStudyLogic(self.logic.synthesis.context)
+        self.ui.openStudyButton.connect("clicked(bool)", self.onOpenStudy)
+        self.ui.closeStudyButton.connect("clicked(bool)", self.onCloseStudy)
+        self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
+        self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        for score, button in enumerate(self._likertButtons(), start=1):
+            button.connect("clicked(bool)", lambda checked=False, s=score: self.onLikert(s))
         for score, (button, anchor) in enumerate(zip(self._likertButtons(), REALISM_ANCHORS), start=1):
             button.toolTip = _("Realism {score}: {anchor} (key {score}; saves the case and shows the next)").format(
                 score=score, anchor=anchor.lower())
@@ -588,25 +604,40 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 grid.addWidget(radio, row, score)
                 buttons.append(radio)
             self._attributeRows[attribute] = (label, group, buttons)
-        # Shortcuts live on the main window so they work while the reader scrolls a slice view;
-        # they are enabled only while this module is shown and a case is on screen.
-        parent = slicer.util.mainWindow() or self.parent
+        # Enabled only while the module is shown and a study is open.
         keys = [(str(score), lambda s=score: self.onLikertKey(s)) for score in range(1, 6)]
         keys += [(qt.Qt.Key_Left, self.onPreviousCase), (qt.Qt.Key_PageUp, self.onPreviousCase),
                  (qt.Qt.Key_Right, self.onNextCase), (qt.Qt.Key_PageDown, self.onNextCase)]
         for key, slot in keys:
-            shortcut = qt.QShortcut(qt.QKeySequence(key), parent)
+            shortcut = qt.QShortcut(qt.QKeySequence(key), shortcutParent)
             shortcut.setContext(qt.Qt.WindowShortcut)
             shortcut.connect("activated()", slot)
             self._shortcuts.append(shortcut)
         self._showCase(None)
 
-    def _updateShortcuts(self, entered=None) -> None:
-        if entered is None:
-            entered = bool(self.parent.isEntered) if hasattr(self.parent, "isEntered") else True
-        active = bool(entered and self.readerStudy is not None and self.readerStudy.is_open)
+    def setEntered(self, entered: bool) -> None:
+        """The module was shown (True) or left (False)."""
+        self._entered = entered
+        self._updateShortcuts()
+
+    def _updateShortcuts(self) -> None:
+        active = self._entered and self.logic.is_open
         for shortcut in self._shortcuts:
             shortcut.setEnabled(active)
+
+    def onSceneStartClose(self) -> None:
+        if self.logic.is_open:
+            self.logic.close()  # its nodes go with the scene; every answer is already saved
+            self._showCase(None)
+            self.ui.readerStudyStatusLabel.text = _("The scene was closed: open the study again to continue "
+                                                    "(your answers are saved).")
+
+    def cleanup(self) -> None:
+        self.logic.close()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+            shortcut.setParent(None)
+        self._shortcuts = []
 
     def _reviewErrorDisplay(self, exc) -> None:
         """A clear message for each PASTALib review error (the library's text says what to do)."""
@@ -641,11 +672,11 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
     def onOpenStudy(self) -> None:
         reader = self.ui.readerNameLineEdit.text.strip()
         folder = self.ui.studyFolderPathLineEdit.currentPath
-        ok, view = self._runReview(self.readerStudy.open, folder, reader)
+        ok, view = self._runReview(self.logic.open, folder, reader)
         if not ok:
             return
-        ok, shown = self._runReview(self.readerStudy.show_current)
-        answered, total = self.readerStudy.progress()
+        ok, shown = self._runReview(self.logic.show_current)
+        answered, total = self.logic.progress()
         if ok:
             self._showCase(shown)
         if view is None:
@@ -659,26 +690,25 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self._updateShortcuts()
 
     def onCloseStudy(self) -> None:
-        if self.readerStudy is not None:
-            self.readerStudy.close()
+        self.logic.close()
         self._showCase(None)
         self.ui.readerStudyStatusLabel.text = _("Study closed; every answer is saved.")
         self._updateShortcuts()
 
     def _requireOpenStudy(self) -> bool:
-        if self.readerStudy is None or not self.readerStudy.is_open:
+        if not self.logic.is_open:
             self.ui.readerStudyStatusLabel.text = _("Open a study first (reader name + study folder).")
             return False
         return True
 
     def onPreviousCase(self) -> None:
         if self._requireOpenStudy():
-            ok, shown = self._runReview(self.readerStudy.previous)
+            ok, shown = self._runReview(self.logic.previous)
             self._showCase(shown)
 
     def onNextCase(self) -> None:
         if self._requireOpenStudy():
-            ok, shown = self._runReview(self.readerStudy.next)
+            ok, shown = self._runReview(self.logic.next)
             self._showCase(shown)
 
     def onLikertKey(self, score: int) -> None:
@@ -690,7 +720,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         """Save realism + accuracy ratings + reason for the case on screen at once, then go on."""
         if not self._requireOpenStudy():
             return
-        shown = self.readerStudy.shown
+        shown = self.logic.shown
         if shown is None:
             self.ui.readerStudyStatusLabel.text = _("No case is shown: use Previous to review a case.")
             return
@@ -699,12 +729,12 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             return
         ratings = {a: (group.checkedId() if group.checkedId() > 0 else None)
                    for a, (label, group, buttons) in self._attributeRows.items() if a in shown.attributes}
-        ok, answer = self._runReview(self.readerStudy.rate, score, ratings, self.ui.reasonLineEdit.text)
+        ok, answer = self._runReview(self.logic.rate, score, ratings, self.ui.reasonLineEdit.text)
         if not ok:
-            self._showCase(self.readerStudy.shown)
+            self._showCase(self.logic.shown)
             return
-        answered, total = self.readerStudy.progress()
-        ok, shown = self._runReview(self.readerStudy.next)
+        answered, total = self.logic.progress()
+        ok, shown = self._runReview(self.logic.next)
         self._showCase(shown)
         self.ui.readerStudyStatusLabel.text = _("Saved realism {score} ({answered} of {total} answered).").format(
             score=score, answered=answered, total=total)
@@ -733,9 +763,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
             for button in likert:
                 button.enabled = False
             self.ui.reasonLineEdit.enabled = False
-            isOpen = self.readerStudy is not None and self.readerStudy.is_open
+            isOpen = self.logic.is_open
             if isOpen:
-                answered, total = self.readerStudy.progress()
+                answered, total = self.logic.progress()
                 self.ui.caseTitleLabel.text = _("End of the study: {answered} of {total} answered.").format(
                     answered=answered, total=total)
                 self.ui.caseCounterLabel.text = _("{answered} of {total} answered").format(answered=answered, total=total)
@@ -751,7 +781,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                                               slicer.vtkMRMLSliceNode.CenteredJumpSlice)
         answer = shown.answer
         self.ui.caseTitleLabel.text = _("{title}: {lesionType}").format(title=shown.title, lesionType=shown.lesion_type)
-        answered, total = self.readerStudy.progress()
+        answered, total = self.logic.progress()
         self.ui.caseCounterLabel.text = _("{position} of {total} ({answered} answered)").format(
             position=shown.position, total=total, answered=answered)
         report = shown.report or {}
@@ -792,15 +822,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return PASTASynthParameterNode(super().getParameterNode())
 
-    def allowedValues(self, slug: str) -> dict:
-        return self.synthesis.allowed_values(slug)
-
-    def sizeRange(self, slug: str):
-        return self.synthesis.size_range_mm(slug)
-
-    def typicalSize(self, slug: str) -> float:
-        return self.synthesis.typical_size_mm(slug)
-
     def enhancementText(self, slug: str, ctNode=None, segmentationNode=None, detect: bool = False) -> str:
         """The type's PASTA-Gen template phases; with ``detect`` also the phase measured in the CT
         (aorta/IVC segments), which reads the whole CT (on demand only)."""
@@ -811,12 +832,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
             return f"Template: {template} (Detect phase measures the CT)"
         _phase, explanation = self.synthesis.detect_enhancement(ctNode, segmentationNode)
         return f"{explanation} (template: {template})"
-
-    def saveVolume(self, volumeNode, path: str) -> None:
-        """Write a volume for a subprocess (uncompressed .nii: fast to write and to read)."""
-        import SimpleITK as sitk
-
-        sitk.WriteImage(self.synthesis.volume_to_sitk(volumeNode), path, path.endswith(".gz"))
 
     @staticmethod
     def specFromParameterNode(parameterNode) -> dict:
@@ -852,17 +867,6 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
         parameterNode.outputSegmentation = None
         parameterNode.outputReport = None
         self.synthesis.remove_outputs(output)
-
-    def lungMaskSegmentation(self, ctNode):
-        return self.synthesis.lung_mask_segmentation(ctNode)
-
-    @staticmethod
-    def reportText(report: dict) -> str:
-        return SynthesisLogic.report_text(report)
-
-    @staticmethod
-    def saveReport(report: dict, path: str) -> None:
-        SynthesisLogic.save_report(report, path)
 
 
 #

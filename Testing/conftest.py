@@ -201,7 +201,7 @@ def ctx():
     """A fresh MRML scene of Slicer's real core (PyPI slicer-core) with the Colors / Volumes /
     Segmentations logics (docs/slicer-core.md, bootstrap), cleared afterwards."""
     pytest.importorskip("slicer")
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     context = mrml.MRMLContext.headless()
     yield context

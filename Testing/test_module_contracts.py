@@ -18,20 +18,23 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = ["PASTA", "PASTASynth"]
+#: Widget classes of a module file built from their own .ui (class name = .ui name in Resources/UI).
+PANELS = {"PASTA": [], "PASTASynth": ["ReaderStudyPanel"]}
 
 
 def module_py(module: str) -> Path:
     return REPO / module / f"{module}.py"
 
 
-def ui_path(module: str) -> Path:
-    return REPO / module / "Resources" / "UI" / f"{module}.ui"
+def ui_path(module: str, name: str | None = None) -> Path:
+    return REPO / module / "Resources" / "UI" / f"{name or module}.ui"
 
 
 def ui_object_names(path: Path) -> dict[str, str]:
@@ -40,10 +43,13 @@ def ui_object_names(path: Path) -> dict[str, str]:
     return {w.get("name"): w.get("class") for w in root.iter("widget")}
 
 
-def ui_attributes_used(path: Path) -> set[str]:
+def ui_attributes_used(path: Path, only: str | None = None, skip: Sequence[str] = ()) -> set[str]:
+    """``self.ui.X`` names used in a module file: in class ``only``, or everywhere but the classes in ``skip``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    roots = [n for n in tree.body if not (isinstance(n, ast.ClassDef) and n.name in skip)
+             and (only is None or (isinstance(n, ast.ClassDef) and n.name == only))]
     used = set()
-    for node in ast.walk(tree):
+    for node in (n for root in roots for n in ast.walk(root)):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
                 and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
                 and node.value.value.id == "self"):
@@ -54,10 +60,17 @@ def ui_attributes_used(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_ui_attributes_exist(module):
     names = ui_object_names(ui_path(module))
-    used = ui_attributes_used(module_py(module))
+    used = ui_attributes_used(module_py(module), skip=PANELS[module])
     assert used, f"{module}.py uses no self.ui widgets?"
     missing = sorted(used - set(names))
     assert not missing, f"{module}.py uses self.ui.{missing} not defined in {ui_path(module).name}"
+    for panel in PANELS[module]:
+        used = ui_attributes_used(module_py(module), only=panel)
+        assert used, f"{panel} uses no self.ui widgets?"
+        missing = sorted(used - set(ui_object_names(ui_path(module, panel))))
+        assert not missing, f"{panel} uses self.ui.{missing} not defined in {panel}.ui"
+        # each widget lives in one .ui: the panel's are not left in the module's
+        assert not used & set(names), f"{sorted(used & set(names))} are in both {module}.ui and {panel}.ui"
 
 
 def _parameter_fields(module: str) -> set[str]:
@@ -150,7 +163,7 @@ def _check_loaded(path: Path, result: dict) -> None:
 
 
 def test_ui_files_load_with_quiloader(tmp_path):
-    paths = [ui_path(m) for m in MODULES]
+    paths = [ui_path(m) for m in MODULES] + [ui_path(m, p) for m in MODULES for p in PANELS[m]]
     broken = tmp_path / "broken.ui"
     broken.write_text(ui_path("PASTA").read_text(encoding="utf-8").replace("</widget>", "", 1), encoding="utf-8")
     typo = tmp_path / "typo.ui"
@@ -186,6 +199,7 @@ def test_cmake_lists_existing_files(module):
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     files = _cmake_listed_files(cmake)
     assert module_py(module) in files and ui_path(module) in files
+    assert {ui_path(module, p) for p in PANELS[module]} <= set(files)
     assert REPO / module / "Resources" / "Icons" / f"{module}.png" in files
     missing = [str(f.relative_to(REPO)) for f in files if not f.is_file()]
     assert not missing, f"{cmake.relative_to(REPO)} lists missing files: {missing}"
@@ -193,6 +207,42 @@ def test_cmake_lists_existing_files(module):
     on_disk = {p for p in (REPO / module).rglob("*.py") if "__pycache__" not in p.parts}
     unlisted = sorted(str(p.relative_to(REPO)) for p in on_disk - set(files))
     assert not unlisted, f"{cmake.relative_to(REPO)} does not install {unlisted}"
+
+
+def test_shared_slicer_library_is_installed_as_a_package():
+    """PASTASlicerLib is built like Slicer's DICOMLib (WITH_SUBDIR: its own folder in
+    qt-scripted-modules), before the modules that import it, and installs every file it has."""
+    cmake = REPO / "PASTASlicerLib" / "CMakeLists.txt"
+    text = re.sub(r"#[^\n]*", "", cmake.read_text(encoding="utf-8"))
+    assert "slicerMacroBuildScriptedModule(" in text and "WITH_SUBDIR" in text and "NAME ${MODULE_NAME}" in text
+    assert "WITH_GENERIC_TESTS" not in text  # a library, not a module
+    files = set(_cmake_listed_files(cmake))
+    on_disk = {p for p in (REPO / "PASTASlicerLib").glob("*.py")}
+    assert files == on_disk, f"{cmake.relative_to(REPO)} lists {sorted(map(str, files ^ on_disk))} wrongly"
+    top = re.sub(r"#[^\n]*", "", (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    assert top.index("add_subdirectory(PASTASlicerLib)") < top.index("add_subdirectory(PASTA)")
+    assert top.index("add_subdirectory(PASTASlicerLib)") < top.index("add_subdirectory(PASTASynth)")
+
+
+def _imported_packages(folder: Path) -> set[str]:
+    names = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_modules_share_only_the_slicer_library():
+    """Neither module imports the other's helper package: what both need is in PASTASlicerLib
+    (or PASTALib), which imports neither."""
+    assert "PASTASynthLib" not in _imported_packages(REPO / "PASTA")
+    assert "PASTALogicLib" not in _imported_packages(REPO / "PASTASynth")
+    shared = _imported_packages(REPO / "PASTASlicerLib")
+    assert not shared & {"PASTASynthLib", "PASTALogicLib", "PASTA", "PASTASynth"}, shared
+    assert {"PASTASlicerLib"} <= _imported_packages(REPO / "PASTA") & _imported_packages(REPO / "PASTASynth")
 
 
 def test_top_level_cmake_is_an_extension():
@@ -260,7 +310,7 @@ def test_module_top_level_imports_are_light(module):
 def test_helper_packages_import_without_torch():
     """The module helper packages (and what they import) never import torch."""
     code = ("import sys; sys.path[:0] = [%r, %r, %r];"
-            "import PASTASynthLib.logic, PASTASynthLib.scenarios, PASTASynthLib.dependencies, "
+            "import PASTASynthLib.logic, PASTASynthLib.scenarios, PASTASlicerLib.dependencies, PASTASlicerLib.jobs, "
             "PASTALogicLib.logic, PASTALogicLib.scenarios;"
             # the widget checks for the weights when the panel opens: that must not load torch either
             "from PASTALib.errors import MissingWeightsError\n"
@@ -273,11 +323,8 @@ def test_helper_packages_import_without_torch():
 
 
 def test_dependency_check_message():
-    sys.path.insert(0, str(REPO / "PASTASynth"))
-    try:
-        from PASTASynthLib import dependencies
-    finally:
-        sys.path.remove(str(REPO / "PASTASynth"))
+    from PASTASlicerLib import dependencies
+
     report = dependencies.check_dependencies()
     assert report.ok, report.message  # the test venv has every dependency
     absent = dependencies.PythonRequirement("surely-not-a-package-xyz", "xyz", "==1", "test")

@@ -17,7 +17,9 @@ slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
 from PASTALogicLib import scenarios as pasta_scenarios  # noqa: E402
-from PASTASynthLib import mrml, scenarios  # noqa: E402
+from PASTASlicerLib import mrml  # noqa: E402
+from PASTASlicerLib import scenarios  # noqa: E402
+from PASTASynthLib import scenarios as synth_scenarios  # noqa: E402
 from PASTASynthLib.logic import SynthesisLogic  # noqa: E402
 
 
@@ -86,8 +88,8 @@ def test_segmentation_custom_colors(ctx, synthetic_case):
     ct_path, label_path, names = synthetic_case
     logic = SynthesisLogic(context=ctx)
     ct = logic.load_ct(ct_path)
-    segmentation = logic.segmentation_from_label_map(sitk.ReadImage(str(label_path)), ct, names,
-                                                     colors={5: (255, 0, 0)})
+    segmentation = mrml.segmentation_from_label_map(ctx, sitk.ReadImage(str(label_path)), ct, names,
+                                                    colors={5: (255, 0, 0)})
     seg = segmentation.GetSegmentation()
     assert np.allclose(seg.GetSegment(seg.GetSegmentIdBySegmentName("liver")).GetColor(), (1, 0, 0))
 
@@ -102,7 +104,7 @@ def test_clone_never_modifies_input(ctx, ts_case):
     logic = SynthesisLogic(context=ctx)
     ct = logic.load_ct(ts_case[0], "CT")
     before = mrml.array_from_volume(ct).copy()
-    clone = logic.clone_volume(ct, "CT copy")
+    clone = mrml.clone_volume(ctx, ct, "CT copy")
     mrml.update_volume_from_array(clone, np.zeros_like(before))
     assert np.array_equal(mrml.array_from_volume(ct), before)
     assert ct.GetName() == "CT" and clone.GetName() == "CT copy"
@@ -116,5 +118,5 @@ def test_pasta_export_training_case(ctx, ts_case, tmp_path):
 
 def test_slicer_test_entry_points(tmp_path):
     """What PASTASynthTest / PASTATest.runTest run inside Slicer (synthetic data)."""
-    scenarios.run_all(mrml.MRMLContext.headless(), tmp_path / "synth")
+    synth_scenarios.run_all(mrml.MRMLContext.headless(), tmp_path / "synth")
     pasta_scenarios.run_all(mrml.MRMLContext.headless(), tmp_path / "pasta")

@@ -27,7 +27,7 @@ from PASTALogicLib.logic import (  # noqa: E402
     resolve_checkpoint,
     segment_command,
 )
-from PASTASynthLib import mrml  # noqa: E402
+from PASTASlicerLib import mrml  # noqa: E402
 
 from PASTALib.errors import MissingWeightsError, SpecificationError  # noqa: E402
 from PASTALib.io import read_label  # noqa: E402

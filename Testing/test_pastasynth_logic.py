@@ -21,8 +21,9 @@ from conftest import SHARED_DATA
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
-from PASTASynthLib import jobs, mrml, scenarios
-from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic
+from PASTASlicerLib import jobs, mrml
+from PASTASynthLib import scenarios
+from PASTASynthLib.logic import PREVIEW_NAME, SynthesisLogic, generate_command
 
 from PASTALib.errors import AnatomyError, MissingWeightsError, PastaError
 from PASTALib.labels import LesionType, Organ, Phase
@@ -158,7 +159,7 @@ def test_segment_names_map_to_pasta_organs(ctx, ts_paths):
     ]
     reference = None
     for names in variants:
-        segmentation = logic.segmentation_from_label_map(labels, ct, names)
+        segmentation = mrml.segmentation_from_label_map(ctx, labels, ct, names)
         masks = logic.organ_masks(segmentation, ct)
         liver, kidney = masks.organ_mask(Organ.LIVER), masks.organ_mask(Organ.KIDNEY)
         arr = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
@@ -174,12 +175,12 @@ def test_allowed_values_and_spec_from_gui():
     from PASTALib.synth.attributes import Invasion, Shape
 
     for lesion_type in LesionType:
-        assert SynthesisLogic.allowed_values(lesion_type.slug) == allowed_values(lesion_type)
+        assert allowed_values(lesion_type.slug) == allowed_values(lesion_type)  # what the panel passes
         low, high = SynthesisLogic.size_range_mm(lesion_type.slug)
         assert 0 < low < SynthesisLogic.typical_size_mm(lesion_type.slug) < high
-    liver = SynthesisLogic.allowed_values("liver_tumor")
+    liver = allowed_values("liver_tumor")
     assert Shape.WALL_THICKENING.value not in liver["shape"]
-    assert Invasion.ADJACENT.value not in SynthesisLogic.allowed_values("kidney_cyst")["invasion"]
+    assert Invasion.ADJACENT.value not in allowed_values("kidney_cyst")["invasion"]
     spec = SynthesisLogic.spec_from_parameters("liver_tumor", (25, 20, 30), shape="Irregular", density="",
                                                invasion=Invasion.NONE.value, seed=4)
     assert spec == {"lesion_type": "liver_tumor", "seed": 4, "size_mm": [25.0, 20.0, 30.0], "shape": "Irregular",
@@ -210,7 +211,7 @@ def test_detect_enhancement(ctx, ts_case, ts_paths):
     n = ctx.scene.GetNumberOfNodes()
     phase, text = logic.detect_enhancement(ct, segmentation)
     assert phase is Phase.PLAIN and "aorta" in text
-    no_vessels = logic.segmentation_from_label_map(sitk.ReadImage(str(ts_paths[1])), ct, {5: "liver"})
+    no_vessels = mrml.segmentation_from_label_map(ctx, sitk.ReadImage(str(ts_paths[1])), ct, {5: "liver"})
     phase, text = logic.detect_enhancement(ct, no_vessels)
     assert phase is None and "no aorta/IVC" in text
     assert logic.detect_enhancement(ct, None)[0] is None
@@ -276,7 +277,7 @@ def test_pastalib_cli_runs_as_a_subprocess(tmp_path):
     job = jobs.BatchJob(jobs.cli_command("--help"), on_line=lines.append, cwd=tmp_path).start()
     assert job.wait(timeout=120) == "finished", job.output_tail
     assert any("synth" in line for line in lines)
-    command = jobs.generate_command(tmp_path / "out", templates=tmp_path, per_type=2,
+    command = generate_command(tmp_path / "out", templates=tmp_path, per_type=2,
                                     lesion_types=["liver_tumor", "kidney_cyst"], seed=1)
     assert command[1:5] == ["-m", "PASTALib", "synth", "generate"] and "--progress-lines" in command
     assert command[command.index("--per-type") + 1] == "2" and command[-2:] == ["liver_tumor", "kidney_cyst"]
@@ -300,7 +301,7 @@ def test_batch_generate_end_to_end(tmp_path):
     ct_path.rename(template / "ct.nii.gz")
     label_path.rename(template / "organs.nii.gz")
     seen = []
-    job = jobs.BatchJob(jobs.generate_command(tmp_path / "out", templates=tmp_path / "templates", per_type=1,
+    job = jobs.BatchJob(generate_command(tmp_path / "out", templates=tmp_path / "templates", per_type=1,
                                               lesion_types=["liver_cyst"], seed=0),
                         on_progress=lambda f, m: seen.append(f)).start()
     assert job.wait(timeout=240) == "finished", job.output_tail

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 slicer = pytest.importorskip("slicer")
 sitk = pytest.importorskip("SimpleITK")
 
-from PASTASynthLib import mrml, scenarios
+from PASTASlicerLib import mrml
+from PASTASynthLib import scenarios
 from PASTASynthLib.reader_study import ReaderStudyLogic
 
 from PASTALib.review import (
@@ -252,13 +253,21 @@ def test_slicer_runtest_scenarios(ctx, tmp_path):
 def test_widget_wires_shortcuts_and_stays_thin():
     source = (REPO / "PASTASynth" / "PASTASynth.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
-    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PASTASynthWidget")
-    text = ast.unparse(widget)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    # The reader study is its own widget class; the module widget only builds it and forwards
+    # enter / exit / scene close / cleanup.
+    widget, panel = ast.unparse(classes["PASTASynthWidget"]), ast.unparse(classes["ReaderStudyPanel"])
+    for needle in ("ReaderStudyPanel(readerStudyWidget, self.logic.synthesis.context)",
+                   "loadUI(self.resourcePath('UI/ReaderStudyPanel.ui'))", "self.readerStudyPanel.setup(",
+                   "self.readerStudyPanel.setEntered(True)", "self.readerStudyPanel.setEntered(False)",
+                   "self.readerStudyPanel.onSceneStartClose()", "self.readerStudyPanel.cleanup()"):
+        assert needle in widget, f"PASTASynthWidget lacks {needle}"
+    assert "ReaderStudyLogic" not in widget and "likert" not in widget.lower(), "reader-study code left in the widget"
     for needle in ("qt.QShortcut", "qt.Qt.Key_Left", "qt.Qt.Key_Right", "qt.Qt.Key_PageUp", "qt.Qt.Key_PageDown",
-                   "range(1, 6)", "ReaderStudyLogic(", "self.readerStudy.rate,", "self.readerStudy.next",
-                   "self.readerStudy.previous", "JumpAllSlices"):
-        assert needle in text, f"widget lacks {needle}"
-    assert "ReaderSession" not in text and "sqlite" not in text, "the widget must go through ReaderStudyLogic"
+                   "range(1, 6)", "ReaderStudyLogic(", "self.logic.rate,", "self.logic.next",
+                   "self.logic.previous", "JumpAllSlices"):
+        assert needle in panel, f"ReaderStudyPanel lacks {needle}"
+    assert "ReaderSession" not in panel and "sqlite" not in panel, "the panel must go through ReaderStudyLogic"
     test_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PASTASynthTest")
     assert "scenarios.run_reader_study(" in ast.unparse(test_class)
     run_test = next(n for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name == "runTest")

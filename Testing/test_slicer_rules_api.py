@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 API = json.loads((ROOT / "Testing" / "slicer_rules" / "slicer_api.json").read_text())
 TAGS = ("v5.10.0", "v5.12.3")
 CODE = sorted([ROOT / "PASTA" / "PASTA.py", ROOT / "PASTASynth" / "PASTASynth.py",
-               *(ROOT / "PASTA" / "PASTALogicLib").glob("*.py"), *(ROOT / "PASTASynth" / "PASTASynthLib").glob("*.py")])
+               *(ROOT / "PASTA" / "PASTALogicLib").glob("*.py"), *(ROOT / "PASTASynth" / "PASTASynthLib").glob("*.py"),
+               *(ROOT / "PASTASlicerLib").glob("*.py")])
 SLICER_MODULES = {"slicer", "ctk", "vtk", "qt"}
 VTK_STYLE = ("Get", "Set", "Add", "Remove", "Create", "Import", "Export", "Load", "Save", "Jump", "Has",
              "Is", "Copy", "Deep", "Insert", "Auto", "Write", "Read")
@@ -245,7 +246,7 @@ def test_scan_covers_the_slicer_calls():
 
 
 def test_api_check_refuses_broken_copies():
-    mrml = (ROOT / "PASTASynth" / "PASTASynthLib" / "mrml.py").read_text()
+    mrml = (ROOT / "PASTASlicerLib" / "mrml.py").read_text()
     old = "ctx.volumes_logic.AddArchetypeVolume(path, name, options, None)"
     assert old in mrml
     five = mrml.replace(old, "ctx.volumes_logic.AddArchetypeVolume(path, name, options, None, messages)")

@@ -24,7 +24,8 @@ MODULE_FILES = ("PASTA/PASTA.py", "PASTASynth/PASTASynth.py")
 
 
 def load_in_clean_slicer(tag: str, module_file: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # No PYTHONPATH: the harness finds the project's packages only where Slicer would
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run([sys.executable, "-S", str(HARNESS), tag, str(module_file)], env=env,
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     lines = [line for line in run.stdout.splitlines() if line.startswith("CLOSURE-RESULT ")]

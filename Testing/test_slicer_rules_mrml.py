@@ -18,7 +18,7 @@ def test_slicer_core_is_the_stable_line():
 
 
 def test_load_volume_reads_a_real_ct(ctx, ts_data):
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     path = ts_data / "example_ct_sm.nii.gz"
     node = mrml.load_volume(ctx, path, "ct")
@@ -31,7 +31,7 @@ def test_load_volume_reads_a_real_ct(ctx, ts_data):
 
 
 def test_load_volume_refuses_a_non_image(ctx, tmp_path):
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     bogus = tmp_path / "notes.nrrd"
     bogus.write_text("this is not an image\n")

@@ -34,11 +34,13 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from PASTASynthLib import dependencies, jobs, totalsegmentator_job
+from PASTASlicerLib import dependencies, jobs
+from PASTASynthLib import totalsegmentator_job
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_FILES = {"PASTA": REPO / "PASTA" / "PASTA.py", "PASTASynth": REPO / "PASTASynth" / "PASTASynth.py"}
-HELPER_FILES = sorted([*(REPO / "PASTA" / "PASTALogicLib").glob("*.py"), *(REPO / "PASTASynth" / "PASTASynthLib").glob("*.py")])
+HELPER_FILES = sorted([*(REPO / "PASTA" / "PASTALogicLib").glob("*.py"), *(REPO / "PASTASynth" / "PASTASynthLib").glob("*.py"),
+                       *(REPO / "PASTASlicerLib").glob("*.py")])
 
 #: Slicer 5.10 and 5.12 both run Python 3.12: markers of dependencies are evaluated for it.
 SLICER_PYTHON = {**default_environment(), "python_version": "3.12", "python_full_version": "3.12.10"}
@@ -190,6 +192,7 @@ def _third_party_imports_of_panels() -> dict[str, set[str]]:
     run: the module files, their helper packages, and the PASTALib modules they reach, including
     the CLI commands the panels start (segment, finetune, synth generate, the TotalSegmentator job)."""
     roots = {"PASTALib": REPO / "PASTALib", "PASTASynthLib": REPO / "PASTASynth" / "PASTASynthLib",
+             "PASTASlicerLib": REPO / "PASTASlicerLib",
              "PASTALogicLib": REPO / "PASTA" / "PASTALogicLib"}
 
     def path_of(module: str) -> Path | None:
@@ -414,7 +417,7 @@ def _stub_totalsegmentator(tmp_path: Path, labels: Path, sleep: float = 0.0) -> 
     weights = tmp_path / "weights" / "Dataset297_TotalSegmentator_total_3mm_1559subj" / "fold_0"
     weights.mkdir(parents=True)
     (weights / "checkpoint_final.pth").write_bytes(b"stub")
-    env = jobs.pastalib_env()
+    env = jobs.pastalib_env(packages=("PASTASynthLib",))  # what BatchJob gives `-m PASTASynthLib.x`
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "stub"), env["PYTHONPATH"]])
     env["TOTALSEG_WEIGHTS_PATH"] = str(tmp_path / "weights")
     return env
@@ -528,16 +531,16 @@ def test_phase_detection_is_on_demand():
 
 
 def test_reload_unloads_the_helper_packages():
-    import PASTASynthLib.jobs as first
+    import PASTASlicerLib.jobs as first
 
-    modules = {"PASTASynthLib": 1, "PASTASynthLib.jobs": 2, "PASTALogicLib.logic": 3, "PASTASynthLibX": 4, "json": 5}
-    assert dependencies.unload_packages(("PASTASynthLib", "PASTALogicLib"), modules) == [
-        "PASTALogicLib.logic", "PASTASynthLib", "PASTASynthLib.jobs"]
-    assert modules == {"PASTASynthLibX": 4, "json": 5}
-    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "PASTASynthLib"}
+    modules = {"PASTASlicerLib": 1, "PASTASlicerLib.jobs": 2, "PASTALogicLib.logic": 3, "PASTASlicerLibX": 4, "json": 5}
+    assert dependencies.unload_packages(("PASTASlicerLib", "PASTALogicLib"), modules) == [
+        "PASTALogicLib.logic", "PASTASlicerLib", "PASTASlicerLib.jobs"]
+    assert modules == {"PASTASlicerLibX": 4, "json": 5}
+    saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "PASTASlicerLib"}
     try:
-        dependencies.unload_packages(("PASTASynthLib",))
-        import PASTASynthLib.jobs as second
+        dependencies.unload_packages(("PASTASlicerLib",))
+        import PASTASlicerLib.jobs as second
 
         assert second is not first  # read again from disk
     finally:
@@ -545,7 +548,8 @@ def test_reload_unloads_the_helper_packages():
     for module in MODULE_FILES:
         reload = ast.unparse(_method(module, f"{module}Widget", "onReload"))
         assert reload.index("dependencies.unload_packages(") < reload.index("ScriptedLoadableModuleWidget.onReload(self)")
-        assert "PASTASynthLib" in reload and "PASTALogicLib" in reload
+        own = {"PASTA": "PASTALogicLib", "PASTASynth": "PASTASynthLib"}[module]
+        assert f"unload_packages(('{own}', 'PASTASlicerLib'))" in reload
 
 
 def test_old_slicer_is_refused_at_module_load():
@@ -560,12 +564,12 @@ def test_old_slicer_is_refused_at_module_load():
                     and "unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion)" in ast.unparse(n.test))
         assert isinstance(body[gate].body[0], ast.Raise)
         helpers = [i for i, n in enumerate(body) if isinstance(n, ast.ImportFrom)
-                   and (n.module or "").split(".")[0] in ("PASTALogicLib", "PASTASynthLib", "PASTALib")
-                   and ast.unparse(n) != "from PASTASynthLib import dependencies"]
+                   and (n.module or "").split(".")[0] in ("PASTALogicLib", "PASTASynthLib", "PASTASlicerLib", "PASTALib")
+                   and ast.unparse(n) != "from PASTASlicerLib import dependencies"]
         assert helpers and gate < min(helpers), f"{module}.py imports helpers before the version gate"
     # Slicer 5.8 runs Python 3.9: what runs before the gate must parse there
-    for path in (*MODULE_FILES.values(), REPO / "PASTASynth" / "PASTASynthLib" / "dependencies.py",
-                 REPO / "PASTASynth" / "PASTASynthLib" / "__init__.py"):
+    for path in (*MODULE_FILES.values(), REPO / "PASTASlicerLib" / "dependencies.py",
+                 REPO / "PASTASlicerLib" / "__init__.py"):
         ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
 
 

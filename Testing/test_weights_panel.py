@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from PASTALogicLib.logic import public_weights_installed, weights_download_command
-from PASTASynthLib.jobs import BatchJob
+from PASTASlicerLib.jobs import BatchJob
 from test_weights_download import GOOD, _Handler, _sha
 
 from PASTALib.weights import recorded_sha256

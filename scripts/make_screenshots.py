@@ -102,7 +102,7 @@ class PanelCase:
 
 
 def _ctx():
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     return mrml.MRMLContext.headless()
 
@@ -110,7 +110,7 @@ def _ctx():
 def _layers(ctx, segmentation_node, volume_node, fill=0.35, opacity3d=None, only=None,
             background: set[str] | None = None) -> list[SegmentLayer]:
     """Segment masks on the volume grid, in the segment colours (as Slicer displays them)."""
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     seg = segmentation_node.GetSegmentation()
     display = segmentation_node.GetDisplayNode()
@@ -131,7 +131,7 @@ def _layers(ctx, segmentation_node, volume_node, fill=0.35, opacity3d=None, only
 
 
 def _dependency_text() -> tuple[str, bool]:
-    from PASTASynthLib import dependencies
+    from PASTASlicerLib import dependencies
 
     report = dependencies.check_dependencies()
     return report.message, report.ok
@@ -171,7 +171,9 @@ def build_synthesis(seed: int) -> PanelCase:
     _phase, enhancement = logic.detect_enhancement(ct, organs)
     dependency_text, dependency_ok = _dependency_text()
     report_text = logic.report_text(output.report) + "\n\n" + json.dumps(output.report, indent=2, ensure_ascii=False)
-    allowed = logic.allowed_values(spec["lesion_type"])
+    from PASTALib.synth import allowed_values
+
+    allowed = allowed_values(spec["lesion_type"])
     low, high = logic.size_range_mm(spec["lesion_type"])
 
     def fill(ui, q):
@@ -293,7 +295,7 @@ def build_segment(seed: int) -> PanelCase:
     as a prediction; report cards = the reports PASTALib measured from the image."""
     import SimpleITK as sitk
     from PASTALogicLib.logic import SegmentationReportLogic
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     from PASTALib.labels import LesionType, Organ
 
@@ -342,7 +344,8 @@ def build_segment(seed: int) -> PanelCase:
 def build_fewshot(seed: int, work: Path, cases=(1, 2)) -> PanelCase:
     """pyradiomics lung CTs with their real tumour masks, exported as few-shot training cases."""
     from PASTALogicLib.logic import SegmentationReportLogic
-    from PASTASynthLib import mrml, scenarios
+    from PASTASlicerLib import mrml
+    from PASTASynthLib import scenarios
     from PASTASynthLib.logic import SynthesisLogic
 
     from PASTALib.labels import LesionType
@@ -401,7 +404,7 @@ def canonical_view_arrays(scene: ViewScene):
     """CT and segment masks on a canonical LPS grid [x, y, z] (right->left, anterior->posterior,
     inferior->superior) at VIEW_SPACING_MM, and the centre as a canonical index."""
     import SimpleITK as sitk
-    from PASTASynthLib import mrml
+    from PASTASlicerLib import mrml
 
     from PASTALib.geometry.canonical import to_canonical
 
@@ -970,14 +973,14 @@ def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
 
 
 def _fill_reader_study_idle(ui, q) -> None:
-    """The reader-study panel before a study is opened (as PASTASynthWidget._showCase(None))."""
+    """The reader-study panel before a study is opened (as ReaderStudyPanel._showCase(None))."""
     _set(ui, "attributeRatingsGroupBox", "visible", False)
     for i in range(1, 6):
         _set(ui, f"likert{i}Button", "enabled", False)
 
 
 def _fill_attribute_ratings(ui, q, attributes, report: dict, anchors, ratings: dict) -> None:
-    """As PASTASynthWidget.setupReaderStudy/_showCase: one row per report statement, 1-5 radios."""
+    """As ReaderStudyPanel.setup/_showCase: one row per report statement, 1-5 radios."""
     QtWidgets = q.QtWidgets
     box = ui.get("attributeRatingsGroupBox")
     if box is None or box.layout() is None:
@@ -1107,6 +1110,13 @@ def compose(case: PanelCase, path: Path) -> Path:
     QtGui, QtWidgets = q.QtGui, q.QtWidgets
     ui_path = REPO / case.module / "Resources" / "UI" / f"{case.module}.ui"
     panel, ui = load_ui(ui_path)
+    # Sections built from their own .ui (the reader study) go above the panel's end spacer, as
+    # the module widget's setup() puts them.
+    for section_path in sorted(ui_path.parent.glob("*.ui")):
+        if section_path != ui_path:
+            section, section_ui = load_ui(section_path)
+            panel.layout().insertWidget(panel.layout().count() - 1, section)
+            ui.update(section_ui)
     case.fill(ui, q)
     _expand(ui, case.expanded)
 

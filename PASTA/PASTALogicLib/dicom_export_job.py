@@ -37,7 +37,7 @@ def write_inputs(work_dir: str | os.PathLike, labels, instances, lesions, source
 
 
 def command(inputs: dict[str, str], out_dir: str | os.PathLike, python: str | None = None) -> list[str]:
-    from PASTASynthLib.jobs import python_executable
+    from PASTASlicerLib.jobs import python_executable
 
     args = [python or python_executable(), "-m", MODULE]
     for key in ("labels", "instances", "lesions", "source"):
@@ -47,13 +47,11 @@ def command(inputs: dict[str, str], out_dir: str | os.PathLike, python: str | No
 
 def environment(private_site: str | None, env: dict | None = None) -> dict:
     """The job's environment: PASTALib and the helper packages found, ``private_site`` first."""
-    from PASTASynthLib.jobs import pastalib_env
+    from PASTASlicerLib.jobs import pastalib_env
 
-    env = pastalib_env(env)
-    roots = [str(Path(__file__).resolve().parents[1])]  # the folder holding PASTALogicLib
+    env = pastalib_env(env, ("PASTALogicLib",))
     if private_site:
-        roots.insert(0, private_site)
-    env["PYTHONPATH"] = os.pathsep.join([*roots, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([private_site, env["PYTHONPATH"]])
     return env
 
 

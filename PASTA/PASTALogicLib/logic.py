@@ -2,7 +2,7 @@
 
 Whole-CT inference and fine-tuning are long jobs: the widget runs them as a subprocess of the
 library CLI (:func:`segment_command`, :func:`finetune_command`, run by
-``PASTASynthLib.jobs.BatchJob``: ``PROGRESS`` lines, Cancel kills the process tree). Everything
+``PASTASlicerLib.jobs.BatchJob``: ``PROGRESS`` lines, Cancel kills the process tree). Everything
 else happens here on nodes of the injected scene:
 
 * :meth:`SegmentationReportLogic.import_segment_outputs` turns a ``pasta segment`` output folder
@@ -30,9 +30,9 @@ import numpy as np
 
 from PASTALib.errors import MissingWeightsError, PastaError  # light: PASTALib's package root imports nothing heavy
 from PASTALib.io.files import write_json_atomic
-from PASTASynthLib import mrml
-from PASTASynthLib.jobs import cli_command, parse_progress  # noqa: F401  (one CLI runner for both modules)
-from PASTASynthLib.mrml import MRMLLogicBase
+from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import cli_command, parse_progress  # noqa: F401  (one CLI runner for both modules)
+from PASTASlicerLib.mrml import MRMLLogicBase
 
 from .reports import ReportCards
 
@@ -61,7 +61,7 @@ class SegmentImportError(PastaError, ValueError):
     """A ``pasta segment`` output folder cannot be imported (missing, corrupt or inconsistent files)."""
 
 
-# --- CLI commands (run by PASTASynthLib.jobs.BatchJob) --------------------------------------------
+# --- CLI commands (run by PASTASlicerLib.jobs.BatchJob) --------------------------------------------
 
 
 def segment_command(ct_path: str | os.PathLike, out_dir: str | os.PathLike, *, checkpoint: str | os.PathLike,
@@ -512,8 +512,6 @@ class SegmentationReportLogic(MRMLLogicBase):
             raise ValueError(f"Case id {case_id!r} may only use letters, digits, '_', '-', '.'")
         import SimpleITK as sitk
 
-        from PASTASynthLib.logic import SynthesisLogic
-
         if label_values is None:
             label_values = self.training_label_values(segmentation_node)
         names = mrml.segment_names(segmentation_node)
@@ -527,9 +525,8 @@ class SegmentationReportLogic(MRMLLogicBase):
         (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
         image_path = folder / "imagesTr" / f"{case_id}_0000.nii.gz"
         label_path = folder / "labelsTr" / f"{case_id}.nii.gz"
-        synth_logic = SynthesisLogic(context=self.context)
         sitk.WriteImage(mrml.volume_to_sitk(ct_node), str(image_path), True)
-        labels = synth_logic.segmentation_to_sitk(segmentation_node, ct_node, label_values)
+        labels = mrml.segmentation_to_sitk(self.context, segmentation_node, ct_node, label_values)
         sitk.WriteImage(labels, str(label_path), True)
 
         manifest = self.read_manifest(folder)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from PASTASynthLib import mrml
-from PASTASynthLib.mrml import MRMLContext
+from PASTASlicerLib import mrml
+from PASTASlicerLib.mrml import MRMLContext
 
 from .logic import (
     SegmentationReportLogic,
@@ -304,7 +304,7 @@ def scenario_few_shot(ctx: MRMLContext, ct_node, segmentation_node, training_fol
                       finetune_args: Sequence[str] = (), timeout: float = 600.0) -> dict:
     """Mark the segmentation as two training cases, fine-tune in a subprocess with progress lines,
     then "Use fine-tuned model" resolves to TRAINING_FOLDER/finetune/model_final.pth with its classes."""
-    from PASTASynthLib.jobs import BatchJob
+    from PASTASlicerLib.jobs import BatchJob
 
     logic = SegmentationReportLogic(context=ctx)
     folder = Path(training_folder)
@@ -348,7 +348,7 @@ def make_segment_outputs(folder) -> tuple[Path, Path, Path]:
     from PASTALib.infer import InferenceConfig, report_lesions
     from PASTALib.infer.pipeline import write_outputs
     from PASTALib.model import PastaUNet, UNetConfig
-    from PASTASynthLib.scenarios import make_synthetic_case
+    from PASTASlicerLib.scenarios import make_synthetic_case
 
     folder = Path(folder)
     ct_path, label_path, _ = make_synthetic_case(folder / "case")
@@ -376,7 +376,7 @@ def make_segment_outputs(folder) -> tuple[Path, Path, Path]:
 def run_all(ctx: MRMLContext, work_dir, ct_path=None, label_path=None, names=None, *,
             run_finetune: bool = False) -> None:
     """Everything PASTATest.runTest checks inside Slicer, on synthetic data (no model download)."""
-    from PASTASynthLib.scenarios import make_synthetic_case
+    from PASTASlicerLib.scenarios import make_synthetic_case
 
     work = Path(work_dir)
     if ct_path is None:

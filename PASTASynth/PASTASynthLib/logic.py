@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from . import mrml
-from .mrml import MRMLLogicBase
+from PASTASlicerLib import mrml
+from PASTASlicerLib.jobs import cli_command
+from PASTASlicerLib.mrml import MRMLLogicBase
 
 #: Node reference role from the output segmentation (and volume) to the report text node.
 REPORT_REFERENCE_ROLE = "PASTAReport"
@@ -30,6 +31,25 @@ REPORT_TEXT_ATTRIBUTE = "PASTA.ReportText"
 #: Name of the (single) temporary preview volume.
 PREVIEW_NAME = "PASTA preview"
 PREVIEW_ATTRIBUTE = "PASTA.Preview"
+
+
+def generate_command(output_dir: str | os.PathLike, *, templates: str | os.PathLike, per_type: int,
+                     lesion_types: Sequence[str] | None = None, seed: int | None = None,
+                     extra: Sequence[str] = (), python: str | None = None) -> list[str]:
+    """``pasta synth generate`` (PASTA-Gen style dataset) with ``--progress-lines``.
+
+    ``templates``: a folder of ``<name>/ct.nii.gz`` + ``<name>/organs.nii.gz`` (TotalSegmentator
+    ids) or a CSV (see ``pasta synth generate --help``); ``per_type`` cases per lesion type.
+    Rerunning the same command resumes.
+    """
+    args: list[str] = ["synth", "generate", "--templates", os.fspath(templates), "--out", os.fspath(output_dir),
+                       "--per-type", str(int(per_type))]
+    if seed is not None:
+        args += ["--seed", str(int(seed))]
+    args += [*extra, "--progress-lines"]
+    if lesion_types:
+        args += ["--types", *lesion_types]  # last: nargs="+"
+    return cli_command(*args, python=python)
 
 
 @dataclass
@@ -65,7 +85,8 @@ class PreviewOutput:
 
 
 class SynthesisLogic(MRMLLogicBase):
-    """Load CTs, convert nodes <-> SimpleITK, build segmentations, run synthesis."""
+    """Load CTs, organ masks and locations from nodes, run synthesis into new nodes (node <->
+    SimpleITK conversions and segmentations: PASTASlicerLib.mrml)."""
 
     # -- volumes ------------------------------------------------------------------------
 
@@ -75,59 +96,6 @@ class SynthesisLogic(MRMLLogicBase):
         if node.GetClassName() != "vtkMRMLScalarVolumeNode":
             raise ValueError(f"{path} did not load as a scalar CT volume ({node.GetClassName()})")
         return node
-
-    def volume_to_sitk(self, node):
-        """SimpleITK image (LPS) with the node's voxels and exact geometry."""
-        return mrml.volume_to_sitk(node)
-
-    def sitk_to_volume(self, image, name: str, labelmap: bool = False):
-        """New scalar (or labelmap) volume node from a SimpleITK image, geometry exact."""
-        node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-        return mrml.sitk_to_volume(self.context, image, name, node_class)
-
-    def clone_volume(self, node, name: str):
-        """Deep copy of a volume node, so the input is never modified."""
-        return mrml.clone_volume(self.context, node, name)
-
-    # -- segmentations ------------------------------------------------------------------
-
-    def segmentation_from_label_map(self, label_map, reference_volume, names: Mapping[int, str],
-                                    colors: Mapping[int, Sequence[float]] | None = None,
-                                    name: str = "Segmentation"):
-        """vtkMRMLSegmentationNode with one named, coloured segment per value in ``names``.
-
-        ``label_map``: numpy ``[k, j, i]`` array on ``reference_volume``'s grid, or a
-        SimpleITK image. Values missing from ``names`` are ignored.
-        """
-        return mrml.segmentation_from_label_map(self.context, label_map, reference_volume,
-                                                names, colors, name)
-
-    def segment_voxel_counts(self, segmentation_node, reference_volume) -> dict[str, int]:
-        return mrml.segment_voxel_counts(self.context, segmentation_node, reference_volume)
-
-    def segmentation_to_sitk(self, segmentation_node, reference_volume, values: Mapping[str, int] | None = None):
-        """Label map (SimpleITK, reference geometry): segment named ``n`` -> ``values[n]``.
-
-        Without ``values`` segments get 1..N in segmentation order. Overlaps: later wins.
-        """
-        import numpy as np
-        import SimpleITK as sitk
-
-        ids = mrml.segment_ids(segmentation_node)
-        seg = segmentation_node.GetSegmentation()
-        shape = tuple(reversed(reference_volume.GetImageData().GetDimensions()))
-        out = np.zeros(shape, np.uint16)
-        for i, segment_id in enumerate(ids):
-            segment_name = seg.GetSegment(segment_id).GetName()
-            value = (values or {}).get(segment_name, i + 1 if values is None else 0)
-            if value:
-                out[mrml.segment_mask(self.context, segmentation_node, segment_id, reference_volume)] = value
-        image = sitk.GetImageFromArray(out)
-        image.CopyInformation(mrml.volume_to_sitk(reference_volume))
-        return image
-
-    def save_segmentation(self, segmentation_node, path: str | os.PathLike) -> None:
-        mrml.save_node(segmentation_node, path)
 
     # -- organs and locations -----------------------------------------------------------
 
@@ -149,7 +117,7 @@ class SynthesisLogic(MRMLLogicBase):
         if isinstance(organ_labels, OrganMasks):
             return organ_labels
         if ct_image is None:
-            ct_image = self.volume_to_sitk(ct_node)
+            ct_image = mrml.volume_to_sitk(ct_node)
         if not hasattr(organ_labels, "GetSegmentation"):
             return OrganMasks.from_pasta_label_map(organ_labels, reference=ct_image)
         ids = mrml.segment_ids(organ_labels)
@@ -190,13 +158,6 @@ class SynthesisLogic(MRMLLogicBase):
     # -- synthesis (delegates to PASTALib.synth) ----------------------------------------
 
     @staticmethod
-    def allowed_values(lesion_type) -> dict[str, list[str]]:
-        """Allowed attribute wordings of a lesion type (``PASTALib.synth.allowed_values``)."""
-        from PASTALib.synth import allowed_values
-
-        return allowed_values(lesion_type)
-
-    @staticmethod
     def size_range_mm(lesion_type) -> tuple[float, float]:
         from PASTALib.labels import LesionType
         from PASTALib.synth import profile
@@ -225,7 +186,7 @@ class SynthesisLogic(MRMLLogicBase):
         names = {n.strip().lower().replace(" ", "_") for n in mrml.segment_names(organ_segmentation_node)}
         if not names & {"aorta", "inferior_vena_cava"}:
             return None, "Estimated from organ HU at synthesis (no aorta/IVC segment)"
-        ct_image = self.volume_to_sitk(ct_node)
+        ct_image = mrml.volume_to_sitk(ct_node)
         try:
             result = detect_phase(ct_image, self.organ_masks(organ_segmentation_node, ct_node, ct_image))
         except AnatomyError as exc:
@@ -266,7 +227,7 @@ class SynthesisLogic(MRMLLogicBase):
             raise ValueError("Select an organ segmentation (or run TotalSegmentator / the lung mask)")
         spec = self._spec_with_location(spec, location)
         spec.validate()  # bad attributes fail before any image work
-        ct_image = self.volume_to_sitk(ct_node)
+        ct_image = mrml.volume_to_sitk(ct_node)
         masks = self.organ_masks(organ_labels, ct_node, ct_image)
         return synthesize_lesion_in_masks(ct_image, masks, spec, phase=phase, impression=impression, refiner=refiner)
 
@@ -294,14 +255,14 @@ class SynthesisLogic(MRMLLogicBase):
         base = output_name or f"{ct_node.GetName()} + {lesion.display_name}"
         created: list = []
         try:
-            volume = self.sitk_to_volume(result.ct, base)
+            volume = mrml.sitk_to_volume(self.context, result.ct, base)
             created.append(volume)
             display_src, display_dst = ct_node.GetDisplayNode(), volume.GetDisplayNode()
             if display_src is not None and display_dst is not None:
                 display_dst.SetAutoWindowLevel(False)
                 display_dst.SetWindowLevel(display_src.GetWindow(), display_src.GetLevel())
             names = {int(organ): organ.display_name, int(lesion): lesion.display_name}
-            segmentation = self.segmentation_from_label_map(result.labels, volume, names,
+            segmentation = mrml.segmentation_from_label_map(self.context, result.labels, volume, names,
                                                             name=f"{base} segmentation")
             created.append(segmentation)
             seg = segmentation.GetSegmentation()
@@ -384,14 +345,14 @@ class SynthesisLogic(MRMLLogicBase):
             from PASTALib.errors import AnatomyError
 
             raise AnatomyError(f"No structure was found in the CT ({masks.source}).")
-        return self.segmentation_from_label_map(masks.label_map, ct_node, names, name=name)
+        return mrml.segmentation_from_label_map(self.context, masks.label_map, ct_node, names, name=name)
 
     def lung_mask_segmentation(self, ct_node, name: str | None = None):
         """Classical lung mask (threshold + components) as a segmentation: "Right lung",
         "Left lung". Raises AnatomyError when no lung is found (not a chest CT)."""
         from PASTALib.anatomy import OrganMasks, classical_lung_mask
 
-        masks = classical_lung_mask(self.volume_to_sitk(ct_node))
+        masks = classical_lung_mask(mrml.volume_to_sitk(ct_node))
         display = {"lung_right": "Right lung", "lung_left": "Left lung"}
         masks = OrganMasks(masks.label_map, {v: display.get(n, n) for v, n in masks.names.items()}, masks.source)
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} lungs")
@@ -404,7 +365,7 @@ class SynthesisLogic(MRMLLogicBase):
         downloads missing weights only with ``allow_download`` (and never with PASTA_OFFLINE=1)."""
         from PASTALib.anatomy import run_totalsegmentator
 
-        masks = run_totalsegmentator(self.volume_to_sitk(ct_node), fast=fast, device=device,
+        masks = run_totalsegmentator(mrml.volume_to_sitk(ct_node), fast=fast, device=device,
                                      allow_download=allow_download)
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} organs")
 
@@ -412,7 +373,7 @@ class SynthesisLogic(MRMLLogicBase):
         """The label map written by ``PASTASynthLib.totalsegmentator_job`` as an organ segmentation
         of ``ct_node``, or None when the CT left the scene while the job ran (scene closed, node
         deleted): a finished job then adds nothing and raises nothing."""
-        from .jobs import nodes_in_scene
+        from PASTASlicerLib.jobs import nodes_in_scene
 
         if not nodes_in_scene(self.scene, ct_node):
             return None
@@ -420,7 +381,7 @@ class SynthesisLogic(MRMLLogicBase):
         from PASTALib.anatomy.totalseg_classes import TOTAL_CLASSES
         from PASTALib.io.image import read_label
 
-        ct_image = self.volume_to_sitk(ct_node)
+        ct_image = mrml.volume_to_sitk(ct_node)
         labels = resample_labels_to(read_label(label_path), ct_image)
         masks = OrganMasks(labels, dict(TOTAL_CLASSES), source="TotalSegmentator total")
         return self.segmentation_from_organ_masks(masks, ct_node, name or f"{ct_node.GetName()} organs")

@@ -17,7 +17,7 @@ and the answer database) and shows one case at a time in the scene:
 PASTALib review errors (``UnknownReaderError``, ``StudyTamperedError``, ``AnswerLockedError``,
 ``RatingRangeError``; all ``ReviewError``) propagate unchanged with their messages; a failed
 ``open`` or ``rate`` leaves the scene exactly as it was. Plain Python + MRML: no Qt, no
-``slicer.app``; the scene comes in through an :class:`~PASTASynthLib.mrml.MRMLContext`.
+``slicer.app``; the scene comes in through an :class:`~PASTASlicerLib.mrml.MRMLContext`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from . import mrml
-from .mrml import LPS_TO_RAS, MRMLContext
+from PASTASlicerLib import mrml
+from PASTASlicerLib.mrml import LPS_TO_RAS, MRMLContext
 
 #: Segment name of the rated lesion (neutral: no lesion origin, no case id).
 LESION_SEGMENT_NAME = "Lesion"

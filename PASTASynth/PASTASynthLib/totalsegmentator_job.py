@@ -1,7 +1,7 @@
 """TotalSegmentator in its own process, so that Slicer's GUI stays live and Cancel works.
 
 The PASTASynth panel runs ``python -m PASTASynthLib.totalsegmentator_job --ct CT --out LABELS``
-with Slicer's ``PythonSlicer`` through :class:`PASTASynthLib.jobs.BatchJob` (the same runner as
+with Slicer's ``PythonSlicer`` through :class:`PASTASlicerLib.jobs.BatchJob` (the same runner as
 batch generation) and polls it from a QTimer. This process prints ``PROGRESS <fraction>
 <message>`` lines, ``error: ...`` on a refused input, and writes the ``total`` label map
 atomically: LABELS is either complete or absent (failure, cancel), never half written.
@@ -24,7 +24,7 @@ MODULE = "PASTASynthLib.totalsegmentator_job"
 def command(ct_path: str | os.PathLike, out_path: str | os.PathLike, *, fast: bool = True, device: str = "auto",
             allow_download: bool = False, python: str | None = None) -> list[str]:
     """The command line the panel starts (``python`` defaults to PythonSlicer inside Slicer)."""
-    from .jobs import python_executable
+    from PASTASlicerLib.jobs import python_executable
 
     args = [python or python_executable(), "-m", MODULE, "--ct", os.fspath(ct_path), "--out", os.fspath(out_path),
             "--device", device]

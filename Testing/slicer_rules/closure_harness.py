@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TAG, MODULE_FILE = sys.argv[1], Path(sys.argv[2]).resolve()
 MODULE_NAME = MODULE_FILE.stem
-PROJECT_PACKAGES = {"PASTALib", "PASTALogicLib", "PASTASynthLib", MODULE_NAME}
+PROJECT_PACKAGES = {"PASTALib", "PASTASlicerLib", "PASTALogicLib", "PASTASynthLib", MODULE_NAME}
 #: Modules the Slicer application itself provides (replaced by stand-ins here).
 APP_MODULES = {"slicer", "qt", "ctk", "vtk", "mrml", "vtkSegmentationCore", "vtkITK", "vtkAddon",
                "vtkTeem", "MRMLCorePython", "PythonQt", "ctkqt"}
@@ -270,6 +270,32 @@ class SlicerOnly(importlib.abc.MetaPathFinder):
         return importlib.machinery.PathFinder.find_spec(fullname, path, target)
 
 
+def installed_packages(repo: Path) -> dict[str, Path]:
+    """The packages the extension installs into lib/Slicer-X.Y/qt-scripted-modules, read from its
+    CMakeLists.txt files: PASTALib, each ``add_subdirectory`` built ``WITH_SUBDIR`` (a shared
+    library such as PASTASlicerLib, installed as its folder) and each module's helper packages."""
+    top = re.sub(r"#[^\n]*", "", (repo / "CMakeLists.txt").read_text(encoding="utf-8"))
+    packages = {name: repo / name for name in re.findall(r"NAME\s+(\w+)\s*\n", top) if (repo / name / "__init__.py").is_file()}
+    for folder in re.findall(r"add_subdirectory\((\w+)\)", top):
+        cmake = re.sub(r"#[^\n]*", "", (repo / folder / "CMakeLists.txt").read_text(encoding="utf-8"))
+        if "WITH_SUBDIR" in cmake:
+            packages[folder] = repo / folder
+        else:
+            packages.update({p.name: p for p in (repo / folder).iterdir() if (p / "__init__.py").is_file()})
+    return packages
+
+
+def qt_scripted_modules(repo: Path) -> Path:
+    """A folder laid out like an installed extension's qt-scripted-modules (links to the sources)."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="closure-")) / "qt-scripted-modules"
+    folder.mkdir()
+    for name, source in installed_packages(repo).items():
+        (folder / name).symlink_to(source, target_is_directory=True)
+    return folder
+
+
 def main() -> int:
     # -S skips site.py, which is also what points sys.prefix at a virtual environment: take the
     # environment's site-packages from its pyvenv.cfg folder (else the interpreter's own).
@@ -280,9 +306,10 @@ def main() -> int:
         sys.path.append(sysconfig.get_paths()["purelib"])
     sys.meta_path[:] = [f for f in sys.meta_path if f is not importlib.machinery.PathFinder]
     sys.meta_path.insert(0, SlicerOnly())
-    # Slicer puts each module's folder on sys.path (its helper packages live there).
-    for folder in (*[HERE.parents[1] / m for m in ("PASTA", "PASTASynth")], MODULE_FILE.parent):
-        sys.path.insert(0, str(folder))
+    # Slicer puts the extension's qt-scripted-modules folder on sys.path: the modules, their
+    # helper packages, PASTASlicerLib and PASTALib all sit there side by side.
+    installed = qt_scripted_modules(HERE.parents[1])
+    sys.path.insert(0, str(installed))
     preloaded = set(sys.modules)
     result = {"ok": False, "error": None, "blocked": blocked, "imported": []}
     try:
@@ -300,6 +327,9 @@ def main() -> int:
     result["imported"] = sorted({n.partition(".")[0] for n in set(sys.modules) - preloaded})
     print("CLOSURE-RESULT " + json.dumps(result))
     sys.stdout.flush()
+    import shutil
+
+    shutil.rmtree(installed.parent, ignore_errors=True)  # the links only, never their targets
     os._exit(0)  # no interpreter teardown: stand-ins need not survive atexit hooks
 
 

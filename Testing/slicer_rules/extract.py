@@ -39,7 +39,7 @@ TAGS = ("v5.10.0", "v5.12.3")
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 #: The module code the API manifest is cut to (classes referenced there + their bases).
-MODULE_CODE = ["PASTA", "PASTASynth"]
+MODULE_CODE = ["PASTA", "PASTASynth", "PASTASlicerLib"]
 #: Classes reached through return values rather than by name in the code.
 EXTRA_CLASSES = ["vtkMRMLScene", "vtkMRMLNode", "vtkMRMLStorableNode", "vtkMRMLDisplayableNode",
                  "vtkMRMLSegmentationDisplayNode", "vtkMRMLVolumeArchetypeStorageNode",

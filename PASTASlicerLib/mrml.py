@@ -265,6 +265,15 @@ def save_node(node, path: str | os.PathLike) -> None:
         raise OSError(f"Could not write '{node.GetName()}' to {path}")
 
 
+def write_volume(node, path: str | os.PathLike) -> None:
+    """Write a volume with SimpleITK for a subprocess (compressed only for a ``.gz`` name: an
+    uncompressed .nii is fast to write and to read)."""
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    sitk.WriteImage(volume_to_sitk(node), path, path.endswith(".gz"))
+
+
 def load_segmentation(ctx: MRMLContext, path: str | os.PathLike, name: str | None = None):
     """Load a .seg.nrrd (or labelmap file read as a segmentation) through the Segmentations logic."""
     path = os.fspath(path)
@@ -538,6 +547,27 @@ def segment_voxel_counts(ctx: MRMLContext, segmentation_node, reference_volume) 
         seg.GetSegment(sid).GetName(): int(segment_mask(ctx, segmentation_node, sid, reference_volume).sum())
         for sid in segment_ids(segmentation_node)
     }
+
+
+def segmentation_to_sitk(ctx: MRMLContext, segmentation_node, reference_volume,
+                         values: Mapping[str, int] | None = None):
+    """Label map (SimpleITK, reference geometry): segment named ``n`` -> ``values[n]``.
+
+    Without ``values`` segments get 1..N in segmentation order. Overlaps: later wins.
+    """
+    import SimpleITK as sitk
+
+    ids = segment_ids(segmentation_node)
+    seg = segmentation_node.GetSegmentation()
+    shape = tuple(reversed(reference_volume.GetImageData().GetDimensions()))
+    out = np.zeros(shape, np.uint16)
+    for i, segment_id in enumerate(ids):
+        value = (values or {}).get(seg.GetSegment(segment_id).GetName(), i + 1 if values is None else 0)
+        if value:
+            out[segment_mask(ctx, segmentation_node, segment_id, reference_volume)] = value
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(volume_to_sitk(reference_volume))
+    return image
 
 
 def segment_terminology(segmentation_node, segment_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Long jobs (batch generation) as a subprocess of the PASTALib CLI, with progress and cancel.
+"""Long jobs (PASTALib CLI commands, the modules' runners) as subprocesses, with progress and cancel.
 
 :class:`BatchJob` runs a command in its own process group (``start_new_session=True``),
 reads its output on a background thread into a queue, and :meth:`BatchJob.poll` hands the
@@ -60,17 +60,20 @@ def popen_platform_kwargs(os_name: str | None = None) -> dict:
     return {"start_new_session": True}
 
 
-def pastalib_env(env: dict | None = None) -> dict:
-    """Environment where ``python -m PASTALib`` and ``python -m PASTASynthLib.<runner>`` find
-    this PASTALib and these helper packages (their folders prepended to PYTHONPATH)."""
+def pastalib_env(env: dict | None = None, packages: Sequence[str] = ()) -> dict:
+    """Environment where ``python -m PASTALib`` and ``python -m <package>.<runner>`` find this
+    PASTALib, PASTASlicerLib and ``packages`` (their folders prepended to PYTHONPATH). Installed,
+    all of them sit in Slicer's qt-scripted-modules folder; in a source tree the module helper
+    packages (PASTASynthLib, PASTALogicLib) sit in their module's folder."""
     env = dict(os.environ if env is None else env)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     roots = []
-    spec = importlib.util.find_spec("PASTALib")
-    if spec is not None and spec.origin:
-        roots.append(str(Path(spec.origin).resolve().parents[1]))
-    roots.append(str(Path(__file__).resolve().parents[1]))  # the folder holding PASTASynthLib
-    for root in reversed(roots):
+    for package in ("PASTALib", *packages):
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin:
+            roots.append(str(Path(spec.origin).resolve().parents[1]))
+    roots.append(str(Path(__file__).resolve().parents[1]))  # the folder holding PASTASlicerLib
+    for root in dict.fromkeys(reversed(roots)):
         if root not in parts:
             parts.insert(0, root)
     env["PYTHONPATH"] = os.pathsep.join(parts)
@@ -107,25 +110,6 @@ def cli_command(*args: str, python: str | None = None) -> list[str]:
     return [python or python_executable(), "-m", "PASTALib", *map(str, args)]
 
 
-def generate_command(output_dir: str | os.PathLike, *, templates: str | os.PathLike, per_type: int,
-                     lesion_types: Sequence[str] | None = None, seed: int | None = None,
-                     extra: Sequence[str] = (), python: str | None = None) -> list[str]:
-    """``pasta synth generate`` (PASTA-Gen style dataset) with ``--progress-lines``.
-
-    ``templates``: a folder of ``<name>/ct.nii.gz`` + ``<name>/organs.nii.gz`` (TotalSegmentator
-    ids) or a CSV (see ``pasta synth generate --help``); ``per_type`` cases per lesion type.
-    Rerunning the same command resumes.
-    """
-    args: list[str] = ["synth", "generate", "--templates", os.fspath(templates), "--out", os.fspath(output_dir),
-                       "--per-type", str(int(per_type))]
-    if seed is not None:
-        args += ["--seed", str(int(seed))]
-    args += [*extra, "--progress-lines"]
-    if lesion_types:
-        args += ["--types", *lesion_types]  # last: nargs="+"
-    return cli_command(*args, python=python)
-
-
 class BatchJob:
     """One subprocess with streamed progress; start(), poll() periodically, cancel().
 
@@ -139,7 +123,9 @@ class BatchJob:
         self.on_progress = on_progress
         self.on_line = on_line
         self.cwd = cwd
-        self.env = pastalib_env(env)
+        # ``python -m package.runner``: the runner's package must be found too
+        runner = self.command[self.command.index("-m") + 1] if "-m" in self.command[:-1] else None
+        self.env = pastalib_env(env, () if runner is None else (runner.partition(".")[0],))
         self.process: subprocess.Popen | None = None
         self.fraction = 0.0
         self.message = ""
