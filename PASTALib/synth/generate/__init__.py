@@ -35,6 +35,11 @@ Crash safety: each case is written into ``<out>/.partial/<case_id>.<pid>.<token>
 into place in one step, so a case folder either is complete or does not exist. On restart finished
 cases (folder present or manifest row) are skipped, leftovers of the same cases in ``.partial`` are
 removed and manifest rows missing for finished folders are restored from their case.json.
+
+Modules: ``layout`` (folder names, case files, completeness), ``templates`` (discovery, loading,
+phase/health index), ``config`` (:class:`GenerateConfig`, the one settings object, workers included),
+``schedule`` (case list, seeds, eligible templates), ``manifest`` (CSV rows), ``worker`` (one case,
+:class:`WorkerContext`), ``pool`` (worker processes, signals), ``run`` (:func:`generate`: lock, resume, run).
 """
 
 from PASTALib.synth.generate.config import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, parse_shard
