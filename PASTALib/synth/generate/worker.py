@@ -1,7 +1,7 @@
 """The worker side of a generate run: one case from template choice to the files renamed into place.
 
 Everything a worker needs is one :class:`WorkerContext` (settings, templates, index, template cache).
-The serial run builds one and calls :meth:`WorkerContext.run_case`; a pool worker gets its own from
+The serial run builds one and passes it to :func:`run_case`; a pool worker gets its own from
 :func:`init_worker`, the one per-process slot (:func:`run_in_worker` reads it), because a
 ``ProcessPoolExecutor`` task can only reach per-process state that way.
 """
@@ -60,9 +60,6 @@ class WorkerContext:
         while len(self.cache) > CACHE_SIZE:
             self.cache.popitem(last=False)
         return loaded
-
-    def run_case(self, job: CaseJob) -> dict[str, Any]:
-        return run_case(self, job)
 
 
 _process_context: WorkerContext | None = None  # a pool worker's context, set once by init_worker
