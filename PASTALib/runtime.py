@@ -20,10 +20,10 @@ class DeviceError(PastaError):
     """The requested compute device does not exist on this machine."""
 
 
-def resolve_device(name: str | torch.device = "auto", *, error: type[PastaError] = DeviceError) -> torch.device:
-    """'auto' → CUDA when available, else CPU; a device that is not there raises ``error``.
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; a device that is not there raises DeviceError.
 
-    ``error`` lets each subpackage raise its own PastaError subclass with the same message.
+    The one device resolver of train, finetune, refine, infer and embed (their packages re-export it).
     """
     if isinstance(name, torch.device):
         return name
@@ -33,21 +33,21 @@ def resolve_device(name: str | torch.device = "auto", *, error: type[PastaError]
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise error(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = torch.__version__ + ("" if torch.version.cuda else ", a CPU-only build")
-            raise error(
+            raise DeviceError(
                 f"--device {name} was requested but CUDA is not available (torch {build}; "
                 "torch.cuda.is_available() is False). Install a CUDA build of torch matching your driver, "
                 "check nvidia-smi / CUDA_VISIBLE_DEVICES, or use --device cpu."
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise error(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+            raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise error("--device mps was requested but MPS is not available; use --device cpu")
+        raise DeviceError("--device mps was requested but MPS is not available; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):
-        raise error(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+        raise DeviceError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 

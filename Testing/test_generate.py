@@ -207,22 +207,24 @@ def test_case_list_seeds_and_shards_are_deterministic():
               gen.case_seeds(0, LesionType.KIDNEY_CYST, 4, 0)[0], gen.case_seeds(1, LesionType.LIVER_CYST, 4, 0)[0]}
     assert a not in others and len(others) == 4 and all(0 <= s < 2**63 for s in others | {a})
     with pytest.raises(SpecificationError, match="0 <= i < n"):
-        gen._parse_shard("2/2")
+        gen.parse_shard("2/2")
 
 
 def test_retry_with_next_seed_failure_record_and_stop(templates, reference, tmp_path, monkeypatch):
-    real = gen.synthesize_case
+    from PASTALib.synth.generate import worker
+
+    real = worker.synthesize_case
     calls = []
 
-    def flaky(job, name, side, seed, config):
+    def flaky(context, job, name, side, seed):
         calls.append((job.case_id, seed))
         if job.lesion_type is LesionType.LIVER_CYST and len([c for c in calls if c[0] == job.case_id]) == 1:
             raise LesionFitError("does not fit here")
         if job.lesion_type is LesionType.PANCREAS_TUMOR:
             raise LesionFitError("never fits")
-        return real(job, name, side, seed, config)
+        return real(context, job, name, side, seed)
 
-    monkeypatch.setattr(gen, "synthesize_case", flaky)
+    monkeypatch.setattr(worker, "synthesize_case", flaky)  # run_case looks it up in its module
     out = tmp_path / "retry"
     config = gen.GenerateConfig(out=out, per_type=1, types=(LesionType.LIVER_CYST, LesionType.PANCREAS_TUMOR,
                                                              LesionType.BLADDER_CANCER), seed=SEED, crop_mm=24, max_attempts=3)

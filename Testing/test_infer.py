@@ -23,6 +23,7 @@ import torch
 
 from PASTALib.errors import MissingWeightsError
 from PASTALib.infer import InferenceConfig, InferenceError, load_model, resolve_device, run_batch
+from PASTALib.runtime import DeviceError
 from PASTALib.io import read_ct, read_label
 from PASTALib.synth import measure_lesion, validate_report
 
@@ -241,7 +242,7 @@ def test_missing_checkpoint_says_where_to_get_the_weights(case, tmp_path, monkey
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when CUDA is missing")
 def test_cuda_requested_without_cuda_is_a_clear_error():
-    with pytest.raises(InferenceError, match="CUDA is not available.*--device cpu"):
+    with pytest.raises(DeviceError, match="CUDA is not available.*--device cpu"):
         resolve_device("cuda")
 
 

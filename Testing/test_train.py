@@ -27,6 +27,7 @@ from PASTALib.train import (
     train_stage1,
     train_stage2,
 )
+from PASTALib.runtime import DeviceError
 from PASTALib.train.toydata import make_toy_dataset
 
 torch.set_num_threads(1)
@@ -153,18 +154,18 @@ STAGE2_MIN_DENSITY_ACC = 0.75
 def test_cuda_without_cuda_is_a_clear_error(toy, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(TrainingError, match="CUDA is not available.*--device cpu"):
+    with pytest.raises(DeviceError, match="CUDA is not available.*--device cpu"):
         resolve_device("cuda")
     from PASTALib.cli import train as cli
 
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="group"))
     args = parser.parse_args(["train", "stage1", "--data", str(toy), "--out", str(tmp_path / "o"), "--device", "cuda"])
-    with pytest.raises(TrainingError, match="CUDA is not available"):
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         args.func(args)
     assert not (tmp_path / "o" / "checkpoint_last.pt").exists()
     assert resolve_device("cpu").type == "cpu"
-    with pytest.raises(TrainingError, match="unknown device"):
+    with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("gpu0")
 
 

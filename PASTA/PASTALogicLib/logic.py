@@ -311,10 +311,11 @@ class SegmentationReportLogic(MRMLLogicBase):
         from PASTALib.errors import PastaError
         from PASTALib.io import read_label
         from PASTALib.labels import label_name
+        from PASTALib.layout import LABELS_NAME, LESIONS_NAME, REPORTS_NAME, RUN_NAME
 
         if not out.is_dir():
             raise SegmentImportError(f"PASTA output folder not found: {out}. Run `pasta segment --out {out}` first.")
-        label_path = out / "labels.nii.gz"
+        label_path = out / LABELS_NAME
         if not label_path.is_file():
             raise SegmentImportError(f"{label_path} is missing: {out} is not a complete `pasta segment` output; "
                                      "run the segmentation again.")
@@ -323,7 +324,7 @@ class SegmentationReportLogic(MRMLLogicBase):
         except PastaError as exc:
             raise SegmentImportError(f"{exc} Run the segmentation again.") from None
         docs = {}
-        for file, default in (("reports.json", None), ("lesions.json", None), ("run.json", {})):
+        for file, default in ((REPORTS_NAME, None), (LESIONS_NAME, None), (RUN_NAME, {})):
             path = out / file
             if not path.is_file():
                 if default is None:
@@ -334,7 +335,7 @@ class SegmentationReportLogic(MRMLLogicBase):
                 docs[file] = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise SegmentImportError(f"{path} is not valid JSON ({exc}); run the segmentation again.") from None
-        reports, lesions, run = docs["reports.json"], docs["lesions.json"], docs["run.json"]
+        reports, lesions, run = docs[REPORTS_NAME], docs[LESIONS_NAME], docs[RUN_NAME]
         if isinstance(lesions, list):  # a fine-tuned model's other classes ("kind": "annotated") have no report
             lesions = [e for e in lesions if isinstance(e, dict) and e.get("kind", "lesion") == "lesion"]
         if not isinstance(reports, list) or not isinstance(lesions, list) or len(reports) != len(lesions):

@@ -104,7 +104,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
-    from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
+    from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io.files import write_text_atomic
     from PASTALib.io.outputs import check_outputs
     from PASTALib.refine import Refiner, refine_case
 

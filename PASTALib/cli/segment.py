@@ -80,12 +80,12 @@ class _Progress:
 
 def _segment(args: argparse.Namespace) -> int:
     from PASTALib.infer import InferenceConfig, load_model, run_batch, segment_case
-    from PASTALib.infer.pipeline import OUTPUT_NAMES
+    from PASTALib.layout import SEGMENT_OUTPUTS
     from PASTALib.io.outputs import check_outputs
 
     # Before the model is loaded: an unwritable or wrong --out must not cost a whole inference.
     check_outputs([args.ct, args.batch, args.organs, args.checkpoint], folders=[args.out],
-                  names=() if args.batch else OUTPUT_NAMES)
+                  names=() if args.batch else SEGMENT_OUTPUTS)
 
     overrides = {k: v for k, v in {
         "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap, "batch_size": args.sw_batch_size,

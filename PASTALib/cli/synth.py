@@ -60,7 +60,8 @@ def _spec_from_args(args: argparse.Namespace):
 def _lesion(args: argparse.Namespace) -> int:
     from PASTALib.anatomy import OrganMasks
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
-    from PASTALib.io import read_ct, read_label, write_image, write_text_atomic
+    from PASTALib.io import read_ct, read_label, write_image
+    from PASTALib.io.files import write_text_atomic
     from PASTALib.io.outputs import check_outputs
     from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 

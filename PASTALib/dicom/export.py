@@ -578,7 +578,7 @@ def export_dicom(result: Any, source_path: str | os.PathLike, out_dir: str | os.
     uids["seg"] = {"SOPInstanceUID": str(seg.SOPInstanceUID), "SeriesInstanceUID": str(seg.SeriesInstanceUID),
                    "lesion_segments": {str(k): v for k, v in lesion_segments.items()}}
     uids["sr"] = {"SOPInstanceUID": str(sr.SOPInstanceUID), "SeriesInstanceUID": str(sr.SeriesInstanceUID)}
-    from PASTALib.infer.pipeline import write_text_atomic
+    from PASTALib.io.files import write_text_atomic
 
     return {
         "dicom_seg": _save(seg, out / seg_name),

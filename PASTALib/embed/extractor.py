@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PASTALib import runtime
+from PASTALib.runtime import resolve_device
 
 from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
@@ -54,9 +54,6 @@ class EmbeddingError(PastaError):
     """An embedding input (table, point, output file, device) is wrong; the message says what to do."""
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU; an unavailable CUDA request is an EmbeddingError."""
-    return runtime.resolve_device(name, error=EmbeddingError)
 
 
 @dataclass

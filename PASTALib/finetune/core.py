@@ -253,7 +253,7 @@ def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes:
     """
     from PASTALib.eval import dice
     from PASTALib.infer import InferenceConfig, sliding_window_probabilities
-    from PASTALib.infer.config import resolve_device
+    from PASTALib.runtime import resolve_device
     from PASTALib.model.preprocess import SLF_VALUES
 
     dev = resolve_device(device)

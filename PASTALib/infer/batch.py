@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from PASTALib.infer.config import InferenceConfig, InferenceError
-from PASTALib.infer.pipeline import RUN_NAME, PastaModel, segment_case
+from PASTALib.infer.pipeline import PastaModel, segment_case
+from PASTALib.layout import RUN_NAME
 from PASTALib.io.outputs import folder_lock
 
 ProgressFn = Callable[[float, str], None]

@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
-from PASTALib import runtime
 from PASTALib.errors import PastaError
-from PASTALib.runtime import amp_dtype  # noqa: F401  (infer.pipeline imports it from here)
+from PASTALib.runtime import amp_dtype, resolve_device  # noqa: F401  (infer.pipeline imports them from here)
 
 
 class InferenceError(PastaError):
@@ -80,6 +77,3 @@ class InferenceConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' → cuda if available else cpu; asking for CUDA without it raises InferenceError."""
-    return runtime.resolve_device(name, error=InferenceError)

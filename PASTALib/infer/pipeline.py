@@ -32,22 +32,13 @@ from PASTALib.infer.sliding import segment_canonical
 from PASTALib.errors import CheckpointError
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.labels import LesionType, Phase, label_name
+from PASTALib.layout import LABELS_NAME, LESIONS_NAME, REPORTS_NAME, REPORTS_TEXT_NAME, RUN_NAME, SEG_NRRD_NAME
 from PASTALib.capabilities import CheckpointCapabilities
 from PASTALib.model.preprocess import SLF_VALUES, Normalization, SLFNormalization, normalization_from_dict
 from PASTALib.weights import CLASSES_NAME, read_classes, weights_path
 
 ProgressFn = Callable[[float, str], None]
 
-LABELS_NAME = "labels.nii.gz"
-SEG_NRRD_NAME = "labels.seg.nrrd"
-REPORTS_NAME = "reports.json"
-REPORTS_TEXT_NAME = "reports.txt"
-LESIONS_NAME = "lesions.json"  # sidecar: confidences, probabilities, longest diameter, extents
-RUN_NAME = "run.json"
-DICOM_SEG_NAME = "seg.dcm"
-DICOM_SR_NAME = "sr.dcm"
-#: Every file `pasta segment` may write into its output folder.
-OUTPUT_NAMES = (LABELS_NAME, SEG_NRRD_NAME, REPORTS_NAME, REPORTS_TEXT_NAME, LESIONS_NAME, RUN_NAME, DICOM_SEG_NAME, DICOM_SR_NAME)
 
 
 @dataclass

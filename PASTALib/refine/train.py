@@ -40,7 +40,7 @@ from PASTALib.refine.checkpoint import (
 from PASTALib.refine.config import RefinerConfig
 from PASTALib.runtime import (amp_dtype, atomic_torch_save, configure_fixed_shape_training, make_grad_scaler,
                               optimizer_step, restoring)
-from PASTALib.runtime import resolve_device as _resolve_device
+from PASTALib.runtime import resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
 from PASTALib.train.loop import StopSource, TrainingLoop
@@ -87,9 +87,6 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; an unavailable device is a RefinerTrainingError."""
-    return _resolve_device(name, error=RefinerTrainingError)
 
 
 def _val_set(cases: list[Case], config: RefinerConfig, options: TrainOptions) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:

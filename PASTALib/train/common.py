@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from PASTALib import runtime
 from PASTALib.errors import PastaError
 from PASTALib.runtime import (  # noqa: F401  (part of train's API)
     AMP_CHOICES,
@@ -28,6 +27,7 @@ from PASTALib.runtime import (  # noqa: F401  (part of train's API)
     make_grad_scaler,
     optimizer_step,
     read_resume_state,
+    resolve_device,
     restoring,
 )
 
@@ -37,11 +37,6 @@ class TrainingError(PastaError):
 
 
 # --- device / AMP ---------------------------------------------------------------------------
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' → cuda if available else cpu; 'cuda'/'cuda:N' without CUDA → TrainingError."""
-    return runtime.resolve_device(name, error=TrainingError)
-
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:

@@ -243,7 +243,7 @@ def load_classifier(model_path: str | os.PathLike, device: str | torch.device = 
     with torch.random.fork_rng(devices=[]):
         model = PastaClassifier(cfg, bundle["num_classes"])
     model.load_state_dict(bundle["state_dict"])
-    from PASTALib.train.common import resolve_device
+    from PASTALib.runtime import resolve_device
 
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     meta = {k: v for k, v in bundle.items() if k != "state_dict"}
