@@ -97,7 +97,7 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Report wording of the PASTALib.synth.attributes enums (spelled out: PASTALib is not imported
+    # Report wording of the PASTALib.report.attributes enums (spelled out: PASTALib is not imported
     # at module load; Testing/test_slicer_rules_binding.py checks they match). Slicer binds a
     # QComboBox to a str only with Choice(...) (guiConnectors.py), and fills it from the choices.
     shape: Annotated[str, Choice(["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"])] = "Round-like"
@@ -153,7 +153,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
         # Light imports (enums only): the combo boxes list exactly the library's vocabularies.
         from PASTALib.labels import LesionType
-        from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+        from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
         for lesion_type in LesionType:
             self.ui.lesionTypeComboBox.addItem(lesion_type.display_name, lesion_type.slug)

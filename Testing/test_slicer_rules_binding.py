@@ -145,7 +145,7 @@ def test_binding_check_refuses_broken_copies():
 
 def test_combo_choices_are_the_library_vocabularies():
     """The Choice(...) lists spelled out in PASTASynthParameterNode are PASTALib's attribute enums."""
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+    from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
     tree = ast.parse((ROOT / "PASTASynth" / "PASTASynth.py").read_text())
     choices = {}

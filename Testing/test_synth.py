@@ -18,10 +18,12 @@ from scipy import ndimage
 
 from PASTALib.errors import AnatomyError, LesionFitError, SpecificationError
 from PASTALib.labels import LesionType, Organ, Phase
-from PASTALib.synth import LesionSpec, StructuredReport, synthesize_lesion, validate_report
-from PASTALib.synth.attributes import Density
+from PASTALib.report.attributes import Density
+from PASTALib.report.attributes import Surface
+from PASTALib.report.schema import validate_report
+from PASTALib.report.wording import StructuredReport
+from PASTALib.synth import LesionSpec, synthesize_lesion
 from PASTALib.synth.profiles import MARGIN_WIDTH_MM, profile
-from PASTALib.synth.attributes import Surface
 
 # TotalSegmentator `total` name -> PASTA organ.
 _TS_ORGAN = {

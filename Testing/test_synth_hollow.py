@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PASTALib.labels import LesionType, Organ
+from PASTALib.report.attributes import Shape
 from PASTALib.synth import LesionSpec, synthesize_lesion
-from PASTALib.synth.attributes import Shape
 from PASTALib.synth.hu_table import BEGIN, END, lesion_hu_bounds, markdown
 from PASTALib.synth.profiles import CYST_HU_RANGE, profile
 

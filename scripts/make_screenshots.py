@@ -946,7 +946,7 @@ def _fill_lesion_types(ui, slug: str) -> None:
 
 def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
     """As PASTASynthWidget: each combo lists the enum, values the type does not allow are disabled."""
-    from PASTALib.synth.attributes import (
+    from PASTALib.report.attributes import (
         Density,
         Heterogeneity,
         Invasion,
@@ -1015,7 +1015,7 @@ def _fill_report_cards(ui, q, reports) -> None:
     """One card per lesion in the report-cards area: the 8 attributes, enumerated ones as combo boxes
     listing PASTALib's vocabularies, and the measurements behind the report."""
     from PASTALib.labels import LesionType, Phase
-    from PASTALib.synth.attributes import (
+    from PASTALib.report.attributes import (
         Density,
         Heterogeneity,
         Invasion,

@@ -47,7 +47,7 @@ class ReportEditError(SpecificationError):
 
 
 def report_schema() -> dict[str, Any]:
-    from PASTALib.synth.report import report_schema as schema
+    from PASTALib.report.schema import report_schema as schema
 
     return schema()
 
@@ -71,7 +71,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def normalized_report(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report validated and with its derived fields (``size``, ``text``) regenerated."""
-    from PASTALib.synth.report import StructuredReport
+    from PASTALib.report.wording import StructuredReport
 
     return StructuredReport.from_json(json.dumps(dict(report))).to_dict()
 
@@ -212,7 +212,7 @@ class ReportCards:
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write the (edited) reports as JSON like reports.json: every report validated first, atomic."""
-        from PASTALib.synth.report import validate_report
+        from PASTALib.report.schema import validate_report
 
         reports = self.reports()
         for r in reports:

@@ -272,7 +272,7 @@ def _attribute_value_codes() -> dict[str, dict[str, Any]]:
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+    from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
     return {
         "enhancement": {Phase.PLAIN.value: pasta_code("PLAIN-CT"), Phase.ENHANCED.value: pasta_code("ENHANCED-CT")},

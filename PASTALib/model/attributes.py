@@ -2,7 +2,7 @@
 
 The head's 14 logits are, in order: Shape (5 = the four report wordings plus an empty 5th
 option, "no shape reported"), Density (3), Heterogeneity (2), Surface (2), Invasion (2).
-The wording of each option is the structured report's exact wording (PASTALib.synth.attributes).
+The wording of each option is the structured report's exact wording (PASTALib.report.attributes).
 
 Option order inside a group is this module's convention (enum declaration order). The public
 PASTA code one-hot encodes the attributes from its own tables, which are not published; if a
@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
 #: Wording of the Shape group's 5th option (the checkpoint has it; no report uses it).
 SHAPE_NONE = "None"

@@ -252,9 +252,9 @@ def balance(cases: Sequence[SourceCase], seed: int) -> tuple[list[SourceCase], l
 
 
 def _vocabulary() -> dict[str, type]:
-    """Report attribute -> its enum of exact wordings (PASTALib.synth.attributes, imported when needed:
+    """Report attribute -> its enum of exact wordings (PASTALib.report.attributes, imported when needed:
     the synth package loads scipy and SimpleITK)."""
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+    from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
     return {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "surface": Surface,
             "invasion": Invasion}
@@ -283,7 +283,7 @@ def report_problems(report: dict[str, Any] | None) -> list[str]:
     """Why a (non-empty) report would tell readers something besides its content: attributes missing
     (fewer questions than other cases) or wordings outside the report vocabulary."""
     from PASTALib.errors import PastaError
-    from PASTALib.synth.attributes import parse_attribute
+    from PASTALib.report.attributes import parse_attribute
 
     given = report_attributes(report)
     if not given:

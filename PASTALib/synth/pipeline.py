@@ -20,12 +20,13 @@ from PASTALib.errors import (
 from PASTALib.geometry import local_grid, resample_to_grid
 from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
+from PASTALib.report.attributes import Shape
+from PASTALib.report.measure import build_report
+from PASTALib.report.wording import StructuredReport
 from PASTALib.synth import intensity, placement
-from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
-from PASTALib.synth.attributes import Shape
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
-from PASTALib.synth.report import StructuredReport, build_report
+from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth.spec import (
     STREAM_INTENSITY,
     STREAM_LOCATION,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from PASTALib.labels import LesionType, Phase
-from PASTALib.synth.attributes import Density, Heterogeneity, Shape, Surface
+from PASTALib.report.attributes import Density, Heterogeneity, Shape, Surface
 
 PLAIN, ENHANCED = Phase.PLAIN, Phase.ENHANCED
 HYPO, ISO, HYPER = Density.HYPO, Density.ISO, Density.HYPER

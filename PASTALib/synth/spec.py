@@ -10,7 +10,7 @@ import numpy as np
 
 from PASTALib.errors import SpecificationError
 from PASTALib.labels import LesionType, Phase
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface, parse_attribute
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface, parse_attribute
 from PASTALib.synth.profiles import TypeProfile, profile
 
 # Independent random streams (SeedSequence([seed, stream])): changing one attribute (e.g. the

@@ -434,7 +434,7 @@ class SynthesisLogic(MRMLLogicBase):
     @staticmethod
     def save_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         """Write the report as JSON (validated against PASTALib's schema)."""
-        from PASTALib.synth import validate_report
+        from PASTALib.report.schema import validate_report
 
         validate_report(dict(report))
         with open(path, "w", encoding="utf-8") as f:
