@@ -36,8 +36,10 @@ from PASTASynthLib import dependencies
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
 
-# Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
-# imported inside the methods that need it, after the dependency check.
+# Only light, GUI-free helpers at top level: the report vocabulary (PASTALib.report.attributes,
+# standard library only) fills the parameter node's choices; the rest of PASTALib (synthesis,
+# anatomy) is imported inside the methods that need it, after the dependency check.
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface, wordings
 from PASTASynthLib import totalsegmentator_job
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
@@ -97,16 +99,13 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Report wording of the PASTALib.report.attributes enums (spelled out: PASTALib is not imported
-    # at module load; Testing/test_slicer_rules_binding.py checks they match). Slicer binds a
-    # QComboBox to a str only with Choice(...) (guiConnectors.py), and fills it from the choices.
-    shape: Annotated[str, Choice(["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"])] = "Round-like"
-    density: Annotated[str, Choice(["Hypodense", "Isodense", "Hyperdense"])] = "Hypodense"
-    heterogeneity: Annotated[str, Choice(["Homogeneous", "Heterogeneous"])] = "Homogeneous"
-    margin: Annotated[str, Choice(["Well-defined margin", "Ill-defined margin"])] = "Well-defined margin"
-    invasion: Annotated[str, Choice(["No close relationship with surrounding structures",
-                                     "Close relationship with adjacent structures"])] = (
-        "No close relationship with surrounding structures")
+    # The report vocabulary (PASTALib.report.attributes). Slicer binds a QComboBox to a str only
+    # with Choice(...) (guiConnectors.py), and fills it from the choices.
+    shape: Annotated[str, Choice(list(wordings("shape")))] = Shape.ROUND.value
+    density: Annotated[str, Choice(list(wordings("density")))] = Density.HYPO.value
+    heterogeneity: Annotated[str, Choice(list(wordings("heterogeneity")))] = Heterogeneity.HOMOGENEOUS.value
+    surface: Annotated[str, Choice(list(wordings("surface")))] = Surface.WELL_DEFINED.value
+    invasion: Annotated[str, Choice(list(wordings("invasion")))] = Invasion.NONE.value
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -151,9 +150,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
         self.logic = PASTASynthLogic()
 
-        # Light imports (enums only): the combo boxes list exactly the library's vocabularies.
+        # Light import (enums only): the combo boxes list exactly the library's vocabularies.
         from PASTALib.labels import LesionType
-        from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
         for lesion_type in LesionType:
             self.ui.lesionTypeComboBox.addItem(lesion_type.display_name, lesion_type.slug)
@@ -205,9 +203,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.updateDependencyStatus()
         self.onLesionTypeChanged()
 
-    def _attributeCombos(self, shape, density, heterogeneity, margin, invasion):
+    def _attributeCombos(self, shape, density, heterogeneity, surface, invasion):
         return [(self.ui.shapeComboBox, shape), (self.ui.densityComboBox, density),
-                (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.marginComboBox, margin),
+                (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.surfaceComboBox, surface),
                 (self.ui.invasionComboBox, invasion)]
 
     def _likertButtons(self):
@@ -319,7 +317,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 self._parameterNode.lesionType = slug
             allowed = self.logic.allowedValues(slug)
             for key, combo in (("shape", self.ui.shapeComboBox), ("density", self.ui.densityComboBox),
-                               ("heterogeneity", self.ui.heterogeneityComboBox), ("margin", self.ui.marginComboBox),
+                               ("heterogeneity", self.ui.heterogeneityComboBox), ("surface", self.ui.surfaceComboBox),
                                ("invasion", self.ui.invasionComboBox)):
                 self._enableComboItems(combo, allowed[key])
             low, high = self.logic.sizeRange(slug)
@@ -823,7 +821,7 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
         return SynthesisLogic.spec_from_parameters(
             parameterNode.lesionType, (parameterNode.sizeX, parameterNode.sizeY, parameterNode.sizeZ),
             shape=parameterNode.shape, density=parameterNode.density, heterogeneity=parameterNode.heterogeneity,
-            margin=parameterNode.margin, invasion=parameterNode.invasion, seed=parameterNode.seed)
+            surface=parameterNode.surface, invasion=parameterNode.invasion, seed=parameterNode.seed)
 
     @staticmethod
     def _location(parameterNode):

@@ -159,7 +159,7 @@ def synthesis_case(ctx, seed: int = 7):
                                      name="Abdomen CT")
     point = scenarios.add_point(ctx, scenarios.organ_point_ras(label_path, 5), "Lesion centre")
     spec = {"lesion_type": "liver_tumor", "size_mm": [34, 30, 32], "shape": "Irregular", "density": "Hypodense",
-            "heterogeneity": "Heterogeneous", "margin": "Well-defined margin",
+            "heterogeneity": "Heterogeneous", "surface": "Well-defined margin",
             "invasion": "No close relationship with surrounding structures", "seed": seed}
     output = logic.synthesize(ct, organs, spec, point)
     return logic, ct, organs, point, spec, output
@@ -956,7 +956,7 @@ def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
 
     for name, key, enum in (("shapeComboBox", "shape", Shape), ("densityComboBox", "density", Density),
                             ("heterogeneityComboBox", "heterogeneity", Heterogeneity),
-                            ("marginComboBox", "margin", Surface), ("invasionComboBox", "invasion", Invasion)):
+                            ("surfaceComboBox", "surface", Surface), ("invasionComboBox", "invasion", Invasion)):
         combo = ui.get(name)
         if combo is None:
             continue

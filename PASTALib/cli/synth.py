@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", help="Round-like | Irregular | 'Wall thickening' | 'Punctate, nodular' (or round, irregular, wall, punctate)")
     p.add_argument("--density", help="Hypodense | Isodense | Hyperdense (or hypo, iso, hyper)")
     p.add_argument("--heterogeneity", help="Homogeneous | Heterogeneous")
-    p.add_argument("--margin", help="well | ill (Well-defined / Ill-defined margin)")
+    p.add_argument("--surface", "--margin", dest="surface", help="well | ill (Well-defined / Ill-defined margin)")
     p.add_argument("--invasion", choices=("yes", "no"), help="grow into adjacent structures (malignant types only)")
     p.add_argument("--enhancement", help="phase of the CT: 'Plain CT' or 'Enhanced CT' (default: detected)")
     p.add_argument("--side", choices=("left", "right"), help="side for kidney/lung")
@@ -51,7 +51,7 @@ def _spec_from_args(args: argparse.Namespace):
 
     return LesionSpec(
         lesion_type=args.type, center_mm=args.center, size_mm=args.size, shape=args.shape, density=args.density,
-        heterogeneity=args.heterogeneity, margin=args.margin,
+        heterogeneity=args.heterogeneity, surface=args.surface,
         invasion=None if args.invasion is None else args.invasion == "yes",
         enhancement=args.enhancement, side=args.side, seed=args.seed,
     )

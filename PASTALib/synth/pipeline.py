@@ -305,7 +305,7 @@ def synthesize_lesion(
     lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
     lo_s, hi_s = SPICULES[resolved.shape]
     n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
-    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
+    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.surface]
     margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
     thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
     outward = float(rng_shape.uniform(3.0, 8.0))
@@ -398,7 +398,7 @@ def synthesize_lesion(
     report = build_report(
         ct=out_ct, labels=out_labels, lesion_type=resolved.lesion_type, phase=phase, side=side,
         shape=resolved.shape, density=resolved.density, heterogeneity=resolved.heterogeneity,
-        surface=resolved.margin, invades=bool(resolved.invasion), organ_reference_hu=reference_hu, seed=spec.seed, box=box,
+        surface=resolved.surface, invades=bool(resolved.invasion), organ_reference_hu=reference_hu, seed=spec.seed, box=box,
     )
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
