@@ -23,17 +23,14 @@ from typing import Any
 
 from PASTALib.errors import SpecificationError
 from PASTALib.io.files import write_json_atomic
+from PASTALib.report.attributes import TITLES
 
 #: The 8 report attributes in report order: (key in the report dict, label shown on the card).
 ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("enhancement", "Enhancement status"),
     ("location", "Location"),
     ("size", "Size"),
-    ("shape", "Shape"),
-    ("density", "Density"),
-    ("heterogeneity", "Heterogeneity"),
-    ("surface", "Surface"),
-    ("invasion", "Invasion"),
+    *TITLES.items(),  # the five classified attributes (PASTALib.report)
 )
 ATTRIBUTE_LABELS = dict(ATTRIBUTES)
 #: Format tag of the JSON document stored on the scene (report text node).
