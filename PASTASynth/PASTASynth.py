@@ -36,15 +36,16 @@ from PASTASynthLib import dependencies
 if dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion):
     raise RuntimeError(dependencies.unsupported_slicer_message(slicer.app.majorVersion, slicer.app.minorVersion))
 
-# Only light, GUI-free helpers at top level: the report vocabulary (PASTALib.report.attributes,
-# standard library only) fills the parameter node's choices; the rest of PASTALib (synthesis,
-# anatomy) is imported inside the methods that need it, after the dependency check.
-from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface, wordings
+# Only light, GUI-free helpers at top level: PASTALib (enums, synthesis, anatomy) is
+# imported inside the methods that need it, after the dependency check.
 from PASTASynthLib import totalsegmentator_job
 from PASTASynthLib.jobs import BatchJob, generate_command
 from PASTASynthLib.logic import SynthesisLogic
 from PASTASynthLib.mrml import MRMLContext
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
+
+# The report vocabulary (standard library only) fills the parameter node's choices.
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface, wordings
 
 
 #
