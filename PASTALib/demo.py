@@ -48,12 +48,13 @@ class DemoLesion:
 def default_lesions() -> list[DemoLesion]:
     """A lung tumour (lung window), a hypodense liver tumour and a hypodense pancreatic tumour
     (soft-tissue window): the look each has on an enhanced CT."""
+    from PASTALib.report.attributes import Density, Shape
     from PASTALib.visualize import LUNG_WINDOW, SOFT_TISSUE_WINDOW
 
     return [
-        DemoLesion("lung_tumor", {"size_mm": (28.0, 24.0, 30.0), "shape": "Irregular"}, LUNG_WINDOW),
-        DemoLesion("liver_tumor", {"size_mm": (34.0, 30.0, 32.0), "density": "Hypodense"}, SOFT_TISSUE_WINDOW),
-        DemoLesion("pancreas_tumor", {"size_mm": (15.0, 14.0, 15.0), "density": "Hypodense"}, SOFT_TISSUE_WINDOW),
+        DemoLesion("lung_tumor", {"size_mm": (28.0, 24.0, 30.0), "shape": Shape.IRREGULAR.value}, LUNG_WINDOW),
+        DemoLesion("liver_tumor", {"size_mm": (34.0, 30.0, 32.0), "density": Density.HYPO.value}, SOFT_TISSUE_WINDOW),
+        DemoLesion("pancreas_tumor", {"size_mm": (15.0, 14.0, 15.0), "density": Density.HYPO.value}, SOFT_TISSUE_WINDOW),
     ]
 
 

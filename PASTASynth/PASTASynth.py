@@ -45,6 +45,9 @@ from PASTASynthLib import totalsegmentator_job
 from PASTASynthLib.logic import SynthesisLogic, generate_command
 from PASTASynthLib.reader_study import ACCURACY_ANCHORS, REALISM_ANCHORS, ReaderStudyLogic
 
+# The report vocabulary (standard library only) fills the parameter node's choices.
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface, wordings
+
 
 #
 # PASTASynth
@@ -98,16 +101,13 @@ class PASTASynthParameterNode:
     sizeX: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeY: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
     sizeZ: Annotated[float, WithinRange(2.0, 150.0)] = 25.0
-    # Report wording of the PASTALib.synth.attributes enums (spelled out: PASTALib is not imported
-    # at module load; Testing/test_slicer_rules_binding.py checks they match). Slicer binds a
-    # QComboBox to a str only with Choice(...) (guiConnectors.py), and fills it from the choices.
-    shape: Annotated[str, Choice(["Round-like", "Irregular", "Wall thickening", "Punctate, nodular"])] = "Round-like"
-    density: Annotated[str, Choice(["Hypodense", "Isodense", "Hyperdense"])] = "Hypodense"
-    heterogeneity: Annotated[str, Choice(["Homogeneous", "Heterogeneous"])] = "Homogeneous"
-    margin: Annotated[str, Choice(["Well-defined margin", "Ill-defined margin"])] = "Well-defined margin"
-    invasion: Annotated[str, Choice(["No close relationship with surrounding structures",
-                                     "Close relationship with adjacent structures"])] = (
-        "No close relationship with surrounding structures")
+    # The report vocabulary (PASTALib.report.attributes). Slicer binds a QComboBox to a str only
+    # with Choice(...) (guiConnectors.py), and fills it from the choices.
+    shape: Annotated[str, Choice(list(wordings("shape")))] = Shape.ROUND.value
+    density: Annotated[str, Choice(list(wordings("density")))] = Density.HYPO.value
+    heterogeneity: Annotated[str, Choice(list(wordings("heterogeneity")))] = Heterogeneity.HOMOGENEOUS.value
+    surface: Annotated[str, Choice(list(wordings("surface")))] = Surface.WELL_DEFINED.value
+    invasion: Annotated[str, Choice(list(wordings("invasion")))] = Invasion.NONE.value
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -149,9 +149,8 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
 
         self.logic = PASTASynthLogic()
 
-        # Light imports (enums only): the combo boxes list exactly the library's vocabularies.
+        # Light import (enums only): the combo boxes list exactly the library's vocabularies.
         from PASTALib.labels import LesionType
-        from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
         for lesion_type in LesionType:
             self.ui.lesionTypeComboBox.addItem(lesion_type.display_name, lesion_type.slug)
@@ -202,9 +201,9 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
         self.updateDependencyStatus()
         self.onLesionTypeChanged()
 
-    def _attributeCombos(self, shape, density, heterogeneity, margin, invasion):
+    def _attributeCombos(self, shape, density, heterogeneity, surface, invasion):
         return [(self.ui.shapeComboBox, shape), (self.ui.densityComboBox, density),
-                (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.marginComboBox, margin),
+                (self.ui.heterogeneityComboBox, heterogeneity), (self.ui.surfaceComboBox, surface),
                 (self.ui.invasionComboBox, invasion)]
 
     # -- parameter node -----------------------------------------------------------------
@@ -307,7 +306,7 @@ class PASTASynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, depend
                 self._parameterNode.lesionType = slug
             allowed = allowed_values(slug)
             for key, combo in (("shape", self.ui.shapeComboBox), ("density", self.ui.densityComboBox),
-                               ("heterogeneity", self.ui.heterogeneityComboBox), ("margin", self.ui.marginComboBox),
+                               ("heterogeneity", self.ui.heterogeneityComboBox), ("surface", self.ui.surfaceComboBox),
                                ("invasion", self.ui.invasionComboBox)):
                 self._enableComboItems(combo, allowed[key])
             low, high = self.logic.synthesis.size_range_mm(slug)
@@ -838,7 +837,7 @@ class PASTASynthLogic(ScriptedLoadableModuleLogic):
         return SynthesisLogic.spec_from_parameters(
             parameterNode.lesionType, (parameterNode.sizeX, parameterNode.sizeY, parameterNode.sizeZ),
             shape=parameterNode.shape, density=parameterNode.density, heterogeneity=parameterNode.heterogeneity,
-            margin=parameterNode.margin, invasion=parameterNode.invasion, seed=parameterNode.seed)
+            surface=parameterNode.surface, invasion=parameterNode.invasion, seed=parameterNode.seed)
 
     @staticmethod
     def _location(parameterNode):

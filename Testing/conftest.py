@@ -112,7 +112,7 @@ def case(ts_data, tmp_path_factory):
         c, lab, reports = ct_c, org_c, []
         for spec in (
             LesionSpec(lesion_type="liver_tumor", size_mm=(45, 45, 40), shape="Round-like", density="Hypodense",
-                       heterogeneity="Homogeneous", margin="Well-defined margin", invasion=False, seed=seed),
+                       heterogeneity="Homogeneous", surface="Well-defined margin", invasion=False, seed=seed),
             LesionSpec(lesion_type="kidney_cyst", size_mm=(30, 30, 30), side="right", seed=seed + 100),
         ):
             r = synthesize_lesion(c, lab, spec)

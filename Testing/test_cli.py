@@ -15,7 +15,7 @@ import slicerio
 from PASTALib.cli.demo import OUTPUTS
 from PASTALib.cli.main import GROUPS, build_parser
 from PASTALib.io import image_to_array, read_ct, read_label
-from PASTALib.synth.report import validate_report
+from PASTALib.report.schema import validate_report
 
 
 def _pasta(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -142,7 +142,7 @@ def test_type_and_location_come_from_one_organ_or_the_type_is_uncertain(exported
 
 def test_private_codes_fit_are_declared_and_standard_where_one_exists(exported):
     from PASTALib.dicom import PASTA_CODES, PASTA_CODING_SCHEME, attribute_code, attribute_wording
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+    from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
     assert all(len(value) <= 16 for value in PASTA_CODES)  # Code Value is SH (16); no Long Code Value needed
     # one code per attribute value, and back

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 
 from PASTALib.errors import LesionFitError, SpecificationError
 from PASTALib.labels import LesionType
-from PASTALib.synth import StructuredReport, validate_report
+from PASTALib.report.schema import validate_report
+from PASTALib.report.wording import StructuredReport
 from PASTALib.synth import generate as gen
 
 REPO = Path(__file__).resolve().parents[1]

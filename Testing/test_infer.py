@@ -25,7 +25,8 @@ from PASTALib.errors import MissingWeightsError
 from PASTALib.infer import InferenceConfig, InferenceError, load_model, resolve_device, run_batch
 from PASTALib.runtime import DeviceError
 from PASTALib.io import read_ct, read_label
-from PASTALib.synth import measure_lesion, validate_report
+from PASTALib.report.measure import measure_lesion
+from PASTALib.report.schema import validate_report
 
 import dicom_validators
 from conftest import PATCH, SPACING

@@ -24,7 +24,7 @@ from PASTALib.model import (
     infer_config,
     load_pasta_checkpoint,
 )
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
 #: Parameter names and shapes of the published PASTA checkpoint (provenance: docs/model.md).
 LAYOUT = Path(__file__).resolve().parent / "data" / "pasta_state_dict_layout.json"

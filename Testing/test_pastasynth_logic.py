@@ -171,8 +171,8 @@ def test_segment_names_map_to_pasta_organs(ctx, ts_paths):
 
 
 def test_allowed_values_and_spec_from_gui():
+    from PASTALib.report.attributes import Invasion, Shape
     from PASTALib.synth import LesionSpec, allowed_values
-    from PASTALib.synth.attributes import Invasion, Shape
 
     for lesion_type in LesionType:
         assert allowed_values(lesion_type.slug) == allowed_values(lesion_type)  # what the panel passes
@@ -237,7 +237,7 @@ def test_lung_mask_and_totalsegmentator_buttons(ctx):
 
 
 def test_report_save_and_text(ctx, ts_case, tmp_path):
-    from PASTALib.synth import StructuredReport
+    from PASTALib.report.wording import StructuredReport
 
     ct, segmentation, _ = ts_case
     logic = SynthesisLogic(context=ctx)

@@ -144,18 +144,20 @@ def test_binding_check_refuses_broken_copies():
 
 
 def test_combo_choices_are_the_library_vocabularies():
-    """The Choice(...) lists spelled out in PASTASynthParameterNode are PASTALib's attribute enums."""
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+    """PASTASynthParameterNode has one Choice(...) field per report attribute, named by its report key,
+    listing the PASTALib.report vocabulary with the first wording as the default."""
+    from PASTALib.report import attributes
 
     tree = ast.parse((ROOT / "PASTASynth" / "PASTASynth.py").read_text())
+    # The module builds the lists from the vocabulary: evaluate them with only that in scope.
+    scope = {"list": list, **{name: getattr(attributes, name) for name in dir(attributes) if not name.startswith("_")}}
     choices = {}
     for stmt in ast.walk(tree):
         if isinstance(stmt, ast.AnnAssign) and "Choice(" in ast.unparse(stmt.annotation):
             call = next(n for n in ast.walk(stmt.annotation) if isinstance(n, ast.Call) and _name(n.func) == "Choice")
-            choices[stmt.target.id] = (ast.literal_eval(call.args[0]), ast.literal_eval(stmt.value))
-    expected = {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "margin": Surface,
-                "invasion": Invasion}
-    for field, enum in expected.items():
+            choices[stmt.target.id] = (eval(ast.unparse(call.args[0]), scope), eval(ast.unparse(stmt.value), scope))
+    assert set(attributes.ATTRIBUTES) <= set(choices)
+    for field, enum in attributes.ATTRIBUTES.items():
         values, default = choices[field]
         assert values == [member.value for member in enum], field
         assert default == values[0], field

@@ -18,10 +18,12 @@ from scipy import ndimage
 
 from PASTALib.errors import AnatomyError, LesionFitError, SpecificationError
 from PASTALib.labels import LesionType, Organ, Phase
-from PASTALib.synth import LesionSpec, StructuredReport, synthesize_lesion, validate_report
-from PASTALib.synth.attributes import Density
+from PASTALib.report.attributes import Density
+from PASTALib.report.attributes import Surface
+from PASTALib.report.schema import validate_report
+from PASTALib.report.wording import StructuredReport
+from PASTALib.synth import LesionSpec, synthesize_lesion
 from PASTALib.synth.profiles import MARGIN_WIDTH_MM, profile
-from PASTALib.synth.attributes import Surface
 
 # TotalSegmentator `total` name -> PASTA organ.
 _TS_ORGAN = {
@@ -98,7 +100,7 @@ SOLID = {Organ.LIVER, Organ.PANCREAS, Organ.KIDNEY, Organ.BONE, Organ.GALLBLADDE
 
 def _spec(kind: LesionType, seed: int = 7, **overrides) -> LesionSpec:
     kwargs = dict(CLEAN[kind][1])
-    kwargs.setdefault("margin", "Well-defined margin")
+    kwargs.setdefault("surface", "Well-defined margin")
     kwargs.setdefault("heterogeneity", "Homogeneous")
     kwargs.setdefault("invasion", False)
     kwargs.update(overrides)
@@ -232,12 +234,12 @@ def liver_variants(dd):
     """Same seed, one attribute changed at a time (contrast liver, 0.7 mm in-plane)."""
     centre = (None,)
     base = dict(size_mm=(30, 30, 24), shape="Round-like", density="Hypodense", heterogeneity="Homogeneous",
-                margin="Well-defined margin", invasion=False)
+                surface="Well-defined margin", invasion=False)
     out = {}
     first = synthesize_lesion(dd.ct, dd.organs, LesionSpec("liver_tumor", seed=11, **base))
     centre = first.spec.center_mm
     out["base"] = first
-    for key, change in {"hetero": {"heterogeneity": "Heterogeneous"}, "ill": {"margin": "Ill-defined margin"}}.items():
+    for key, change in {"hetero": {"heterogeneity": "Heterogeneous"}, "ill": {"surface": "Ill-defined margin"}}.items():
         out[key] = synthesize_lesion(dd.ct, dd.organs, LesionSpec("liver_tumor", seed=11, center_mm=centre, **{**base, **change}))
     out["invasion"] = synthesize_lesion(dd.ct, dd.organs, LesionSpec("liver_tumor", seed=11, **{**base, "invasion": True}))
     return out
@@ -303,7 +305,7 @@ def test_spec_validation_lists_allowed_values():
     with pytest.raises(SpecificationError, match="Homogeneous"):
         LesionSpec("liver_cyst", heterogeneity="Heterogeneous").validate()
     with pytest.raises(SpecificationError, match="Well-defined margin"):
-        LesionSpec("gallstone", margin="ill").validate()
+        LesionSpec("gallstone", surface="ill").validate()
     with pytest.raises(SpecificationError, match="kidney_stone"):
         LesionSpec("brain_tumor")
     with pytest.raises(SpecificationError, match="side"):

@@ -17,8 +17,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PASTALib.labels import LesionType, Organ
+from PASTALib.report.attributes import Shape
 from PASTALib.synth import LesionSpec, synthesize_lesion
-from PASTALib.synth.attributes import Shape
 from PASTALib.synth.hu_table import BEGIN, END, lesion_hu_bounds, markdown
 from PASTALib.synth.profiles import CYST_HU_RANGE, profile
 
@@ -77,7 +77,7 @@ WALL_EXTRA = [("ts", LesionType.GASTRIC_CANCER), ("dd", LesionType.COLORECTAL_CA
 def _spec(kind: LesionType, seed: int = 3) -> LesionSpec:
     """Density, size and shape sampled; texture, margin and invasion fixed so the HU read back is the density's
     (a heterogeneous necrotic or ill-defined lesion's mean says little about the table)."""
-    extra: dict = {"invasion": False, "heterogeneity": "Homogeneous", "margin": profile(kind).allowed("margin")[0].value}
+    extra: dict = {"invasion": False, "heterogeneity": "Homogeneous", "surface": profile(kind).allowed("surface")[0].value}
     if kind in WALL_TYPES:
         extra["shape"] = "Wall thickening"
     if kind in (LesionType.KIDNEY_STONE, LesionType.GALLSTONE):

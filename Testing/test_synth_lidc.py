@@ -11,7 +11,7 @@ import pytest
 from PASTALib.eval.shape_features import resample_mask, shape_features
 from PASTALib.labels import LesionType, Phase
 from PASTALib.synth import LesionSpec, lesion_shape
-from PASTALib.synth.attributes import Shape
+from PASTALib.report.attributes import Shape
 from PASTALib.synth.profiles import LUNG_IRREGULARITY, profile
 
 #: Median (sphericity, solidity) of LIDC-IDRI contours with equivalent diameter 10-25 mm, EVEN-numbered
@@ -49,7 +49,7 @@ def measured() -> dict[tuple[str, str, int], dict[str, float]]:
     for shape in ("Round-like", "Irregular"):
         for margin in ("Well-defined margin", "Ill-defined margin"):
             for seed in SEEDS:
-                spec = LesionSpec("lung_tumor", size_mm=_size(seed), shape=shape, margin=margin, seed=seed)
+                spec = LesionSpec("lung_tumor", size_mm=_size(seed), shape=shape, surface=margin, seed=seed)
                 out[shape, margin, seed] = _measure(lesion_shape(spec, Phase.PLAIN))
     return out
 
@@ -109,7 +109,7 @@ def test_size_trend_large_masses_less_solid():
     for diameter in (10.0, 35.0):
         solidity[diameter] = np.median([
             shape_features(lesion_shape(LesionSpec("lung_tumor", size_mm=(diameter,) * 3, shape="Round-like",
-                                                   margin="Well-defined margin", seed=s)), (1.0, 1.0, 1.0))["solidity"]
+                                                   surface="Well-defined margin", seed=s)), (1.0, 1.0, 1.0))["solidity"]
             for s in range(4)])
     assert solidity[35.0] < solidity[10.0] - 0.03, solidity
 

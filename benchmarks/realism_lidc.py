@@ -47,6 +47,7 @@ from PASTALib.eval.realism import lesion_features  # noqa: E402
 from PASTALib.eval.realism_io import LesionCase, read_synthetic_dir  # noqa: E402
 from PASTALib.eval.shape_features import SIZE_FREE  # noqa: E402
 from PASTALib.eval.two_sample import c2st_auc  # noqa: E402
+from PASTALib.report.attributes import Shape, Surface  # noqa: E402
 
 SIZE_BINS_MM = np.geomspace(5.0, 80.0, 15)
 MIN_TABLE_DIAMETER_MM = 10.0
@@ -87,7 +88,7 @@ def synthetic_attributes(folder: Path, cases: list[LesionCase]) -> pd.DataFrame:
     rows = []
     for case in cases:
         spec = json.loads((case.mask.parent / "case.json").read_text())["spec"]
-        rows.append({"case_id": case.case_id, "shape": spec["shape"], "margin": spec["margin"],
+        rows.append({"case_id": case.case_id, "shape": spec["shape"], "margin": spec["surface"],
                      "requested_diameter_mm": float(np.prod(spec["size_mm"])) ** (1 / 3)})
     return pd.DataFrame(rows)
 
@@ -135,9 +136,10 @@ def direction_table(real: pd.DataFrame, synthetic: pd.DataFrame) -> pd.DataFrame
     groups = rating_groups([{k[len("rating_"):]: v for k, v in row.items() if k.startswith("rating_")}
                             for row in real.to_dict("records")])
     contrasts = {
-        "shape: Irregular - Round-like": (synthetic["shape"] == "Irregular", groups["irregular"],
+        "shape: Irregular - Round-like": (synthetic["shape"] == Shape.IRREGULAR.value, groups["irregular"],
                                           "spiculation >= 3 or lobulation >= 4"),
-        "margin: Ill - Well-defined": (synthetic["margin"] == "Ill-defined margin", groups["ill_defined"], "margin <= 3"),
+        "margin: Ill - Well-defined": (synthetic["margin"] == Surface.ILL_DEFINED.value, groups["ill_defined"],
+                                       "margin <= 3"),
     }
     rows = []
     for name, (syn_on, real_on, rating) in contrasts.items():

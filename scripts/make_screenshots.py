@@ -149,6 +149,7 @@ def _require(path: Path) -> Path:
 
 def synthesis_case(ctx, seed: int = 7):
     """Liver tumour inserted by the module logic at the deepest liver point of the TotalSegmentator CT."""
+    from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
     from PASTASynthLib import scenarios
     from PASTASynthLib.logic import SynthesisLogic
 
@@ -158,9 +159,9 @@ def synthesis_case(ctx, seed: int = 7):
     ct, organs = scenarios.load_case(ctx, data / "example_ct.nii.gz", label_path, scenarios.TOTALSEG_SYNTH_ORGANS,
                                      name="Abdomen CT")
     point = scenarios.add_point(ctx, scenarios.organ_point_ras(label_path, 5), "Lesion centre")
-    spec = {"lesion_type": "liver_tumor", "size_mm": [34, 30, 32], "shape": "Irregular", "density": "Hypodense",
-            "heterogeneity": "Heterogeneous", "margin": "Well-defined margin",
-            "invasion": "No close relationship with surrounding structures", "seed": seed}
+    spec = {"lesion_type": "liver_tumor", "size_mm": [34, 30, 32], "shape": Shape.IRREGULAR.value,
+            "density": Density.HYPO.value, "heterogeneity": Heterogeneity.HETEROGENEOUS.value,
+            "surface": Surface.WELL_DEFINED.value, "invasion": Invasion.NONE.value, "seed": seed}
     output = logic.synthesize(ct, organs, spec, point)
     return logic, ct, organs, point, spec, output
 
@@ -949,7 +950,7 @@ def _fill_lesion_types(ui, slug: str) -> None:
 
 def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
     """As PASTASynthWidget: each combo lists the enum, values the type does not allow are disabled."""
-    from PASTALib.synth.attributes import (
+    from PASTALib.report.attributes import (
         Density,
         Heterogeneity,
         Invasion,
@@ -959,7 +960,7 @@ def _fill_attribute_combos(ui, allowed: dict, spec: dict) -> None:
 
     for name, key, enum in (("shapeComboBox", "shape", Shape), ("densityComboBox", "density", Density),
                             ("heterogeneityComboBox", "heterogeneity", Heterogeneity),
-                            ("marginComboBox", "margin", Surface), ("invasionComboBox", "invasion", Invasion)):
+                            ("surfaceComboBox", "surface", Surface), ("invasionComboBox", "invasion", Invasion)):
         combo = ui.get(name)
         if combo is None:
             continue
@@ -1018,7 +1019,7 @@ def _fill_report_cards(ui, q, reports) -> None:
     """One card per lesion in the report-cards area: the 8 attributes, enumerated ones as combo boxes
     listing PASTALib's vocabularies, and the measurements behind the report."""
     from PASTALib.labels import LesionType, Phase
-    from PASTALib.synth.attributes import (
+    from PASTALib.report.attributes import (
         Density,
         Heterogeneity,
         Invasion,

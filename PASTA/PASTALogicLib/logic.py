@@ -644,13 +644,13 @@ class EditedLesion:
     """
 
     index: int
-    report: Any  # PASTALib.synth.report.StructuredReport
+    report: Any  # PASTALib.report.wording.StructuredReport
     longest_diameter_mm: float
     sidecar: dict = field(default_factory=dict)
 
     @classmethod
     def from_card(cls, card) -> EditedLesion:
-        from PASTALib.synth.report import StructuredReport
+        from PASTALib.report.wording import StructuredReport
 
         report = StructuredReport.from_json(json.dumps(card.report))
         return cls(card.index, report, float(card.details.get("longest_diameter_mm", max(report.size_zxy_mm))),

@@ -23,17 +23,14 @@ from typing import Any
 
 from PASTALib.errors import SpecificationError
 from PASTALib.io.files import write_json_atomic
+from PASTALib.report.attributes import TITLES
 
 #: The 8 report attributes in report order: (key in the report dict, label shown on the card).
 ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("enhancement", "Enhancement status"),
     ("location", "Location"),
     ("size", "Size"),
-    ("shape", "Shape"),
-    ("density", "Density"),
-    ("heterogeneity", "Heterogeneity"),
-    ("surface", "Surface"),
-    ("invasion", "Invasion"),
+    *TITLES.items(),  # the five classified attributes (PASTALib.report)
 )
 ATTRIBUTE_LABELS = dict(ATTRIBUTES)
 #: Format tag of the JSON document stored on the scene (report text node).
@@ -47,7 +44,7 @@ class ReportEditError(SpecificationError):
 
 
 def report_schema() -> dict[str, Any]:
-    from PASTALib.synth.report import report_schema as schema
+    from PASTALib.report.schema import report_schema as schema
 
     return schema()
 
@@ -71,7 +68,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
 
 def normalized_report(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report validated and with its derived fields (``size``, ``text``) regenerated."""
-    from PASTALib.synth.report import StructuredReport
+    from PASTALib.report.wording import StructuredReport
 
     return StructuredReport.from_json(json.dumps(dict(report))).to_dict()
 
@@ -212,7 +209,7 @@ class ReportCards:
 
     def save_json(self, path: str | os.PathLike) -> Path:
         """Write the (edited) reports as JSON like reports.json: every report validated first, atomic."""
-        from PASTALib.synth.report import validate_report
+        from PASTALib.report.schema import validate_report
 
         reports = self.reports()
         for r in reports:

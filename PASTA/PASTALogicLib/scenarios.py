@@ -132,7 +132,7 @@ def scenario_import_segment_outputs(ctx: MRMLContext, ct_node, out_dir) -> Segme
 def scenario_edit_and_export_json(ctx: MRMLContext, segmentation_node, work_dir) -> dict:
     """An invalid edit is refused with the allowed values (card and node unchanged); a valid edit
     is stored on the scene, regenerates the report text and round-trips through Export JSON."""
-    from PASTALib.synth import validate_report
+    from PASTALib.report.schema import validate_report
 
     logic = SegmentationReportLogic(context=ctx)
     cards = logic.report_cards(segmentation_node)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PASTALib.cli.args import positive_int, seed
 from PASTALib.labels import LesionType
+from PASTALib.report.attributes import KEY_ALIASES, wordings
 
 #: Files `pasta synth lesion` writes into --out.
 LESION_FILES = ("ct.nii.gz", "label.nii.gz", "report.json", "report.txt", "spec.json")
@@ -32,10 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--type", required=True, help="lesion type: " + ", ".join(t.slug for t in LesionType))
     p.add_argument("--center", help="lesion centre x,y,z in LPS mm (default: sampled inside the organ)")
     p.add_argument("--size", help="extent x,y,z in mm (right-left, anterior-posterior, inferior-superior) or one diameter")
-    p.add_argument("--shape", help="Round-like | Irregular | 'Wall thickening' | 'Punctate, nodular' (or round, irregular, wall, punctate)")
-    p.add_argument("--density", help="Hypodense | Isodense | Hyperdense (or hypo, iso, hyper)")
-    p.add_argument("--heterogeneity", help="Homogeneous | Heterogeneous")
-    p.add_argument("--margin", help="well | ill (Well-defined / Ill-defined margin)")
+    short = {"shape": "round, irregular, wall, punctate", "density": "hypo, iso, hyper", "surface": "well, ill"}
+    for key in ("shape", "density", "heterogeneity", "surface"):
+        names = [f"--{key}"] + [f"--{alias}" for alias, canonical in KEY_ALIASES.items() if canonical == key]
+        choices = " | ".join(repr(w) if " " in w else w for w in wordings(key))
+        p.add_argument(*names, dest=key, help=choices + (f" (or {short[key]})" if key in short else ""))
     p.add_argument("--invasion", choices=("yes", "no"), help="grow into adjacent structures (malignant types only)")
     p.add_argument("--enhancement", help="phase of the CT: 'Plain CT' or 'Enhanced CT' (default: detected)")
     p.add_argument("--side", choices=("left", "right"), help="side for kidney/lung")
@@ -51,7 +53,7 @@ def _spec_from_args(args: argparse.Namespace):
 
     return LesionSpec(
         lesion_type=args.type, center_mm=args.center, size_mm=args.size, shape=args.shape, density=args.density,
-        heterogeneity=args.heterogeneity, margin=args.margin,
+        heterogeneity=args.heterogeneity, surface=args.surface,
         invasion=None if args.invasion is None else args.invasion == "yes",
         enhancement=args.enhancement, side=args.side, seed=args.seed,
     )

@@ -27,6 +27,7 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ import SimpleITK as sitk
 
 from PASTALib.errors import PastaError
 from PASTALib.labels import LesionType, Organ, Phase
+from PASTALib.report.attributes import ATTRIBUTES, TITLES, Density, Heterogeneity, Invasion, Shape, Surface
 
 PASTA_CODING_SCHEME = "99PASTA"
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs below are content hashes under it
@@ -142,16 +144,22 @@ def read_source_series(path: str | os.PathLike) -> SourceSeries:
 
 # --- codes ------------------------------------------------------------------------------------
 
+#: Report wordings without a standard SCT/DCM code -> their private ``99PASTA`` Code Value (≤ 16
+#: characters); keyed by the vocabulary itself, so the Code Meaning is the report wording.
+_PRIVATE_VALUE_CODES: dict[Enum, str] = {
+    Phase.PLAIN: "PLAIN-CT", Phase.ENHANCED: "ENHANCED-CT",
+    Shape.WALL_THICKENING: "WALL-THICKENING", Shape.PUNCTATE: "PUNCTATE-NODULAR",
+    Density.HYPO: "DENSITY-HYPO", Density.ISO: "DENSITY-ISO", Density.HYPER: "DENSITY-HYPER",
+    Heterogeneity.HETEROGENEOUS: "HETEROGENEOUS",
+    Invasion.NONE: "INVASION-NONE", Invasion.ADJACENT: "INVASION-ADJ",
+}
+
 #: The private ``99PASTA`` vocabulary: Code Value (≤ 16 characters) → Code Meaning. Only concepts
 #: without a standard SCT/DCM code are here; :func:`attribute_code` maps the report wording.
 PASTA_CODES: dict[str, str] = {
-    "ENHANCEMENT": "Enhancement status", "PLAIN-CT": "Plain CT", "ENHANCED-CT": "Enhanced CT",
-    "WALL-THICKENING": "Wall thickening", "PUNCTATE-NODULAR": "Punctate, nodular",
-    "DENSITY-HYPO": "Hypodense", "DENSITY-ISO": "Isodense", "DENSITY-HYPER": "Hyperdense",
-    "HETEROGENEITY": "Heterogeneity", "HETEROGENEOUS": "Heterogeneous",
+    "ENHANCEMENT": "Enhancement status", "HETEROGENEITY": TITLES["heterogeneity"],
     "INVASION": "Relationship with surrounding structures",
-    "INVASION-NONE": "No close relationship with surrounding structures",
-    "INVASION-ADJ": "Close relationship with adjacent structures",
+    **{code: member.value for member, code in _PRIVATE_VALUE_CODES.items()},
     "EXTENT-CC": "Craniocaudal extent (Z)", "EXTENT-RL": "Right-left extent (X)",
     "EXTENT-AP": "Anterior-posterior extent (Y)",
     "LESION-TYPE": "PASTA lesion type", "TYPE-CERTAINTY": "Lesion type certainty",
@@ -269,24 +277,17 @@ def attribute_name_code(key: str):
 
 
 def _attribute_value_codes() -> dict[str, dict[str, Any]]:
+    """Report key -> exact wording -> SR value code: standard SCT/DCM codes where they exist, else 99PASTA."""
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
-
-    return {
-        "enhancement": {Phase.PLAIN.value: pasta_code("PLAIN-CT"), Phase.ENHANCED.value: pasta_code("ENHANCED-CT")},
-        "shape": {Shape.ROUND.value: Code("42700002", "SCT", "Round"), Shape.IRREGULAR.value: codes.SCT.Irregular,
-                  Shape.WALL_THICKENING.value: pasta_code("WALL-THICKENING"),
-                  Shape.PUNCTATE.value: pasta_code("PUNCTATE-NODULAR")},
-        "density": {Density.HYPO.value: pasta_code("DENSITY-HYPO"), Density.ISO.value: pasta_code("DENSITY-ISO"),
-                    Density.HYPER.value: pasta_code("DENSITY-HYPER")},
-        "heterogeneity": {Heterogeneity.HOMOGENEOUS.value: codes.DCM.Homogeneous,
-                          Heterogeneity.HETEROGENEOUS.value: pasta_code("HETEROGENEOUS")},
-        "surface": {Surface.WELL_DEFINED.value: codes.SCT.WellDefined,
-                    Surface.ILL_DEFINED.value: codes.SCT.PoorlyDefined},
-        "invasion": {Invasion.NONE.value: pasta_code("INVASION-NONE"), Invasion.ADJACENT.value: pasta_code("INVASION-ADJ")},
-    }
+    standard = {Shape.ROUND: Code("42700002", "SCT", "Round"), Shape.IRREGULAR: codes.SCT.Irregular,
+                Heterogeneity.HOMOGENEOUS: codes.DCM.Homogeneous, Surface.WELL_DEFINED: codes.SCT.WellDefined,
+                Surface.ILL_DEFINED: codes.SCT.PoorlyDefined}
+    vocabularies: dict[str, type[Enum]] = {"enhancement": Phase, **ATTRIBUTES}
+    # Every wording gets a code: a new wording without one fails here, not in a written SR.
+    return {key: {m.value: standard[m] if m in standard else pasta_code(_PRIVATE_VALUE_CODES[m]) for m in enum}
+            for key, enum in vocabularies.items()}
 
 
 def attribute_code(key: str, wording: str):

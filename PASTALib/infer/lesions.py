@@ -3,7 +3,7 @@ attributes from the model head, and the structured report of each lesion; and, f
 model, the components of its annotated classes that are not PASTA lesion types (no report).
 
 All measurements are taken on the output (input-grid) label map with
-:func:`PASTALib.synth.report.measure_lesion`, the same code the synthesis reports use, so a
+:func:`PASTALib.report.measure.measure_lesion`, the same code the synthesis reports use, so a
 report's size, volume and HU equal what is measured back from ``labels.nii.gz``.
 """
 
@@ -25,7 +25,8 @@ from PASTALib.geometry.canonical import IDENTITY_DIRECTION
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.model.attributes import AttributePrediction, decode_attributes
 from PASTALib.model.preprocess import SLF_VALUES, slf_normalize, to_head_orientation
-from PASTALib.synth.report import StructuredReport, measure_lesion
+from PASTALib.report.measure import measure_lesion
+from PASTALib.report.wording import StructuredReport
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The head's 14 logits are, in order: Shape (5 = the four report wordings plus an empty 5th
 option, "no shape reported"), Density (3), Heterogeneity (2), Surface (2), Invasion (2).
-The wording of each option is the structured report's exact wording (PASTALib.synth.attributes).
+The wording of each option is the structured report's exact wording (PASTALib.report.attributes).
 
 Option order inside a group is this module's convention (enum declaration order). The public
 PASTA code one-hot encodes the attributes from its own tables, which are not published; if a
@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+from PASTALib.report.attributes import ATTRIBUTES, TITLES, wordings
+from PASTALib.report.parsing import strip_mass
 
 #: Wording of the Shape group's 5th option (the checkpoint has it; no report uses it).
 SHAPE_NONE = "None"
@@ -30,12 +31,10 @@ class AttributeGroup:
     options: tuple[str, ...]  # exact report wordings, in logit order
 
 
-ATTRIBUTE_GROUPS: tuple[AttributeGroup, ...] = (
-    AttributeGroup("shape", "Shape", tuple(m.value for m in Shape) + (SHAPE_NONE,)),
-    AttributeGroup("density", "Density", tuple(m.value for m in Density)),
-    AttributeGroup("heterogeneity", "Heterogeneity", tuple(m.value for m in Heterogeneity)),
-    AttributeGroup("surface", "Surface", tuple(m.value for m in Surface)),
-    AttributeGroup("invasion", "Invasion", tuple(m.value for m in Invasion)),
+#: One group per report attribute, in report order; the options are the report vocabulary itself.
+ATTRIBUTE_GROUPS: tuple[AttributeGroup, ...] = tuple(
+    AttributeGroup(key, TITLES[key], wordings(key) + ((SHAPE_NONE,) if key == "shape" else ()))
+    for key in ATTRIBUTES
 )
 GROUP_SIZES: tuple[int, ...] = tuple(len(g.options) for g in ATTRIBUTE_GROUPS)  # (5, 3, 2, 2, 2)
 NUM_ATTRIBUTE_LOGITS: int = sum(GROUP_SIZES)  # 14
@@ -86,8 +85,8 @@ def encode_attributes(report: Mapping[str, Any]) -> list[int]:
             out.append(IGNORE_INDEX)
             continue
         text = str(value).strip()
-        if group.name == "shape" and text.endswith(" mass"):
-            text = text[: -len(" mass")]
+        if group.name == "shape":
+            text = strip_mass(text)
         lowered = [o.lower() for o in group.options]
         if text.lower() not in lowered:
             raise ValueError(f"unknown {group.title} {value!r}; allowed: {', '.join(group.options)}")

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from PASTALib.report.attributes import ATTRIBUTES as REPORT_ATTRIBUTES
 from PASTALib.review.errors import AnswerLockedError, RatingRangeError, ReviewError, UnknownReaderError
 
 #: Version of the schema written by :func:`init_db`; bump it and add a migration when it changes.
 SCHEMA_VERSION = 1
 #: The five report attributes readers rate for accuracy (paper Fig. 2c).
-ATTRIBUTES = ("shape", "density", "heterogeneity", "surface", "invasion")
+ATTRIBUTES: tuple[str, ...] = tuple(REPORT_ATTRIBUTES)
 #: How long a writer waits for another reader's transaction before giving up (ms).
 BUSY_TIMEOUT_MS = 30_000
 

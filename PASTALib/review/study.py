@@ -39,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from PASTALib.errors import PastaError
 from PASTALib.labels import LesionType
+from PASTALib.report.attributes import ATTRIBUTES, parse_attribute
+from PASTALib.report.parsing import report_attributes
 from PASTALib.review import db
 from PASTALib.review.errors import ReviewError, StudyTamperedError
 
@@ -251,40 +254,9 @@ def balance(cases: Sequence[SourceCase], seed: int) -> tuple[list[SourceCase], l
     return kept, dropped
 
 
-def _vocabulary() -> dict[str, type]:
-    """Report attribute -> its enum of exact wordings (PASTALib.synth.attributes, imported when needed:
-    the synth package loads scipy and SimpleITK)."""
-    from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
-
-    return {"shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "surface": Surface,
-            "invasion": Invasion}
-
-
-def report_attributes(report: dict[str, Any] | None) -> dict[str, str]:
-    """The five attribute wordings of a report, as given (surrounding spaces trimmed).
-
-    Reads our report.json keys (``shape``...) and PASTA-Gen ``type.json`` keys (``Shape``...); the
-    shape's sentence form "<shape> mass" (StructuredReport.shape_text, type.json) becomes the shape."""
-    if not report:
-        return {}
-    out = {}
-    for attribute in db.ATTRIBUTES:
-        value = report.get(attribute, report.get(attribute.capitalize()))
-        if value is None or not str(value).strip():
-            continue
-        text = str(value).strip()
-        if attribute == "shape" and text.endswith(" mass"):
-            text = text[: -len(" mass")]
-        out[attribute] = text
-    return out
-
-
 def report_problems(report: dict[str, Any] | None) -> list[str]:
     """Why a (non-empty) report would tell readers something besides its content: attributes missing
     (fewer questions than other cases) or wordings outside the report vocabulary."""
-    from PASTALib.errors import PastaError
-    from PASTALib.synth.attributes import parse_attribute
-
     given = report_attributes(report)
     if not given:
         return []
@@ -292,7 +264,7 @@ def report_problems(report: dict[str, Any] | None) -> list[str]:
     missing = [a for a in db.ATTRIBUTES if a not in given]
     if missing:
         problems.append(f"{len(given)} of {len(db.ATTRIBUTES)} attributes (missing {', '.join(missing)})")
-    for attribute, enum in _vocabulary().items():
+    for attribute, enum in ATTRIBUTES.items():
         text = given.get(attribute)
         if text is None or text in {m.value for m in enum}:
             continue

@@ -8,7 +8,7 @@ this rendering and that lesions measured back from real CTs fall inside it.
 from __future__ import annotations
 
 from PASTALib.labels import LesionType, Phase
-from PASTALib.synth.attributes import Density, Shape
+from PASTALib.report.attributes import Density, Shape
 from PASTALib.synth.profiles import MIN_CONTRAST_HU, PROFILES, HURange, TypeProfile
 
 BEGIN = "<!-- BEGIN GENERATED: PASTALib.synth.hu_table.markdown() -->"

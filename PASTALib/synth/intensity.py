@@ -9,7 +9,7 @@ from scipy import ndimage
 from scipy.special import expit
 
 from PASTALib.labels import Phase
-from PASTALib.synth.attributes import Density, Heterogeneity
+from PASTALib.report.attributes import Density, Heterogeneity
 from PASTALib.synth.profiles import MAX_ISO_CONTRAST_HU, MIN_CONTRAST_HU, HURange, TypeProfile
 
 #: Minimum parenchyma voxels for a measured reference; fewer falls back to the profile nominal.

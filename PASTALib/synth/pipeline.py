@@ -20,12 +20,13 @@ from PASTALib.errors import (
 from PASTALib.geometry import local_grid, resample_to_grid
 from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
+from PASTALib.report.attributes import Shape, Surface
+from PASTALib.report.measure import build_report
+from PASTALib.report.wording import StructuredReport
 from PASTALib.synth import intensity, placement
-from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth import shape as shp
-from PASTALib.synth.attributes import Shape, Surface
 from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
-from PASTALib.synth.report import StructuredReport, build_report
+from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth.spec import (
     STREAM_INTENSITY,
     STREAM_LOCATION,
@@ -254,14 +255,14 @@ def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan 
     model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
     anisotropy = 1.0
     if model is not None:
-        u = model.level(rng_shape, resolved.shape, resolved.margin is Surface.ILL_DEFINED,
+        u = model.level(rng_shape, resolved.shape, resolved.surface is Surface.ILL_DEFINED,
                         float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
         lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u)
     else:
         lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
         lo_s, hi_s = SPICULES[resolved.shape]
         n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
-    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.margin]
+    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.surface]
     margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
     thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
     outward = float(rng_shape.uniform(3.0, 8.0))
@@ -269,7 +270,7 @@ def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan 
     shape_seed = int(rng_shape.integers(2**62))
     circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
     plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
-    orders = model.lobe_orders(resolved.margin is Surface.ILL_DEFINED) if model is not None else (2, 4)
+    orders = model.lobe_orders(resolved.surface is Surface.ILL_DEFINED) if model is not None else (2, 4)
     return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, anisotropy, orders), plan
 
 
@@ -448,7 +449,7 @@ def synthesize_lesion(
     report = build_report(
         ct=out_ct, labels=out_labels, lesion_type=resolved.lesion_type, phase=phase, side=side,
         shape=resolved.shape, density=resolved.density, heterogeneity=resolved.heterogeneity,
-        surface=resolved.margin, invades=bool(resolved.invasion), organ_reference_hu=reference_hu, seed=spec.seed, box=box,
+        surface=resolved.surface, invades=bool(resolved.invasion), organ_reference_hu=reference_hu, seed=spec.seed, box=box,
     )
     timings["report"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0

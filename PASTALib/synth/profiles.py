@@ -27,7 +27,7 @@ from types import MappingProxyType
 import numpy as np
 
 from PASTALib.labels import LesionType, Phase
-from PASTALib.synth.attributes import Density, Heterogeneity, Shape, Surface
+from PASTALib.report.attributes import Density, Heterogeneity, Shape, Surface
 
 PLAIN, ENHANCED = Phase.PLAIN, Phase.ENHANCED
 HYPO, ISO, HYPER = Density.HYPO, Density.ISO, Density.HYPER
@@ -126,7 +126,7 @@ class TypeProfile:
     densities: Mapping[Phase, Mapping[Density, float]]
     hu: Mapping[Phase, Mapping[Density, tuple[HURange, ...]]]
     heterogeneity: Mapping[Heterogeneity, float]
-    margins: Mapping[Surface, float]
+    surfaces: Mapping[Surface, float]
     invasion_probability: float = 0.0
     aspect_sigma: float = 0.15  # per-axis log-normal spread of the extents around the diameter
     # Heterogeneous: correlated noise std (a reader calls texture heterogeneous when it clearly
@@ -151,11 +151,11 @@ class TypeProfile:
     irregularity: "Irregularity | None" = None
 
     def allowed(self, attribute: str) -> tuple:
-        """Allowed values of ``shape``/``density``/``heterogeneity``/``margin`` (non-zero probability)."""
+        """Allowed values of ``shape``/``density``/``heterogeneity``/``surface`` (non-zero probability)."""
         if attribute == "density":
             values = {d for table in self.densities.values() for d, p in table.items() if p > 0}
             return tuple(d for d in Density if d in values)
-        table = {"shape": self.shapes, "heterogeneity": self.heterogeneity, "margin": self.margins}[attribute]
+        table = {"shape": self.shapes, "heterogeneity": self.heterogeneity, "surface": self.surfaces}[attribute]
         return tuple(v for v, p in table.items() if p > 0)
 
 
@@ -185,7 +185,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Solid tumour in aerated lung is always denser than lung: soft tissue 10-60 HU [Fleischner].
         densities=_both({HYPER: 1.0}),
         hu=_both({HYPER: (HURange(10.0, 60.0, relative=False),)}),
-        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.4, ILL: 0.6},
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, surfaces={WELL: 0.4, ILL: 0.6},
         invasion_probability=0.15, texture_std_hu=(20.0, 40.0), necrosis=True,
         parenchyma_window=(-1000.0, -400.0), nominal_parenchyma_hu={PLAIN: -850.0, ENHANCED: -850.0},
         # Lung tumours are elongated/flattened, not spheres. Shape calibrated on LIDC-IDRI contours
@@ -204,7 +204,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # on plain CT most liver tumours are mildly hypoattenuating (-10..-35).
         hu={ENHANCED: {HYPO: (HURange(-60.0, -20.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 50.0),)},
             PLAIN: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 25.0),)}},
-        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.5, ILL: 0.5},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, surfaces={WELL: 0.5, ILL: 0.5},
         invasion_probability=0.1, necrosis=True, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 55.0, ENHANCED: 110.0},
     ),
@@ -214,7 +214,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Enhancing soft tissue (40-100 HU) against bile (0-20 HU): hyperdense to the lumen content.
         densities=_both({HYPER: 1.0}),
         hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
-        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, surfaces={WELL: 0.4, ILL: 0.6},
         invasion_probability=0.3, wall_thickness_mm=(5.0, 15.0), circumferential=0.3, parenchyma_window=(-30.0, 60.0),
         nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
     ),
@@ -225,7 +225,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # PDAC hypoattenuating by 15-50 HU [PDAC]; neuroendocrine tumours hyperenhancing.
         hu={ENHANCED: {HYPO: (HURange(-50.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 50.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
-        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.3, ILL: 0.7},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, surfaces={WELL: 0.3, ILL: 0.7},
         invasion_probability=0.3, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 40.0, ENHANCED: 100.0},
     ),
@@ -235,7 +235,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         densities={ENHANCED: {ISO: 0.5, HYPER: 0.3, HYPO: 0.2}, PLAIN: {ISO: 0.7, HYPO: 0.3}},
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
-        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, surfaces={WELL: 0.5, ILL: 0.5},
         invasion_probability=0.25, wall_thickness_mm=(5.0, 20.0), circumferential=0.6, parenchyma_window=(-30.0, 200.0),
         reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
@@ -246,7 +246,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Enhancing gastric cancer 15-40 HU above normal wall (Ba-Ssalamah) [Wall].
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
-        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, surfaces={WELL: 0.4, ILL: 0.6},
         invasion_probability=0.25, wall_thickness_mm=(8.0, 20.0), circumferential=0.4, parenchyma_window=(-30.0, 200.0),
         reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
@@ -256,7 +256,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         densities={ENHANCED: {ISO: 0.4, HYPER: 0.4, HYPO: 0.2}, PLAIN: {ISO: 0.7, HYPO: 0.3}},
         hu={ENHANCED: {HYPO: (HURange(-35.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 40.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),)}},
-        heterogeneity={HOMO: 0.5, HETERO: 0.5}, margins={WELL: 0.4, ILL: 0.6},
+        heterogeneity={HOMO: 0.5, HETERO: 0.5}, surfaces={WELL: 0.4, ILL: 0.6},
         invasion_probability=0.25, wall_thickness_mm=(6.0, 20.0), circumferential=0.6, parenchyma_window=(-30.0, 200.0),
         reference_clamp=_GI_WALL, texture_std_hu=_WALL_TEXTURE_STD, texture_corr_mm=_WALL_TEXTURE_CORR,
     ),
@@ -267,7 +267,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Nephrographic phase: RCC 30-100 HU below enhancing parenchyma [RCC].
         hu={ENHANCED: {HYPO: (HURange(-100.0, -30.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 60.0),)},
             PLAIN: {HYPO: (HURange(-25.0, -15.0),), ISO: (HURange(-8.0, 8.0),), HYPER: (HURange(15.0, 30.0),)}},
-        heterogeneity={HOMO: 0.4, HETERO: 0.6}, margins={WELL: 0.6, ILL: 0.4},
+        heterogeneity={HOMO: 0.4, HETERO: 0.6}, surfaces={WELL: 0.6, ILL: 0.4},
         invasion_probability=0.15, necrosis=True, parenchyma_window=(-10.0, 350.0),
         nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
     ),
@@ -277,7 +277,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Soft-tissue tumour against urine (0-15 HU) [Wall, Kim 2006].
         densities=_both({HYPER: 1.0}),
         hu={ENHANCED: {HYPER: (HURange(50.0, 100.0, relative=False),)}, PLAIN: {HYPER: (HURange(30.0, 50.0, relative=False),)}},
-        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 0.5, ILL: 0.5},
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, surfaces={WELL: 0.5, ILL: 0.5},
         invasion_probability=0.2, wall_thickness_mm=(5.0, 20.0), circumferential=0.1, parenchyma_window=(-30.0, 60.0),
         nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
     ),
@@ -287,14 +287,14 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         densities=_both({HYPO: 0.6, HYPER: 0.4}),
         # Lytic: soft tissue replacing trabecular bone; blastic: +300..+700 HU [Bone mets].
         hu=_both({HYPO: (HURange(20.0, 60.0, relative=False),), HYPER: (HURange(300.0, 700.0),)}),
-        heterogeneity={HOMO: 0.4, HETERO: 0.6}, margins={WELL: 0.5, ILL: 0.5},
+        heterogeneity={HOMO: 0.4, HETERO: 0.6}, surfaces={WELL: 0.5, ILL: 0.5},
         invasion_probability=0.2, parenchyma_window=(50.0, 600.0),  # trabecular, not cortical, bone
         nominal_parenchyma_hu={PLAIN: 200.0, ENHANCED: 200.0},
     ),
     LesionType.LIVER_CYST: TypeProfile(
         LesionType.LIVER_CYST, 15.0, 0.6, (4.0, 100.0),
         shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
-        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
+        heterogeneity={HOMO: 1.0}, surfaces={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 55.0, ENHANCED: 110.0},
     ),
     LesionType.GALLSTONE: TypeProfile(
@@ -304,7 +304,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Cholesterol stones -90..-10 HU, calcified 60..160 HU [Gallstones]; iso to bile relative.
         hu=_both({HYPO: (HURange(-90.0, -10.0, relative=False),), ISO: (HURange(-8.0, 8.0),),
                   HYPER: (HURange(60.0, 160.0, relative=False),)}),
-        heterogeneity={HOMO: 0.6, HETERO: 0.4}, margins={WELL: 1.0}, stones=(1, 4),
+        heterogeneity={HOMO: 0.6, HETERO: 0.4}, surfaces={WELL: 1.0}, stones=(1, 4),
         texture_std_hu=(15.0, 30.0), texture_corr_mm=(1.0, 2.0), parenchyma_window=(-30.0, 60.0),
         nominal_parenchyma_hu={PLAIN: 10.0, ENHANCED: 10.0},
     ),
@@ -312,13 +312,13 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         LesionType.PANCREAS_CYST, 15.0, 0.5, (4.0, 60.0),
         shapes={ROUND: 0.85, IRREG: 0.15},  # IPMN can be lobulated
         densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
-        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
+        heterogeneity={HOMO: 1.0}, surfaces={WELL: 1.0}, parenchyma_window=(-20.0, 250.0),
         nominal_parenchyma_hu={PLAIN: 40.0, ENHANCED: 100.0},
     ),
     LesionType.KIDNEY_CYST: TypeProfile(
         LesionType.KIDNEY_CYST, 20.0, 0.6, (4.0, 100.0),
         shapes={ROUND: 1.0}, densities=_CYST_DENSITY, hu=_CYST_HU, min_contrast_hu=_CYST_CONTRAST_HU, hu_limits=CYST_HU_RANGE,
-        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, parenchyma_window=(-10.0, 350.0),
+        heterogeneity={HOMO: 1.0}, surfaces={WELL: 1.0}, parenchyma_window=(-10.0, 350.0),
         nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
     ),
     LesionType.KIDNEY_STONE: TypeProfile(
@@ -328,7 +328,7 @@ PROFILES: Mapping[LesionType, TypeProfile] = MappingProxyType({
         # Uric acid 200-500 HU (~10%), calcium stones 900-1500 HU [Stones].
         hu=_both({HYPER: (HURange(200.0, 500.0, relative=False, weight=0.15),
                           HURange(900.0, 1500.0, relative=False, weight=0.85))}),
-        heterogeneity={HOMO: 1.0}, margins={WELL: 1.0}, stones=(1, 3), parenchyma_window=(-10.0, 350.0),
+        heterogeneity={HOMO: 1.0}, surfaces={WELL: 1.0}, stones=(1, 3), parenchyma_window=(-10.0, 350.0),
         nominal_parenchyma_hu={PLAIN: 35.0, ENHANCED: 170.0},
     ),
 })

@@ -10,11 +10,11 @@ import numpy as np
 
 from PASTALib.errors import SpecificationError
 from PASTALib.labels import LesionType, Phase
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface, parse_attribute
+from PASTALib.report.attributes import KEY_ALIASES, Density, Heterogeneity, Invasion, Shape, Surface, parse_attribute
 from PASTALib.synth.profiles import TypeProfile, profile
 
 # Independent random streams (SeedSequence([seed, stream])): changing one attribute (e.g. the
-# margin) leaves the location, shape and texture of the same seed unchanged.
+# surface) leaves the location, shape and texture of the same seed unchanged.
 STREAM_ATTRIBUTES, STREAM_LOCATION, STREAM_SHAPE, STREAM_INTENSITY, STREAM_REFINER = range(5)
 SIDES = ("left", "right")
 
@@ -61,7 +61,7 @@ class LesionSpec:
     shape: Shape | None = None
     density: Density | None = None
     heterogeneity: Heterogeneity | None = None
-    margin: Surface | None = None
+    surface: Surface | None = None
     invasion: bool | None = None
     enhancement: Phase | None = None
     side: str | None = None
@@ -73,7 +73,7 @@ class LesionSpec:
         set_("lesion_type", LesionType.parse(self.lesion_type))
         set_("center_mm", _triple(self.center_mm, "center_mm"))
         set_("size_mm", _triple(self.size_mm, "size_mm"))
-        for name, enum in (("shape", Shape), ("density", Density), ("heterogeneity", Heterogeneity), ("margin", Surface)):
+        for name, enum in (("shape", Shape), ("density", Density), ("heterogeneity", Heterogeneity), ("surface", Surface)):
             value = getattr(self, name)
             if value is not None:
                 set_(name, parse_attribute(enum, value, name))
@@ -107,7 +107,7 @@ class LesionSpec:
         """Check each given attribute against the type's allowed values; returns self."""
         prof, kind = self.profile, self.lesion_type
         name = kind.slug
-        for attribute in ("shape", "heterogeneity", "margin"):
+        for attribute in ("shape", "heterogeneity", "surface"):
             value = getattr(self, attribute)
             allowed = prof.allowed(attribute)
             if value is not None and value not in allowed:
@@ -151,7 +151,7 @@ class LesionSpec:
         shape = _choice(rng, prof.shapes)
         density = _choice(rng, prof.densities[phase])
         heterogeneity = _choice(rng, prof.heterogeneity)
-        margin = _choice(rng, prof.margins)
+        surface = _choice(rng, prof.surfaces)
         invasion = bool(rng.random() < prof.invasion_probability)
         diameter = float(np.exp(np.log(prof.size_median_mm) + prof.size_sigma * rng.standard_normal()))
         aspect = np.exp(prof.aspect_sigma * rng.standard_normal(3))
@@ -161,7 +161,7 @@ class LesionSpec:
             shape=self.shape or shape,
             density=self.density or density,
             heterogeneity=self.heterogeneity or heterogeneity,
-            margin=self.margin or margin,
+            surface=self.surface or surface,
             invasion=self.invasion if self.invasion is not None else invasion,
             size_mm=self.size_mm or size,
             enhancement=phase,
@@ -171,7 +171,7 @@ class LesionSpec:
         """JSON-ready dict (enums as their wording, lesion type as its slug)."""
         out = asdict(self)
         out["lesion_type"] = self.lesion_type.slug
-        for key in ("shape", "density", "heterogeneity", "margin", "enhancement"):
+        for key in ("shape", "density", "heterogeneity", "surface", "enhancement"):
             if out[key] is not None:
                 out[key] = out[key].value
         for key in ("center_mm", "size_mm"):
@@ -181,6 +181,8 @@ class LesionSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LesionSpec":
+        """A spec from a JSON-style dict; attribute names are mapped to the report's keys (``margin`` -> ``surface``)."""
+        data = {KEY_ALIASES.get(key, key): value for key, value in data.items()}
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise SpecificationError(f"Unknown lesion attribute(s) {sorted(unknown)}. Allowed: {sorted(cls.__dataclass_fields__)}.")
@@ -194,7 +196,7 @@ def allowed_values(lesion_type: "LesionType | str") -> dict[str, list[str]]:
         "shape": [v.value for v in prof.allowed("shape")],
         "density": [v.value for v in prof.allowed("density")],
         "heterogeneity": [v.value for v in prof.allowed("heterogeneity")],
-        "margin": [v.value for v in prof.allowed("margin")],
+        "surface": [v.value for v in prof.allowed("surface")],
         "invasion": [Invasion.NONE.value] + ([Invasion.ADJACENT.value] if LesionType.parse(lesion_type).is_malignant else []),
         "size_range_mm": [str(v) for v in prof.size_range_mm],
     }

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.io.image import read_image, read_label
-from PASTALib.synth.attributes import Density, Heterogeneity, Invasion, Shape, Surface
+from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
 #: TotalSegmentator "total" ids → PASTA organ labels (lung lobes, liver, gallbladder, pancreas,
 #: esophagus, stomach, colon, kidneys, bladder).

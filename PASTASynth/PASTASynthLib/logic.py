@@ -195,14 +195,14 @@ class SynthesisLogic(MRMLLogicBase):
 
     @staticmethod
     def spec_from_parameters(lesion_type: str, size_xyz_mm=None, *, shape=None, density=None,
-                             heterogeneity=None, margin=None, invasion=None, seed: int = 0,
+                             heterogeneity=None, surface=None, invasion=None, seed: int = 0,
                              side=None) -> dict:
         """LesionSpec dict from GUI values (report wordings; None / "" = sample from the profile)."""
         spec: dict[str, Any] = {"lesion_type": lesion_type, "seed": int(seed)}
         if size_xyz_mm is not None:
             spec["size_mm"] = [float(v) for v in size_xyz_mm]
         for key, value in (("shape", shape), ("density", density), ("heterogeneity", heterogeneity),
-                           ("margin", margin), ("invasion", invasion), ("side", side)):
+                           ("surface", surface), ("invasion", invasion), ("side", side)):
             if value not in (None, ""):
                 spec[key] = value
         return spec
@@ -395,7 +395,7 @@ class SynthesisLogic(MRMLLogicBase):
     @staticmethod
     def save_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         """Write the report as JSON (validated against PASTALib's schema)."""
-        from PASTALib.synth import validate_report
+        from PASTALib.report.schema import validate_report
 
         validate_report(dict(report))
         with open(path, "w", encoding="utf-8") as f:

@@ -147,7 +147,7 @@ def scenario_synthesize(ctx: MRMLContext, ct_node, segmentation, lesion_type: st
 
     import SimpleITK as sitk
 
-    from PASTALib.synth import validate_report
+    from PASTALib.report.schema import validate_report
 
     logic = SynthesisLogic(context=ctx)
     before = mrml.array_from_volume(ct_node)
@@ -273,7 +273,7 @@ def scenario_errors_leave_scene_unchanged(ctx: MRMLContext, ct_node, segmentatio
 
 def scenario_preview_apply_undo(ctx: MRMLContext, ct_node, segmentation, location=None) -> None:
     """Preview = one crop volume, replaced per call, removed on Apply; Undo removes outputs."""
-    from PASTALib.synth import validate_report
+    from PASTALib.report.schema import validate_report
 
     logic = SynthesisLogic(context=ctx)
     n0 = ctx.scene.GetNumberOfNodes()

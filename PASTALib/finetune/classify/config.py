@@ -7,6 +7,7 @@ from typing import Any
 
 from PASTALib.anatomy.labelmaps import LABELS_KINDS
 from PASTALib.model.preprocess import SLF_VALUES
+from PASTALib.report.attributes import ATTRIBUTES, KEY_ALIASES
 from PASTALib.train.common import TrainingError
 
 TASKS = ("detection", "roi", "attributes")
@@ -16,8 +17,7 @@ IMAGE_COLUMNS = ("image", "image_path")
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 #: Table column names accepted for each attribute group (first match wins, case-insensitive).
 ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "shape": ("shape",), "density": ("density",), "heterogeneity": ("heterogeneity",),
-    "surface": ("margin", "surface"), "invasion": ("invasion",),
+    key: (*(alias for alias, canonical in KEY_ALIASES.items() if canonical == key), key) for key in ATTRIBUTES
 }
 BUNDLE_FORMAT = "pasta-classifier/1"
 SPLITS_FORMAT = "pasta-classify-splits/1"

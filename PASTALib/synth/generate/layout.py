@@ -76,7 +76,7 @@ def case_complete(case_dir: Path) -> bool:
 def verify_case(case_dir: str | os.PathLike) -> dict[str, Any]:
     """Check one output case (files, grids, label values, report schema); returns its report dict."""
     from PASTALib.io import read_image, read_label
-    from PASTALib.synth.report import validate_report
+    from PASTALib.report.schema import validate_report
 
     case_dir = Path(case_dir)
     missing = [f for f in CASE_FILES if not (case_dir / f).exists()]

@@ -1,4 +1,9 @@
-"""Report attribute vocabularies: each enum value is the structured report's exact wording."""
+"""The five report attribute vocabularies: each enum value is the structured report's exact wording.
+
+One canonical key per attribute, the report schema's (``surface``, not ``margin``): older specs,
+tables and the CLI's ``--margin`` name the same attribute ``margin``; :func:`canonical_key` maps it.
+Imports nothing but the standard library and PASTALib.errors (the Slicer panels load it at import time).
+"""
 
 from __future__ import annotations
 
@@ -38,6 +43,29 @@ class Invasion(str, Enum):
     @classmethod
     def of(cls, invades: bool) -> "Invasion":
         return cls.ADJACENT if invades else cls.NONE
+
+
+#: Report key -> its vocabulary, in report (and model logit group) order.
+ATTRIBUTES: dict[str, type[Enum]] = {
+    "shape": Shape, "density": Density, "heterogeneity": Heterogeneity, "surface": Surface, "invasion": Invasion,
+}
+#: Panel / type.json title of each attribute ("Shape", ...).
+TITLES: dict[str, str] = {key: key.capitalize() for key in ATTRIBUTES}
+#: Other names of an attribute key (spec files, classification tables, ``--margin``).
+KEY_ALIASES: dict[str, str] = {"margin": "surface"}
+#: Sentence form of the shape: masses are reported as "<shape> mass", the other wordings stand alone.
+MASS_SUFFIX = " mass"
+
+
+def canonical_key(key: str) -> str:
+    """The report key of an attribute name (``margin`` -> ``surface``; case-insensitive)."""
+    lowered = key.strip().lower()
+    return KEY_ALIASES.get(lowered, lowered)
+
+
+def wordings(key: str) -> tuple[str, ...]:
+    """The exact report wordings of an attribute, in declaration (logit) order."""
+    return tuple(member.value for member in ATTRIBUTES[canonical_key(key)])
 
 
 # Short forms a user may type on the command line or a slider label (matched case-insensitively).
