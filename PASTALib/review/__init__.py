@@ -5,6 +5,7 @@ create a study (:func:`create_study`), register readers (:func:`add_reader`), an
 Heavy statistics modules (pandas, sklearn, pingouin) load only inside :mod:`.analysis`.
 """
 
+from PASTALib.review.cases import SourceCase, find_synthetic_cases, read_real_cases_csv, real_case, synthetic_case
 from PASTALib.review.db import ATTRIBUTES, SCHEMA_VERSION, Answer
 from PASTALib.review.errors import (
     AnswerLockedError,
@@ -16,16 +17,11 @@ from PASTALib.review.errors import (
 from PASTALib.review.session import CasePaths, CaseView, ReaderSession, reader_order
 from PASTALib.review.study import (
     CreatedStudy,
-    SourceCase,
     Study,
     StudySettings,
     add_reader,
     create_study,
-    find_synthetic_cases,
     load_key,
-    read_real_cases_csv,
-    real_case,
-    synthetic_case,
     verify_study,
 )
 

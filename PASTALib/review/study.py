@@ -25,14 +25,13 @@ readers are asked to judge, but the coordinator should match sources' slice thic
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,39 +39,16 @@ from typing import Any
 import numpy as np
 
 from PASTALib.errors import PastaError
-from PASTALib.labels import LesionType
 from PASTALib.report.attributes import ATTRIBUTES, parse_attribute
 from PASTALib.report.parsing import report_attributes
 from PASTALib.review import db
+from PASTALib.review.anonymise import anonymise_case
+from PASTALib.review.cases import ORIGINS, SourceCase
 from PASTALib.review.errors import ReviewError, StudyTamperedError
+from PASTALib.review.layout import (CASE_JSON, DB_NAME, IMAGE_NAME, MASK_NAME, PARTIAL_MARKER, write_json,
+                                     remove_stale_partials, sha256, study_files, verify_files)
 
 STUDY_FORMAT_VERSION = 1
-ORIGINS = ("real", "synthetic")
-#: Intensity encoding of every study image (HU); outside the source's field of view is air.
-HU_RANGE = (-1024, 3071)
-IMAGE_NAME, MASK_NAME, CASE_JSON = "image.nii.gz", "mask.nii.gz", "case.json"
-DB_NAME = "responses.sqlite"
-#: Files in the study folder that change while readers work (not checksummed).
-_MUTABLE = {"manifest.json", DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", DB_NAME + "-journal"}
-#: Marks a staging folder of :func:`create_study` (pid, host): a killed create's leftovers are recognised
-#: by it and removed by the next create; it is deleted just before the folder is renamed into place.
-PARTIAL_MARKER = ".pasta-review-partial.json"
-
-
-@dataclass(frozen=True)
-class SourceCase:
-    """One input case: a CT, its lesion mask and (optionally) a report."""
-
-    origin: str  # "real" or "synthetic"
-    image: Path
-    mask: Path
-    lesion_type: LesionType
-    report: dict[str, Any] | None = None
-    lesion_values: tuple[int, ...] | None = None  # mask values of the lesion; None = any non-zero
-
-    def __post_init__(self) -> None:
-        if self.origin not in ORIGINS:
-            raise ReviewError(f"Case origin must be one of {ORIGINS}, not {self.origin!r}.")
 
 
 @dataclass(frozen=True)
@@ -103,126 +79,6 @@ class CreatedStudy:
     dropped: list[dict[str, str]]
     warnings: list[str] = field(default_factory=list)
     removed_partials: list[Path] = field(default_factory=list)  # leftovers of killed creates, cleaned
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def real_case(
-    image: str | os.PathLike, mask: str | os.PathLike, lesion_type: str | int | LesionType,
-    report: dict[str, Any] | str | os.PathLike | None = None, lesion_values: Sequence[int] | None = None,
-) -> SourceCase:
-    """A real case; ``report`` may be a dict or a JSON file with the attribute wordings."""
-    if report is not None and not isinstance(report, dict):
-        path = Path(report)
-        try:
-            report = json.loads(path.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReviewError(f"cannot read the report {path} ({exc}); give a JSON file with the attribute "
-                              "wordings (shape, density, heterogeneity, surface, invasion).") from None
-        if not isinstance(report, dict):
-            raise ReviewError(f"the report {path} is not a JSON object; give one with the attribute wordings.")
-    return SourceCase("real", Path(image), Path(mask), LesionType.parse(lesion_type), report,
-                      tuple(int(v) for v in lesion_values) if lesion_values else None)
-
-
-#: The CT of a synthesizer case folder: ``img.nii.gz`` is the PASTA-Gen layout that `pasta synth generate`
-#: writes and the trainers read (PASTALib.train.data, refine, finetune); ``ct.nii.gz`` (what
-#: `pasta synth lesion` writes) is read too.
-SYNTHETIC_CT_NAMES = ("img.nii.gz", "ct.nii.gz")
-#: The report of a synthesizer case folder: our ``report.json`` (`pasta synth`), else the PASTA-Gen
-#: ``type.json`` (the only report of a `pasta data pasta-gen-30k` subset).
-SYNTHETIC_REPORT_NAMES = ("report.json", "type.json")
-
-
-def _folder_lesion_type(folder: Path) -> LesionType | None:
-    """The lesion type of a PASTA-Gen-30K case folder ``<Organ>/<Kind>/<n>`` from its path (None if none fits)."""
-    from PASTALib.synth.generate import DATASET_FOLDERS
-
-    by_folder = {v: k for k, v in DATASET_FOLDERS.items()}
-    return by_folder.get((folder.parent.parent.name, folder.parent.name))
-
-
-def synthetic_case(folder: str | os.PathLike) -> SourceCase:
-    """A synthesizer case folder: img.nii.gz (or ct.nii.gz), label.nii.gz (lesion 11-25) and report.json,
-    as `pasta synth generate` writes; or a PASTA-Gen-30K case (`pasta data pasta-gen-30k`), whose
-    report is type.json and whose lesion type is its ``<Organ>/<Kind>`` folder when type.json omits it."""
-    folder = Path(folder)
-    ct = next((folder / n for n in SYNTHETIC_CT_NAMES if (folder / n).is_file()), None)
-    report_path = next((folder / n for n in SYNTHETIC_REPORT_NAMES if (folder / n).is_file()), None)
-    missing = [n for n, ok in (("img.nii.gz (or ct.nii.gz)", ct is not None),
-                               ("label.nii.gz", (folder / "label.nii.gz").is_file()),
-                               ("report.json (or type.json)", report_path is not None)) if not ok]
-    if missing:
-        raise ReviewError(f"{folder} is not a synthetic case folder: {', '.join(missing)} missing "
-                          "(expected img.nii.gz, label.nii.gz, report.json as written by `pasta synth generate`, "
-                          "or type.json for a `pasta data pasta-gen-30k` case; ct.nii.gz from `pasta synth lesion` "
-                          "is accepted for the CT).")
-    try:
-        report = json.loads(report_path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReviewError(f"cannot read {report_path} ({exc}); regenerate the case or remove its folder.") from None
-    if not isinstance(report, dict):
-        raise ReviewError(f"{report_path} is not a report object; regenerate the case or remove its folder.")
-    if "lesion_type" in report:
-        lesion_type = LesionType.parse(report["lesion_type"])
-    elif (from_path := _folder_lesion_type(folder)) is not None:
-        lesion_type = from_path
-    else:
-        raise ReviewError(f"{report_path} has no 'lesion_type' and {folder} is not a PASTA-Gen-30K "
-                          "<Organ>/<Kind>/<n> folder; add \"lesion_type\" (e.g. \"lung_tumor\") to the report.")
-    try:
-        value = int(report.get("label_value", int(lesion_type)))
-    except (TypeError, ValueError):
-        raise ReviewError(f"{report_path}: label_value {report.get('label_value')!r} is not a label value "
-                          "(11-25); fix or remove it.") from None
-    return SourceCase("synthetic", ct, folder / "label.nii.gz", lesion_type, report, (value,))
-
-
-def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]:
-    """Every case folder under ``roots`` (or a root itself): one holding label.nii.gz and report.json or
-    type.json (`pasta synth generate` output, a `pasta data pasta-gen-30k` subset). Hidden folders,
-    such as generate's unfinished ``.partial`` cases and the subset's ``.hf`` download area, are skipped."""
-    found = []
-    for root in roots:
-        root = Path(root)
-        if not root.is_dir():
-            raise ReviewError(f"--synthetic {root} is not a folder; give the output folder of `pasta synth generate` "
-                              "or `pasta data pasta-gen-30k`.")
-        folders = {p.parent for n in SYNTHETIC_REPORT_NAMES for p in root.rglob(n)}
-        for folder in sorted(folders):
-            if any(part.startswith(".") for part in folder.relative_to(root).parts):
-                continue
-            if not (folder / "label.nii.gz").is_file() and not (folder / "report.json").is_file():
-                continue  # a stray type.json is not a case; a report.json without label is named below
-            found.append(synthetic_case(folder))
-    return found
-
-
-def read_real_cases_csv(path: str | os.PathLike) -> list[SourceCase]:
-    """CSV with columns image, mask, lesion_type[, report][, lesion_values "1;2"]; paths relative to the CSV."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as stream:
-            rows = list(csv.DictReader(stream))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ReviewError(f"cannot read the real-case CSV {path} ({exc}); give a UTF-8 CSV file with columns "
-                          "image, mask, lesion_type (optional report, lesion_values).") from None
-    missing = {"image", "mask", "lesion_type"} - set(rows[0] if rows else {})
-    if not rows or missing:
-        raise ReviewError(f"{path} needs a header with columns image, mask, lesion_type "
-                          f"(optional report, lesion_values); missing: {', '.join(sorted(missing)) or 'all rows'}.")
-    base = path.parent
-    cases = []
-    for line, row in enumerate(rows, 2):
-        try:
-            values = [int(v) for v in (row.get("lesion_values") or "").replace(",", ";").split(";") if v.strip()]
-        except ValueError:
-            raise ReviewError(f"{path} line {line}: lesion_values {row.get('lesion_values')!r} must be whole "
-                              "numbers separated by ';' (e.g. 1;2).") from None
-        report = (base / row["report"]) if row.get("report") else None
-        cases.append(real_case(base / row["image"], base / row["mask"], row["lesion_type"], report, values or None))
-    return cases
 
 
 # ---------------------------------------------------------------- balancing
@@ -320,65 +176,6 @@ def _report_warnings(cases: Sequence[SourceCase], settings: StudySettings) -> li
     return warnings
 
 
-# ---------------------------------------------------------------- anonymising one case
-
-
-def _lesion_centre_and_mask(case: SourceCase):
-    """The largest connected lesion component (binary sitk image) and its centroid in LPS mm."""
-    import SimpleITK as sitk
-    from scipy import ndimage
-
-    from PASTALib.io import read_label
-
-    labels = read_label(case.mask)
-    values = sitk.GetArrayViewFromImage(labels)
-    lesion = np.isin(values, case.lesion_values) if case.lesion_values else values > 0
-    components, count = ndimage.label(lesion, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        wanted = "values " + ", ".join(map(str, case.lesion_values)) if case.lesion_values else "non-zero voxels"
-        raise ReviewError(f"{case.mask} has no lesion ({wanted}); check the mask or its lesion_values.")
-    sizes = np.bincount(components.ravel())[1:]
-    largest = components == (int(np.argmax(sizes)) + 1)
-    centre_zyx = np.argwhere(largest).mean(axis=0)
-    centre = labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre_zyx[::-1]])
-    binary = sitk.GetImageFromArray(largest.astype(np.uint8))
-    binary.CopyInformation(labels)
-    return binary, np.asarray(centre, float)
-
-
-def _anonymise(case: SourceCase, settings: StudySettings, out_dir: Path, mtime: float) -> dict[str, Any]:
-    """Resample one case onto the common lesion-centred grid and write image + mask."""
-    import SimpleITK as sitk
-
-    from PASTALib.geometry import canonical_mapping, local_grid, resample_to_grid
-    from PASTALib.io import read_ct
-
-    ct = read_ct(case.image)
-    voxels = hashlib.sha256(np.ascontiguousarray(sitk.GetArrayViewFromImage(ct)).data)
-    # Spacing rounded: NIfTI stores it as float32, so the same scan converted from NRRD reads 0.800000011.
-    voxels.update(repr((ct.GetSize(), tuple(round(v, 4) for v in ct.GetSpacing()))).encode())
-    mask, centre = _lesion_centre_and_mask(case)
-    if settings.fov_mm:
-        grid = local_grid(centre, (settings.fov_mm,) * 3, settings.spacing_mm)
-    else:
-        grid = canonical_mapping(ct, settings.spacing_mm).canonical
-    image = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
-    image = np.clip(np.rint(image), *HU_RANGE).astype(np.int16)
-    lesion = sitk.GetArrayFromImage(resample_to_grid(mask, grid, is_label=True)).transpose(2, 1, 0)
-    lesion = (lesion > 0).astype(np.uint8)
-    if not lesion.any():
-        raise ReviewError(f"The lesion in {case.mask} vanishes at {settings.spacing_mm} mm spacing; "
-                          "use a finer study spacing or drop the case.")
-    # The lesion centre becomes LPS (0, 0, 0): patient coordinates would identify the source scan.
-    origin = np.asarray(grid.origin) - centre
-    from PASTALib.review.nifti import write_nifti
-
-    write_nifti(out_dir / IMAGE_NAME, image, settings.spacing_mm, origin, mtime)
-    write_nifti(out_dir / MASK_NAME, lesion, settings.spacing_mm, origin, mtime)
-    return {"centre_source_lps_mm": [round(float(v), 3) for v in centre], "size_voxels": list(image.shape),
-            "voxels_sha256": voxels.hexdigest()}
-
-
 # ---------------------------------------------------------------- duplicates
 
 
@@ -399,72 +196,7 @@ def _refuse_duplicate_files(cases: Sequence[SourceCase]) -> None:
         seen[path] = case
 
 
-# ---------------------------------------------------------------- checksums
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def study_files(study_dir: Path) -> list[str]:
-    """Relative paths of the study's fixed files (everything except the manifest and database)."""
-    return sorted(p.relative_to(study_dir).as_posix() for p in study_dir.rglob("*")
-                  if p.is_file() and p.name not in _MUTABLE and p.name != PARTIAL_MARKER)
-
-
-def verify_files(root: Path, checksums: dict[str, str], *, complete: bool = True) -> int:
-    """Raise StudyTamperedError naming every file that changed, vanished or (``complete``) appeared."""
-    problems = []
-    for rel, expected in sorted(checksums.items()):
-        path = root / rel
-        if not path.is_file():
-            problems.append(f"{rel} is missing")
-        elif sha256(path) != expected:
-            problems.append(f"{rel} changed (sha256 differs from the one recorded at creation)")
-    if complete:
-        problems += [f"{rel} was added" for rel in study_files(root) if rel not in checksums]
-    if problems:
-        raise StudyTamperedError(
-            f"The study files in {root} were modified after the study was created: " + "; ".join(problems)
-            + ". Restore the original files (or re-create the study); answers on altered cases are not valid."
-        )
-    return len(checksums)
-
-
 # ---------------------------------------------------------------- create
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process (or a pid we cannot ask about): leave its folder alone
-    return True
-
-
-def remove_stale_partials(folders: Iterable[Path]) -> list[Path]:
-    """Remove staging folders that a killed :func:`create_study` left in ``folders``: only folders
-    carrying PARTIAL_MARKER, written on this host by a process that no longer runs."""
-    removed = []
-    for parent in sorted({Path(f) for f in folders}):
-        if not parent.is_dir():
-            continue
-        for stage in sorted(parent.glob(".*.partial-*")):
-            try:
-                info = json.loads((stage / PARTIAL_MARKER).read_text(encoding="utf-8"))
-                pid, host = int(info["pid"]), str(info["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # not ours (or not readable): never delete what we cannot prove we made
-            if host == socket.gethostname() and not _process_alive(pid):
-                shutil.rmtree(stage, ignore_errors=True)
-                removed.append(stage)
-    return removed
 
 
 def default_key_dir(study_dir: Path) -> Path:
@@ -496,28 +228,8 @@ def _create_study(
 ) -> CreatedStudy:
     study_dir = Path(study_dir).resolve()
     key_dir = Path(key_dir).resolve() if key_dir else default_key_dir(study_dir)
-    if key_dir == study_dir or study_dir in key_dir.parents:
-        raise ReviewError(f"The key folder {key_dir} must be outside the study folder {study_dir}: "
-                          "readers get the study folder, and the key reveals every answer.")
-    removed_partials = remove_stale_partials((study_dir.parent, key_dir.parent))
-    for folder in (study_dir, key_dir):
-        if folder.exists() and not folder.is_dir():
-            raise ReviewError(f"{folder} is a file; choose a new folder for the study and key.")
-        if folder.exists() and any(folder.iterdir()):
-            raise ReviewError(f"{folder} exists and is not empty; choose a new folder for the study and key.")
-    cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
-    if len(cases) != len(real) + len(synthetic):
-        raise ReviewError("A case is listed under the wrong origin (real vs synthetic).")
-    _refuse_duplicate_files(cases)
-    kept, dropped = balance(cases, settings.seed)
-    if not kept:
-        raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
-    _refuse_revealing_reports(kept, settings)
-    warnings = _report_warnings(kept, settings)
-    if warnings and not settings.allow_report_imbalance:
-        raise ReviewError("Cannot blind the attribute questions. " + " ".join(warnings)
-                          + " (Or allow it explicitly with allow_report_imbalance / --allow-report-imbalance.)")
-
+    removed_partials = _prepare_folders(study_dir, key_dir)
+    kept, dropped, warnings = _select_cases(real, synthetic, settings)
     rng = np.random.default_rng([settings.seed, 2])
     order = rng.permutation(len(kept))  # write order and ids are random: neither follows origin
     ids: list[str] = []
@@ -529,60 +241,18 @@ def _create_study(
     stage, key_stage = (p.with_name(f".{p.name}.partial-{os.getpid()}") for p in (study_dir, key_dir))
     try:
         for p, final in ((stage, study_dir), (key_stage, key_dir)):
-            shutil.rmtree(p, ignore_errors=True)
-            p.mkdir(parents=True)
-            (p / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                        "target": str(final)}), encoding="utf-8")
-        key_cases: dict[str, dict[str, Any]] = {}
-        seen_voxels: dict[str, SourceCase] = {}
-        for n, (index, case_id) in enumerate(zip(order, ids), 1):
-            case = kept[int(index)]
-            case_dir = stage / "cases" / case_id
-            info = _anonymise(case, settings, case_dir, mtime)
-            voxels = info.pop("voxels_sha256")
-            if voxels in seen_voxels:
-                raise ReviewError(_duplicate_message(seen_voxels[voxels], case, "identical voxels"))
-            seen_voxels[voxels] = case
-            visible = {"case_id": case_id, "lesion_type": case.lesion_type.display_name,
-                       "report": _visible_report(case, settings), "image": IMAGE_NAME, "mask": MASK_NAME,
-                       "centre_lps_mm": [0.0, 0.0, 0.0], "spacing_mm": settings.spacing_mm}
-            _write_json(case_dir / CASE_JSON, visible, mtime)
-            key_cases[case_id] = {"origin": case.origin, "lesion_type": case.lesion_type.slug,
-                                  "image": str(case.image), "mask": str(case.mask),
-                                  "lesion_values": list(case.lesion_values) if case.lesion_values else None,
-                                  "report": case.report, **info}
-            if progress:
-                progress(n, len(kept))
+            _start_stage(p, final)
+        key_cases = _write_cases(kept, order, ids, settings, stage, mtime, progress)
         study_id = f"S{int(rng.integers(0, 16**8)):08X}"
-        public_settings = {"allow_changes": settings.allow_changes, "ask_attributes": settings.ask_attributes,
-                           "spacing_mm": settings.spacing_mm, "fov_mm": settings.fov_mm}
-        _write_json(stage / "study.json", {
-            "format_version": STUDY_FORMAT_VERSION, "study_id": study_id, "settings": public_settings,
-            "attributes": list(db.ATTRIBUTES), "case_ids": sorted(ids),
-            "image_format": {"image": "NIfTI-1 .nii.gz int16 HU, clipped to -1024..3071",
-                             "mask": "NIfTI-1 .nii.gz uint8, 1 = lesion",
-                             "grid": "LPS identity direction, isotropic spacing, lesion centre at (0, 0, 0)"},
-        }, mtime)
-        checksums = {rel: sha256(stage / rel) for rel in study_files(stage)}
-        _write_json(stage / "manifest.json", {"study_id": study_id, "sha256": checksums}, mtime)
-        db.init_db(stage / DB_NAME, {"study_id": study_id, **public_settings})
-        _write_json(key_stage / "key.json", {
+        checksums = _write_study_files(stage, study_id, ids, settings, mtime)
+        write_json(key_stage / "key.json", {
             "format_version": STUDY_FORMAT_VERSION, "study_id": study_id, "study_dir": str(study_dir),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)),
             "settings": asdict(settings), "cases": key_cases, "dropped": dropped, "warnings": warnings,
             "sha256": checksums, "manifest_sha256": sha256(stage / "manifest.json"),
         }, mtime)
         for final, staged in ((study_dir, stage), (key_dir, key_stage)):
-            try:
-                if final.exists():
-                    final.rmdir()
-                (staged / PARTIAL_MARKER).unlink()
-                os.replace(staged, final)
-            except OSError:
-                if final.is_dir() and any(final.iterdir()):
-                    raise ReviewError(f"{final} was filled by another `pasta review create` while this one ran; "
-                                      "choose a new folder for the study and key.") from None
-                raise
+            _move_into_place(staged, final)
     except OSError as exc:
         shutil.rmtree(stage, ignore_errors=True)
         shutil.rmtree(key_stage, ignore_errors=True)
@@ -599,10 +269,105 @@ def _create_study(
     return CreatedStudy(study_dir, key_dir, sorted(ids), counts, dropped, warnings, removed_partials)
 
 
-def _write_json(path: Path, data: dict[str, Any], mtime: float) -> None:
-    from PASTALib.review.nifti import write_bytes
+def _prepare_folders(study_dir: Path, key_dir: Path) -> list[Path]:
+    """Refuse a key inside the study or a non-empty target; return the stale staging folders removed."""
+    if key_dir == study_dir or study_dir in key_dir.parents:
+        raise ReviewError(f"The key folder {key_dir} must be outside the study folder {study_dir}: "
+                          "readers get the study folder, and the key reveals every answer.")
+    removed_partials = remove_stale_partials((study_dir.parent, key_dir.parent))
+    for folder in (study_dir, key_dir):
+        if folder.exists() and not folder.is_dir():
+            raise ReviewError(f"{folder} is a file; choose a new folder for the study and key.")
+        if folder.exists() and any(folder.iterdir()):
+            raise ReviewError(f"{folder} exists and is not empty; choose a new folder for the study and key.")
+    return removed_partials
 
-    write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode(), mtime)
+
+def _select_cases(
+    real: Sequence[SourceCase], synthetic: Sequence[SourceCase], settings: StudySettings,
+) -> tuple[list[SourceCase], list[dict[str, str]], list[str]]:
+    """The balanced cases, the dropped ones and the report warnings; refuses what cannot be blinded."""
+    cases = [c for c in real if c.origin == "real"] + [c for c in synthetic if c.origin == "synthetic"]
+    if len(cases) != len(real) + len(synthetic):
+        raise ReviewError("A case is listed under the wrong origin (real vs synthetic).")
+    _refuse_duplicate_files(cases)
+    kept, dropped = balance(cases, settings.seed)
+    if not kept:
+        raise ReviewError("No lesion type has both real and synthetic cases, so the study would be empty.")
+    _refuse_revealing_reports(kept, settings)
+    warnings = _report_warnings(kept, settings)
+    if warnings and not settings.allow_report_imbalance:
+        raise ReviewError("Cannot blind the attribute questions. " + " ".join(warnings)
+                          + " (Or allow it explicitly with allow_report_imbalance / --allow-report-imbalance.)")
+    return kept, dropped, warnings
+
+
+def _start_stage(stage: Path, final: Path) -> None:
+    """A fresh staging folder for ``final``, marked so a later create can clean it up if this one dies."""
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    (stage / PARTIAL_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "target": str(final)}), encoding="utf-8")
+
+
+def _write_cases(
+    kept: Sequence[SourceCase], order: np.ndarray, ids: list[str], settings: StudySettings, stage: Path,
+    mtime: float, progress,
+) -> dict[str, dict[str, Any]]:
+    """Anonymise every case into ``stage/cases`` in ``order``; return the key's entry per case id."""
+    key_cases: dict[str, dict[str, Any]] = {}
+    seen_voxels: dict[str, SourceCase] = {}
+    for n, (index, case_id) in enumerate(zip(order, ids), 1):
+        case = kept[int(index)]
+        case_dir = stage / "cases" / case_id
+        info = anonymise_case(case, settings, case_dir, mtime)
+        voxels = info.pop("voxels_sha256")
+        if voxels in seen_voxels:
+            raise ReviewError(_duplicate_message(seen_voxels[voxels], case, "identical voxels"))
+        seen_voxels[voxels] = case
+        visible = {"case_id": case_id, "lesion_type": case.lesion_type.display_name,
+                   "report": _visible_report(case, settings), "image": IMAGE_NAME, "mask": MASK_NAME,
+                   "centre_lps_mm": [0.0, 0.0, 0.0], "spacing_mm": settings.spacing_mm}
+        write_json(case_dir / CASE_JSON, visible, mtime)
+        key_cases[case_id] = {"origin": case.origin, "lesion_type": case.lesion_type.slug,
+                              "image": str(case.image), "mask": str(case.mask),
+                              "lesion_values": list(case.lesion_values) if case.lesion_values else None,
+                              "report": case.report, **info}
+        if progress:
+            progress(n, len(kept))
+    return key_cases
+
+
+def _write_study_files(stage: Path, study_id: str, ids: list[str], settings: StudySettings,
+                       mtime: float) -> dict[str, str]:
+    """study.json, manifest.json and the empty answer database; return the checksums of the fixed files."""
+    public_settings = {"allow_changes": settings.allow_changes, "ask_attributes": settings.ask_attributes,
+                       "spacing_mm": settings.spacing_mm, "fov_mm": settings.fov_mm}
+    write_json(stage / "study.json", {
+        "format_version": STUDY_FORMAT_VERSION, "study_id": study_id, "settings": public_settings,
+        "attributes": list(db.ATTRIBUTES), "case_ids": sorted(ids),
+        "image_format": {"image": "NIfTI-1 .nii.gz int16 HU, clipped to -1024..3071",
+                         "mask": "NIfTI-1 .nii.gz uint8, 1 = lesion",
+                         "grid": "LPS identity direction, isotropic spacing, lesion centre at (0, 0, 0)"},
+    }, mtime)
+    checksums = {rel: sha256(stage / rel) for rel in study_files(stage)}
+    write_json(stage / "manifest.json", {"study_id": study_id, "sha256": checksums}, mtime)
+    db.init_db(stage / DB_NAME, {"study_id": study_id, **public_settings})
+    return checksums
+
+
+def _move_into_place(staged: Path, final: Path) -> None:
+    """Rename a finished staging folder to ``final`` (an empty ``final`` is replaced, a filled one refused)."""
+    try:
+        if final.exists():
+            final.rmdir()
+        (staged / PARTIAL_MARKER).unlink()
+        os.replace(staged, final)
+    except OSError:
+        if final.is_dir() and any(final.iterdir()):
+            raise ReviewError(f"{final} was filled by another `pasta review create` while this one ran; "
+                              "choose a new folder for the study and key.") from None
+        raise
 
 
 # ---------------------------------------------------------------- open / verify
