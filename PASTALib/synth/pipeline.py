@@ -246,36 +246,19 @@ def synthesize_lesion(
 
     best, site = _best_crop(ct, organ_labels, region, midline, resolved, draws, plan, centres, sites, site_radii, timings)
     grid, ct_c, organ_c, sdf, alpha = best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
-    organ_sdf, wall_mm, outside_fraction = best.organ_sdf, best.wall_mm, best.outside_fraction
-    if not np.any(alpha > 0.5):
-        raise LesionFitError(
-            f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
-            "within the requested size). Move the centre or enlarge the lesion."
-        )
 
     # Intensity in the crop.
     t = time.perf_counter()
-    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, organ_sdf, sdf)
+    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, best.organ_sdf, sdf)
     box = input_box(ct, grid)
-    sl = tuple(slice(a, b) for a, b in box)
-    noise = intensity.scanner_noise(ct_xyz[sl])
+    noise = intensity.scanner_noise(ct_xyz[tuple(slice(a, b) for a, b in box)])
     rng_int = stream(spec.seed, STREAM_INTENSITY)
     target = intensity.target_hu(prof, resolved.density, phase, reference_hu, rng_int)
     radii = np.asarray(resolved.size_mm) / 2.0
     tex, tex_params = intensity.texture(
         ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
     )
-    values = None
-    if refiner is None and organ.is_hollow:
-        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
-        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
-        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
-        values = (delta, noise, rng_int)
-    else:
-        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
-    if refiner is not None:
-        refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
-        delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    delta, values = _lesion_delta(ct_c, organ_c, alpha, target, tex, noise, rng_int, organ.is_hollow, refiner, spec.seed)
     timings["intensity"] = time.perf_counter() - t
 
     # Paste back onto the input grid, only inside the crop's input-grid bounding box.
@@ -286,14 +269,7 @@ def synthesize_lesion(
     timings["paste"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
-    lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == int(resolved.lesion_type))
-    if lesion_idx.size == 0:
-        raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
-    side = None
-    if organ.is_paired:
-        centroid = region.index_to_lps(lesion_idx.mean(axis=0) + np.array([b[0] for b in box]))
-        side = "left" if centroid[0] > midline else "right"
+    side = _lesion_side(out_labels, box, int(resolved.lesion_type), region, midline if organ.is_paired else None)
     report = build_report(
         ct=out_ct, labels=out_labels, lesion_type=resolved.lesion_type, phase=phase, side=side,
         shape=resolved.shape, density=resolved.density, heterogeneity=resolved.heterogeneity,
@@ -306,11 +282,45 @@ def synthesize_lesion(
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
         "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": draws.margin_w, "lobulation": draws.lob, "spicules": draws.n_spicules,
-        "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
+        "outside_fraction": best.outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
-    _add_shape_details(details, resolved, draws, plan, wall_mm, requested_thickness)
+    _add_shape_details(details, resolved, draws, plan, best.wall_mm, requested_thickness)
     return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
+
+
+def _lesion_delta(
+    ct_c: np.ndarray, organ_c: np.ndarray, alpha: np.ndarray, target: float, tex: np.ndarray | None, noise: float,
+    rng_int: np.random.Generator, hollow: bool, refiner: Refiner | None, seed: int,
+) -> tuple[np.ndarray, tuple[np.ndarray, float, np.random.Generator] | None]:
+    """The crop's HU change and, for hollow organs without a refiner, the lesion values to blend on the input grid."""
+    values = None
+    if refiner is None and hollow:
+        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
+        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
+        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
+        values = (delta, noise, rng_int)
+    else:
+        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
+    if refiner is not None:
+        refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(seed, STREAM_REFINER)), np.float32)
+        delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    return delta, values
+
+
+def _lesion_side(
+    out_labels: sitk.Image, box: tuple[tuple[int, int], ...], lesion_value: int, region: placement.OrganRegion,
+    midline: float | None,
+) -> str | None:
+    """Side of the pasted lesion's centroid (paired organs, ``midline`` given), else None; raises if it is empty."""
+    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
+    lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == lesion_value)
+    if lesion_idx.size == 0:
+        raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
+    if midline is None:
+        return None
+    centroid = region.index_to_lps(lesion_idx.mean(axis=0) + np.array([b[0] for b in box]))
+    return "left" if centroid[0] > midline else "right"
 
 
 def _place(
@@ -340,7 +350,10 @@ def _best_crop(
     draws: ShapeDraws, plan: WallPlan | None, centres: list, sites: list, site_radii: list[float],
     timings: dict[str, float],
 ) -> tuple[_Crop, Any]:
-    """Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ."""
+    """Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
+
+    Raises LesionFitError when even the best attempt holds no lesion.
+    """
     best: _Crop | None = None
     for attempt, centre_index in enumerate(centres[:6]):
         site_radius = site_radii[attempt] if site_radii else 0.0
@@ -351,6 +364,11 @@ def _best_crop(
         if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
             break
     assert best is not None
+    if not np.any(best.alpha > 0.5):
+        raise LesionFitError(
+            f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {resolved.lesion_type.organ.display_name.lower()} wall "
+            "within the requested size). Move the centre or enlarge the lesion."
+        )
     return best, site
 
 
