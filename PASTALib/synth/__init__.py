@@ -5,7 +5,8 @@ The report vocabulary, wording and schema live in PASTALib.report (imported from
 No Slicer, Qt or torch import here: the engine runs anywhere numpy/scipy/SimpleITK do.
 """
 
-from PASTALib.synth.pipeline import Refiner, SynthesisResult, estimate_phase, lesion_shape, synthesize_lesion
+from PASTALib.synth.body import lesion_shape
+from PASTALib.synth.pipeline import Refiner, SynthesisResult, estimate_phase, synthesize_lesion
 from PASTALib.synth.profiles import PROFILES, TypeProfile, profile
 from PASTALib.synth.spec import LesionSpec, allowed_values
 

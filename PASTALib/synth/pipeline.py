@@ -18,20 +18,19 @@ from PASTALib.errors import (
     SpecificationError,
 )
 from PASTALib.geometry import local_grid, resample_to_grid
-from PASTALib.io import array_to_image
 from PASTALib.labels import LesionType, Organ, Phase
-from PASTALib.report.attributes import Shape, Surface
+from PASTALib.report.attributes import Shape
 from PASTALib.report.measure import build_report
 from PASTALib.report.wording import StructuredReport
 from PASTALib.synth import intensity, placement
 from PASTALib.synth import shape as shp
-from PASTALib.synth.profiles import LOBULATION, MARGIN_WIDTH_MM, SPICULES
+from PASTALib.synth.body import ShapeDraws, shape_draws, shape_half_extent, shape_in_crop
+from PASTALib.synth.paste import input_box, paste_lesion
 from PASTALib.synth.wall import LUMEN_MIN_MM, WallPlan, inside_sdf, wall_in_crop, wall_sites
 from PASTALib.synth.spec import (
     STREAM_INTENSITY,
     STREAM_LOCATION,
     STREAM_REFINER,
-    STREAM_SHAPE,
     LesionSpec,
     stream,
 )
@@ -47,7 +46,6 @@ _ORGAN_WORDS = {
     Organ.BLADDER: r"(?<!gall)(?<!gall )bladder|vesical", Organ.BONE: r"bone|osseous|vertebra|skelet|lytic|sclerotic",
 }
 _AIR_HU = -500.0  # invasion may grow into any tissue denser than this (not gas, not aerated lung)
-_GAS_LABEL_HU = -200.0  # hollow organs: output voxels below this stay lumen in the label
 
 
 @dataclass
@@ -116,97 +114,11 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
     return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
 
 
-#: Clip of the isotropic volume correction (an oblique, lobulated body holds less than its box).
-_VOLUME_GAIN = (0.8, 1.35)
-
-
-def _matches_volume(spec: LesionSpec) -> bool:
-    """Masses of a type with an irregularity model are sized by volume, the others by extents."""
-    return spec.profile.irregularity is not None and spec.shape in (Shape.ROUND, Shape.IRREGULAR)
-
-
-def _shape_half_extent(spec: LesionSpec, lob: float, margin_w: float, wall_reach: float = 0.0) -> np.ndarray:
-    """Half size (mm) of the box the shape can occupy: lesion reach + lobulation/spicules + margin tail."""
-    radii = np.asarray(spec.size_mm) / 2.0
-    if spec.shape is Shape.WALL_THICKENING:
-        # Annular: half the length along the (not yet known) organ axis, the organ radius across it.
-        extent = np.full(3, max(float(radii.max()), wall_reach)) if wall_reach > 0 else radii
-        return extent + 2.5 * margin_w + 2.0
-    gain = _VOLUME_GAIN[1] if _matches_volume(spec) else 1.15  # the size correction's largest growth
-    reach = gain * (1.0 + 3.0 * lob)
-    if spec.shape is Shape.IRREGULAR:
-        reach = max(reach, gain * 1.85)  # spicules reach 1.8 radii
-    return radii * reach + 2.5 * margin_w + 2.0
-
 
 #: Context (mm) around the shape box: the parenchyma reference is measured there.
 _CONTEXT_MM = 10.0
 _WALL_CONTEXT_MM = 4.0  # a wall lesion's crop already holds the normal wall of the reference
 
-
-def _build_sdf(
-    spec: LesionSpec, coords: shp.Coords, organ_c: np.ndarray, allowed_c: np.ndarray, lob: float, n_spicules: int,
-    stone_count: int, shape_seed: int, anisotropy: float = 1.0, orders: tuple[int, int] = (2, 4),
-) -> np.ndarray:
-    """Lesion SDF (mm) on ``coords``, clipped to the organ (or to tissue when invading)."""
-    radii = np.asarray(spec.size_mm, float) / 2.0
-    def field_of(r: np.ndarray, spicules: int) -> np.ndarray:
-        rng = np.random.default_rng(shape_seed)  # same random shape for both passes
-        if spec.shape is Shape.PUNCTATE:
-            return shp.stones_field(coords, r, rng, stone_count)
-        return shp.mass_field(coords, r, rng, lob, spicules, anisotropy=anisotropy, orders=orders)
-
-    # One size-correction pass on the body (without spicules, as a radiologist measures): lobulation
-    # and the oblique orientation change its size. Masses with an irregularity model keep the requested
-    # VOLUME (equivalent diameter = geometric mean of size_mm; the extents follow the shape, as in
-    # real nodules); the others are rescaled per axis so they span the requested extents.
-    body = field_of(radii, 0) < 0
-    if _matches_volume(spec):
-        count = np.count_nonzero(body)  # 1 mm voxels
-        if count:
-            radii = radii * float(np.clip((np.pi / 6.0 * np.prod(spec.size_mm) / count) ** (1.0 / 3.0), *_VOLUME_GAIN))
-    else:
-        measured = shp.extents_mm(body)
-        if np.all(measured > 0):
-            radii = radii * np.clip(np.asarray(spec.size_mm) / measured, 0.8, 1.15)
-    sdf = shp.to_sdf(field_of(radii, n_spicules))
-    # Clip: intersection with the allowed region's SDF (skipped when the lesion is well inside).
-    if np.any((sdf < 3.0) & ~allowed_c):
-        sdf = np.maximum(sdf, shp.signed_distance(allowed_c))
-    return sdf
-
-
-
-def lesion_shape(spec: LesionSpec, phase: Phase = Phase.PLAIN) -> np.ndarray:
-    """The boolean 1 mm mask (canonical x, y, z) of a mass or punctate lesion exactly as
-    :func:`synthesize_lesion` shapes it for this spec and seed, without a CT (no organ clipping):
-    for measuring the shape model. Wall thickening needs its organ and raises SpecificationError."""
-    resolved = spec.resolve(phase)
-    if resolved.shape is Shape.WALL_THICKENING:
-        raise SpecificationError("a wall-thickening lesion is shaped by its organ; use synthesize_lesion with a CT")
-    draws, _ = shape_draws(spec.seed, resolved)
-    half = _shape_half_extent(resolved, draws.lob, 0.0)
-    size = 2 * np.ceil(half).astype(int) + 1
-    coords = shp.crop_coords(size, (size - 1) / 2.0)
-    region = np.ones(tuple(size), bool)
-    return _build_sdf(resolved, coords, region, region, lob=draws.lob, n_spicules=draws.n_spicules,
-                      stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy,
-                      orders=draws.orders) < 0
-
-def _shape_in_crop(
-    spec: LesionSpec, grid_size: tuple[int, int, int], half_mm: np.ndarray, organ_c: np.ndarray, allowed_c: np.ndarray,
-    **kwargs: Any,
-) -> np.ndarray:
-    """SDF on the whole crop, computed only in the centred shape box (+1000 mm elsewhere: outside)."""
-    size = np.asarray(grid_size)
-    centre = (size - 1) // 2
-    lo = np.maximum(0, centre - np.ceil(half_mm).astype(int))
-    hi = np.minimum(size, centre + np.ceil(half_mm).astype(int) + 1)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    coords = shp.crop_coords(hi - lo, centre - lo)
-    sdf = np.full(organ_c.shape, 1000.0, np.float32)
-    sdf[box] = _build_sdf(spec, coords, organ_c[box], allowed_c[box], **kwargs)
-    return sdf
 
 
 def _alpha(sdf: np.ndarray, margin_w: float, ct_c: np.ndarray, hollow: bool) -> np.ndarray:
@@ -233,46 +145,6 @@ def _reference(
     return stats, float(np.clip(stats.mean_hu, *prof.reference_clamp[phase]))
 
 
-@dataclass(frozen=True)
-class _ShapeDraws:
-    """Shape-stream draws every lesion makes (in this order)."""
-
-    lob: float
-    n_spicules: int
-    margin_w: float
-    stone_count: int
-    shape_seed: int
-    anisotropy: float = 1.0  # exponent of the principal radii's ratios (irregularity model)
-    orders: tuple[int, int] = (2, 4)  # lobulation orders
-
-
-def shape_draws(seed: int, resolved: LesionSpec) -> tuple[_ShapeDraws, WallPlan | None]:
-    """The shape stream's draws of a resolved spec: drawn first and always in the same order (stable
-    across attributes). Masses of a type with an irregularity model get lobulation, spicules and
-    anisotropy from one continuous level (profiles.Irregularity); the others from the per-attribute ranges."""
-    prof = resolved.profile
-    rng_shape = stream(seed, STREAM_SHAPE)
-    model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
-    anisotropy = 1.0
-    if model is not None:
-        u = model.level(rng_shape, resolved.shape, resolved.surface is Surface.ILL_DEFINED,
-                        float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
-        lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u)
-    else:
-        lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
-        lo_s, hi_s = SPICULES[resolved.shape]
-        n_spicules = int(rng_shape.integers(lo_s, hi_s + 1))
-    w_lo, w_hi = MARGIN_WIDTH_MM[resolved.surface]
-    margin_w = float(w_lo + rng_shape.random() * (w_hi - w_lo))
-    thickness = float(rng_shape.uniform(*prof.wall_thickness_mm))
-    outward = float(rng_shape.uniform(3.0, 8.0))
-    stone_count = int(rng_shape.integers(prof.stones[0], prof.stones[1] + 1))
-    shape_seed = int(rng_shape.integers(2**62))
-    circumferential, position = bool(rng_shape.random() < prof.circumferential), float(rng_shape.random())
-    plan = WallPlan(thickness, outward, circumferential, position) if resolved.shape is Shape.WALL_THICKENING else None
-    orders = model.lobe_orders(resolved.surface is Surface.ILL_DEFINED) if model is not None else (2, 4)
-    return _ShapeDraws(lob, n_spicules, margin_w, stone_count, shape_seed, anisotropy, orders), plan
-
 
 @dataclass
 class _Crop:
@@ -291,7 +163,7 @@ class _Crop:
 
 def _crop_attempt(
     ct: sitk.Image, organ_labels: sitk.Image, region: placement.OrganRegion, midline: float | None, resolved: LesionSpec,
-    draws: _ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site: tuple[np.ndarray, float],
+    draws: ShapeDraws, plan: WallPlan | None, centre_index: np.ndarray, site: tuple[np.ndarray, float],
     timings: dict[str, float],
 ) -> _Crop:
     """Resample a 1 mm crop around ``centre_index`` and build the lesion's SDF and soft mask in it."""
@@ -301,7 +173,7 @@ def _crop_attempt(
     site_radius = site[1]
     # Annular: the band lies within ~ the organ radius of the axis (+ the 2 mm placement grid's error).
     reach = 1.2 * site_radius + 4.0 if plan is not None and plan.circumferential else None
-    shape_half = _shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
+    shape_half = shape_half_extent(resolved, draws.lob, draws.margin_w, reach or 0.0)
     context = _CONTEXT_MM
     if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
         shape_half, context = np.maximum(shape_half, plan.thickness + LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
@@ -325,7 +197,7 @@ def _crop_attempt(
         normal = region.index_to_lps(site[0]) - centre_lps  # eccentric: wall point -> lumen site
         sdf, wall_mm = wall_in_crop(resolved, plan, organ_c, allowed_c, organ_sdf, reach, normal, site[1])
     else:
-        sdf = _shape_in_crop(
+        sdf = shape_in_crop(
             resolved, grid.size, shape_half, organ_c, allowed_c, lob=draws.lob, n_spicules=draws.n_spicules,
             stone_count=draws.stone_count, shape_seed=draws.shape_seed, anisotropy=draws.anisotropy, orders=draws.orders,
         )
@@ -369,83 +241,35 @@ def synthesize_lesion(
 
     # Location.
     t = time.perf_counter()
-    rng_loc = stream(spec.seed, STREAM_LOCATION)
-    site_radii: list[float] = []
-    if plan is not None:
-        centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
-    elif spec.center_mm is not None:
-        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=plan is not None)]
-    else:
-        first, size, others = placement.sample_centre(
-            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
-            size_given=spec.size_mm is not None, min_size=prof.size_range_mm[0],
-        )
-        resolved = replace(resolved, size_mm=size)
-        centres = [first, *others]
-    if plan is None:
-        sites = centres
+    resolved, centres, sites, site_radii, plan = _place(spec, resolved, region, ct_xyz, plan)
     timings["placement"] = time.perf_counter() - t
 
-    # Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
-    best: _Crop | None = None
-    for attempt, centre_index in enumerate(centres[:6]):
-        site_radius = site_radii[attempt] if site_radii else 0.0
-        crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
-                             (sites[attempt], site_radius), timings)
-        if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
-            best, site = crop, sites[attempt]
-        if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
-            break
-    assert best is not None
+    best, site = _best_crop(ct, organ_labels, region, midline, resolved, draws, plan, centres, sites, site_radii, timings)
     grid, ct_c, organ_c, sdf, alpha = best.grid, best.ct_c, best.organ_c, best.sdf, best.alpha
-    organ_sdf, wall_mm, outside_fraction = best.organ_sdf, best.wall_mm, best.outside_fraction
-    if not np.any(alpha > 0.5):
-        raise LesionFitError(
-            f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {organ.display_name.lower()} wall "
-            "within the requested size). Move the centre or enlarge the lesion."
-        )
 
     # Intensity in the crop.
     t = time.perf_counter()
-    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, organ_sdf, sdf)
-    box = _input_box(ct, grid)
-    sl = tuple(slice(a, b) for a, b in box)
-    noise = intensity.scanner_noise(ct_xyz[sl])
+    stats, reference_hu = _reference(prof, phase, ct_c, organ_c, best.organ_sdf, sdf)
+    box = input_box(ct, grid)
+    noise = intensity.scanner_noise(ct_xyz[tuple(slice(a, b) for a, b in box)])
     rng_int = stream(spec.seed, STREAM_INTENSITY)
     target = intensity.target_hu(prof, resolved.density, phase, reference_hu, rng_int)
     radii = np.asarray(resolved.size_mm) / 2.0
     tex, tex_params = intensity.texture(
         ct_c.shape, prof, resolved.heterogeneity, sdf, float(radii.min()), resolved.lesion_type.is_malignant, rng_int
     )
-    values = None
-    if refiner is None and organ.is_hollow:
-        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
-        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
-        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
-        values = (delta, noise, rng_int)
-    else:
-        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
-    if refiner is not None:
-        refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(spec.seed, STREAM_REFINER)), np.float32)
-        delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    delta, values = _lesion_delta(ct_c, organ_c, alpha, target, tex, noise, rng_int, organ.is_hollow, refiner, spec.seed)
     timings["intensity"] = time.perf_counter() - t
 
     # Paste back onto the input grid, only inside the crop's input-grid bounding box.
     t = time.perf_counter()
-    out_ct, out_labels = _paste(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
+    out_ct, out_labels = paste_lesion(ct, organ_labels, grid, box, alpha, delta, int(resolved.lesion_type),
         organ_mask=None if resolved.invasion else region, hollow=organ.is_hollow, values=values,
     )
     timings["paste"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
-    lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == int(resolved.lesion_type))
-    if lesion_idx.size == 0:
-        raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
-    side = None
-    if organ.is_paired:
-        centroid = region.index_to_lps(lesion_idx.mean(axis=0) + np.array([b[0] for b in box]))
-        side = "left" if centroid[0] > midline else "right"
+    side = _lesion_side(out_labels, box, int(resolved.lesion_type), region, midline if organ.is_paired else None)
     report = build_report(
         ct=out_ct, labels=out_labels, lesion_type=resolved.lesion_type, phase=phase, side=side,
         shape=resolved.shape, density=resolved.density, heterogeneity=resolved.heterogeneity,
@@ -458,93 +282,107 @@ def synthesize_lesion(
     details = {
         "target_hu": target, "parenchyma_hu": stats.mean_hu, "reference_hu": reference_hu,
         "parenchyma_measured": stats.measured, "noise_hu": noise, "margin_width_mm": draws.margin_w, "lobulation": draws.lob, "spicules": draws.n_spicules,
-        "outside_fraction": outside_fraction, "crop_size": tuple(grid.size), **tex_params,
+        "outside_fraction": best.outside_fraction, "crop_size": tuple(grid.size), **tex_params,
         "refined": refiner is not None,  # False: no refinement DDPM was given (PASTALib.refine.load_refiner)
     }
+    _add_shape_details(details, resolved, draws, plan, best.wall_mm, requested_thickness)
+    return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
+
+
+def _lesion_delta(
+    ct_c: np.ndarray, organ_c: np.ndarray, alpha: np.ndarray, target: float, tex: np.ndarray | None, noise: float,
+    rng_int: np.random.Generator, hollow: bool, refiner: Refiner | None, seed: int,
+) -> tuple[np.ndarray, tuple[np.ndarray, float, np.random.Generator] | None]:
+    """The crop's HU change and, for hollow organs without a refiner, the lesion values to blend on the input grid."""
+    values = None
+    if refiner is None and hollow:
+        # Hollow organs: what the lesion replaces is lumen content (faeces, food, gas), whose texture
+        # must not show through; blend lesion VALUES on the input grid and add the scanner's noise there.
+        delta = np.full(ct_c.shape, target, np.float32) if tex is None else np.float32(target) + tex
+        values = (delta, noise, rng_int)
+    else:
+        delta = intensity.compose_delta(ct_c, alpha, target, tex, noise, rng_int)
+    if refiner is not None:
+        refined = np.asarray(refiner(ct_c + delta, organ_c, alpha, stream(seed, STREAM_REFINER)), np.float32)
+        delta = np.where(alpha > 0, refined - ct_c, 0.0).astype(np.float32)
+    return delta, values
+
+
+def _lesion_side(
+    out_labels: sitk.Image, box: tuple[tuple[int, int], ...], lesion_value: int, region: placement.OrganRegion,
+    midline: float | None,
+) -> str | None:
+    """Side of the pasted lesion's centroid (paired organs, ``midline`` given), else None; raises if it is empty."""
+    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
+    lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == lesion_value)
+    if lesion_idx.size == 0:
+        raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
+    if midline is None:
+        return None
+    centroid = region.index_to_lps(lesion_idx.mean(axis=0) + np.array([b[0] for b in box]))
+    return "left" if centroid[0] > midline else "right"
+
+
+def _place(
+    spec: LesionSpec, resolved: LesionSpec, region: placement.OrganRegion, ct_xyz: np.ndarray, plan: WallPlan | None,
+) -> tuple[LesionSpec, list, list, list[float], WallPlan | None]:
+    """Candidate centres (input-grid indices), their placement sites and wall-site radii, from the location stream."""
+    rng_loc = stream(spec.seed, STREAM_LOCATION)
+    site_radii: list[float] = []
+    if plan is not None:
+        centres, sites, site_radii, plan = wall_sites(spec, resolved, region, ct_xyz, plan, rng_loc)
+    elif spec.center_mm is not None:
+        centres = [placement.check_centre(region, spec.center_mm, resolved.size_mm, invasion=bool(resolved.invasion), wall=plan is not None)]
+    else:
+        first, size, others = placement.sample_centre(
+            region, resolved.size_mm, rng_loc, invasion=bool(resolved.invasion),
+            size_given=spec.size_mm is not None, min_size=resolved.profile.size_range_mm[0],
+        )
+        resolved = replace(resolved, size_mm=size)
+        centres = [first, *others]
+    if plan is None:
+        sites = centres
+    return resolved, centres, sites, site_radii, plan
+
+
+def _best_crop(
+    ct: sitk.Image, organ_labels: sitk.Image, region: placement.OrganRegion, midline: float | None, resolved: LesionSpec,
+    draws: ShapeDraws, plan: WallPlan | None, centres: list, sites: list, site_radii: list[float],
+    timings: dict[str, float],
+) -> tuple[_Crop, Any]:
+    """Build in a canonical 1 mm crop; for invasion retry a few centres until the lesion leaves the organ.
+
+    Raises LesionFitError when even the best attempt holds no lesion.
+    """
+    best: _Crop | None = None
+    for attempt, centre_index in enumerate(centres[:6]):
+        site_radius = site_radii[attempt] if site_radii else 0.0
+        crop = _crop_attempt(ct, organ_labels, region, midline, resolved, draws, plan, centre_index,
+                             (sites[attempt], site_radius), timings)
+        if best is None or crop.outside_fraction > best.outside_fraction or not best.alpha.any():
+            best, site = crop, sites[attempt]
+        if (not resolved.invasion or crop.outside_fraction >= 0.1) and np.any(crop.alpha > 0.5):
+            break
+    assert best is not None
+    if not np.any(best.alpha > 0.5):
+        raise LesionFitError(
+            f"The {resolved.shape.value.lower()} lesion is empty at this centre (no {resolved.lesion_type.organ.display_name.lower()} wall "
+            "within the requested size). Move the centre or enlarge the lesion."
+        )
+    return best, site
+
+
+def _add_shape_details(
+    details: dict[str, Any], resolved: LesionSpec, draws: ShapeDraws, plan: WallPlan | None, wall_mm: float,
+    requested_thickness: float | None,
+) -> None:
+    """Wall-thickening and punctate entries of SynthesisResult.details."""
     if plan is not None:
         details["wall_thickness_mm"] = wall_mm  # largest, after the lumen rule (requested: thickness)
         details["wall_requested_mm"] = requested_thickness
         details["circumferential"] = plan.circumferential
     if resolved.shape is Shape.PUNCTATE:
         details["stones"] = draws.stone_count
-    return SynthesisResult(out_ct, out_labels, report, resolved, box, timings, details)
-
-
-def _input_box(ct: sitk.Image, grid: Any) -> tuple[tuple[int, int], ...]:
-    """Input-grid index range (x, y, z; end exclusive) covering a local canonical grid."""
-    corners = np.array([grid.index_to_lps(c) for c in np.array(np.meshgrid(*[[0, n - 1] for n in grid.size])).reshape(3, -1).T])
-    direction = np.asarray(ct.GetDirection()).reshape(3, 3)
-    cidx = (corners - np.asarray(ct.GetOrigin())) @ direction / np.asarray(ct.GetSpacing())
-    size = np.asarray(ct.GetSize())
-    lo = np.clip(np.floor(cidx.min(axis=0)).astype(int), 0, size)
-    hi = np.clip(np.ceil(cidx.max(axis=0)).astype(int) + 1, 0, size)
-    return tuple((int(a), int(b)) for a, b in zip(lo, hi))
-
-
-def _paste(
-    ct: sitk.Image, labels: sitk.Image, grid: Any, box: tuple[tuple[int, int], ...], alpha: np.ndarray,
-    delta: np.ndarray, lesion_value: int, organ_mask: placement.OrganRegion | None, hollow: bool = False,
-    values: tuple[np.ndarray, float, np.random.Generator] | None = None,
-) -> tuple[sitk.Image, sitk.Image]:
-    """Resample alpha and the HU change onto the input grid inside ``box`` and apply them there.
-
-    ``values`` = (lesion HU on the crop, noise std, rng): blend ``(1 - a) ct + a (values + noise)`` on the
-    input grid instead of adding ``delta``, so nothing of the replaced voxels' texture survives and the
-    noise has the input voxels' grain.
-    """
-    lo = np.array([b[0] for b in box])
-    hi = np.array([b[1] for b in box])
-    reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
-    alpha_in = sitk.GetArrayFromImage(
-        sitk.Resample(array_to_image(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ).transpose(2, 1, 0)
-    region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)
-    if values is None:
-        delta_in = sitk.GetArrayFromImage(
-            sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        ).transpose(2, 1, 0)
-    else:
-        crop_values, noise_hu, rng = values
-        values_in = sitk.GetArrayFromImage(
-            sitk.Resample(array_to_image(crop_values, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        ).transpose(2, 1, 0)
-        hit = np.argwhere(alpha_in > 0)
-        if hit.size:  # noise only where the lesion is blended in
-            sub = tuple(slice(a, b + 1) for a, b in zip(hit.min(axis=0), hit.max(axis=0)))
-            values_in[sub] += intensity.native_noise(region[sub], noise_hu, rng)
-        delta_in = alpha_in * (values_in - region.astype(np.float32))
-
-    touched = alpha_in > 0  # everything else stays bit-identical
-    new = region.astype(np.float64) + delta_in
-    if np.issubdtype(region.dtype, np.integer):
-        info = np.iinfo(region.dtype)
-        new = np.clip(np.round(new), info.min, info.max)
-    region[touched] = new[touched].astype(region.dtype)
-    patch = sitk.GetImageFromArray(np.ascontiguousarray(region.transpose(2, 1, 0)))
-    patch.CopyInformation(reference)
-    out_ct = sitk.Paste(ct, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
-
-    lab_ref = labels[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
-    lab_arr = sitk.GetArrayFromImage(lab_ref).transpose(2, 1, 0)
-    lesion = alpha_in > 0.5
-    if organ_mask is not None:
-        # Without invasion the label never leaves the organ, even where interpolation blurs the edge.
-        full = np.zeros(lesion.shape, bool)
-        olo, ohi = organ_mask.lo, organ_mask.lo + np.asarray(organ_mask.mask.shape)
-        a = np.maximum(lo, olo)
-        b = np.minimum(hi, ohi)
-        if np.all(b > a):
-            full[a[0] - lo[0]:b[0] - lo[0], a[1] - lo[1]:b[1] - lo[1], a[2] - lo[2]:b[2] - lo[2]] = organ_mask.mask[
-                a[0] - olo[0]:b[0] - olo[0], a[1] - olo[1]:b[1] - olo[1], a[2] - olo[2]:b[2] - olo[2]]
-        lesion &= full
-    if hollow:
-        # Voxels still dominated by gas after blending are lumen (partial volume), not tumour.
-        lesion &= region > _GAS_LABEL_HU
-    lab_arr[lesion] = lesion_value
-    lab_patch = sitk.GetImageFromArray(np.ascontiguousarray(lab_arr.transpose(2, 1, 0)))
-    lab_patch.CopyInformation(lab_ref)
-    out_labels = sitk.Paste(labels, lab_patch, lab_patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
-    return out_ct, out_labels
 
 
 def synthesize_lesion_in_masks(
