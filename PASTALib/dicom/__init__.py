@@ -5,17 +5,19 @@ measurement report (Comprehensive 3D SR) referencing the source CT series, with 
     export_dicom(result, "ct_dicom_folder/", "out/")   # out/seg.dcm, out/sr.dcm, out/dicom_uids.json
 """
 
-from PASTALib.dicom.export import (
+from PASTALib.dicom.codes import (
     PASTA_CODES,
     PASTA_CODING_SCHEME,
     SEGMENT_RGB,
+    attribute_code,
+    attribute_name_code,
+    attribute_wording,
+)
+from PASTALib.dicom.export import (
     DicomExportError,
     GeneratedUIDWarning,
     SourceSeries,
     apply_dicom_uids,
-    attribute_code,
-    attribute_name_code,
-    attribute_wording,
     build_segmentation,
     build_sr,
     export_dicom,

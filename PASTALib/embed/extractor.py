@@ -192,6 +192,23 @@ def _truncate_partial_line(out: Path) -> None:
         fh.truncate(cut)
 
 
+def _batch_crops(
+    embedder: LesionEmbedder, rows: list[dict[str, str]], batch: list[int],
+    points: dict[int, tuple[float, float, float]], base: Path,
+    cache: tuple[Path | None, sitk.Image | None], image_reader: Callable[[Path], sitk.Image],
+) -> tuple[list[np.ndarray], tuple[Path | None, sitk.Image | None]]:
+    """Crops of the rows in ``batch``; ``cache`` keeps the last image read (returned updated)."""
+    crops = []
+    for i in batch:
+        path = _resolve_image(rows[i], base)
+        if cache[0] != path:
+            if not path.exists():
+                raise EmbeddingError(f"row {i}: image {path} not found")
+            cache = (path, image_reader(path))
+        crops.append(embedder.crop(cache[1], points[i]))
+    return crops, cache
+
+
 def embed_table(
     table: str | os.PathLike,
     out: str | os.PathLike,
@@ -239,14 +256,7 @@ def embed_table(
             fh.flush()
         for start in range(0, len(todo), embedder.batch_size):
             batch = todo[start:start + embedder.batch_size]
-            crops = []
-            for i in batch:
-                path = _resolve_image(rows[i], table.parent)
-                if cache[0] != path:
-                    if not path.exists():
-                        raise EmbeddingError(f"row {i}: image {path} not found")
-                    cache = (path, image_reader(path))
-                crops.append(embedder.crop(cache[1], points[i]))
+            crops, cache = _batch_crops(embedder, rows, batch, points, table.parent, cache, image_reader)
             feats = embedder.embed_crops(np.stack(crops))
             for i, f in zip(batch, feats):
                 writer.writerow([i, *(rows[i][c] for c in fields), *(f"{v:.7g}" for v in f)])

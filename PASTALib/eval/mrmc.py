@@ -168,53 +168,67 @@ def or_hillis(
     avg = _cov_averages(cov, n_mod, n_read)
     out["covariances"] = {"var_error": avg["var"], "cov1": avg["cov1"], "cov2": avg["cov2"], "cov3": avg["cov3"]}
 
-    modalities = []
-    for t in range(n_mod):
-        # Single-modality analysis (Hillis 2007 ddf_H_single; Hillis et al. 2008 Table 1):
-        # SE = sqrt((MS(R) + r * max(Cov2, 0)) / r), df = (MS(R) + r max(Cov2,0))^2 / (MS(R)^2 / (r-1)),
-        # with Cov2 estimated from this modality's block of the covariance matrix only.
-        block = cov[t * n_read:(t + 1) * n_read, t * n_read:(t + 1) * n_read]
-        cov2 = float(block[~np.eye(n_read, dtype=bool)].mean())
-        ms_r = float(np.var(theta[t], ddof=1))
-        denominator = ms_r + n_read * max(cov2, 0.0)
-        mean = float(theta[t].mean())
-        entry: dict[str, Any] = {"fom": mean, "ms_r": ms_r, "cov2": cov2, "var_error": float(np.mean(np.diag(block)))}
-        if denominator <= 0:
-            notes.append(f"modality {t}: undefined CI: all readers have the same FOM and no case covariance")
-            entry.update(se=float("nan"), df=float("nan"), ci=[float("nan")] * 2, t=float("nan"), p=float("nan"))
-        else:
-            se = float(np.sqrt(denominator / n_read))
-            # ms_r == 0 gives infinite ddf: the t distribution becomes the normal.
-            df = float(denominator**2 / (ms_r**2 / (n_read - 1))) if ms_r > 0 else float("inf")
-            q = float(stats.t.ppf(1 - alpha / 2, df))
-            t_stat = (mean - null) / se
-            entry.update(se=se, df=df, ci=[mean - q * se, mean + q * se], t=float(t_stat),
-                         p=float(2 * stats.t.sf(abs(t_stat), df)))
-        modalities.append(entry)
+    modalities = [_single_modality(cov, theta, t, n_read, null, alpha, notes) for t in range(n_mod)]
     out["modalities"] = modalities
     out["null"] = null
     out["confidence"] = 1 - alpha
 
     if n_mod >= 2:
-        # Global test (OR 1995 with Hillis 2007 ddf_H): F = MS(T) / (MS(T*R) + r max(Cov2 - Cov3, 0)),
-        # ddf = (MS(T*R) + r max(Cov2 - Cov3, 0))^2 / (MS(T*R)^2 / ((t-1)(r-1))).
-        grand = theta.mean()
-        ms_t = n_read * float(((theta.mean(axis=1) - grand) ** 2).sum()) / (n_mod - 1)
-        resid = theta - theta.mean(axis=1, keepdims=True) - theta.mean(axis=0, keepdims=True) + grand
-        ms_tr = float((resid**2).sum()) / ((n_mod - 1) * (n_read - 1))
-        error_term = ms_tr + n_read * max(avg["cov2"] - avg["cov3"], 0.0)
-        ddf = error_term**2 / (ms_tr**2 / ((n_mod - 1) * (n_read - 1))) if ms_tr > 0 else float("inf")
-        f_stat = ms_t / error_term
-        out["global_test"] = {"ms_t": ms_t, "ms_tr": ms_tr, "error_term": error_term, "F": f_stat,
-                              "ndf": n_mod - 1, "ddf": ddf, "p": float(stats.f.sf(f_stat, n_mod - 1, ddf))}
-        se_diff = float(np.sqrt(2 / n_read * error_term))
-        q = float(stats.t.ppf(1 - alpha / 2, ddf))
-        diffs = []
-        for a in range(n_mod):
-            for b in range(a + 1, n_mod):
-                d = float(theta[a].mean() - theta[b].mean())
-                diffs.append({"modalities": [a, b], "difference": d, "se": se_diff, "df": ddf,
-                              "ci": [d - q * se_diff, d + q * se_diff],
-                              "p": float(2 * stats.t.sf(abs(d / se_diff), ddf))})
-        out["differences"] = diffs
+        out["global_test"], out["differences"] = _global_test(theta, avg, alpha)
     return out
+
+
+def _single_modality(cov: np.ndarray, theta: np.ndarray, t: int, n_read: int, null: float, alpha: float,
+                     notes: list[str]) -> dict[str, Any]:
+    """One modality's FOM, SE, Hillis ddf, CI and t test (appends to ``notes`` when undefined)."""
+    from scipy import stats
+
+    # Single-modality analysis (Hillis 2007 ddf_H_single; Hillis et al. 2008 Table 1):
+    # SE = sqrt((MS(R) + r * max(Cov2, 0)) / r), df = (MS(R) + r max(Cov2,0))^2 / (MS(R)^2 / (r-1)),
+    # with Cov2 estimated from this modality's block of the covariance matrix only.
+    block = cov[t * n_read:(t + 1) * n_read, t * n_read:(t + 1) * n_read]
+    cov2 = float(block[~np.eye(n_read, dtype=bool)].mean())
+    ms_r = float(np.var(theta[t], ddof=1))
+    denominator = ms_r + n_read * max(cov2, 0.0)
+    mean = float(theta[t].mean())
+    entry: dict[str, Any] = {"fom": mean, "ms_r": ms_r, "cov2": cov2, "var_error": float(np.mean(np.diag(block)))}
+    if denominator <= 0:
+        notes.append(f"modality {t}: undefined CI: all readers have the same FOM and no case covariance")
+        entry.update(se=float("nan"), df=float("nan"), ci=[float("nan")] * 2, t=float("nan"), p=float("nan"))
+        return entry
+    se = float(np.sqrt(denominator / n_read))
+    # ms_r == 0 gives infinite ddf: the t distribution becomes the normal.
+    df = float(denominator**2 / (ms_r**2 / (n_read - 1))) if ms_r > 0 else float("inf")
+    q = float(stats.t.ppf(1 - alpha / 2, df))
+    t_stat = (mean - null) / se
+    entry.update(se=se, df=df, ci=[mean - q * se, mean + q * se], t=float(t_stat),
+                 p=float(2 * stats.t.sf(abs(t_stat), df)))
+    return entry
+
+
+def _global_test(theta: np.ndarray, avg: dict[str, float], alpha: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """F test of equal FOMs across modalities and the pairwise differences."""
+    from scipy import stats
+
+    n_mod, n_read = theta.shape
+    # Global test (OR 1995 with Hillis 2007 ddf_H): F = MS(T) / (MS(T*R) + r max(Cov2 - Cov3, 0)),
+    # ddf = (MS(T*R) + r max(Cov2 - Cov3, 0))^2 / (MS(T*R)^2 / ((t-1)(r-1))).
+    grand = theta.mean()
+    ms_t = n_read * float(((theta.mean(axis=1) - grand) ** 2).sum()) / (n_mod - 1)
+    resid = theta - theta.mean(axis=1, keepdims=True) - theta.mean(axis=0, keepdims=True) + grand
+    ms_tr = float((resid**2).sum()) / ((n_mod - 1) * (n_read - 1))
+    error_term = ms_tr + n_read * max(avg["cov2"] - avg["cov3"], 0.0)
+    ddf = error_term**2 / (ms_tr**2 / ((n_mod - 1) * (n_read - 1))) if ms_tr > 0 else float("inf")
+    f_stat = ms_t / error_term
+    test = {"ms_t": ms_t, "ms_tr": ms_tr, "error_term": error_term, "F": f_stat,
+            "ndf": n_mod - 1, "ddf": ddf, "p": float(stats.f.sf(f_stat, n_mod - 1, ddf))}
+    se_diff = float(np.sqrt(2 / n_read * error_term))
+    q = float(stats.t.ppf(1 - alpha / 2, ddf))
+    diffs = []
+    for a in range(n_mod):
+        for b in range(a + 1, n_mod):
+            d = float(theta[a].mean() - theta[b].mean())
+            diffs.append({"modalities": [a, b], "difference": d, "se": se_diff, "df": ddf,
+                          "ci": [d - q * se_diff, d + q * se_diff],
+                          "p": float(2 * stats.t.sf(abs(d / se_diff), ddf))})
+    return test, diffs

@@ -52,35 +52,48 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
+def _cases_from_csv(src: Path) -> list[BatchCase]:
+    """Cases listed in a batch CSV (column ``ct``, optional ``id``; relative paths relative to the CSV)."""
+    cases: list[BatchCase] = []
+    with open(src, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "ct" not in fields:
+            raise InferenceError(f"{src}: the CSV needs a 'ct' column (path of a CT file or DICOM folder), "
+                                 f"found columns {reader.fieldnames}")
+        for n, row in enumerate(reader, start=2):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if not row.get("ct"):
+                raise InferenceError(f"{src}, line {n}: empty 'ct'")
+            ct = Path(row["ct"]).expanduser()
+            ct = ct if ct.is_absolute() else src.parent / ct
+            cid = row.get("id") or _strip_suffix(ct.name)
+            cases.append(BatchCase(_safe_id(cid), ct))
+    return cases
+
+
+def _cases_from_folder(src: Path) -> list[BatchCase]:
+    """One case per image file and per non-empty sub-folder (DICOM series) of ``src``."""
+    cases: list[BatchCase] = []
+    for entry in sorted(src.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
+            cases.append(BatchCase(_safe_id(entry.name), entry))
+        elif entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.lower().endswith(".seg.nrrd"):
+            cases.append(BatchCase(_safe_id(_strip_suffix(entry.name)), entry))
+    return cases
+
+
 def discover_batch(source: str | os.PathLike) -> list[BatchCase]:
     """Cases of a batch: a CSV with column ``ct`` (and optional ``id``; relative paths are relative to
     the CSV), or a folder whose image files (.nii.gz/.nii/.nrrd/.mha) and sub-folders (DICOM series)
     are one case each."""
     src = Path(source)
-    cases: list[BatchCase] = []
     if src.is_file():
-        with open(src, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-            if "ct" not in fields:
-                raise InferenceError(f"{src}: the CSV needs a 'ct' column (path of a CT file or DICOM folder), "
-                                     f"found columns {reader.fieldnames}")
-            for n, row in enumerate(reader, start=2):
-                row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-                if not row.get("ct"):
-                    raise InferenceError(f"{src}, line {n}: empty 'ct'")
-                ct = Path(row["ct"]).expanduser()
-                ct = ct if ct.is_absolute() else src.parent / ct
-                cid = row.get("id") or _strip_suffix(ct.name)
-                cases.append(BatchCase(_safe_id(cid), ct))
+        cases = _cases_from_csv(src)
     elif src.is_dir():
-        for entry in sorted(src.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir() and any(p.is_file() for p in entry.iterdir()):
-                cases.append(BatchCase(_safe_id(entry.name), entry))
-            elif entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES) and not entry.name.lower().endswith(".seg.nrrd"):
-                cases.append(BatchCase(_safe_id(_strip_suffix(entry.name)), entry))
+        cases = _cases_from_folder(src)
     else:
         raise InferenceError(f"batch input {src} not found: pass a folder of CTs or a CSV with a 'ct' column")
     if not cases:

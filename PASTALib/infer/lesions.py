@@ -283,27 +283,7 @@ def find_lesions(
     findings: list[LesionFinding] = []
     component_of: dict[int, int] = {}
     for i, sl, value, organ, votes, uncertain in kept:
-        box = _pad_box(sl, measure_pad, lab.shape)
-        inst = comp[box] == i
-        lab_crop = lab[box].copy()
-        lab_crop[(lab_crop >= LESION_MIN) & ~inst] = 0  # other lesions do not count as this one or its organ
-        lab_crop[inst] = value
-        (z0, z1), (y0, y1), (x0, x1) = ((b.start, b.stop) for b in box)
-        ct_crop = ct[x0:x1, y0:y1, z0:z1]
-        lab_img = sitk.GetImageFromArray(lab_crop)
-        lab_img.CopyInformation(ct_crop)
-        organ = organ or LesionType(value).organ
-        m = measure_lesion(ct_crop, lab_img, value, int(organ), shell_mm=MEASURE_SHELL_MM)
-        if not np.isfinite(m["organ_mean_hu"]):  # no organ voxel around it: use the surrounding tissue
-            hu = sitk.GetArrayViewFromImage(ct_crop)
-            around = hu[(lab_crop < LESION_MIN) & ~inst]
-            m["organ_mean_hu"] = float(np.median(around)) if around.size else float(m["mean_hu"])
-        findings.append(LesionFinding(
-            index=0, label_value=int(value), organ=organ, location=organ.display_name, voxels=int(inst.sum()),
-            box_zyx=tuple((b.start, b.stop) for b in sl), measurement=m,
-            longest_diameter_mm=longest_diameter_mm(inst, ct, (z0, y0, x0)), organ_votes=votes,
-            type_uncertain=uncertain,
-        ))
+        findings.append(_measure_component(ct, comp, lab, i, sl, value, organ, votes, uncertain, measure_pad))
         component_of[id(findings[-1])] = i
     findings.sort(key=lambda f: (-f.voxels, f.box_zyx))
     lut = np.zeros(n + 1, np.uint16)
@@ -313,6 +293,34 @@ def find_lesions(
     instances = sitk.GetImageFromArray(lut[comp])
     instances.CopyInformation(labels)
     return out, instances, findings
+
+
+def _measure_component(
+    ct: sitk.Image, comp: np.ndarray, lab: np.ndarray, i: int, sl: tuple[slice, ...], value: int,
+    organ: Organ | None, votes: dict[int, int], uncertain: bool, measure_pad: list[int],
+) -> LesionFinding:
+    """Measure connected component ``i`` (label ``value``) on a padded crop; index and location set later."""
+    box = _pad_box(sl, measure_pad, lab.shape)
+    inst = comp[box] == i
+    lab_crop = lab[box].copy()
+    lab_crop[(lab_crop >= LESION_MIN) & ~inst] = 0  # other lesions do not count as this one or its organ
+    lab_crop[inst] = value
+    (z0, z1), (y0, y1), (x0, x1) = ((b.start, b.stop) for b in box)
+    ct_crop = ct[x0:x1, y0:y1, z0:z1]
+    lab_img = sitk.GetImageFromArray(lab_crop)
+    lab_img.CopyInformation(ct_crop)
+    organ = organ or LesionType(value).organ
+    m = measure_lesion(ct_crop, lab_img, value, int(organ), shell_mm=MEASURE_SHELL_MM)
+    if not np.isfinite(m["organ_mean_hu"]):  # no organ voxel around it: use the surrounding tissue
+        hu = sitk.GetArrayViewFromImage(ct_crop)
+        around = hu[(lab_crop < LESION_MIN) & ~inst]
+        m["organ_mean_hu"] = float(np.median(around)) if around.size else float(m["mean_hu"])
+    return LesionFinding(
+        index=0, label_value=int(value), organ=organ, location=organ.display_name, voxels=int(inst.sum()),
+        box_zyx=tuple((b.start, b.stop) for b in sl), measurement=m,
+        longest_diameter_mm=longest_diameter_mm(inst, ct, (z0, y0, x0)), organ_votes=votes,
+        type_uncertain=uncertain,
+    )
 
 
 def attribute_crop_grid(centre_lps: Sequence[float], size: Sequence[int], spacing: float = 1.0) -> Grid:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,6 +91,20 @@ def _raw_nifti_zooms(raw: bytes) -> np.ndarray | None:
     return None
 
 
+def _scan_nifti_data(path: Path, opener: Any, offset: int, dtype: np.dtype, expected: int) -> tuple[int, int]:
+    """Stream the file in chunks: (bytes available, non-finite voxels among the data when float)."""
+    non_finite = 0
+    with opener(path, "rb") as stream:
+        available = len(stream.read(offset))
+        while chunk := stream.read(dtype.itemsize << 20):
+            if dtype.kind == "f":  # the voxels of this chunk (not bytes after the data)
+                data = chunk[: max(0, min(len(chunk), expected - available))]
+                values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
+                non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
+            available += len(chunk)
+    return available, non_finite
+
+
 def _check_nifti_complete(path: Path) -> None:
     """Raise if a NIfTI file is shorter than its header says, stores a zero voxel size, or holds
     NaN/inf voxels.
@@ -118,14 +132,7 @@ def _check_nifti_complete(path: Path) -> None:
         expected = offset + int(np.prod(proxy.shape)) * dtype.itemsize
         non_finite = 0
         if dtype.kind == "f" or opener is gzip.open:
-            with opener(path, "rb") as stream:
-                available = len(stream.read(offset))
-                while chunk := stream.read(dtype.itemsize << 20):
-                    if dtype.kind == "f":  # the voxels of this chunk (not bytes after the data)
-                        data = chunk[: max(0, min(len(chunk), expected - available))]
-                        values = np.frombuffer(data[: len(data) - len(data) % dtype.itemsize], dtype)
-                        non_finite += values.size - int(np.count_nonzero(np.isfinite(values)))
-                    available += len(chunk)
+            available, non_finite = _scan_nifti_data(path, opener, offset, dtype, expected)
         else:
             available = path.stat().st_size
     except (EOFError, OSError, ValueError, nibabel.filebasedimages.ImageFileError) as exc:
