@@ -478,3 +478,18 @@ def test_printable_keeps_newlines_and_text() -> None:
     from PASTALib.errors import printable
 
     assert printable("Zürich\tline\nnext \x1b[31mred\x9b") == "Zürich\tline\nnext \\x1b[31mred\\x9b"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("ct,id\na.nii.gz,one,extra\n", ["line 2", "3 fields but the header has 2", "quote paths"]),
+    ("path\na.nii.gz\n", ["needs a 'ct' column"]),
+    ("ct,id\n,one\n", ["line 2", "empty 'ct'"]),
+])
+def test_bad_batch_csv_is_named_not_a_traceback(tmp_path: Path, text: str, words: list[str]) -> None:
+    from PASTALib.infer.batch import discover_batch
+    from PASTALib.errors import PastaError
+
+    (tmp_path / "cases.csv").write_text(text)
+    with pytest.raises(PastaError) as raised:
+        discover_batch(tmp_path / "cases.csv")
+    assert all(w in str(raised.value) for w in words), str(raised.value)

@@ -111,3 +111,12 @@ def test_jackknife_ignores_missing_and_incomplete_design_is_flagged():
 def test_undefined_analysis_says_why(ratings, truth, reason):
     out = or_hillis(ratings, np.array(truth))
     assert np.isnan(out["modalities"][0]["p"]) and any(reason in n for n in out["notes"])
+
+
+def test_identical_ratings_are_a_clear_error_not_a_division_by_zero():
+    from PASTALib.eval.mrmc import or_hillis
+
+    ratings = np.full((2, 3, 6), 3.0)  # 2 modalities x 3 readers x 6 cases, every rating the same
+    truth = np.array([0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match="do not vary"):
+        or_hillis(ratings, truth)

@@ -218,6 +218,9 @@ def _global_test(theta: np.ndarray, avg: dict[str, float], alpha: float) -> tupl
     resid = theta - theta.mean(axis=1, keepdims=True) - theta.mean(axis=0, keepdims=True) + grand
     ms_tr = float((resid**2).sum()) / ((n_mod - 1) * (n_read - 1))
     error_term = ms_tr + n_read * max(avg["cov2"] - avg["cov3"], 0.0)
+    if error_term <= 0:
+        raise ValueError("the figures of merit do not vary between readers or cases (every rating identical?): "
+                         "the OR/Hillis F test is undefined")
     ddf = error_term**2 / (ms_tr**2 / ((n_mod - 1) * (n_read - 1))) if ms_tr > 0 else float("inf")
     f_stat = ms_t / error_term
     test = {"ms_t": ms_t, "ms_tr": ms_tr, "error_term": error_term, "F": f_stat,

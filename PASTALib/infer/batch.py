@@ -62,7 +62,10 @@ def _cases_from_csv(src: Path) -> list[BatchCase]:
             raise InferenceError(f"{src}: the CSV needs a 'ct' column (path of a CT file or DICOM folder), "
                                  f"found columns {reader.fieldnames}")
         for n, row in enumerate(reader, start=2):
-            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            if None in row:  # csv puts the fields beyond the header under None (a list)
+                raise InferenceError(f"{src}, line {n}: {len(reader.fieldnames) + len(row[None])} fields but the header "
+                                     f"has {len(reader.fieldnames)}; quote paths that contain commas")
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items()}
             if not row.get("ct"):
                 raise InferenceError(f"{src}, line {n}: empty 'ct'")
             ct = Path(row["ct"]).expanduser()
