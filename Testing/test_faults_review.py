@@ -686,3 +686,23 @@ def test_full_disk_create_and_rate(tmp_path, small_disk, capsys):
         assert session.progress() == (4, 4) and session.answers()[first].realism == 2
     rc, out, _ = _cli(["verify", str(study)], capsys)
     assert rc == 0, out
+
+
+def test_export_escapes_reasons_a_spreadsheet_would_run(tmp_path, capsys):
+    """A reader's free-text reason starting like a formula (=HYPERLINK(...), +, -, @) reaches the CSV
+    as text (a leading apostrophe); the database keeps the reader's words unchanged."""
+    import csv
+
+    study = _make_study(tmp_path)
+    reasons = ['=HYPERLINK("http://x","click")', "+1 odd rim", "-ish texture", "@mention", "plain reason"]
+    with ReaderSession(study, "r1") as session:
+        for case_id, reason in zip(session.order, reasons):
+            session.rate(case_id, 2, reason=reason)
+        stored = {a.reason for a in session.answers().values()}
+    assert stored == set(reasons[:len(stored)])  # unchanged in the study
+    rc, _, err = _cli(["export", str(study), str(tmp_path / "answers.csv")], capsys)
+    assert rc == 0, err
+    with open(tmp_path / "answers.csv", newline="") as stream:
+        exported = {row["reason"] for row in csv.DictReader(stream)}
+    expected = {("'" + r if r[0] in "=+-@" else r) for r in reasons[:len(stored)]}
+    assert exported == expected and not any(r.startswith(("=", "+", "-", "@")) for r in exported)

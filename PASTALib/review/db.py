@@ -72,6 +72,8 @@ SCHEMA_TABLES: dict[str, tuple[str, ...]] = {
 }
 #: Longest reader name accepted (it is shown in tables and file names of exports).
 MAX_READER_NAME = 64
+#: Text starting with one of these is run as a formula by spreadsheet programs opening an exported CSV.
+FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: Migrations: MIGRATIONS[v] upgrades a database at version v to v + 1 (run in one transaction).
@@ -358,7 +360,7 @@ def reader_name(reader: str) -> str:
     if bad:
         listed = ", ".join(repr(c) for c in bad)
         raise ReviewError(f"The reader name '{shown(name)}' contains {listed}: {rule}.")
-    if name[0] in "=+-@":  # a spreadsheet opening the exported CSV would run it as a formula
+    if name.startswith(FORMULA_LEADS):  # a spreadsheet opening the exported CSV would run it as a formula
         raise ReviewError(f"The reader name '{shown(name)}' starts with {name[0]!r}: {rule}, not starting with = + - @.")
     return name
 

@@ -18,6 +18,14 @@ BLINDED_COLUMNS = ["reader", "case_id", "position", "lesion_type", "realism", *d
 KEY_COLUMNS = ["origin", "source_image", "source_mask"]
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` unchanged unless it is text a spreadsheet would evaluate as a formula (CSV injection,
+    OWASP): then prefixed with an apostrophe, which spreadsheets show as text and hide."""
+    if isinstance(value, str) and value.startswith(db.FORMULA_LEADS):
+        return "'" + value
+    return value
+
+
 def answer_rows(study_dir: str | os.PathLike, key_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """One row per (reader, case) answer; with the key, origin and source paths are added."""
     study = Study.open(study_dir)
@@ -94,7 +102,8 @@ def export_csv(study_dir: str | os.PathLike, path: str | os.PathLike, key_dir: s
     stream = io.StringIO(newline="")
     writer = csv.DictWriter(stream, columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    # Free text (a reader's reason) and key paths may begin like a formula; numbers are never text here.
+    writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     try:
         return write_text_atomic(path, stream.getvalue())
     except OSError as exc:
