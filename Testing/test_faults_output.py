@@ -550,3 +550,23 @@ def test_fewshot_case_id_cannot_escape_the_output_folder(data, capsys, tmp_path)
     _assert_refused(code, err, "../../../x", "rename")
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == before
     assert not [p for p in (tmp_path / "ft").rglob("*")]
+
+
+@pytest.mark.parametrize("command", ["synth-lesion", "refine-apply-folder", "refine-apply-file"])
+def test_single_case_commands_refuse_an_output_in_use(data, capsys, tmp_path, command):
+    """Two runs into one output would interleave their files (ct from one, label from the other): the
+    second is refused, naming the first, before it reads anything; the output is left as it was."""
+    out, tmp_path = tmp_path / "job" / "out", tmp_path / "job"  # tmp_path itself holds the data fixture's files
+    target, lock, argv = {
+        "synth-lesion": (out, LOCK_NAME, ["synth", "lesion", "--ct", data["ct"], "--organs", data["organs"],
+                                          "--type", "liver_tumor", "--out", out]),
+        "refine-apply-folder": (out, LOCK_NAME, ["refine", "apply", "--ct", data["ct"], "--labels", data["organs"],
+                                                 "--out", out, "--checkpoint", data["out"] / "refiner.pt"]),
+        "refine-apply-file": (tmp_path, ".refined.nii.gz.pasta.lock",
+                              ["refine", "apply", "--ct", data["ct"], "--labels", data["organs"], "--out",
+                               tmp_path / "refined.nii.gz", "--checkpoint", data["out"] / "refiner.pt"]),
+    }[command]
+    with _held(target, lock):
+        rc, out_text, err = _cli(capsys, *argv)
+    assert rc == 2 and err.count("error:") == 1 and "in use by another run (pid 424242" in err, (rc, out_text, err)
+    assert sorted(p.name for p in target.iterdir()) == [lock]  # nothing written beside the other run's lock

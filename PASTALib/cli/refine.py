@@ -106,39 +106,43 @@ def _apply(args: argparse.Namespace) -> int:
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
     from PASTALib.io import read_ct, read_label, write_image
     from PASTALib.io.files import write_text_atomic
-    from PASTALib.io.outputs import check_outputs
+    from PASTALib.io.outputs import LOCK_NAME, check_outputs, folder_lock
     from PASTALib.refine import Refiner, refine_case
 
     inputs = [args.ct, args.labels, args.checkpoint]
-    if Path(args.out).name.lower().endswith(_IMAGE_SUFFIXES):
-        check_outputs(inputs, files=[args.out])
-    else:
-        check_outputs(inputs, folders=[args.out], names=("ct.nii.gz", "label.nii.gz", "refine.json"))
-    _threads(args.threads)
-    overrides = {k: v for k, v in (("refine_steps", args.steps), ("margin_mm", args.margin)) if v is not None}
-    refiner = Refiner.from_checkpoint(args.checkpoint, args.device, amp=args.amp, **overrides)
-    ct = read_ct(args.ct)
-    labels = read_label(args.labels)
-    resolve_labels_kind(labels, "pasta", source=args.labels)
-    labels = check_label_grid(labels, ct, source=args.labels)
-    refined, infos = refine_case(ct, labels, refiner, seed=args.seed)
     out = Path(args.out)
-    if out.name.lower().endswith(_IMAGE_SUFFIXES):
-        write_image(refined, out)
+    to_file = out.name.lower().endswith(_IMAGE_SUFFIXES)
+    if to_file:
+        check_outputs(inputs, files=[out])
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".refine-", dir=out))
-        try:
-            write_image(refined, staging / "ct.nii.gz")
-            write_image(labels, staging / "label.nii.gz")
-            write_text_atomic(staging / "refine.json", json.dumps({"checkpoint": str(args.checkpoint), "lesions": infos},
-                                                                  indent=2, default=str) + "\n")
-            for f in staging.iterdir():
-                f.replace(out / f.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    for info in infos:
-        print(f"refined {info['lesion_type']} ({info['voxels']} voxels, {info['touched_voxels']} voxels changed) "
-              f"in {info['seconds']:.1f} s")
-    print(f"wrote {out}")
-    return 0
+        check_outputs(inputs, folders=[out], names=("ct.nii.gz", "label.nii.gz", "refine.json"))
+    # Held from the first read to the last file: two runs onto one output would mix their files.
+    lock_folder, lock_name = (out.parent, f".{out.name}.pasta.lock") if to_file else (out, LOCK_NAME)
+    with folder_lock(lock_folder, name=lock_name, what="output", clean=False):
+        _threads(args.threads)
+        overrides = {k: v for k, v in (("refine_steps", args.steps), ("margin_mm", args.margin)) if v is not None}
+        refiner = Refiner.from_checkpoint(args.checkpoint, args.device, amp=args.amp, **overrides)
+        ct = read_ct(args.ct)
+        labels = read_label(args.labels)
+        resolve_labels_kind(labels, "pasta", source=args.labels)
+        labels = check_label_grid(labels, ct, source=args.labels)
+        refined, infos = refine_case(ct, labels, refiner, seed=args.seed)
+        if to_file:
+            write_image(refined, out)
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".refine-", dir=out))
+            try:
+                write_image(refined, staging / "ct.nii.gz")
+                write_image(labels, staging / "label.nii.gz")
+                write_text_atomic(staging / "refine.json", json.dumps({"checkpoint": str(args.checkpoint), "lesions": infos},
+                                                                      indent=2, default=str) + "\n")
+                for f in staging.iterdir():
+                    f.replace(out / f.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        for info in infos:
+            print(f"refined {info['lesion_type']} ({info['voxels']} voxels, {info['touched_voxels']} voxels changed) "
+                  f"in {info['seconds']:.1f} s")
+        print(f"wrote {out}")
+        return 0

@@ -64,38 +64,40 @@ def _lesion(args: argparse.Namespace) -> int:
     from PASTALib.anatomy.labelmaps import check_label_grid, resolve_labels_kind
     from PASTALib.io import read_ct, read_label, write_image
     from PASTALib.io.files import write_text_atomic
-    from PASTALib.io.outputs import check_outputs
+    from PASTALib.io.outputs import check_outputs, folder_lock
     from PASTALib.synth.pipeline import synthesize_lesion, synthesize_lesion_in_masks
 
     spec = _spec_from_args(args)  # bad attributes fail before any image is read
     check_outputs([args.ct, args.organs], folders=[args.out], names=LESION_FILES)
-    ct = read_ct(args.ct)
-    labels = read_label(args.organs)
-    kind = resolve_labels_kind(labels, args.labels_kind, source=str(args.organs))
-    labels = check_label_grid(labels, ct, source=str(args.organs), resample=args.resample_labels)
-    if kind == "totalsegmentator":
-        masks = OrganMasks.from_label_map(labels, reference=ct, source=str(args.organs))
-        result = synthesize_lesion_in_masks(ct, masks, spec, impression=args.impression)
-    else:
-        result = synthesize_lesion(ct, labels, spec, impression=args.impression)
+    # Held from the first read to the last file: two runs into one --out would mix their files.
+    with folder_lock(args.out, what="output folder", clean=False):
+        ct = read_ct(args.ct)
+        labels = read_label(args.organs)
+        kind = resolve_labels_kind(labels, args.labels_kind, source=str(args.organs))
+        labels = check_label_grid(labels, ct, source=str(args.organs), resample=args.resample_labels)
+        if kind == "totalsegmentator":
+            masks = OrganMasks.from_label_map(labels, reference=ct, source=str(args.organs))
+            result = synthesize_lesion_in_masks(ct, masks, spec, impression=args.impression)
+        else:
+            result = synthesize_lesion(ct, labels, spec, impression=args.impression)
 
-    # All four files go to a temporary sibling folder first, then move in: no partial output.
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
-    try:
-        write_image(result.ct, staging / "ct.nii.gz")
-        write_image(result.labels, staging / "label.nii.gz")
-        write_text_atomic(staging / "report.json", result.report.to_json() + "\n")
-        write_text_atomic(staging / "report.txt", result.report.to_text() + "\n")
-        write_text_atomic(staging / "spec.json", json.dumps(result.spec.to_dict(), indent=2) + "\n")
-        for item in sorted(staging.iterdir()):
-            os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    print(result.report.to_text())
-    print(f"wrote {out}/ct.nii.gz, label.nii.gz, report.json, report.txt, spec.json ({result.timings['total']:.2f} s)")
-    return 0
+        # All four files go to a temporary sibling folder first, then move in: no partial output.
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
+        try:
+            write_image(result.ct, staging / "ct.nii.gz")
+            write_image(result.labels, staging / "label.nii.gz")
+            write_text_atomic(staging / "report.json", result.report.to_json() + "\n")
+            write_text_atomic(staging / "report.txt", result.report.to_text() + "\n")
+            write_text_atomic(staging / "spec.json", json.dumps(result.spec.to_dict(), indent=2) + "\n")
+            for item in sorted(staging.iterdir()):
+                os.replace(item, out / item.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        print(result.report.to_text())
+        print(f"wrote {out}/ct.nii.gz, label.nii.gz, report.json, report.txt, spec.json ({result.timings['total']:.2f} s)")
+        return 0
 
 
 # ----------------------------------------------------------------------------- generate
