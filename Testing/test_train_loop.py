@@ -14,7 +14,7 @@ import torch
 
 from PASTALib.train.common import DistContext, StopFlag
 from PASTALib.train.loop import TrainingLoop, load_training_state
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 
 class ToyLoop(TrainingLoop):

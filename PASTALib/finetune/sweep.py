@@ -40,7 +40,7 @@ from PASTALib.finetune.core import (
     write_csv_atomic,
 )
 from PASTALib.train.common import StopFlag, TrainingError
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 FEWSHOT_NAME = "fewshot.csv"
 #: the columns ``pasta evaluate fewshot`` reads by default (method, K, value) plus where each value comes from

@@ -44,7 +44,7 @@ from PASTALib.runtime import resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
 from PASTALib.train.loop import StopSource, TrainingLoop
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 log = logging.getLogger(__name__)
 

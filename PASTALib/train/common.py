@@ -1,6 +1,6 @@
 """Shared training infrastructure: device/AMP, RNG state, atomic checkpoints, metrics, stop flag, DDP.
 
-The loop itself is PASTALib.train.loop, the progress reporter PASTALib.train.progress."""
+The loop itself is PASTALib.train.loop, the progress reporter PASTALib.progress."""
 
 from __future__ import annotations
 

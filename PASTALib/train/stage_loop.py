@@ -24,7 +24,7 @@ from PASTALib.train.common import (
 )
 from PASTALib.io.files import write_text_atomic
 from PASTALib.train.loop import TrainingLoop
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 FINAL_NAME = "model_final.pth"
