@@ -1,6 +1,9 @@
-"""File names of the output folders, declared once: the library writes them, the CLI checks them
-before a run, the Slicer modules read them. Imports nothing (no torch), so any of them may import it.
+"""File and folder names of the output folders, declared once: the library writes them, the CLI checks
+them before a run, the Slicer modules and the evaluation read them. Imports only the label enums (no
+torch, no synth), so any of them may import it.
 """
+
+from PASTALib.labels import LesionType
 
 # `pasta segment --out DIR` (one case; --batch writes one such folder per case)
 LABELS_NAME = "labels.nii.gz"
@@ -15,7 +18,29 @@ DICOM_SR_NAME = "sr.dcm"
 SEGMENT_OUTPUTS = (LABELS_NAME, SEG_NRRD_NAME, REPORTS_NAME, REPORTS_TEXT_NAME, LESIONS_NAME, RUN_NAME,
                    DICOM_SEG_NAME, DICOM_SR_NAME)
 
+# A PASTA-Gen dataset (`pasta synth generate --out DIR`, `pasta data pasta-gen-30k`): DIR/<Organ>/<Kind>/<index>/
+#: PASTA-Gen-30K folder names (<Organ>/<Kind>) of each lesion type, as the public dataset spells them.
+DATASET_FOLDERS: dict[LesionType, tuple[str, str]] = {
+    LesionType.LUNG_TUMOR: ("Lung", "Tumor"),
+    LesionType.LIVER_TUMOR: ("Liver", "Tumor"),
+    LesionType.GALLBLADDER_CANCER: ("Gall", "Tumor"),
+    LesionType.PANCREAS_TUMOR: ("Pancreas", "Tumor"),
+    LesionType.ESOPHAGEAL_CANCER: ("Esophagus", "Tumor"),
+    LesionType.GASTRIC_CANCER: ("Stomach", "Tumor"),
+    LesionType.COLORECTAL_CANCER: ("Colon", "Tumor"),
+    LesionType.KIDNEY_TUMOR: ("Kidney", "Tumor"),
+    LesionType.BLADDER_CANCER: ("Bladder", "Tumor"),
+    LesionType.BONE_METASTASIS: ("Bone", "Tumor"),
+    LesionType.LIVER_CYST: ("Liver", "Cyst"),
+    LesionType.GALLSTONE: ("Gall", "Stone"),
+    LesionType.PANCREAS_CYST: ("Pancreas", "Cyst"),
+    LesionType.KIDNEY_CYST: ("Kidney", "Cyst"),
+    LesionType.KIDNEY_STONE: ("Kidney", "Stone"),
+}
+#: The lesion type of a ``<Organ>/<Kind>`` folder pair (the inverse of :data:`DATASET_FOLDERS`).
+FOLDER_TYPES: dict[tuple[str, str], LesionType] = {folders: t for t, folders in DATASET_FOLDERS.items()}
+
 __all__ = [
-    "DICOM_SEG_NAME", "DICOM_SR_NAME", "LABELS_NAME", "LESIONS_NAME", "REPORTS_NAME", "REPORTS_TEXT_NAME", "RUN_NAME",
-    "SEGMENT_OUTPUTS", "SEG_NRRD_NAME",
+    "DATASET_FOLDERS", "DICOM_SEG_NAME", "DICOM_SR_NAME", "FOLDER_TYPES", "LABELS_NAME", "LESIONS_NAME", "REPORTS_NAME",
+    "REPORTS_TEXT_NAME", "RUN_NAME", "SEGMENT_OUTPUTS", "SEG_NRRD_NAME",
 ]

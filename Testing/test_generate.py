@@ -23,7 +23,9 @@ import pytest
 import SimpleITK as sitk
 
 from PASTALib.errors import LesionFitError, SpecificationError
+from PASTALib.io.manifest import MANIFEST_COLUMNS, read_manifest
 from PASTALib.labels import LesionType
+from PASTALib.layout import DATASET_FOLDERS
 from PASTALib.report.schema import validate_report
 from PASTALib.report.wording import StructuredReport
 from PASTALib.synth import generate as gen
@@ -110,10 +112,10 @@ def reference(templates, tmp_path_factory) -> Path:
 
 
 def test_layout_labels_reports_and_template_phases(reference):
-    rows = gen.read_manifest(reference)
+    rows = read_manifest(reference)
     assert len(rows) == N_CASES and {r["status"] for r in rows} == {"ok"}
-    assert list(rows[0]) == list(gen.MANIFEST_COLUMNS)
-    expected = {f"{gen.DATASET_FOLDERS[LesionType.parse(t)][0]}/{gen.DATASET_FOLDERS[LesionType.parse(t)][1]}/{i:05d}"
+    assert list(rows[0]) == list(MANIFEST_COLUMNS)
+    expected = {f"{DATASET_FOLDERS[LesionType.parse(t)][0]}/{DATASET_FOLDERS[LesionType.parse(t)][1]}/{i:05d}"
                 for t in TYPES for i in range(PER_TYPE)}
     assert set(_case_dirs(reference)) == expected  # e.g. Kidney/Stone/00002, Liver/Cyst/00000
     for row in rows:
@@ -154,7 +156,7 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(templates, re
     assert not (out / gen.PARTIAL_DIR).exists()
     first = len(_case_dirs(out))
     assert 1 <= first < N_CASES
-    assert len(gen.read_manifest(out)) == first
+    assert len(read_manifest(out)) == first
     # SIGKILL of the whole process group mid-run: only complete case folders are ever visible.
     rc, log = _interrupt(templates, out, signal.SIGKILL, after_cases=first + 1)
     assert rc == -signal.SIGKILL, log
@@ -167,7 +169,7 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted_run(templates, re
     _assert_complete(out)
     assert not (out / gen.PARTIAL_DIR).exists()
     assert not [p for p in out.rglob(".*") if p.name != gen.PARTIAL_DIR]  # no stray temp files
-    rows = gen.read_manifest(out)
+    rows = read_manifest(out)
     ids = [r["case_id"] for r in rows]
     assert len(ids) == len(set(ids)) == N_CASES
     assert _hashes(out) == _hashes(reference)  # bit-identical img, label and total
@@ -189,7 +191,7 @@ def test_shards_make_the_full_set(templates, reference, tmp_path):
                    "--types", ",".join(TYPES), "--seed", str(SEED), "--crop-mm", str(CROP), "--shard", shard, "--no-bar"])
         assert rc == 0
     assert sorted(p.name for p in out.glob("manifest*.csv")) == ["manifest.shard-0-of-2.csv", "manifest.shard-1-of-2.csv"]
-    ids = [r["case_id"] for r in gen.read_manifest(out)]
+    ids = [r["case_id"] for r in read_manifest(out)]
     assert len(ids) == len(set(ids)) == N_CASES
     assert _hashes(out) == _hashes(reference)
 
@@ -230,7 +232,7 @@ def test_retry_with_next_seed_failure_record_and_stop(templates, reference, tmp_
     config = gen.GenerateConfig(out=out, per_type=1, types=(LesionType.LIVER_CYST, LesionType.PANCREAS_TUMOR,
                                                              LesionType.BLADDER_CANCER), seed=SEED, crop_mm=24, max_attempts=3)
     summary = gen.generate(templates, config)
-    rows = {r["case_id"]: r for r in gen.read_manifest(out)}
+    rows = {r["case_id"]: r for r in read_manifest(out)}
     cyst = rows["liver_cyst-00000"]
     assert cyst["status"] == "ok" and cyst["attempt"] == "1"
     assert int(cyst["seed"]) == gen.case_seeds(SEED, LesionType.LIVER_CYST, 0, 1)[0]
@@ -244,7 +246,7 @@ def test_retry_with_next_seed_failure_record_and_stop(templates, reference, tmp_
     # Rerun: everything is recorded, nothing is redone.
     calls.clear()
     again = gen.generate(templates, config)
-    assert again.skipped == 3 and not calls and len(gen.read_manifest(out)) == 3
+    assert again.skipped == 3 and not calls and len(read_manifest(out)) == 3
     # A stop request ends the run after the case in progress.
     import threading
 

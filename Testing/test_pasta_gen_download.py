@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from PASTALib.errors import DownloadError, SpecificationError
-from PASTALib.synth.generate import MANIFEST_COLUMNS, read_manifest
+from PASTALib.io.manifest import MANIFEST_COLUMNS, read_manifest
 from PASTALib.synth.pasta_gen_30k import REPO_ID, download_pasta_gen
 
 SHA = "9bf55d5" + "0" * 33

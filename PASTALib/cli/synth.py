@@ -178,7 +178,8 @@ def _generate(args: argparse.Namespace) -> int:
         return 130
     failed = summary.failed + summary.skipped_failed
     if failed and not summary.ok and summary.skipped == summary.skipped_failed:
-        from PASTALib.synth.generate import GenerationError, read_manifest
+        from PASTALib.io.manifest import read_manifest
+        from PASTALib.synth.generate import GenerationError
 
         first = next(row for row in [*summary.rows, *read_manifest(config.out)] if row["status"] != "ok")
         raise GenerationError(

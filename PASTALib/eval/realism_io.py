@@ -21,7 +21,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PASTALib.eval.tasks import EvaluationError
+from PASTALib.io.manifest import read_manifest
 from PASTALib.labels import LesionType
+from PASTALib.layout import FOLDER_TYPES
 
 #: Voxels of context kept around the lesion's bounding box (PyRadiomics' padDistance is 5).
 CROP_MARGIN = 6
@@ -79,8 +81,6 @@ def read_real_csv(path: str | os.PathLike, *, shape_only: bool) -> list[LesionCa
 
 def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None = None) -> list[LesionCase]:
     """Cases of a PASTA-Gen folder, optionally only some lesion types (slugs or label values)."""
-    from PASTALib.synth.generate import read_manifest
-
     folder = Path(folder)
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder; pass a PASTA-Gen folder (pasta synth generate --out)")
@@ -109,10 +109,8 @@ def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None
 
 def _type_from_path(rel: Path) -> str:
     """``Lung/Tumor/00012`` → ``lung_tumor`` via the PASTA-Gen folder names; "" when unknown."""
-    from PASTALib.synth.generate import DATASET_FOLDERS
-
-    parts = tuple(rel.parts[:2])
-    return next((t.slug for t, folders in DATASET_FOLDERS.items() if tuple(folders) == parts), "")
+    lesion_type = FOLDER_TYPES.get(tuple(rel.parts[:2]))
+    return lesion_type.slug if lesion_type is not None else ""
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

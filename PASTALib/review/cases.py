@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from PASTALib.labels import LesionType
+from PASTALib.layout import FOLDER_TYPES
 from PASTALib.review.errors import ReviewError
 
 ORIGINS = ("real", "synthetic")
@@ -61,10 +62,7 @@ SYNTHETIC_REPORT_NAMES = ("report.json", "type.json")
 
 def _folder_lesion_type(folder: Path) -> LesionType | None:
     """The lesion type of a PASTA-Gen-30K case folder ``<Organ>/<Kind>/<n>`` from its path (None if none fits)."""
-    from PASTALib.synth.generate import DATASET_FOLDERS
-
-    by_folder = {v: k for k, v in DATASET_FOLDERS.items()}
-    return by_folder.get((folder.parent.parent.name, folder.parent.name))
+    return FOLDER_TYPES.get((folder.parent.parent.name, folder.parent.name))
 
 
 def synthetic_case(folder: str | os.PathLike) -> SourceCase:

@@ -22,7 +22,8 @@ from typing import Any
 
 from PASTALib.errors import DownloadError, PastaError, SpecificationError
 from PASTALib.labels import LesionType
-from PASTALib.synth.generate import DATASET_FOLDERS, Manifest, read_manifest
+from PASTALib.io.manifest import Manifest, read_manifest
+from PASTALib.layout import DATASET_FOLDERS
 
 REPO_ID = "LWHYC/PASTA-Gen-30K"
 REPO_URL = f"https://huggingface.co/datasets/{REPO_ID}"

@@ -36,17 +36,16 @@ into place in one step, so a case folder either is complete or does not exist. O
 cases (folder present or manifest row) are skipped, leftovers of the same cases in ``.partial`` are
 removed and manifest rows missing for finished folders are restored from their case.json.
 
-Modules: ``layout`` (folder names, case files, completeness), ``templates`` (discovery, loading,
+Modules: ``layout`` (case files, manifest row of a case, completeness), ``templates`` (discovery, loading,
 phase/health index), ``config`` (:class:`GenerateConfig`, the one settings object, workers included),
-``schedule`` (case list, seeds, eligible templates), ``manifest`` (CSV rows), ``worker`` (one case,
+``schedule`` (case list, seeds, eligible templates), ``worker`` (one case,
 :class:`WorkerContext`), ``pool`` (worker processes, signals), ``run`` (:func:`generate`: lock, resume, run).
 """
 
 from PASTALib.synth.generate.config import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, parse_shard
 from PASTALib.synth.generate.layout import (
-    CASE_FILES, DATASET_FOLDERS, INDEX_FILE, PARTIAL_DIR, CaseJob, case_complete, verify_case,
+    CASE_FILES, INDEX_FILE, PARTIAL_DIR, CaseJob, case_complete, verify_case,
 )
-from PASTALib.synth.generate.manifest import MANIFEST_COLUMNS, Manifest, read_manifest
 from PASTALib.synth.generate.run import GenerateSummary, GenerationError, generate
 from PASTALib.synth.generate.schedule import case_list, case_seeds, eligible_templates
 from PASTALib.synth.generate.templates import (
@@ -55,9 +54,9 @@ from PASTALib.synth.generate.templates import (
 from PASTALib.synth.generate.worker import WorkerContext, run_case, synthesize_case, type_json
 
 __all__ = [
-    "CASE_FILES", "DATASET_FOLDERS", "DEFAULT_CROP_MM", "DEFAULT_MAX_ATTEMPTS", "INDEX_FILE", "MANIFEST_COLUMNS",
-    "PARTIAL_DIR", "CaseJob", "GenerateConfig", "GenerateSummary", "GenerationError", "LoadedTemplate", "Manifest",
-    "Template", "WorkerContext", "build_index", "case_complete", "case_list", "case_seeds", "discover_templates",
-    "eligible_templates", "generate", "index_template", "load_template", "parse_shard", "read_manifest", "run_case",
-    "synthesize_case", "type_json", "verify_case",
+    "CASE_FILES", "DEFAULT_CROP_MM", "DEFAULT_MAX_ATTEMPTS", "INDEX_FILE", "PARTIAL_DIR", "CaseJob",
+    "GenerateConfig", "GenerateSummary", "GenerationError", "LoadedTemplate", "Template", "WorkerContext",
+    "build_index", "case_complete", "case_list", "case_seeds", "discover_templates", "eligible_templates",
+    "generate", "index_template", "load_template", "parse_shard", "run_case", "synthesize_case", "type_json",
+    "verify_case",
 ]

@@ -1,4 +1,5 @@
-"""The generated dataset on disk (PASTA-Gen-30K layout): folder names, case files, completeness checks."""
+"""The generated dataset on disk (PASTA-Gen-30K layout; its folder names: PASTALib.layout): case files,
+completeness checks."""
 
 from __future__ import annotations
 
@@ -12,29 +13,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.labels import LesionType
+from PASTALib.layout import DATASET_FOLDERS
 
 INDEX_FILE = "templates.index.json"
 PARTIAL_DIR = ".partial"
 CASE_FILES = ("img.nii.gz", "label.nii.gz", "total.nii.gz", "type.json", "report.json", "case.json")
-
-#: PASTA-Gen-30K folder names (<Organ>/<Kind>); the public dataset uses e.g. Gall/Stone, Kidney/Cyst, Lung/Tumor.
-DATASET_FOLDERS: dict[LesionType, tuple[str, str]] = {
-    LesionType.LUNG_TUMOR: ("Lung", "Tumor"),
-    LesionType.LIVER_TUMOR: ("Liver", "Tumor"),
-    LesionType.GALLBLADDER_CANCER: ("Gall", "Tumor"),
-    LesionType.PANCREAS_TUMOR: ("Pancreas", "Tumor"),
-    LesionType.ESOPHAGEAL_CANCER: ("Esophagus", "Tumor"),
-    LesionType.GASTRIC_CANCER: ("Stomach", "Tumor"),
-    LesionType.COLORECTAL_CANCER: ("Colon", "Tumor"),
-    LesionType.KIDNEY_TUMOR: ("Kidney", "Tumor"),
-    LesionType.BLADDER_CANCER: ("Bladder", "Tumor"),
-    LesionType.BONE_METASTASIS: ("Bone", "Tumor"),
-    LesionType.LIVER_CYST: ("Liver", "Cyst"),
-    LesionType.GALLSTONE: ("Gall", "Stone"),
-    LesionType.PANCREAS_CYST: ("Pancreas", "Cyst"),
-    LesionType.KIDNEY_CYST: ("Kidney", "Cyst"),
-    LesionType.KIDNEY_STONE: ("Kidney", "Stone"),
-}
 
 
 @dataclass(frozen=True)
@@ -52,6 +35,17 @@ class CaseJob:
     def rel_dir(self) -> str:
         organ, kind = DATASET_FOLDERS[self.lesion_type]
         return f"{organ}/{kind}/{self.index:05d}"
+
+
+def ok_row(job: CaseJob, meta: dict[str, Any]) -> dict[str, Any]:
+    """Manifest fields of a finished case from its case.json metadata (report included)."""
+    rel = job.rel_dir
+    return {
+        "status": "ok", "template": meta["template"], "seed": meta["seed"], "attempt": meta.get("attempt", 0),
+        "phase": meta["phase"], "case_dir": rel, "img": f"{rel}/img.nii.gz", "label": f"{rel}/label.nii.gz",
+        "total": f"{rel}/total.nii.gz", "report_json": f"{rel}/report.json",
+        "report_text": meta.get("report_text") or meta.get("report", {}).get("text", ""), "error": "",
+    }
 
 
 def case_complete(case_dir: Path) -> bool:

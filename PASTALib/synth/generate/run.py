@@ -15,8 +15,8 @@ from typing import Any
 from PASTALib.errors import CorruptFileError, PastaError
 from PASTALib.io.outputs import LOCK_NAME, folder_lock
 from PASTALib.synth.generate.config import GenerateConfig
-from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob, case_complete
-from PASTALib.synth.generate.manifest import Manifest, ok_row, read_manifest
+from PASTALib.io.manifest import Manifest, read_manifest
+from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob, case_complete, ok_row
 from PASTALib.synth.generate.pool import StopFlag, run_pool
 from PASTALib.synth.generate.schedule import case_list
 from PASTALib.synth.generate.templates import Template, build_index, discover_templates

@@ -32,8 +32,7 @@ from PASTALib.io.image import write_image
 from PASTALib.io.outputs import OutputError
 from PASTALib.labels import Phase
 from PASTALib.synth.generate.config import GenerateConfig
-from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob
-from PASTALib.synth.generate.manifest import ok_row
+from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob, ok_row
 from PASTALib.synth.generate.schedule import case_seeds, eligible_templates
 from PASTALib.synth.generate.templates import LoadedTemplate, Template, load_template
 

@@ -1,4 +1,7 @@
-"""The run's manifest: one CSV row per finished case (ok or failed), appended crash-safely."""
+"""The manifest of a PASTA-Gen folder: one CSV row per finished case (ok or failed), appended
+crash-safely. ``pasta synth generate`` and ``pasta data pasta-gen-30k`` write it (``manifest.csv``, or
+``manifest.shard-<i>-of-<n>.csv`` per shard); the evaluation reads it. Torch- and synth-free.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from PASTALib.errors import CorruptFileError
-from PASTALib.synth.generate.layout import CaseJob
 
 MANIFEST_COLUMNS = (
     "case_id", "lesion_type", "index", "status", "template", "seed", "attempt", "phase", "case_dir",
@@ -40,17 +42,6 @@ def read_manifest(out: str | os.PathLike) -> list[dict[str, str]]:
     for path in sorted(Path(out).glob("manifest*.csv")):
         rows += _read_one(path)
     return rows
-
-
-def ok_row(job: CaseJob, meta: dict[str, Any]) -> dict[str, Any]:
-    """Manifest fields of a finished case from its case.json metadata (report included)."""
-    rel = job.rel_dir
-    return {
-        "status": "ok", "template": meta["template"], "seed": meta["seed"], "attempt": meta.get("attempt", 0),
-        "phase": meta["phase"], "case_dir": rel, "img": f"{rel}/img.nii.gz", "label": f"{rel}/label.nii.gz",
-        "total": f"{rel}/total.nii.gz", "report_json": f"{rel}/report.json",
-        "report_text": meta.get("report_text") or meta.get("report", {}).get("text", ""), "error": "",
-    }
 
 
 class Manifest:
