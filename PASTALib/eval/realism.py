@@ -67,6 +67,8 @@ def radiomics_extractor():
         raise TextureUnavailableError(
             "texture features need PyRadiomics, which is not installed; install it with "
             f"`{INSTALL_RADIOMICS}` (or `bash scripts/bootstrap.sh --with-benchmarks`), or pass --shape-only") from None
+    # PyRadiomics sets its logger to INFO and adds its own stderr handler at import: without this its
+    # per-case records would reach the command's stderr (and any handler the application attached).
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     extractor = featureextractor.RadiomicsFeatureExtractor(**RADIOMICS_SETTINGS)
     extractor.disableAllFeatures()
