@@ -185,7 +185,7 @@ def _table(cases: dict, path: Path, extra: int = 0) -> Path:
     return path
 
 
-def test_embed_table_shape_determinism_and_resume(lung_cases, tiny_checkpoint, tmp_path: Path) -> None:
+def test_embed_table_shape_determinism_and_resume(lung_cases, tiny_checkpoint, tmp_path: Path, capsys) -> None:
     emb = load_embedder(tiny_checkpoint, device="cpu", crop_size=48, batch_size=2)
     table = _table(lung_cases, tmp_path / "lesions.csv", extra=2)  # 4 rows
     full = tmp_path / "full.csv"
@@ -206,10 +206,13 @@ def test_embed_table_shape_determinism_and_resume(lung_cases, tiny_checkpoint, t
     lines = full.read_text().splitlines(keepends=True)
     partial = tmp_path / "partial.csv"
     partial.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
-    counts = embed_table(table, partial, emb, progress=False)
+    capsys.readouterr()
+    counts = embed_table(table, partial, emb, progress=False, progress_lines=True)
     assert counts == {"total": 4, "skipped": 2, "embedded": 2}
     assert np.allclose(read_features(partial)[1], X, rtol=1e-5, atol=1e-6)
-    assert embed_table(table, partial, emb, progress=False)["embedded"] == 0
+    assert embed_table(table, partial, emb, progress=False, progress_lines=True)["embedded"] == 0
+    # one line per batch, counting the rows found done (2 + 2 of 4); none when nothing is left to do
+    assert capsys.readouterr().out == "PROGRESS 1.0000 embedded 4/4\n"
 
     # an output made from other rows is refused
     other = _table({"lung2": lung_cases["lung2"], "lung1": lung_cases["lung1"]}, tmp_path / "other.csv")
