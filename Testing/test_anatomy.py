@@ -34,7 +34,8 @@ from PASTALib.anatomy import (
     totalsegmentator_weights_dir,
 )
 from PASTALib.errors import AnatomyError, MissingWeightsError
-from PASTALib.io import array_to_image, image_to_array, read_ct, read_label
+from PASTALib.geometry import array_to_image, image_to_array
+from PASTALib.io import read_ct, read_label
 from PASTALib.labels import LesionType, Organ, Phase
 
 

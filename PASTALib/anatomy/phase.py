@@ -11,6 +11,7 @@ from scipy import ndimage
 from PASTALib.anatomy.organs import OrganMasks, same_grid
 from PASTALib.anatomy.totalseg_classes import normalize_name
 from PASTALib.errors import AnatomyError
+from PASTALib.geometry.arrays import xyz_view
 from PASTALib.labels import Phase
 
 #: Unenhanced blood is 30-60 HU; any contrast phase brings the aorta or IVC above this.
@@ -44,7 +45,7 @@ def detect_phase(ct: sitk.Image, masks: OrganMasks) -> PhaseResult:
     """
     if not same_grid(ct, masks.label_map):
         masks = OrganMasks.from_label_map(masks.label_map, masks.names, reference=ct, source=masks.source)
-    hu = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    hu = xyz_view(ct)
     vessel_hu: dict[str, float] = {}
     voxels: dict[str, int] = {}
     for name in PHASE_VESSELS:

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from PASTALib.geometry import Grid, from_canonical, to_canonical
+from PASTALib.geometry import Grid, from_canonical, to_canonical, xyz_view
 from PASTALib.infer.config import InferenceConfig, InferenceError, amp_dtype, resolve_device
 from PASTALib.infer.lesions import (
     LESION_MAX,
@@ -219,8 +219,8 @@ def decide_phase(cfg: InferenceConfig, ct: sitk.Image, labels: sitk.Image, organ
             pass
     from PASTALib.synth.pipeline import estimate_phase
 
-    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
-    lab_xyz = sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0)
+    ct_xyz = xyz_view(ct)
+    lab_xyz = xyz_view(labels)
     return estimate_phase(ct_xyz, lab_xyz, lesion_type), "organ HU in the predicted labels (kidney > 100 / liver > 85 HU)"
 
 

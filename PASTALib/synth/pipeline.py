@@ -17,7 +17,7 @@ from PASTALib.errors import (
     LesionFitError,
     SpecificationError,
 )
-from PASTALib.geometry import local_grid, resample_to_grid
+from PASTALib.geometry import image_to_array, local_grid, resample_to_grid, xyz_view
 from PASTALib.labels import LesionType, Organ, Phase
 from PASTALib.report.attributes import Shape
 from PASTALib.report.measure import build_report
@@ -178,8 +178,8 @@ def _crop_attempt(
     if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
         shape_half, context = np.maximum(shape_half, plan.thickness + LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
     grid = local_grid(centre_lps, 2.0 * (shape_half + context))
-    ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
-    lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
+    ct_c = image_to_array(resample_to_grid(ct, grid, is_label=False), contiguous=False)
+    lab_c = image_to_array(resample_to_grid(organ_labels, grid, is_label=True), contiguous=False)
     organ_c = lab_c == int(organ)
     if region.side is not None and midline is not None:
         x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
@@ -226,8 +226,8 @@ def synthesize_lesion(
     _check_grids(ct, organ_labels)
     organ = spec.lesion_type.organ
     _check_impression(organ, impression)
-    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
-    lab_xyz = sitk.GetArrayViewFromImage(organ_labels).transpose(2, 1, 0)
+    ct_xyz = xyz_view(ct)
+    lab_xyz = xyz_view(organ_labels)
 
     midline = placement.midline_x(lab_xyz, ct) if organ.is_paired else None
     region = placement.organ_region(lab_xyz, ct, organ, spec.side, midline)
@@ -313,7 +313,7 @@ def _lesion_side(
     midline: float | None,
 ) -> str | None:
     """Side of the pasted lesion's centroid (paired organs, ``midline`` given), else None; raises if it is empty."""
-    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
+    out_lab_xyz = xyz_view(out_labels)
     lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == lesion_value)
     if lesion_idx.size == 0:
         raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")

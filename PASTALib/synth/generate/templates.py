@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import AnatomyError, SpecificationError
+from PASTALib.geometry import xyz_view
 from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ
 from PASTALib.synth.generate.layout import INDEX_FILE
@@ -144,8 +145,8 @@ def _template_phase(loaded: LoadedTemplate) -> str | None:
     try:
         return detect_phase(loaded.ct, loaded.masks).phase.value
     except AnatomyError:  # too little anatomy for the detector: the synthesizer's own estimate, if liver/kidney
-        ct_xyz = sitk.GetArrayViewFromImage(loaded.ct).transpose(2, 1, 0)
-        lab_xyz = sitk.GetArrayViewFromImage(loaded.organs).transpose(2, 1, 0)
+        ct_xyz = xyz_view(loaded.ct)
+        lab_xyz = xyz_view(loaded.organs)
         has = {int(v) for v in np.unique(lab_xyz[::2, ::2, ::2])}
         if not has & {int(Organ.KIDNEY), int(Organ.LIVER)}:
             return None
