@@ -22,6 +22,7 @@ from PASTALib.anatomy.totalseg_classes import (
 from PASTALib.errors import AnatomyError
 from PASTALib.geometry.arrays import array_to_image, xyz_view
 from PASTALib.labels import LesionType, Organ
+from PASTALib.report.wording import location_text
 
 #: A structure counts as present only above both thresholds: segmentation models leave
 #: specks of a few voxels of classes that are not in the scan.
@@ -305,11 +306,9 @@ class OrganMasks:
                       side: Side | None = None) -> str:
         """Report location: "Right kidney", "Left lung", "Liver"."""
         organ = Organ(organ)
-        if organ.is_paired:
-            side = side or (self.side_of(organ, point_mm) if point_mm is not None else None)
-            if side:
-                return f"{side.capitalize()} {organ.display_name.lower()}"
-        return organ.display_name
+        if organ.is_paired and not side and point_mm is not None:
+            side = self.side_of(organ, point_mm)
+        return location_text(organ, side)
 
     # ----------------------------------------------------------------- export
     def pasta_label_map(self, *, include_lesions: bool = True) -> sitk.Image:
