@@ -22,7 +22,7 @@ _MIN_ERODED_VOXELS = 20
 #: Without vessel masks: a median HU above this makes the organ (PASTA label value) enhanced,
 #: the first organ with enough voxels deciding.
 ORGAN_ENHANCED_MIN_HU = ((Organ.KIDNEY, 100.0), (Organ.LIVER, 85.0))
-ORGAN_PHASE_EXPLANATION = "organ HU in the organ labels (kidney > 100 / liver > 85 HU)"
+ORGAN_PHASE_EXPLANATION = "median kidney / liver HU in the organ labels (enhanced above 100 / 85 HU)"
 _ORGAN_MIN_VOXELS = 500  # sampled voxels (every 2nd in x and y)
 
 
