@@ -11,7 +11,6 @@ fetch by hand when the machine has no network.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PASTALib.errors import DownloadError
-
-log = logging.getLogger(__name__)
 
 #: progress(bytes_done, bytes_total_or_None)
 ProgressCallback = Callable[[int, "int | None"], None]

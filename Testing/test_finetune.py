@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 from contextlib import redirect_stdout
@@ -200,10 +201,15 @@ def sweep(fewshot, pretrained, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "pasta"
     cfg = FinetuneConfig(data=str(fewshot), out=str(out), init=str(pretrained), **{**SWEEP, "progress_lines": True})
     seen: list[tuple[int, int, int]] = []
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):  # notes and PROGRESS lines (module scope: no capsys)
-        result = run_sweep(cfg, ks=(1, 2, 8), folds=(0, 1), callback=lambda k, f, it, row: seen.append((k, f, it)))
-    return SimpleNamespace(out=out, cfg=cfg, result=result, seen=seen, stdout=buffer.getvalue())
+    buffer, logged = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logged)  # the notes (module scope: no caplog)
+    logging.getLogger("PASTALib.finetune").addHandler(handler)
+    try:
+        with redirect_stdout(buffer):  # PROGRESS lines
+            result = run_sweep(cfg, ks=(1, 2, 8), folds=(0, 1), callback=lambda k, f, it, row: seen.append((k, f, it)))
+    finally:
+        logging.getLogger("PASTALib.finetune").removeHandler(handler)
+    return SimpleNamespace(out=out, cfg=cfg, result=result, seen=seen, stdout=buffer.getvalue(), log=logged.getvalue())
 
 
 def test_sweep_writes_fewshot_table(sweep, fewshot):
@@ -215,8 +221,9 @@ def test_sweep_writes_fewshot_table(sweep, fewshot):
     assert runs == [(1, 0, "trained"), (1, 1, "trained"), (2, 0, "trained"), (2, 1, "trained")]
     assert sweep.seen == [(k, f, it) for k, f, _ in runs for it in (1, 2, 3)]  # 3 iterations per run, K-major
     assert len(sweep.result.notes) == 2 and all("K=8" in n and "only 4" in n for n in sweep.result.notes)
-    assert "note: K=8 skipped for fold 0" in sweep.stdout and "note: K=8 skipped for fold 1" in sweep.stdout
+    assert "note: K=8 skipped for fold 0" in sweep.log and "note: K=8 skipped for fold 1" in sweep.log
     progress = _progress_lines(sweep.stdout)
+    assert len(progress) == len(sweep.stdout.splitlines())  # stdout holds the PROGRESS protocol only
     fractions = [f for f, _ in progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert all(any(f"K={k} fold {f}" in m for _, m in progress) for k, f, _ in runs)
@@ -247,7 +254,7 @@ def test_sweep_rerun_skips_finished_runs(sweep):
     mtimes = [p.stat().st_mtime_ns for p in models]
     before = pd.read_csv(sweep.out / "fewshot.csv")
     seen: list = []
-    again = run_sweep(sweep.cfg, ks=(1, 2, 8), folds=(0, 1), callback=lambda *a: seen.append(a), log=lambda text: None)
+    again = run_sweep(sweep.cfg, ks=(1, 2, 8), folds=(0, 1), callback=lambda *a: seen.append(a))
     assert seen == [] and [r.status for r in again.runs] == ["finished earlier"] * 4
     assert [p.stat().st_mtime_ns for p in models] == mtimes and len(models) == 4
     pd.testing.assert_frame_equal(pd.read_csv(sweep.out / "fewshot.csv"), before)
@@ -255,7 +262,7 @@ def test_sweep_rerun_skips_finished_runs(sweep):
     from dataclasses import replace
 
     with pytest.raises(TrainingError, match=r"holds a finished run with other settings \(iterations 3 → 4"):
-        run_sweep(replace(sweep.cfg, iterations=4), ks=(1,), folds=(0,), log=lambda text: None)
+        run_sweep(replace(sweep.cfg, iterations=4), ks=(1,), folds=(0,))
 
 
 def test_sweep_stops_and_resumes_exactly(sweep, tmp_path):
@@ -274,12 +281,12 @@ def test_sweep_stops_and_resumes_exactly(sweep, tmp_path):
         if (k, fold, iteration) == (1, 1, 1):
             stop.stop = True
 
-    part = run_sweep(cfg, ks=(1,), folds=(0, 1), callback=cb, stop=stop, log=lambda text: None)
+    part = run_sweep(cfg, ks=(1,), folds=(0, 1), callback=cb, stop=stop)
     assert part.stopped_early and [(r.fold, r.status) for r in part.runs] == [(0, "trained"), (1, "stopped")]
     table = pd.read_csv(tmp_path / "stopped" / "fewshot.csv")
     assert len(table) == 2 and set(table["fold"]) == {0}  # fold 0's two held-out cases
     seen: list = []
-    done = run_sweep(cfg, ks=(1,), folds=(0, 1), callback=lambda *a: seen.append(a[2]), log=lambda text: None)
+    done = run_sweep(cfg, ks=(1,), folds=(0, 1), callback=lambda *a: seen.append(a[2]))
     assert [r.status for r in done.runs] == ["finished earlier", "trained"] and seen == [2, 3]
     a = load_state_dict_file(sweep.out / "k1" / "fold1" / "model_final.pth")
     b = load_state_dict_file(tmp_path / "stopped" / "k1" / "fold1" / "model_final.pth")

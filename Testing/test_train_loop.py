@@ -14,7 +14,7 @@ import torch
 
 from PASTALib.train.common import DistContext, StopFlag
 from PASTALib.train.loop import TrainingLoop, load_training_state
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress, progress_line
 
 
 class ToyLoop(TrainingLoop):
@@ -179,3 +179,18 @@ def test_progress_lines_are_throttled_monotone_and_end_at_one(capsys):
     jumping.advance(10, "no line (50..70 crosses no multiple of 25)")
     jumping.advance(10, "crosses 75")
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()] == ["0.6000", "0.8000"]
+
+
+def test_progress_line_is_the_protocol_the_slicer_modules_parse(capsys):
+    """The exact bytes on stdout (fraction with 4 decimals, or an n/total count) and nothing on stderr;
+    PASTASlicerLib.jobs reads them back."""
+    from PASTASlicerLib.jobs import parse_progress
+
+    progress_line(0.25, "case 1/4 a: done, 2 lesion(s)")
+    progress_line("3/10")
+    progress_line(1, "done")
+    captured = capsys.readouterr()
+    assert captured.out == "PROGRESS 0.2500 case 1/4 a: done, 2 lesion(s)\nPROGRESS 3/10\nPROGRESS 1.0000 done\n"
+    assert captured.err == ""
+    assert [parse_progress(line) for line in captured.out.splitlines()] == [
+        (0.25, "case 1/4 a: done, 2 lesion(s)"), (0.3, ""), (1.0, "done")]

@@ -194,6 +194,27 @@ def test_weights_import_copies_checks_and_records(tmp_path, capsys):
     assert "text/HTML file, not a PyTorch checkpoint" in capsys.readouterr().err
 
 
+def test_cli_prints_library_notices_on_stderr_only_with_verbose(tmp_path, capsys):
+    """The library logs (model.install: 'imported PATH (SHA-256 ...)'); the CLI shows it on stderr as the
+    plain message with -v, not by default nor with -q; stdout is the same in all three; the handler is
+    removed after each command (no duplicate lines, nothing left on the PASTALib logger)."""
+    import logging
+
+    src = tmp_path / "PASTA_final.pth"
+    src.write_bytes(GOOD)
+    runs = {}
+    for flags in ([], ["-v"], ["-v"], ["-q"]):
+        dest = tmp_path / f"w{len(runs)}" / "PASTA_final.pth"
+        assert main([*flags, "weights", "import", str(src), "--dest", str(dest)]) == 0
+        captured = capsys.readouterr()
+        runs[len(runs)] = (captured.out.replace(str(dest), "DEST"), captured.err.replace(str(dest), "DEST"))
+    assert len({out for out, _ in runs.values()}) == 1 and "imported:" in runs[0][0]
+    notice = f"imported DEST (SHA-256 {_sha(GOOD)})\n"
+    assert runs[1][1] == notice and runs[2][1] == notice  # one line, the second command's too
+    assert runs[0][1] == "" and runs[3][1] == ""
+    assert logging.getLogger("PASTALib").handlers == [] and logging.getLogger("PASTALib").level == logging.NOTSET
+
+
 def test_verify_published_layout_counts_seg_classes_from_the_file(tmp_path):
     path = tmp_path / "m.pth"
     path.write_bytes(_published_layout_bytes(num_seg_classes=26))

@@ -36,7 +36,7 @@ OFFLINE_ENV = "PASTA_OFFLINE"
 #: nnU-Net checkpoints of this size; the exact figure depends on the TotalSegmentator version.
 DOWNLOAD_SIZE = {False: "about 1.5 GB, five 1.5 mm models", True: "about 0.2 GB, one 3 mm model"}
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def offline_mode(offline: bool | None = None) -> bool:
@@ -115,7 +115,7 @@ def check_totalsegmentator_weights(fast: bool = False, roi_subset: Sequence[str]
         why = (f"PASTA does not let TotalSegmentator download them ({size}) unless asked: on a machine with "
                "internet run again with --allow-download (in Slicer: tick 'Allow download' beside Run TotalSegmentator).")
         raise MissingWeightsError(_offline_steps(fast, missing, why))
-    log.warning("TotalSegmentator will download its weights for task 'total'%s (%s) into %s",
+    logger.warning("TotalSegmentator will download its weights for task 'total'%s (%s) into %s",
                 " --fast" if fast else "", size, weights_dir)
     return weights_dir
 

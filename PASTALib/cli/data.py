@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from PASTALib.cli.args import positive_float, positive_int
+from PASTALib.progress import progress_line
 
 
 class ByteProgress:
@@ -38,7 +39,7 @@ class ByteProgress:
 
     def line(self, fraction: float, message: str) -> None:
         if self.lines:
-            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+            progress_line(fraction, message)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from PASTALib import __version__
 from PASTALib.errors import PastaError, printable
@@ -21,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="PASTA pan-tumor CT toolkit: anatomy, lesion synthesis, structured reports.",
     )
     parser.add_argument("--version", action="version", version=f"PASTALib {__version__}")
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument("-v", "--verbose", action="store_true",
+                         help="also print the library's notices on stderr (resumed runs, installed files...)")
+    chatter.add_argument("-q", "--quiet", action="store_true",
+                         help="no warnings on stderr, errors only; the output and PROGRESS lines are unchanged")
     subparsers = parser.add_subparsers(dest="group", metavar="GROUP")
     for group in GROUPS:
         try:
@@ -72,6 +79,33 @@ class _PrintableStdout:
         return getattr(self._stream, name)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log records as their plain message, control characters escaped like the command's output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
+@contextlib.contextmanager
+def _log_to_stderr(level: int = logging.WARNING) -> Iterator[None]:
+    """PASTALib's log records on stderr, one plain line each, while the command runs.
+
+    The library only creates module loggers; this is the one place a handler is attached. It is removed
+    afterwards, so an in-process caller (a test, a notebook) running several commands gets no duplicates.
+    """
+    logger = logging.getLogger("PASTALib")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     stdout, sys.stdout = sys.stdout, _PrintableStdout(sys.stdout)
     try:
-        return int(args.func(args) or 0)
+        with _log_to_stderr(logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING):
+            return int(args.func(args) or 0)
     except PastaError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2

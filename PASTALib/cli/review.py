@@ -9,6 +9,7 @@ import time
 
 from PASTALib import limits
 from PASTALib.cli.args import bounded, seed
+from PASTALib.progress import progress_line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +86,7 @@ def _create(args: argparse.Namespace) -> int:
     real = [c for path in args.real_csv for c in read_real_cases_csv(path)]
     synthetic = find_synthetic_cases(args.synthetic)
     created = create_study(real, synthetic, args.study, args.key, settings,
-                           progress=lambda n, total: print(f"PROGRESS {n}/{total}", flush=True))
+                           progress=lambda n, total: progress_line(f"{n}/{total}"))
     for stale in created.removed_partials:
         print(f"removed {stale} (left by an interrupted `pasta review create`)")
     print(f"study: {created.study_dir} ({len(created.case_ids)} cases)")
@@ -137,7 +138,7 @@ def _rate_scripted(session, answers: dict[str, dict], pace: float, attributes: t
             # Attribute ratings for questions this case does not ask are ignored (one table may cover all cases).
             attrs = {a: v for a, v in row["attributes"].items() if view.report and a in view.report}
             session.rate(view.case_id, row["realism"], attrs or None, row["reason"], row["seconds"])
-            print(f"PROGRESS {session.progress()[0]}/{view.total}", flush=True)
+            progress_line(f"{session.progress()[0]}/{view.total}")
             if pace:
                 time.sleep(pace)
         view = session.next()

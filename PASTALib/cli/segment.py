@@ -8,6 +8,7 @@ import json
 import sys
 
 from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_float, size_triple
+from PASTALib.progress import progress_line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -71,7 +72,7 @@ class _Progress:
             self.bar.set_postfix_str(message[:60], refresh=False)
         if self.lines and (fraction - self.last >= 0.002 or fraction >= 1.0 or "window" not in message):
             self.last = fraction
-            print(f"PROGRESS {fraction:.4f} {message}", flush=True)
+            progress_line(fraction, message)
 
     def close(self) -> None:
         if self.bar is not None:

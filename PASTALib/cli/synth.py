@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PASTALib.cli.args import positive_int, seed
 from PASTALib.labels import LesionType
+from PASTALib.progress import progress_line
 from PASTALib.report.attributes import KEY_ALIASES, wordings
 
 #: Files `pasta synth lesion` writes into --out.
@@ -157,10 +158,10 @@ def _generate(args: argparse.Namespace) -> int:
             bar.update(1)
             bar.set_postfix_str(f"{row['case_id']} {row['status']}", refresh=False)
         if args.progress_lines:
-            print(f"PROGRESS {done / max(total, 1):.4f} {done}/{total} {row['case_id']} {row['status']}", flush=True)
+            progress_line(done / max(total, 1), f"{done}/{total} {row['case_id']} {row['status']}")
 
     if args.progress_lines:
-        print("PROGRESS 0.0000 indexing templates", flush=True)
+        progress_line(0.0, "indexing templates")
     try:
         summary = generate(args.templates, config, progress=progress)
     finally:
@@ -185,5 +186,5 @@ def _generate(args: argparse.Namespace) -> int:
             "templates (a healthy organ of each type, the type's contrast phase: see docs/labels-and-reports.md), "
             "pass --any-phase, or choose types the templates support; then rerun.")
     if args.progress_lines:
-        print("PROGRESS 1.0000 done", flush=True)
+        progress_line(1.0, "done")
     return 0

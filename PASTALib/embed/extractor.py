@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from PASTALib.runtime import resolve_device
 
 from PASTALib.embed.crop import crop_at_point
 from PASTALib.errors import PastaError
+from PASTALib.progress import Progress
 from PASTALib.model import PastaUNet, build_model_from_checkpoint
 from PASTALib.weights import weights_path
 from PASTALib.model.preprocess import SLF_THRESHOLDS_HU, SLF_VALUES, slf_normalize, to_head_orientation
@@ -226,8 +226,6 @@ def embed_table(
     Rows are processed in input order; consecutive rows of the same image share one read.
     ``resume=False`` overwrites ``out``. Returns counts: total, skipped (already embedded), embedded.
     """
-    from tqdm import tqdm
-
     if image_reader is None:
         from PASTALib.io import read_ct
 
@@ -246,8 +244,7 @@ def embed_table(
     points = {i: _point(rows[i], i) for i in todo}
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.is_file() or out.stat().st_size == 0
-    bar = tqdm(total=len(rows), initial=len(done), desc="embed", unit="lesion", file=sys.stderr,
-               disable=None if progress else True)
+    bar = Progress(len(rows), desc="embed", unit="lesion", lines=progress_lines, bar=progress, initial=len(done))
     cache: tuple[Path | None, sitk.Image | None] = (None, None)
     with open(out, "a", newline="") as fh:
         writer = csv.writer(fh)
@@ -262,10 +259,8 @@ def embed_table(
                 writer.writerow([i, *(rows[i][c] for c in fields), *(f"{v:.7g}" for v in f)])
             fh.flush()
             os.fsync(fh.fileno())
-            bar.update(len(batch))
             done_n = len(done) + start + len(batch)
-            if progress_lines:
-                print(f"PROGRESS {done_n / max(len(rows), 1):.4f} embedded {done_n}/{len(rows)}", flush=True)
+            bar.update(done_n, f"embedded {done_n}/{len(rows)}")
             if on_batch is not None:
                 on_batch(done_n, len(rows))
     bar.close()

@@ -51,6 +51,7 @@ import torch
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.image import read_image, read_label
 from PASTALib.io.outputs import safe_name
+from PASTALib.progress import progress_line
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
 
@@ -429,7 +430,7 @@ def _finetune(cfg: FinetuneConfig, *, callback: IterationCallback | None, stop: 
 
     pm = load_model(tr.final_model, device=cfg.device)
     if cfg.progress_lines:
-        print(f"PROGRESS 1.0000 validating on {len(val_dirs)} held-out case(s)", flush=True)
+        progress_line(1.0, f"validating on {len(val_dirs)} held-out case(s)")
     rows = evaluate_cases(pm.network, val_dirs, classes, patch_size=cfg.patch_size, device=pm.device,
                           overlap=cfg.overlap, slf_values=pm.slf_values, normalize=pm.segmentation_normalization())
     result.validation = rows

@@ -19,6 +19,7 @@ finished so far; it holds the runs of the K and folds asked for (finished now or
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +41,7 @@ from PASTALib.finetune.core import (
     write_csv_atomic,
 )
 from PASTALib.train.common import StopFlag, TrainingError
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 FEWSHOT_NAME = "fewshot.csv"
 #: the columns ``pasta evaluate fewshot`` reads by default (method, K, value) plus where each value comes from
@@ -52,6 +53,8 @@ RUN_KEYS = ("init", "scratch", "k", "fold", "folds", "iterations", "lr", "optimi
             "fg_fraction", "seed", "amp", "spacing_mm", "overlap")
 
 #: called with (K, fold, iteration, metrics row) after every training iteration of the sweep
+logger = logging.getLogger(__name__)
+
 SweepCallback = Callable[[int, int, int, dict[str, float]], None]
 
 
@@ -144,25 +147,23 @@ def fewshot_rows(method: str, k: int, fold: int, validation: Sequence[dict[str, 
 
 
 def run_sweep(cfg: FinetuneConfig, ks: Sequence[int], folds: Sequence[int] | None = None, *, method: str | None = None,
-              callback: SweepCallback | None = None, stop: StopFlag | None = None,
-              log: Callable[[str], None] | None = None) -> SweepResult:
+              callback: SweepCallback | None = None, stop: StopFlag | None = None) -> SweepResult:
     """Fine-tune every (K, fold) into ``cfg.out/k{K}/fold{f}`` and write ``cfg.out/fewshot.csv``.
 
     ``cfg`` holds the settings shared by every run (its ``k`` and ``fold`` are ignored); ``folds``
     None: all ``cfg.folds`` folds. ``callback(K, fold, iteration, row)`` runs after every training
-    iteration; ``stop`` (StopFlag) ends the sweep after a checkpoint (rerun to resume); ``log`` gets
-    the notes (default: print). ``method`` names the curve (default "PASTA", or "scratch" when
-    ``cfg.scratch``). ``cfg.progress_lines`` / ``progress_bar`` apply to the sweep as a whole.
+    iteration; ``stop`` (StopFlag) ends the sweep after a checkpoint (rerun to resume). The notes (runs
+    skipped) are logged as warnings and kept in ``notes``. ``method`` names the curve (default "PASTA",
+    or "scratch" when ``cfg.scratch``). ``cfg.progress_lines`` / ``progress_bar`` apply to the sweep as a whole.
     """
     if not cfg.evaluate:
         raise TrainingError("the few-shot sweep scores every run on its held-out fold; drop --no-validation")
     cfg.validate()
-    say = log or (lambda text: print(text, flush=True))
     method = method or ("scratch" if cfg.scratch else "PASTA")
     init = resolve_init(cfg)
     plan, notes = plan_sweep(cfg, ks, folds)
     for note in notes:
-        say(f"note: {note}")
+        logger.warning("note: %s", note)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     result = SweepResult(out, method, None, notes=notes)

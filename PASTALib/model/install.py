@@ -35,7 +35,7 @@ from PASTALib.weights import (
     weights_url,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 SEG_KEY = "seg_outputs.0.weight"
 
 
@@ -100,7 +100,7 @@ def _place(candidate: Path, dest: Path, digest: str, action: str) -> InstallResu
         raise
     os.replace(candidate, dest)
     _record(dest, digest)
-    log.info("%s %s (SHA-256 %s)", action, dest, digest)
+    logger.info("%s %s (SHA-256 %s)", action, dest, digest)
     return InstallResult(dest, digest, action, layout)
 
 

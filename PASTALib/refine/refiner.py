@@ -27,7 +27,7 @@ from PASTALib.refine.checkpoint import (
 from PASTALib.refine.config import RefinerConfig
 from PASTALib.refine.model import build_model, build_scheduler, set_refine_timesteps
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def region_weight(lesion: np.ndarray, margin_mm: float, spacing: tuple[float, ...] | float = 1.0) -> np.ndarray:
@@ -189,6 +189,6 @@ def load_refiner(path: str | os.PathLike | None = None, device: str | torch.devi
     if path is None:
         path = os.environ.get(CHECKPOINT_ENV) or None
     if path is None:
-        log.warning("No refinement checkpoint: lesions are synthesized without DDPM refinement. %s.", TRAIN_HINT)
+        logger.warning("No refinement checkpoint: lesions are synthesized without DDPM refinement. %s.", TRAIN_HINT)
         return None
     return Refiner.from_checkpoint(Path(path), device, **kwargs)

@@ -44,9 +44,9 @@ from PASTALib.runtime import resolve_device
 from PASTALib.refine.data import Case, CropSampler
 from PASTALib.refine.model import build_model, build_scheduler
 from PASTALib.train.loop import StopSource, TrainingLoop
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "refiner.pt"
@@ -223,7 +223,7 @@ class RefinerLoop(TrainingLoop):
         if not self.options.resume:
             return None
         if not path.is_file():
-            log.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
+            logger.warning("--resume: no checkpoint in %s, starting from scratch", self.out)
             return None
         obj = read_checkpoint(path)
         saved, now = config_from_checkpoint(obj, path).to_dict(), self.config.to_dict()
@@ -244,7 +244,7 @@ class RefinerLoop(TrainingLoop):
             self.gen.set_state(obj["rng"]["torch"])
             self.train_hist = [(int(i), float(v)) for i, v in obj["history"]["train"]]
             self.val_hist = [(int(i), float(v)) for i, v in obj["history"]["val"]]
-        log.info("resumed from %s at iteration %d", path, int(obj["iteration"]))
+        logger.info("resumed from %s at iteration %d", path, int(obj["iteration"]))
         return int(obj["iteration"])
 
     def save_checkpoint(self) -> None:

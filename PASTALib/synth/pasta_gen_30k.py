@@ -14,7 +14,6 @@ kept, which the training data reader accepts.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
@@ -24,8 +23,6 @@ from typing import Any
 from PASTALib.errors import DownloadError, PastaError, SpecificationError
 from PASTALib.labels import LesionType
 from PASTALib.synth.generate import DATASET_FOLDERS, Manifest, read_manifest
-
-log = logging.getLogger(__name__)
 
 REPO_ID = "LWHYC/PASTA-Gen-30K"
 REPO_URL = f"https://huggingface.co/datasets/{REPO_ID}"

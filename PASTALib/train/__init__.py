@@ -7,7 +7,7 @@
 CLI: ``pasta train stage1|stage2 --data DIR --out DIR [--device cuda] [--progress-lines]``; several GPUs:
 ``torchrun --nproc_per_node N -m PASTALib train stage1 ...`` (DistributedDataParallel, rank 0 writes).
 Both stages (and the refiner and classifier trainings) run on the one hook-based loop of
-PASTALib.train.loop and report through PASTALib.train.progress. Stage 1 also takes ``--num-workers``, ``--compile``, ``--channels-last``; both stages write metrics.csv,
+PASTALib.train.loop and report through PASTALib.progress. Stage 1 also takes ``--num-workers``, ``--compile``, ``--channels-last``; both stages write metrics.csv,
 curves.png and (with the tensorboard package) OUT/tensorboard.
 """
 
@@ -33,7 +33,6 @@ from PASTALib.train.data import (
     load_case,
 )
 from PASTALib.train.loop import TrainingLoop, load_training_state
-from PASTALib.train.progress import Progress
 from PASTALib.train.stage1 import (
     DeepSupervisionLoss,
     Stage1Config,
@@ -56,7 +55,6 @@ __all__ = [
     "LesionSample",
     "MetricsCSV",
     "PatchSampler",
-    "Progress",
     "Stage1Config",
     "Stage2Config",
     "StopFlag",

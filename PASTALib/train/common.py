@@ -1,12 +1,13 @@
 """Shared training infrastructure: device/AMP, RNG state, atomic checkpoints, metrics, stop flag, DDP.
 
-The loop itself is PASTALib.train.loop, the progress reporter PASTALib.train.progress."""
+The loop itself is PASTALib.train.loop, the progress reporter PASTALib.progress."""
 
 from __future__ import annotations
 
 import contextlib
 import csv
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -30,6 +31,8 @@ from PASTALib.runtime import (  # noqa: F401  (part of train's API)
     resolve_device,
     restoring,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingError(PastaError):
@@ -327,7 +330,7 @@ def rank_seed(seed: int, rank: int, *extra: int) -> np.random.SeedSequence:
 # --- torch.compile / channels-last ------------------------------------------------------------
 
 def maybe_compile(module: torch.nn.Module, enabled: bool, backend: str = "inductor",
-                  log: Callable[[str], None] = print) -> tuple[torch.nn.Module, bool]:
+                  log: Callable[[str], None] = logger.warning) -> tuple[torch.nn.Module, bool]:
     """torch.compile(module) when asked and possible; else the module itself with a one-line notice.
     Returns (module to call, compiled?). Compilation happens lazily at the first call: callers catch
     failures there with :func:`compile_failure`."""
@@ -374,7 +377,7 @@ class TrainingLog:
 
     def __init__(self, out: Path, csv_path: Path, curves: Sequence[tuple[str, Sequence[str]]], *,
                  tensorboard: bool = True, enabled: bool = True, purge_step: int | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = logger.warning) -> None:
         self.out, self.csv_path, self.curves, self.enabled = Path(out), Path(csv_path), list(curves), enabled
         self.writer = None
         if enabled and tensorboard:

@@ -36,7 +36,7 @@ import torch
 
 from PASTALib.runtime import read_resume_state, restoring
 from PASTALib.train.common import DistContext, StopFlag, rng_state, set_rng_state
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 StopSource = StopFlag | Callable[[], bool]
 

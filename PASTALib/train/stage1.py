@@ -267,14 +267,14 @@ class Stage1Loop(StageLoop):
                                         **self.sampler_kw)
 
         if not restore_rank_state(state, self.dist, self.sampler, reseed=reseed):
-            self.log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
+            self.warn(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
                      f"process(es): weights, optimizer and iteration {iteration} are restored, the per-rank patch "
                      "streams are re-seeded from (seed, rank, iteration); the continuation is valid training but "
                      "not bit-identical to an uninterrupted run")
         saved_mode = state.get("loader", "stream")
         del state  # model and optimizer hold copies now; do not keep a 1.9 GB CPU copy for the whole run
         if saved_mode != self.loader_mode:
-            self.log(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the "
+            self.warn(f"resuming a checkpoint written with the {saved_mode!r} patch stream using the "
                      f"{self.loader_mode!r} one (--num-workers {'> 0' if self.num_workers else '0'}): valid "
                      "training, not bit-identical to an uninterrupted run")
         return iteration
@@ -300,7 +300,7 @@ class Stage1Loop(StageLoop):
         self.start_outputs({"model_config.json": self.mcfg.to_dict()})
         # DDP over the raw model (its state dict keeps the plain PASTA keys), then torch.compile
         self.eager_model = self.data_parallel(self.model)
-        self.train_model, self.compiled = maybe_compile(self.eager_model, cfg.compile, cfg.compile_backend, log=self.log)
+        self.train_model, self.compiled = maybe_compile(self.eager_model, cfg.compile, cfg.compile_backend, log=self.warn)
         self._start_loader()
         world = self.dist.world_size
         self.start_progress(f" x {world} processes" if world > 1 else "")
@@ -375,7 +375,7 @@ class Stage1Loop(StageLoop):
             if not (self.compiled and self.first_step) or isinstance(exc, TrainingError) or is_out_of_memory(exc):
                 raise
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            self.log(f"--compile: torch.compile failed at the first step ({type(exc).__name__}: {first}); "
+            self.warn(f"--compile: torch.compile failed at the first step ({type(exc).__name__}: {first}); "
                      "training runs eagerly")
             self.train_model, self.compiled = self.eager_model, False
             self.optimizer.zero_grad(set_to_none=True)

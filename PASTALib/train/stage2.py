@@ -264,7 +264,7 @@ class Stage2Loop(StageLoop):
             self.batcher.rng = np.random.default_rng(rank_seed(cfg.seed, self.dist.rank, iteration))
 
         if not restore_rank_state(state, self.dist, self.batcher, reseed=reseed):
-            self.log(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
+            self.warn(f"resuming a {state.get('world_size', 1)}-process checkpoint with {self.dist.world_size} "
                      f"process(es): head, optimizer and iteration {iteration} restored, crop streams re-seeded "
                      "(not bit-identical to an uninterrupted run)")
         return iteration

@@ -4,7 +4,7 @@ config.json, metrics.csv, curves, the resume check, the DDP wrapper, progress an
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,11 +24,13 @@ from PASTALib.train.common import (
 )
 from PASTALib.io.files import write_text_atomic
 from PASTALib.train.loop import TrainingLoop
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 FINAL_NAME = "model_final.pth"
 METRICS_NAME = "metrics.csv"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,10 +94,10 @@ class StageLoop(TrainingLoop):
         self.metrics: MetricsCSV | None = None
         self.log_writer: TrainingLog | None = None
 
-    def log(self, text: str) -> None:
-        """A notice on stderr, from rank 0 only."""
+    def warn(self, text: str) -> None:
+        """A warning from rank 0 only (every rank meets the same condition: one line, not one a rank)."""
         if self.main:
-            print(text, file=sys.stderr, flush=True)
+            logger.warning(text)
 
     def start_outputs(self, files: dict[str, Any]) -> None:
         """Write config.json and ``files`` (name -> JSON data), open metrics.csv (rows past the
@@ -106,7 +108,7 @@ class StageLoop(TrainingLoop):
                 write_text_atomic(out / name, json.dumps(data, indent=2))
             self.metrics = MetricsCSV(out / METRICS_NAME, self.fields, resume_iteration=it)
         self.log_writer = TrainingLog(out, out / METRICS_NAME, self.curves, tensorboard=cfg.tensorboard,
-                                      enabled=self.main and cfg.curves, purge_step=it, log=self.log)
+                                      enabled=self.main and cfg.curves, purge_step=it, log=self.warn)
 
     def start_progress(self, detail: str) -> None:
         cfg, it = self.cfg, self.iteration

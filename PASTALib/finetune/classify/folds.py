@@ -49,7 +49,7 @@ from PASTALib.train.common import (
     translate_out_of_memory,
 )
 from PASTALib.train.loop import TrainingLoop, load_training_state, restore_optimisation
-from PASTALib.train.progress import Progress
+from PASTALib.progress import Progress
 
 IterationObserver = Callable[[int, int, float], None]
 

@@ -1,9 +1,22 @@
-"""The one progress reporter of the trainings: a tqdm bar on stderr (CLI) and ``PROGRESS <fraction>
-<message>`` lines on stdout, which the Slicer panels parse (PASTALib.jobs)."""
+"""Progress of long runs: ``PROGRESS <fraction> <message>`` lines on stdout, which the Slicer modules
+parse (PASTASlicerLib.jobs.parse_progress), and tqdm bars on stderr for the terminal.
+
+The lines are a protocol, not logging: they stay on stdout, byte for byte, whatever the logging
+configuration. :func:`progress_line` is the one place that writes them. Imports nothing heavy (no torch):
+the CLI's download and synthesis commands use it too.
+"""
 
 from __future__ import annotations
 
 import sys
+
+
+def progress_line(value: float | str, text: str | None = None) -> None:
+    """Print one ``PROGRESS <value> <text>`` line on stdout, flushed (the reader is another process).
+
+    ``value`` is a fraction 0..1, written with four decimals, or a ready ``n/total`` count."""
+    value = value if isinstance(value, str) else f"{value:.4f}"
+    print(f"PROGRESS {value}" if text is None else f"PROGRESS {value} {text}", flush=True)
 
 
 class Progress:
@@ -16,7 +29,7 @@ class Progress:
     """
 
     def __init__(self, total: int, *, desc: str, lines: bool, bar: bool = True, initial: int = 0,
-                 every: int = 1) -> None:
+                 every: int = 1, unit: str = "it") -> None:
         self.total, self.lines, self.every = max(int(total), 1), lines, max(1, int(every))
         self.position = min(max(int(initial), 0), self.total)
         self._last_line = self.position
@@ -24,8 +37,8 @@ class Progress:
         if bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.position, desc=desc, file=sys.stderr,
-                             dynamic_ncols=True, disable=None)
+            self._bar = tqdm(total=self.total, initial=self.position, desc=desc, unit=unit,
+                             file=sys.stderr, dynamic_ncols=True, disable=None)
 
     def update(self, position: int, message: str, *, force: bool = False, **postfix: float) -> None:
         """Move to ``position``; ``postfix`` values (loss...) go to the bar."""
@@ -46,7 +59,7 @@ class Progress:
     def line(self, fraction: float, text: str) -> None:
         """One ``PROGRESS`` line now (start / done notices), whatever the throttle."""
         if self.lines:
-            print(f"PROGRESS {fraction:.4f} {text}", flush=True)
+            progress_line(fraction, text)
 
     def close(self) -> None:
         if self._bar is not None:
