@@ -126,8 +126,7 @@ def render_lesion_grid(ct: sitk.Image, labels: sitk.Image, rows: Sequence[tuple[
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from PASTALib.geometry import local_grid, resample_to_grid
-    from PASTALib.io import image_to_array
+    from PASTALib.geometry import image_to_array, local_grid, resample_to_grid
 
     fig = Figure(figsize=(11.0, 3.9 * len(rows)), facecolor="black")
     FigureCanvasAgg(fig)

@@ -105,6 +105,11 @@ class LesionType(IntEnum):
             return frozenset({Phase.PLAIN, Phase.ENHANCED})
         return frozenset({Phase.ENHANCED})
 
+    @property
+    def default_phase(self) -> Phase:
+        """The phase assumed when a CT's phase is unknown: enhanced unless all its templates are plain."""
+        return Phase.ENHANCED if Phase.ENHANCED in self.template_phases else Phase.PLAIN
+
     @classmethod
     def parse(cls, value: "str | int | LesionType") -> "LesionType":
         """Accept a label value, an enum name or a slug; error lists valid values."""

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.geometry import local_grid, resample_to_grid
-from PASTALib.io import image_to_array
+from PASTALib.geometry import image_to_array, local_grid, resample_to_grid
 
 #: Soft-tissue window (level 40, width 400) for abdomen; lung lesions get the lung window.
 SOFT_TISSUE_WINDOW = (-160.0, 240.0)

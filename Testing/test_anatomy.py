@@ -23,10 +23,12 @@ from PASTALib.anatomy import (
     StudyType,
     assess_all_organs,
     check_healthy_organ,
+    check_impression,
     check_totalsegmentator_weights,
     classical_lung_mask,
     detect_phase,
     detect_study_type,
+    estimate_phase,
     impression_mentions,
     run_totalsegmentator,
     structure_organ,
@@ -34,7 +36,8 @@ from PASTALib.anatomy import (
     totalsegmentator_weights_dir,
 )
 from PASTALib.errors import AnatomyError, MissingWeightsError
-from PASTALib.io import array_to_image, image_to_array, read_ct, read_label
+from PASTALib.geometry import array_to_image, image_to_array
+from PASTALib.io import read_ct, read_label
 from PASTALib.labels import LesionType, Organ, Phase
 
 
@@ -276,6 +279,25 @@ def test_phase_without_vessels_asks_for_explicit_phase(abdomen) -> None:
         detect_phase(ct, no_vessels)
 
 
+def test_estimate_phase_vessels_then_organ_hu_then_none(abdomen) -> None:
+    ct, masks = abdomen
+    assert estimate_phase(ct, masks=masks) == (detect_phase(ct, masks).phase, detect_phase(ct, masks).explanation)
+    # Organ-HU fallback on a small PASTA label map made here: a 20x20x6 kidney (1200 sampled voxels).
+    hu = np.full((40, 40, 6), -100.0, np.float32)
+    organs = np.zeros(hu.shape, np.uint8)
+    organs[10:30, 10:30] = int(Organ.KIDNEY)
+    reference = sitk.Image([40, 40, 6], sitk.sitkFloat32)
+    for kidney_hu, expected in ((150.0, Phase.ENHANCED), (40.0, Phase.PLAIN)):
+        hu[organs > 0] = kidney_hu
+        phase, why = estimate_phase(array_to_image(hu, reference), labels=array_to_image(organs, reference))
+        assert phase is expected and "kidney / liver HU" in why
+    no_vessels = _relabel(masks, {total_id("aorta"): 0, total_id("inferior_vena_cava"): 0})
+    assert estimate_phase(ct, masks=no_vessels) is None  # neither vessels nor labels: the caller's default
+    organs[:] = 0
+    assert estimate_phase(array_to_image(hu, reference), labels=array_to_image(organs, reference)) is None
+    assert LesionType.LUNG_TUMOR.default_phase is Phase.PLAIN and LesionType.LIVER_CYST.default_phase is Phase.ENHANCED
+
+
 # ------------------------------------------------------------------ healthy organ
 def test_healthy_organ_volume_and_missing_or_small(abdomen, dicom_abdomen) -> None:
     _, masks = abdomen
@@ -286,6 +308,14 @@ def test_healthy_organ_volume_and_missing_or_small(abdomen, dicom_abdomen) -> No
     # the DICOM series shows only 2.5 ml of pancreas: below the 4000 mm³ threshold
     with pytest.raises(AnatomyError, match=r"2531 mm³.*4000 mm³"):
         check_healthy_organ(dicom_abdomen[1], Organ.PANCREAS)
+
+
+def test_check_impression_without_masks_handles_negation() -> None:
+    check_impression("No focal liver lesion. Kidneys unremarkable.", Organ.LIVER)  # negated: no error
+    check_impression(None, Organ.LIVER)
+    check_impression("Left renal cyst.", Organ.KIDNEY, "right")
+    with pytest.raises(AnatomyError, match='impression mentions the left kidney: "Left renal cyst"'):
+        check_impression("Left renal cyst.", Organ.KIDNEY, "left")
 
 
 def test_impression_naming_the_organ_blocks_it(abdomen) -> None:

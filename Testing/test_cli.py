@@ -14,7 +14,8 @@ import slicerio
 
 from PASTALib.cli.demo import OUTPUTS
 from PASTALib.cli.main import GROUPS, build_parser
-from PASTALib.io import image_to_array, read_ct, read_label
+from PASTALib.geometry import image_to_array
+from PASTALib.io import read_ct, read_label
 from PASTALib.report.schema import validate_report
 
 

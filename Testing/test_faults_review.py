@@ -620,6 +620,29 @@ def test_numeric_options_state_their_range(answered_study, tmp_path, capsys):
     assert not (tmp_path / "new").exists() and not (tmp_path / "out").exists()
 
 
+def test_cli_and_library_share_the_review_bounds():
+    """The argparse types and the library checks come from one table (PASTALib.limits): same edges."""
+    import argparse
+
+    from PASTALib import limits
+    from PASTALib.cli.args import bounded
+    from PASTALib.review.db import check_number
+    from PASTALib.review.errors import ReviewError
+
+    table = [limits.SEED, limits.REVIEW_SPACING_MM, limits.REVIEW_FOV_MM, limits.REVIEW_PACE_S,
+             limits.REVIEW_THRESHOLD, limits.REVIEW_MARGIN, limits.REVIEW_N_BOOT]
+    for bound in table:
+        convert = bounded(bound)
+        step = 1 if bound.integer else 1e-3
+        for edge in (bound.low, bound.high):
+            assert convert(str(edge)) == check_number(edge, "x", bound) == edge
+        for outside in (bound.low - step, bound.high + step):
+            with pytest.raises(argparse.ArgumentTypeError, match="must be"):
+                convert(str(outside))
+            with pytest.raises(ReviewError, match="out of range"):
+                check_number(outside, "x", bound)
+
+
 # ------------------------------------------------------------------ a full disk (small tmpfs; skipped where mounting is not allowed)
 
 

@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from PASTALib.geometry import Grid, canonical_mapping, from_canonical, local_grid, to_canonical
-from PASTALib.io import image_to_array, read_ct, read_label
+from PASTALib.geometry import Grid, canonical_mapping, from_canonical, image_to_array, local_grid, to_canonical
+from PASTALib.io import read_ct, read_label
 
 LIVER, SPLEEN, KIDNEY_RIGHT, KIDNEY_LEFT = 5, 1, 2, 3  # TotalSegmentator `total` ids
 

@@ -10,9 +10,8 @@ import SimpleITK as sitk
 import slicerio
 
 from PASTALib.errors import InputImageError
+from PASTALib.geometry import array_to_image, image_to_array
 from PASTALib.io import (
-    array_to_image,
-    image_to_array,
     read_ct,
     read_image,
     read_label,

@@ -329,6 +329,10 @@ def test_anatomy_errors(ts):
         synthesize_lesion(ts.ct, small_img, LesionSpec("gallstone", seed=1))
     with pytest.raises(AnatomyError, match="impression"):
         synthesize_lesion(ts.ct, ts.organs, LesionSpec("liver_cyst", seed=1), impression="Hepatic steatosis.")
+    # The same (anatomy) impression check as with organ masks: a negated mention does not block the organ.
+    negated = synthesize_lesion(ts.ct, ts.organs, LesionSpec("liver_cyst", seed=1), impression="No focal liver lesion.")
+    plain = synthesize_lesion(ts.ct, ts.organs, LesionSpec("liver_cyst", seed=1))
+    assert np.array_equal(sitk.GetArrayViewFromImage(negated.ct), sitk.GetArrayViewFromImage(plain.ct))
     with pytest.raises(SpecificationError, match="Plain CT"):
         synthesize_lesion(ts.ct, ts.organs, LesionSpec("liver_cyst", enhancement="Enhanced CT"), phase=Phase.PLAIN)
 

@@ -14,6 +14,7 @@ from PASTALib.anatomy.health import (
     assess_all_organs,
     assess_organ,
     check_healthy_organ,
+    check_impression,
     impression_mentions,
 )
 from PASTALib.anatomy.lungmask import classical_lung_mask
@@ -24,7 +25,7 @@ from PASTALib.anatomy.organs import (
     resample_labels_to,
     same_grid,
 )
-from PASTALib.anatomy.phase import ENHANCED_MIN_HU, PhaseResult, detect_phase
+from PASTALib.anatomy.phase import ENHANCED_MIN_HU, PhaseResult, detect_phase, estimate_phase
 from PASTALib.anatomy.study import StudyType, StudyTypeResult, detect_study_type
 from PASTALib.anatomy.totalseg_classes import (
     ORGAN_STRUCTURES,
@@ -56,10 +57,12 @@ __all__ = [
     "assess_all_organs",
     "assess_organ",
     "check_healthy_organ",
+    "check_impression",
     "check_totalsegmentator_weights",
     "classical_lung_mask",
     "detect_phase",
     "detect_study_type",
+    "estimate_phase",
     "impression_mentions",
     "resample_labels_to",
     "run_totalsegmentator",

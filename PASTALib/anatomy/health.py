@@ -25,6 +25,7 @@ from PASTALib.anatomy.organs import OrganMasks
 from PASTALib.anatomy.totalseg_classes import ORGAN_STRUCTURES, Side
 from PASTALib.errors import AnatomyError
 from PASTALib.labels import Organ
+from PASTALib.report.wording import location_text
 
 #: PASTA-Gen only synthesises lesions in organs larger than this (docs/labels-and-reports.md).
 MIN_HEALTHY_VOLUME_MM3 = 4000.0
@@ -99,6 +100,28 @@ def impression_mentions(impression: str | None, organ: Organ, side: Side | None 
     return found
 
 
+def _impression_reason(impression: str | None, organ: Organ, side: Side | None = None) -> str:
+    """Why the impression rules ``organ`` out for a lesion; "" when it does not name it as diseased."""
+    mentions = impression_mentions(impression, organ, side)
+    if not mentions:
+        return ""
+    return (f"the report impression mentions the {location_text(Organ(organ), side).lower()}: \"{mentions[0]}\"; "
+            "PASTA synthesises lesions only in organs the report calls healthy")
+
+
+def check_impression(impression: str | None, organ: Organ, side: Side | None = None) -> None:
+    """Raise AnatomyError when the impression names ``organ`` as (possibly) diseased (negations allowed).
+
+    The check for callers without organ masks; :func:`check_healthy_organ` runs it with the others.
+    """
+    _raise_unless_healthy(_impression_reason(impression, organ, side))
+
+
+def _raise_unless_healthy(reason: str) -> None:
+    if reason:
+        raise AnatomyError(reason[0].upper() + reason[1:] + ".")
+
+
 @dataclass(frozen=True)
 class OrganHealth:
     organ: Organ
@@ -137,14 +160,8 @@ def assess_organ(
     if lesions:
         listed = ", ".join(f"{name.split(':', 1)[1]} ({n} voxels)" for name, n in lesions.items())
         return OrganHealth(organ, side, volume, False, f"{where} already contains a lesion in the label map: {listed}")
-    mentions = impression_mentions(impression, organ, side)
-    if mentions:
-        return OrganHealth(
-            organ, side, volume, False,
-            f"the report impression mentions the {where.lower()}: \"{mentions[0]}\"; "
-            "PASTA synthesises lesions only in organs the report calls healthy",
-        )
-    return OrganHealth(organ, side, volume, True, "")
+    reason = _impression_reason(impression, organ, side)
+    return OrganHealth(organ, side, volume, not reason, reason)
 
 
 def check_healthy_organ(
@@ -161,8 +178,7 @@ def check_healthy_organ(
     and the impression does not name it (negations allowed, see :func:`impression_mentions`).
     """
     result = assess_organ(masks, organ, side, impression, min_volume_mm3=min_volume_mm3)
-    if not result.healthy:
-        raise AnatomyError(result.reason[0].upper() + result.reason[1:] + ".")
+    _raise_unless_healthy(result.reason)
     return result.volume_mm3
 
 

@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from PASTALib.anatomy.organs import OrganMasks, world_x_mm
 from PASTALib.errors import AnatomyError
+from PASTALib.geometry.arrays import array_to_image, xyz_view
 
 #: Aerated lung is about -900..-500 HU; soft tissue, vessels and nodules are above this.
 AIR_MAX_HU = -400.0
@@ -52,7 +53,7 @@ def classical_lung_mask(ct: sitk.Image) -> OrganMasks:
     left). Lungs joined at the anterior junction line are split at the midline. Lobes are
     not separated. Raises AnatomyError when no lung is found (not a chest CT).
     """
-    hu = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    hu = xyz_view(ct)
     if hu.ndim != 3:
         raise AnatomyError("The lung mask needs a 3D CT.")
     spacing = np.asarray(ct.GetSpacing(), float)
@@ -116,6 +117,4 @@ def classical_lung_mask(ct: sitk.Image) -> OrganMasks:
         left = world_x_mm(ct, idx) > midline
         out[tuple(idx[left].T)] = 2
         out[tuple(idx[~left].T)] = 1
-    image = sitk.GetImageFromArray(np.ascontiguousarray(out.transpose(2, 1, 0)))
-    image.CopyInformation(ct)
-    return OrganMasks(image, dict(LUNG_LABELS), source="classical lung mask")
+    return OrganMasks(array_to_image(out, ct), dict(LUNG_LABELS), source="classical lung mask")

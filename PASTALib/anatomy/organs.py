@@ -20,7 +20,9 @@ from PASTALib.anatomy.totalseg_classes import (
     structure_organ,
 )
 from PASTALib.errors import AnatomyError
+from PASTALib.geometry.arrays import array_to_image, xyz_view
 from PASTALib.labels import LesionType, Organ
+from PASTALib.report.wording import location_text
 
 #: A structure counts as present only above both thresholds: segmentation models leave
 #: specks of a few voxels of classes that are not in the scan.
@@ -29,10 +31,6 @@ PRESENCE_MIN_VOLUME_MM3 = 100.0
 
 #: Structures whose x-centroid gives the body midline (most reliable first).
 _MIDLINE_STRUCTURES = ("vertebrae_", "sacrum", "spinal_cord", "sternum", "trachea", "esophagus")
-
-
-def _xyz(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayViewFromImage(image).transpose(2, 1, 0)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol_mm: float = 1e-2) -> bool:
@@ -54,7 +52,7 @@ def resample_labels_to(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
     if same_grid(labels, reference):
         return labels
     out = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
-    if not _xyz(out).any() and _xyz(labels).any():
+    if not xyz_view(out).any() and xyz_view(labels).any():
         raise AnatomyError(
             "The label map does not overlap the CT in world coordinates: it was made for another scan "
             "or its header (origin/direction) is wrong. Provide the label map computed on this CT."
@@ -107,7 +105,7 @@ class OrganMasks:
     def __post_init__(self) -> None:
         if self.label_map.GetDimension() != 3 or self.label_map.GetNumberOfComponentsPerPixel() != 1:
             raise AnatomyError("The organ label map must be a 3D scalar image.")
-        array = np.asarray(_xyz(self.label_map))
+        array = np.asarray(xyz_view(self.label_map))
         if array.dtype.kind == "f":
             if not np.array_equal(array, np.round(array)):
                 raise AnatomyError("The organ label map has non-integer values; pass an integer label image.")
@@ -152,7 +150,7 @@ class OrganMasks:
         Lesion voxels count as part of their organ's extent; the healthy-organ check
         rejects organs that already hold a lesion.
         """
-        values = np.unique(_xyz(labels))
+        values = np.unique(xyz_view(labels))
         bad = [int(v) for v in values if v < 0 or v > max(LesionType)]
         if bad:
             raise AnatomyError(
@@ -308,11 +306,9 @@ class OrganMasks:
                       side: Side | None = None) -> str:
         """Report location: "Right kidney", "Left lung", "Liver"."""
         organ = Organ(organ)
-        if organ.is_paired:
-            side = side or (self.side_of(organ, point_mm) if point_mm is not None else None)
-            if side:
-                return f"{side.capitalize()} {organ.display_name.lower()}"
-        return organ.display_name
+        if organ.is_paired and not side and point_mm is not None:
+            side = self.side_of(organ, point_mm)
+        return location_text(organ, side)
 
     # ----------------------------------------------------------------- export
     def pasta_label_map(self, *, include_lesions: bool = True) -> sitk.Image:
@@ -326,6 +322,4 @@ class OrganMasks:
                 lut[label] = int(LesionType.parse(name)) if include_lesions else int(organ)
             else:
                 lut[label] = int(organ)
-        out = sitk.GetImageFromArray(np.ascontiguousarray(lut[self._array].transpose(2, 1, 0)))
-        out.CopyInformation(self.label_map)
-        return out
+        return array_to_image(lut[self._array], self.label_map)

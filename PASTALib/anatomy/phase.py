@@ -1,4 +1,4 @@
-"""Contrast phase (plain vs enhanced CT) from the HU of the aorta and the IVC."""
+"""Contrast phase (plain vs enhanced CT) from the HU of the aorta and the IVC, else of the kidney or liver."""
 
 from __future__ import annotations
 
@@ -11,13 +11,19 @@ from scipy import ndimage
 from PASTALib.anatomy.organs import OrganMasks, same_grid
 from PASTALib.anatomy.totalseg_classes import normalize_name
 from PASTALib.errors import AnatomyError
-from PASTALib.labels import Phase
+from PASTALib.geometry.arrays import xyz_view
+from PASTALib.labels import Organ, Phase
 
 #: Unenhanced blood is 30-60 HU; any contrast phase brings the aorta or IVC above this.
 ENHANCED_MIN_HU = 80.0
 PHASE_VESSELS = ("aorta", "inferior_vena_cava")
 #: Below this many voxels after erosion, fall back to the uneroded mask (thin or tiny vessel).
 _MIN_ERODED_VOXELS = 20
+#: Without vessel masks: a median HU above this makes the organ (PASTA label value) enhanced,
+#: the first organ with enough voxels deciding.
+ORGAN_ENHANCED_MIN_HU = ((Organ.KIDNEY, 100.0), (Organ.LIVER, 85.0))
+ORGAN_PHASE_EXPLANATION = "median kidney / liver HU in the organ labels (enhanced above 100 / 85 HU)"
+_ORGAN_MIN_VOXELS = 500  # sampled voxels (every 2nd in x and y)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ def detect_phase(ct: sitk.Image, masks: OrganMasks) -> PhaseResult:
     """
     if not same_grid(ct, masks.label_map):
         masks = OrganMasks.from_label_map(masks.label_map, masks.names, reference=ct, source=masks.source)
-    hu = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    hu = xyz_view(ct)
     vessel_hu: dict[str, float] = {}
     voxels: dict[str, int] = {}
     for name in PHASE_VESSELS:
@@ -65,3 +71,34 @@ def detect_phase(ct: sitk.Image, masks: OrganMasks) -> PhaseResult:
     mean = float(np.mean(list(vessel_hu.values())))
     phase = Phase.PLAIN if mean < ENHANCED_MIN_HU else Phase.ENHANCED
     return PhaseResult(phase, mean, vessel_hu, voxels)
+
+
+def _organ_phase(ct: sitk.Image, labels: sitk.Image) -> Phase | None:
+    """Median kidney, else liver, HU in a PASTA organ label map on ``ct``'s grid; None if neither is big enough."""
+    step = (2, 2, 1)
+    lab = xyz_view(labels)[:: step[0], :: step[1], :: step[2]]
+    hu = xyz_view(ct)[:: step[0], :: step[1], :: step[2]]
+    for organ, threshold in ORGAN_ENHANCED_MIN_HU:
+        values = hu[lab == int(organ)]
+        if values.size > _ORGAN_MIN_VOXELS:
+            return Phase.ENHANCED if float(np.median(values)) > threshold else Phase.PLAIN
+    return None
+
+
+def estimate_phase(
+    ct: sitk.Image, *, masks: OrganMasks | None = None, labels: sitk.Image | None = None
+) -> tuple[Phase, str] | None:
+    """The contrast phase and why: aorta/IVC HU in ``masks`` (:func:`detect_phase`), else kidney/liver
+    HU in the PASTA organ label map ``labels``; None when neither decides (the caller's default applies,
+    e.g. ``LesionType.default_phase``)."""
+    if masks is not None:
+        try:
+            result = detect_phase(ct, masks)
+            return result.phase, result.explanation
+        except AnatomyError:
+            pass
+    if labels is not None:
+        phase = _organ_phase(ct, labels)
+        if phase is not None:
+            return phase, ORGAN_PHASE_EXPLANATION
+    return None

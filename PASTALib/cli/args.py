@@ -10,6 +10,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from PASTALib.limits import SEED, Bound
+
 
 def _number(text: str, kind: type) -> float | int:
     try:
@@ -57,6 +59,13 @@ def range_float(lo: float | None = None, hi: float | None = None, *, lo_open: bo
     return _ranged(float, lo, hi, lo_open, hi_open)  # type: ignore[return-value]
 
 
+def bounded(bound: Bound) -> Callable[[str], float | int]:
+    """The argparse type of an option whose range is declared in :mod:`PASTALib.limits`."""
+    if bound.integer:
+        return range_int(int(bound.low), int(bound.high))
+    return range_float(bound.low, bound.high)
+
+
 #: Counts, sizes and iterations (>= 1).
 positive_int = range_int(1)
 #: Seeds and other counters that may be 0.
@@ -68,7 +77,7 @@ non_negative_float = range_float(0.0)
 #: Shares of a whole, 0..1 inclusive.
 fraction = range_float(0.0, 1.0)
 #: Seeds: what numpy's generators accept.
-seed = range_int(0, 2**32 - 1)
+seed = bounded(SEED)
 
 
 def size_triple(text: str) -> tuple[int, int, int]:

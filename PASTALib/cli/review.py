@@ -7,7 +7,8 @@ import json
 import sys
 import time
 
-from PASTALib.cli.args import range_float, range_int, seed
+from PASTALib import limits
+from PASTALib.cli.args import bounded, seed
 from PASTALib.progress import progress_line
 
 
@@ -23,8 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="folder searched for synthesizer cases: `pasta synth generate` output (img.nii.gz, label.nii.gz, report.json; ct.nii.gz also read)")
     create.add_argument("--key", help="key folder, outside the study (default: STUDY_key beside it)")
     create.add_argument("--seed", type=seed, default=0, help="seed for balancing and case ids")
-    create.add_argument("--spacing", type=range_float(0.1, 10.0), default=1.0, help="common isotropic spacing in mm")
-    create.add_argument("--fov", type=range_float(0.0, 2000.0), default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
+    create.add_argument("--spacing", type=bounded(limits.REVIEW_SPACING_MM), default=1.0, help="common isotropic spacing in mm")
+    create.add_argument("--fov", type=bounded(limits.REVIEW_FOV_MM), default=128.0, help="lesion-centred cube edge in mm (0 = whole CT; its size then leaks)")
     create.add_argument("--allow-changes", action="store_true", help="readers may change answers")
     create.add_argument("--no-attributes", action="store_true", help="ask realism only, no report attribute questions")
     create.add_argument("--allow-report-imbalance", action="store_true",
@@ -42,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rate.add_argument("reader")
     rate.add_argument("--answers", metavar="FILE", help="scripted answers, checked whole before any is recorded: CSV with "
                       "columns case_id, realism[, shape..invasion][, reason][, seconds], or a .json list of such objects")
-    rate.add_argument("--pace", type=range_float(0.0, 3600.0), default=0.0, help="seconds to wait between scripted answers")
+    rate.add_argument("--pace", type=bounded(limits.REVIEW_PACE_S), default=0.0, help="seconds to wait between scripted answers")
     rate.set_defaults(func=_rate)
 
     status = commands.add_parser("status", help="progress of every reader")
@@ -60,9 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     analyze.add_argument("study")
     analyze.add_argument("--key", required=True)
     analyze.add_argument("--out", required=True, help="folder for report.html, results.json, answers.csv")
-    analyze.add_argument("--threshold", type=range_int(2, 5), default=4, help="rating >= this calls a case real")
-    analyze.add_argument("--margin", type=range_float(0.01, 4.0), default=0.5, help="TOST equivalence margin (rating points)")
-    analyze.add_argument("--n-boot", type=range_int(20, 100_000), default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
+    analyze.add_argument("--threshold", type=bounded(limits.REVIEW_THRESHOLD), default=4, help="rating >= this calls a case real")
+    analyze.add_argument("--margin", type=bounded(limits.REVIEW_MARGIN), default=0.5, help="TOST equivalence margin (rating points)")
+    analyze.add_argument("--n-boot", type=bounded(limits.REVIEW_N_BOOT), default=1000, help="bootstrap replicates (per-reader AUC, kappa and alpha CIs)")
     analyze.add_argument("--seed", type=seed, default=0)
     analyze.set_defaults(func=_analyze)
 

@@ -208,20 +208,12 @@ def decide_phase(cfg: InferenceConfig, ct: sitk.Image, labels: sitk.Image, organ
     tagged = _dicom_phase(ct)
     if tagged is not None:
         return tagged, "DICOM Contrast/Bolus Agent tag"
-    if organ_masks is not None:
-        from PASTALib.anatomy import detect_phase
-        from PASTALib.errors import AnatomyError
+    from PASTALib.anatomy import estimate_phase
 
-        try:
-            result = detect_phase(ct, organ_masks)
-            return result.phase, result.explanation
-        except AnatomyError:
-            pass
-    from PASTALib.synth.pipeline import estimate_phase
-
-    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
-    lab_xyz = sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0)
-    return estimate_phase(ct_xyz, lab_xyz, lesion_type), "organ HU in the predicted labels (kidney > 100 / liver > 85 HU)"
+    estimate = estimate_phase(ct, masks=organ_masks, labels=labels)
+    if estimate is not None:
+        return estimate
+    return lesion_type.default_phase, f"default phase of {lesion_type.slug} (no vessel, kidney or liver HU to measure)"
 
 
 def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.Module,

@@ -1,9 +1,7 @@
 """Reading and writing CT volumes, label maps and Slicer segmentations."""
 
 from PASTALib.io.image import (
-    array_to_image,
     check_is_ct,
-    image_to_array,
     read_ct,
     read_image,
     read_label,
@@ -13,10 +11,8 @@ from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.segmentation import ijk_to_lps, write_segmentation
 
 __all__ = [
-    "array_to_image",
     "check_is_ct",
     "ijk_to_lps",
-    "image_to_array",
     "read_ct",
     "read_image",
     "read_label",

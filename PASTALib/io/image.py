@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.errors import InputImageError
-
-if TYPE_CHECKING:
-    from PASTALib.geometry import Grid
 
 PathLike = str | os.PathLike
 
@@ -338,23 +335,3 @@ def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> 
             raise OutputError(f"Cannot write {path}: {str(exc).strip().splitlines()[-1]}. Free disk space or "
                               "choose a writable output folder; the previous file (if any) is unchanged.") from None
     return path
-
-
-def image_to_array(image: sitk.Image) -> np.ndarray:
-    """Voxel array in ITK index order (x, y, z); a copy, safe to modify."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0).copy()
-
-
-def array_to_image(array: np.ndarray, reference: "sitk.Image | Grid") -> sitk.Image:
-    """Image from an (x, y, z) array with the geometry of ``reference`` (an image or a geometry Grid)."""
-    size = tuple(reference.GetSize()) if isinstance(reference, sitk.Image) else tuple(reference.size)
-    if tuple(array.shape) != size:
-        raise ValueError(f"array shape {array.shape} differs from reference size {size}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    if isinstance(reference, sitk.Image):
-        image.CopyInformation(reference)
-    else:
-        image.SetOrigin(reference.origin)
-        image.SetSpacing(reference.spacing)
-        image.SetDirection(reference.direction)
-    return image

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.io.image import PathLike, image_to_array
+from PASTALib.geometry.arrays import image_to_array, zyx_to_xyz
+from PASTALib.io.image import PathLike
 from PASTALib.io.outputs import atomic_output
 from PASTALib.labels import label_name
 
@@ -59,7 +60,7 @@ def write_segmentation(
         )
     def same_voxels(tmp: Path) -> None:  # a full disk must not rename a truncated file into place
         back = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp)))  # a copy: a view dies with its image
-        if back.shape[::-1] != voxels.shape or not np.array_equal(back.transpose(2, 1, 0), voxels):
+        if back.shape[::-1] != voxels.shape or not np.array_equal(zyx_to_xyz(back), voxels):
             raise ValueError("the voxels read back differ from those written")
 
     with atomic_output(path, same_voxels, suffix=".seg.nrrd") as partial:

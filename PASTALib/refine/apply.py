@@ -11,20 +11,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from PASTALib.errors import InputImageError
-from PASTALib.geometry import local_grid, resample_to_grid
-from PASTALib.io import array_to_image
+from PASTALib.geometry import array_to_image, image_to_array, local_grid, resample_array, resample_to_grid
 from PASTALib.labels import LesionType
 from PASTALib.refine.refiner import Refiner
-
-
-def _xyz(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-
-
-def _image(array_xyz: np.ndarray, reference: sitk.Image) -> sitk.Image:
-    img = sitk.GetImageFromArray(np.ascontiguousarray(array_xyz.transpose(2, 1, 0)))
-    img.CopyInformation(reference)
-    return img
 
 
 def lesion_components(labels_xyz: np.ndarray, values: Sequence[int] | None = None) -> list[tuple[int, np.ndarray]]:
@@ -55,7 +44,7 @@ def refine_case(ct: sitk.Image, labels: sitk.Image, refiner: Refiner, *, seed: i
             or not np.allclose(ct.GetDirection(), labels.GetDirection(), atol=1e-4):
         raise InputImageError("The label map is not on the CT's grid; resample it (nearest neighbour) onto the CT first.")
     margin = float(margin_mm if margin_mm is not None else refiner.config.margin_mm)
-    lab = _xyz(labels)
+    lab = image_to_array(labels, contiguous=False)
     comps = lesion_components(lab, lesion_values)
     if not comps:
         raise InputImageError(
@@ -78,10 +67,10 @@ def refine_case(ct: sitk.Image, labels: sitk.Image, refiner: Refiner, *, seed: i
         corners = np.array([reference.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
                             for corner in np.array(np.meshgrid(*[[0, s - 1] for s in reference.GetSize()])).reshape(3, -1).T])
         grid = local_grid(corners.mean(axis=0), corners.max(axis=0) - corners.min(axis=0) + 1.0)
-        ct_c = _xyz(resample_to_grid(out, grid, is_label=False))
-        lab_c = _xyz(resample_to_grid(labels, grid, is_label=True))
-        mask_img = _image(mask.astype(np.uint8), labels)
-        lesion_c = _xyz(resample_to_grid(mask_img, grid, is_label=True)).astype(bool)
+        ct_c = image_to_array(resample_to_grid(out, grid, is_label=False), contiguous=False)
+        lab_c = image_to_array(resample_to_grid(labels, grid, is_label=True), contiguous=False)
+        mask_img = array_to_image(mask.astype(np.uint8), labels)
+        lesion_c = image_to_array(resample_to_grid(mask_img, grid, is_label=True), contiguous=False).astype(bool)
         if not lesion_c.any():  # lesion thinner than 1 mm sampling: take the nearest voxel of its centre
             centre = np.clip(np.round(grid.lps_to_index(ct.TransformContinuousIndexToPhysicalPoint(idx.mean(axis=0).tolist()))).astype(int), 0, np.asarray(grid.size) - 1)
             lesion_c[tuple(centre)] = True
@@ -91,18 +80,18 @@ def refine_case(ct: sitk.Image, labels: sitk.Image, refiner: Refiner, *, seed: i
         res = refiner.refine_crop(ct_c, organ_c, lesion_c, seed_i, margin_mm=margin)
         delta_c = (res.ct - ct_c).astype(np.float32)
 
-        delta_in = _xyz(sitk.Resample(array_to_image(delta_c, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-        weight_in = _xyz(sitk.Resample(array_to_image(res.weight, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        delta_in = resample_array(delta_c, grid, reference)
+        weight_in = resample_array(res.weight, grid, reference)
         dist_in = ndimage.distance_transform_edt(~mask[box], sampling=spacing)
         touched = (weight_in > 0) & (dist_in < margin)
-        region = _xyz(reference)
+        region = image_to_array(reference, contiguous=False)
         new = region.astype(np.float64) + delta_in
         if np.issubdtype(region.dtype, np.integer):
             info = np.iinfo(region.dtype)
             new = np.clip(np.round(new), info.min, info.max)
         region = region.copy()
         region[touched] = new[touched].astype(region.dtype)
-        patch = _image(region, reference)
+        patch = array_to_image(region, reference)
         out = sitk.Paste(out, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
         infos.append({
             "lesion_value": value, "lesion_type": LesionType(value).slug, "voxels": int(mask.sum()), "seed": seed_i,

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from PASTALib.anatomy.health import MIN_HEALTHY_VOLUME_MM3
 from PASTALib.anatomy.organs import label_locations
 from PASTALib.errors import InputImageError
-from PASTALib.geometry import Grid, resample_to_grid
+from PASTALib.geometry import Grid, array_to_image, image_to_array, resample_to_grid
 from PASTALib.geometry.canonical import IDENTITY_DIRECTION
 from PASTALib.labels import LesionType, Organ
 
@@ -84,7 +84,7 @@ def pasta_organ_array(labels: sitk.Image, ct: sitk.Image, labels_kind: str = "au
         from PASTALib.anatomy import OrganMasks
 
         labels = OrganMasks.from_label_map(labels, reference=ct).pasta_label_map(include_lesions=False)
-    arr = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.int64)
+    arr = image_to_array(labels, contiguous=False).astype(np.int64)
     if arr.max() > max(LesionType):
         raise InputImageError(
             f"Label values up to {arr.max()} are not PASTA labels (organs 1-10, lesions 11-25); "
@@ -132,10 +132,9 @@ def crop_grid(centre_lps: np.ndarray, size: int) -> Grid:
 def crop(case: Case, centre_lps: np.ndarray, size: int, organ: int) -> tuple[np.ndarray, np.ndarray]:
     """(CT HU, organ mask) on a size^3 canonical 1 mm crop centred at ``centre_lps`` ((x, y, z) arrays)."""
     grid = crop_grid(centre_lps, size)
-    ct = sitk.GetArrayFromImage(resample_to_grid(case.ct, grid, is_label=False)).transpose(2, 1, 0)
-    lab_img = sitk.GetImageFromArray(np.ascontiguousarray(case.organs.transpose(2, 1, 0)))
-    lab_img.CopyInformation(case.ct)
-    lab = sitk.GetArrayFromImage(resample_to_grid(lab_img, grid, is_label=True)).transpose(2, 1, 0)
+    ct = image_to_array(resample_to_grid(case.ct, grid, is_label=False), contiguous=False)
+    lab_img = array_to_image(case.organs, case.ct)
+    lab = image_to_array(resample_to_grid(lab_img, grid, is_label=True), contiguous=False)
     return np.ascontiguousarray(ct, np.float32), np.ascontiguousarray(lab == organ)
 
 

@@ -24,10 +24,10 @@ def measure_lesion(
     Extents are taken along LPS axes from voxel centres plus one voxel (projected spacing), so
     a voxelised ellipsoid of diameter d measures ~d on any grid.
     """
-    import SimpleITK as sitk
+    from PASTALib.geometry.arrays import xyz_view
 
-    lab = sitk.GetArrayViewFromImage(labels).transpose(2, 1, 0)
-    hu = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
+    lab = xyz_view(labels)
+    hu = xyz_view(ct)
     # ``box`` (where the lesion can be) avoids a whole-volume scan; indices stay global.
     offset = np.zeros(3, int) if box is None else np.array([b[0] for b in box])
     search = lab if box is None else lab[tuple(slice(a, b) for a, b in box)]

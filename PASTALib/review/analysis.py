@@ -371,12 +371,13 @@ def analyze(
     from PASTALib.review.export import answer_rows, check_output, export_csv
     from PASTALib.review.study import verify_study
 
-    from PASTALib.review.db import MAX_SEED, check_number
+    from PASTALib import limits
+    from PASTALib.review.db import check_number
 
-    threshold = check_number(threshold, "The threshold (--threshold; rating >= it calls a case real)", 2, 5, integer=True)
-    margin = check_number(margin, "The equivalence margin (--margin, rating points)", 0.01, 4.0)
-    n_boot = check_number(n_boot, "The number of bootstrap replicates (--n-boot)", 20, 100_000, integer=True)
-    seed = check_number(seed, "The seed (--seed)", 0, MAX_SEED, integer=True)
+    threshold = check_number(threshold, "The threshold (--threshold; rating >= it calls a case real)", limits.REVIEW_THRESHOLD)
+    margin = check_number(margin, "The equivalence margin (--margin, rating points)", limits.REVIEW_MARGIN)
+    n_boot = check_number(n_boot, "The number of bootstrap replicates (--n-boot)", limits.REVIEW_N_BOOT)
+    seed = check_number(seed, "The seed (--seed)", limits.SEED)
     if out_dir is not None:
         out_dir = check_output(out_dir, study_dir, key_dir, folder=True)
     if verify:

@@ -46,7 +46,7 @@ def anonymise_case(case: SourceCase, settings: StudySettings, out_dir: Path, mti
     """Resample one case onto the common lesion-centred grid and write image + mask."""
     import SimpleITK as sitk
 
-    from PASTALib.geometry import canonical_mapping, local_grid, resample_to_grid
+    from PASTALib.geometry import canonical_mapping, image_to_array, local_grid, resample_to_grid
     from PASTALib.io import read_ct
 
     ct = read_ct(case.image)
@@ -58,9 +58,9 @@ def anonymise_case(case: SourceCase, settings: StudySettings, out_dir: Path, mti
         grid = local_grid(centre, (settings.fov_mm,) * 3, settings.spacing_mm)
     else:
         grid = canonical_mapping(ct, settings.spacing_mm).canonical
-    image = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
+    image = image_to_array(resample_to_grid(ct, grid, is_label=False), contiguous=False)
     image = np.clip(np.rint(image), *HU_RANGE).astype(np.int16)
-    lesion = sitk.GetArrayFromImage(resample_to_grid(mask, grid, is_label=True)).transpose(2, 1, 0)
+    lesion = image_to_array(resample_to_grid(mask, grid, is_label=True), contiguous=False)
     lesion = (lesion > 0).astype(np.uint8)
     if not lesion.any():
         raise ReviewError(f"The lesion in {case.mask} vanishes at {settings.spacing_mm} mm spacing; "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from PASTALib.limits import SEED, Bound
 from PASTALib.report.attributes import ATTRIBUTES as REPORT_ATTRIBUTES
 from PASTALib.review.errors import AnswerLockedError, RatingRangeError, ReviewError, UnknownReaderError
 
@@ -368,7 +369,7 @@ def reader_name(reader: str) -> str:
 @_reported
 def add_reader(conn: sqlite3.Connection, reader: str, seed: int) -> None:
     name = reader_name(reader)
-    seed = check_number(seed, "The reader's shuffle seed (--seed)", 0, MAX_SEED, integer=True)
+    seed = check_number(seed, "The reader's shuffle seed (--seed)", SEED)
     with transaction(conn):
         if conn.execute("SELECT 1 FROM readers WHERE reader = ?", (name,)).fetchone():
             raise ReviewError(f"Reader {name!r} is already registered in this study.")
@@ -404,13 +405,10 @@ def check_rating(value: object, what: str) -> int:
     return int(number)
 
 
-#: Seeds are numpy SeedSequence entropy: non-negative; 32 bits are plenty and print compactly.
-MAX_SEED = 2**32 - 1
-
-
-def check_number(value: object, option: str, low: float, high: float, *, integer: bool = False) -> float | int:
-    """``value`` if it is a finite number (a whole one when ``integer``) in [low, high]; otherwise
+def check_number(value: object, option: str, bound: Bound) -> float | int:
+    """``value`` if it is a finite number (a whole one when ``bound.integer``) in ``bound``; otherwise
     ReviewError stating the option's allowed range (never a silent fallback to a default)."""
+    low, high, integer = bound.low, bound.high, bound.integer
     try:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -32,12 +32,13 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from PASTALib import limits
 from PASTALib.errors import PastaError
 from PASTALib.report.attributes import ATTRIBUTES, parse_attribute
 from PASTALib.report.parsing import report_attributes
@@ -63,11 +64,11 @@ class StudySettings:
     allow_report_imbalance: bool = False  # see create_study: report presence must not reveal origin
 
     def __post_init__(self) -> None:
-        db.check_number(self.seed, "The study seed (--seed)", 0, db.MAX_SEED, integer=True)
-        spacing = db.check_number(self.spacing_mm, "The study spacing in mm (--spacing)", 0.1, 10.0)
-        if self.fov_mm is not None:
-            # At least 4 voxels across, or the lesion-centred cube shows nothing around the lesion.
-            db.check_number(self.fov_mm, "The field of view in mm (--fov; 0 keeps the whole CT)", 4 * spacing, 2000.0)
+        db.check_number(self.seed, "The study seed (--seed)", limits.SEED)
+        spacing = db.check_number(self.spacing_mm, "The study spacing in mm (--spacing)", limits.REVIEW_SPACING_MM)
+        if self.fov_mm is not None:  # at least 4 voxels across (see limits.REVIEW_FOV_MM)
+            db.check_number(self.fov_mm, "The field of view in mm (--fov; 0 keeps the whole CT)",
+                            replace(limits.REVIEW_FOV_MM, low=4 * spacing))
 
 
 @dataclass

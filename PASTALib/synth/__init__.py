@@ -6,7 +6,7 @@ No Slicer, Qt or torch import here: the engine runs anywhere numpy/scipy/SimpleI
 """
 
 from PASTALib.synth.body import lesion_shape
-from PASTALib.synth.pipeline import Refiner, SynthesisResult, estimate_phase, synthesize_lesion
+from PASTALib.synth.pipeline import Refiner, SynthesisResult, synthesize_lesion
 from PASTALib.synth.profiles import PROFILES, TypeProfile, profile
 from PASTALib.synth.spec import LesionSpec, allowed_values
 
@@ -17,7 +17,6 @@ __all__ = [
     "SynthesisResult",
     "TypeProfile",
     "allowed_values",
-    "estimate_phase",
     "profile",
     "lesion_shape",
     "synthesize_lesion",

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.io import array_to_image
+from PASTALib.geometry import array_to_image, image_to_array, resample_array
 from PASTALib.synth import intensity, placement
 
 _GAS_LABEL_HU = -200.0  # hollow organs: output voxels below this stay lumen in the label
@@ -38,19 +38,13 @@ def paste_lesion(
     lo = np.array([b[0] for b in box])
     hi = np.array([b[1] for b in box])
     reference = ct[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
-    alpha_in = sitk.GetArrayFromImage(
-        sitk.Resample(array_to_image(alpha, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    ).transpose(2, 1, 0)
-    region = sitk.GetArrayFromImage(reference).transpose(2, 1, 0)
+    alpha_in = resample_array(alpha, grid, reference)
+    region = image_to_array(reference, contiguous=False)
     if values is None:
-        delta_in = sitk.GetArrayFromImage(
-            sitk.Resample(array_to_image(delta, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        ).transpose(2, 1, 0)
+        delta_in = resample_array(delta, grid, reference)
     else:
         crop_values, noise_hu, rng = values
-        values_in = sitk.GetArrayFromImage(
-            sitk.Resample(array_to_image(crop_values, grid), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        ).transpose(2, 1, 0)
+        values_in = resample_array(crop_values, grid, reference)
         hit = np.argwhere(alpha_in > 0)
         if hit.size:  # noise only where the lesion is blended in
             sub = tuple(slice(a, b + 1) for a, b in zip(hit.min(axis=0), hit.max(axis=0)))
@@ -63,12 +57,11 @@ def paste_lesion(
         info = np.iinfo(region.dtype)
         new = np.clip(np.round(new), info.min, info.max)
     region[touched] = new[touched].astype(region.dtype)
-    patch = sitk.GetImageFromArray(np.ascontiguousarray(region.transpose(2, 1, 0)))
-    patch.CopyInformation(reference)
+    patch = array_to_image(region, reference)
     out_ct = sitk.Paste(ct, patch, patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
 
     lab_ref = labels[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]]
-    lab_arr = sitk.GetArrayFromImage(lab_ref).transpose(2, 1, 0)
+    lab_arr = image_to_array(lab_ref, contiguous=False)
     lesion = alpha_in > 0.5
     if organ_mask is not None:
         # Without invasion the label never leaves the organ, even where interpolation blurs the edge.
@@ -84,7 +77,6 @@ def paste_lesion(
         # Voxels still dominated by gas after blending are lumen (partial volume), not tumour.
         lesion &= region > _GAS_LABEL_HU
     lab_arr[lesion] = lesion_value
-    lab_patch = sitk.GetImageFromArray(np.ascontiguousarray(lab_arr.transpose(2, 1, 0)))
-    lab_patch.CopyInformation(lab_ref)
+    lab_patch = array_to_image(lab_arr, lab_ref)
     out_labels = sitk.Paste(labels, lab_patch, lab_patch.GetSize(), [0, 0, 0], [int(v) for v in lo])
     return out_ct, out_labels

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,14 +10,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from PASTALib.anatomy.health import check_impression
+from PASTALib.anatomy.phase import estimate_phase
 from PASTALib.errors import (
-    AnatomyError,
     InputImageError,
     LesionFitError,
     SpecificationError,
 )
-from PASTALib.geometry import local_grid, resample_to_grid
-from PASTALib.labels import LesionType, Organ, Phase
+from PASTALib.geometry import image_to_array, local_grid, resample_to_grid, xyz_view
+from PASTALib.labels import Phase
 from PASTALib.report.attributes import Shape
 from PASTALib.report.measure import build_report
 from PASTALib.report.wording import StructuredReport
@@ -38,13 +38,6 @@ from PASTALib.synth.spec import (
 #: refiner(ct_crop, organ_crop, lesion_alpha_crop, rng) -> refined ct_crop (1 mm canonical crop, HU).
 Refiner = Callable[[np.ndarray, np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
-#: Words that name an organ in a report impression (healthy-organ check).
-_ORGAN_WORDS = {
-    Organ.LUNG: r"lung|pulmonar", Organ.LIVER: r"liver|hepat", Organ.GALLBLADDER: r"gall ?bladder|cholecyst",
-    Organ.PANCREAS: r"pancrea", Organ.ESOPHAGUS: r"o?esophag", Organ.STOMACH: r"stomach|gastric",
-    Organ.COLON: r"colon|colorectal|rect(um|al)|sigmoid|cecum|caecum", Organ.KIDNEY: r"kidney|renal",
-    Organ.BLADDER: r"(?<!gall)(?<!gall )bladder|vesical", Organ.BONE: r"bone|osseous|vertebra|skelet|lytic|sclerotic",
-}
 _AIR_HU = -500.0  # invasion may grow into any tissue denser than this (not gas, not aerated lung)
 
 
@@ -77,32 +70,7 @@ def _check_grids(ct: sitk.Image, labels: sitk.Image) -> None:
         raise InputImageError("The CT must be a 3D single-component image.")
 
 
-def _check_impression(organ: Organ, impression: str | None) -> None:
-    if impression and re.search(_ORGAN_WORDS[organ], impression, flags=re.IGNORECASE):
-        raise AnatomyError(
-            f"The report impression mentions the {organ.display_name.lower()} ({impression!r}), so it may not be "
-            "healthy; lesions are only synthesized into healthy organs. Pick another organ or case."
-        )
-
-
-def estimate_phase(ct_xyz: np.ndarray, labels_xyz: np.ndarray, lesion_type: LesionType) -> Phase:
-    """Cheap contrast-phase guess from organ HU (kidney > 100 HU or liver > 85 HU: enhanced).
-
-    Used only when neither the caller nor the spec gives the phase (PASTALib.anatomy has the
-    full detector); falls back to the type's template phase.
-    """
-    step = (2, 2, 1)
-    lab = labels_xyz[:: step[0], :: step[1], :: step[2]]
-    hu = ct_xyz[:: step[0], :: step[1], :: step[2]]
-    for organ, threshold in ((Organ.KIDNEY, 100.0), (Organ.LIVER, 85.0)):
-        values = hu[lab == int(organ)]
-        if values.size > 500:
-            return Phase.ENHANCED if float(np.median(values)) > threshold else Phase.PLAIN
-    phases = lesion_type.template_phases
-    return Phase.ENHANCED if Phase.ENHANCED in phases else Phase.PLAIN
-
-
-def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, labels_xyz: np.ndarray) -> Phase:
+def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct: sitk.Image, organ_labels: sitk.Image) -> Phase:
     if phase is not None:
         phase = Phase(phase)
         if spec.enhancement is not None and spec.enhancement is not phase:
@@ -111,7 +79,10 @@ def _resolve_phase(spec: LesionSpec, phase: Phase | None, ct_xyz: np.ndarray, la
                 f"Allowed value for this CT: {phase.value!r}."
             )
         return phase
-    return spec.enhancement or estimate_phase(ct_xyz, labels_xyz, spec.lesion_type)
+    if spec.enhancement is not None:
+        return spec.enhancement
+    estimate = estimate_phase(ct, labels=organ_labels)
+    return estimate[0] if estimate is not None else spec.lesion_type.default_phase
 
 
 
@@ -178,8 +149,8 @@ def _crop_attempt(
     if plan is not None:  # the lumen rule looks this far inward; the crop already holds normal wall
         shape_half, context = np.maximum(shape_half, plan.thickness + LUMEN_MIN_MM + 2.0), _WALL_CONTEXT_MM
     grid = local_grid(centre_lps, 2.0 * (shape_half + context))
-    ct_c = sitk.GetArrayFromImage(resample_to_grid(ct, grid, is_label=False)).transpose(2, 1, 0)
-    lab_c = sitk.GetArrayFromImage(resample_to_grid(organ_labels, grid, is_label=True)).transpose(2, 1, 0)
+    ct_c = image_to_array(resample_to_grid(ct, grid, is_label=False), contiguous=False)
+    lab_c = image_to_array(resample_to_grid(organ_labels, grid, is_label=True), contiguous=False)
     organ_c = lab_c == int(organ)
     if region.side is not None and midline is not None:
         x = grid.origin[0] + np.arange(grid.size[0]) * grid.spacing[0]
@@ -225,13 +196,13 @@ def synthesize_lesion(
     spec.validate()
     _check_grids(ct, organ_labels)
     organ = spec.lesion_type.organ
-    _check_impression(organ, impression)
-    ct_xyz = sitk.GetArrayViewFromImage(ct).transpose(2, 1, 0)
-    lab_xyz = sitk.GetArrayViewFromImage(organ_labels).transpose(2, 1, 0)
+    check_impression(impression, organ, spec.side)
+    ct_xyz = xyz_view(ct)
+    lab_xyz = xyz_view(organ_labels)
 
     midline = placement.midline_x(lab_xyz, ct) if organ.is_paired else None
     region = placement.organ_region(lab_xyz, ct, organ, spec.side, midline)
-    phase = _resolve_phase(spec, phase, ct_xyz, lab_xyz)
+    phase = _resolve_phase(spec, phase, ct, organ_labels)
     resolved = spec.resolve(phase)
     prof = resolved.profile
     timings["checks"] = time.perf_counter() - t0
@@ -313,7 +284,7 @@ def _lesion_side(
     midline: float | None,
 ) -> str | None:
     """Side of the pasted lesion's centroid (paired organs, ``midline`` given), else None; raises if it is empty."""
-    out_lab_xyz = sitk.GetArrayViewFromImage(out_labels).transpose(2, 1, 0)
+    out_lab_xyz = xyz_view(out_labels)
     lesion_idx = np.argwhere(out_lab_xyz[box[0][0]:box[0][1], box[1][0]:box[1][1], box[2][0]:box[2][1]] == lesion_value)
     if lesion_idx.size == 0:
         raise LesionFitError("The lesion is smaller than one voxel of this CT; request a larger size.")
@@ -394,16 +365,13 @@ def synthesize_lesion_in_masks(
     Runs the anatomy healthy-organ check (volume, existing lesions, impression with negations)
     and its vessel-based phase detection (falling back to the organ-HU estimate), then the core.
     """
-    from PASTALib.anatomy import check_healthy_organ, detect_phase
+    from PASTALib.anatomy import check_healthy_organ
 
     spec = LesionSpec.from_dict(spec) if isinstance(spec, dict) else spec
     spec.validate()
     check_healthy_organ(masks, spec.lesion_type.organ, spec.side, impression)
     if phase is None and spec.enhancement is None:
-        try:
-            phase = detect_phase(ct, masks).phase
-        except AnatomyError:
-            phase = None  # no aorta/IVC: the core estimates from organ HU
+        vessels = estimate_phase(ct, masks=masks)
+        phase = vessels[0] if vessels is not None else None  # no aorta/IVC: the core estimates from organ HU
     labels = masks.pasta_label_map(include_lesions=False)
-    # The impression was checked above with negation handling; the core's check is stricter.
     return synthesize_lesion(ct, labels, spec, phase=phase, refiner=refiner)

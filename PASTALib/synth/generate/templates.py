@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from PASTALib.errors import AnatomyError, SpecificationError
+from PASTALib.errors import SpecificationError
+from PASTALib.geometry import xyz_view
 from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ
 from PASTALib.synth.generate.layout import INDEX_FILE
@@ -138,18 +139,14 @@ def fingerprint(t: Template) -> dict[str, Any]:
 
 
 def _template_phase(loaded: LoadedTemplate) -> str | None:
-    from PASTALib.anatomy import detect_phase
-    from PASTALib.synth.pipeline import estimate_phase
+    from PASTALib.anatomy import estimate_phase
 
-    try:
-        return detect_phase(loaded.ct, loaded.masks).phase.value
-    except AnatomyError:  # too little anatomy for the detector: the synthesizer's own estimate, if liver/kidney
-        ct_xyz = sitk.GetArrayViewFromImage(loaded.ct).transpose(2, 1, 0)
-        lab_xyz = sitk.GetArrayViewFromImage(loaded.organs).transpose(2, 1, 0)
-        has = {int(v) for v in np.unique(lab_xyz[::2, ::2, ::2])}
-        if not has & {int(Organ.KIDNEY), int(Organ.LIVER)}:
-            return None
-        return estimate_phase(ct_xyz, lab_xyz, LesionType.LIVER_TUMOR).value
+    estimate = estimate_phase(loaded.ct, masks=loaded.masks, labels=loaded.organs)
+    if estimate is not None:
+        return estimate[0].value
+    # Kidney or liver too small to measure: assume the default phase; neither segmented: unknown.
+    has = {int(v) for v in np.unique(xyz_view(loaded.organs)[::2, ::2, ::2])}
+    return LesionType.LIVER_TUMOR.default_phase.value if has & {int(Organ.KIDNEY), int(Organ.LIVER)} else None
 
 
 def index_template(t: Template) -> dict[str, Any]:
