@@ -6,16 +6,17 @@ on the same CT and weights (issue #17):
          model's own coarse pass: no organ map given) for every --fast-overlap. Agreement: Dice of every
          organ and lesion label between the two label maps, lesion recall (reference lesions the fast path
          also finds), max difference of the report attributes of matched lesions.
-  full   the full-width PastaUNet (random weights, seeded) for time, on a z-slab of TotalSegmentator's
-         example_ct (--z-slices; the whole CT's reference path is about an hour here): exact vs fast with
-         the region from the TotalSegmentator map (`--organs`), plus the coarse pass timed on its own (what
-         fast costs without a map). Also the window counts of both paths on the whole example_ct, and the
-         whole-CT speed-up they imply with the measured seconds per window.
+  full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct (the
+         whole CT's reference path is about an hour here): the windows each path runs on the whole CT
+         (fast: region from the TotalSegmentator map, as `--organs` gives it), seconds per 128³ window in
+         float32 (exact) and the fast dtype (interleaved), the coarse pass on the whole body box (what fast
+         costs without a map), and the whole-CT times they add up to. With --slab also segment_ct end to
+         end, exact vs fast, on a z-slab (--z-slices, ~20 exact windows: ~15 min on an idle machine).
 
 Prints windows, wall and CPU time, speed-up, agreement; the load average before and after.
 
     python benchmarks/bench_fast_infer.py --part tiny            # ~5 min here (training once, then cached)
-    python benchmarks/bench_fast_infer.py --part full            # ~15 min on 2 cores
+    python benchmarks/bench_fast_infer.py --part full            # ~5 min on 2 idle cores (--slab: +15 min)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.fixtures import test_data_root  # noqa: E402
+from PASTALib.infer.sliding import autocast  # noqa: E402
 
 
 def _load() -> str:
@@ -156,41 +158,20 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     return {"ct": str(ct_path), "checkpoint": str(ckpt), "runs": runs}
 
 
-def part_full(args: argparse.Namespace) -> dict[str, Any]:
+def slab_end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg) -> dict[str, Any]:
+    """segment_ct end to end, exact vs fast (organ map), on a z-slab of example_ct: the side-by-side run."""
     from PASTALib.anatomy import OrganMasks
     from PASTALib.geometry import to_canonical
-    from PASTALib.infer import InferenceConfig, PastaModel, segment_ct
-    from PASTALib.infer import fast
-    from PASTALib.infer.sliding import plan_windows
-    from PASTALib.io import read_ct, read_label
-    from PASTALib.model import PastaUNet, UNetConfig
+    from PASTALib.infer import fast, segment_ct
+    from PASTALib.io import read_label
 
     ts = test_data_root() / "totalsegmentator"
-    ct_full = read_ct(ts / "example_ct.nii.gz")
-    organs_full = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz"), reference=ct_full)
-    exact = InferenceConfig(device="cpu", num_threads=args.threads)
-    fastcfg = replace(exact, speed="fast", fast_overlap=args.full_overlap)
-
-    # window counts on the whole CT (no network): what the slab's per-window seconds are scaled by
-    canonical, mapping = to_canonical(ct_full, is_label=False, spacing=1.0)
-    hu = sitk.GetArrayFromImage(canonical)
-    org_c = sitk.GetArrayFromImage(to_canonical(organs_full.pasta_label_map(include_lesions=False), mapping,
-                                                is_label=True)[0])
-    n_exact_whole = plan_windows(hu, exact)[1]
-    n_fast_whole = plan_windows(hu, replace(fastcfg, overlap=fastcfg.fast_overlap), fast.region_from_labels(org_c, fastcfg))[1]
-    print(f"whole example_ct: exact {n_exact_whole} windows, fast (TotalSegmentator organs) {n_fast_whole} windows", flush=True)
-
+    net = pm.network
     z0, z1 = args.z_slices
     ct = ct_full[:, :, z0:z1]
     organs = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz")[:, :, z0:z1], reference=ct)
-    torch.manual_seed(args.seed)
-    net = PastaUNet(UNetConfig()).eval()
-    pm = PastaModel(net, torch.device("cpu"))
-    print(f"full width: {sum(p.numel() for p in net.parameters()):,} parameters; slab z {z0}:{z1} of example_ct, "
-          f"size {ct.GetSize()}; threads {args.threads}; bf16 on this CPU: {fast.cpu_supports_bf16()}; "
-          f"load {_load()}", flush=True)
-    out: dict[str, Any] = {"slab_z": [z0, z1], "slab_size": list(ct.GetSize()), "load_start": _load(),
-                           "whole_ct_windows": {"exact": n_exact_whole, "fast": n_fast_whole}}
+    print(f"slab z {z0}:{z1} of example_ct, size {ct.GetSize()}; load {_load()}", flush=True)
+    out: dict[str, Any] = {"slab_z": [z0, z1], "slab_size": list(ct.GetSize()), "load_start": _load()}
     plan = Plan()
     ref, dt, dc = timed(lambda: segment_ct(ct, pm, exact, progress=plan))
     out["exact"] = {"windows": plan.windows, "wall_s": round(dt, 1), "cpu_s": round(dc, 1), "plan": plan.plan,
@@ -208,19 +189,78 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
                                                    pm.segmentation_normalization(), pm.divisor))
     out["coarse_pass"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
     print(f"full coarse pass alone (fast without an organ map adds it): {dt3:.1f} s wall, {dc3:.1f} s CPU", flush=True)
-    # whole CT: measured seconds per window of each path on the slab, times the whole CT's window counts
-    per_exact = out["exact"]["sliding_window_s"] / out["exact"]["windows"]
-    per_fast = (out["fast_organ_map"]["sliding_window_s"]) / max(1, out["fast_organ_map"]["windows"])
-    whole_exact, whole_fast = n_exact_whole * per_exact, n_fast_whole * per_fast
-    # the coarse pass scales with the body volume: the slab's, times the ratio of exact window counts
-    whole_coarse = dt3 * n_exact_whole / out["exact"]["windows"]
-    out["whole_ct_projection"] = {"exact_s": round(whole_exact), "fast_organ_map_s": round(whole_fast),
-                                  "speedup_organ_map": round(whole_exact / whole_fast, 2),
-                                  "fast_coarse_pass_s": round(whole_fast + whole_coarse),
-                                  "speedup_coarse_pass": round(whole_exact / (whole_fast + whole_coarse), 2)}
-    print(f"whole example_ct, windows only, from the slab's seconds per window: exact {whole_exact / 60:.1f} min, "
-          f"fast with the organ map {whole_fast / 60:.1f} min ({whole_exact / whole_fast:.2f}x), with the coarse pass "
-          f"{(whole_fast + whole_coarse) / 60:.1f} min ({whole_exact / (whole_fast + whole_coarse):.2f}x)", flush=True)
+    return out
+
+
+def part_full(args: argparse.Namespace) -> dict[str, Any]:
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.geometry import to_canonical
+    from PASTALib.infer import InferenceConfig, PastaModel
+    from PASTALib.infer import fast
+    from PASTALib.infer.sliding import plan_windows
+    from PASTALib.io import read_ct, read_label
+    from PASTALib.model import PastaUNet, UNetConfig
+
+    ts = test_data_root() / "totalsegmentator"
+    ct_full = read_ct(ts / "example_ct.nii.gz")
+    organs_full = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz"), reference=ct_full)
+    exact = InferenceConfig(device="cpu", num_threads=args.threads)
+    fastcfg = replace(exact, speed="fast", fast_overlap=args.full_overlap[0])
+
+    # window counts on the whole CT (no network): what the slab's per-window seconds are scaled by
+    canonical, mapping = to_canonical(ct_full, is_label=False, spacing=1.0)
+    hu = sitk.GetArrayFromImage(canonical)
+    org_c = sitk.GetArrayFromImage(to_canonical(organs_full.pasta_label_map(include_lesions=False), mapping,
+                                                is_label=True)[0])
+    n_exact_whole = plan_windows(hu, exact)[1]
+    region = fast.region_from_labels(org_c, fastcfg)
+    n_fast = {ov: plan_windows(hu, replace(fastcfg, overlap=ov), region)[1] for ov in args.full_overlap}
+    print(f"whole example_ct: exact {n_exact_whole} windows, fast (TotalSegmentator organs) "
+          + ", ".join(f"{n} windows at overlap {ov}" for ov, n in n_fast.items()), flush=True)
+
+    torch.manual_seed(args.seed)
+    net = PastaUNet(UNetConfig()).eval()
+    pm = PastaModel(net, torch.device("cpu"))
+    bf16 = fast.window_dtype(torch.device("cpu"), fastcfg)
+    print(f"full width: {sum(p.numel() for p in net.parameters()):,} parameters, threads {args.threads}, fast dtype "
+          f"{bf16} (native bf16 on this CPU: {fast.cpu_supports_bf16()}); load {_load()}", flush=True)
+    out: dict[str, Any] = {"load_start": _load(), "whole_ct_windows": {"exact": n_exact_whole, **{f"fast_overlap_{ov}": n for ov, n in n_fast.items()}}}
+    # seconds per 128³ window, float32 (exact) and the fast dtype, interleaved, on the CT's centre window
+    box = plan_windows(hu, exact)[0]
+    centre = tuple(slice((b.start + b.stop) // 2 - 64, (b.start + b.stop) // 2 + 64) for b in box)
+    x = torch.from_numpy(np.asarray(pm.segmentation_normalization()(hu[centre]), np.float32))[None, None]
+    per: dict[str, list[list[float]]] = {"exact": [], "fast": []}
+    with torch.no_grad():
+        for r in range(args.window_repeats):
+            for name, dtype in (("exact", None), ("fast", bf16)):
+                with autocast(torch.device("cpu"), dtype):
+                    _, dt, dc = timed(lambda: net.segment(x))
+                per[name].append([dt, dc])
+                print(f"  window {r + 1}/{args.window_repeats} {name}: {dt:.1f} s wall, {dc:.1f} s CPU (load {_load()})",
+                      flush=True)
+    med = {k: [float(np.median([v[i] for v in per[k]])) for i in (0, 1)] for k in per}
+    out["window_s"] = {k: {"wall": [round(v[0], 1) for v in per[k]], "cpu": [round(v[1], 1) for v in per[k]]} for k in per}
+    _, dt3, dc3 = timed(lambda: fast.coarse_region(net, hu[box], fastcfg, torch.device("cpu"),
+                                                   pm.segmentation_normalization(), pm.divisor))
+    out["coarse_pass_whole_ct"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
+    print(f"coarse pass on the whole body box (what fast costs without an organ map): {dt3:.1f} s wall, {dc3:.1f} s CPU",
+          flush=True)
+    proj = {}
+    for ov, n_fast_whole in n_fast.items():
+        for i, unit in enumerate(("wall", "cpu")):
+            t_exact = n_exact_whole * med["exact"][i]
+            t_map = n_fast_whole * med["fast"][i]
+            t_coarse = t_map + (dt3, dc3)[i]
+            proj[f"overlap_{ov}_{unit}"] = {
+                "exact_s": round(t_exact), "fast_organ_map_s": round(t_map), "fast_coarse_pass_s": round(t_coarse),
+                "speedup_organ_map": round(t_exact / t_map, 2), "speedup_coarse_pass": round(t_exact / t_coarse, 2)}
+            print(f"whole example_ct windows, fast overlap {ov} ({unit} time): exact {n_exact_whole} x "
+                  f"{med['exact'][i]:.1f} s = {t_exact / 60:.1f} min; fast {n_fast_whole} x {med['fast'][i]:.1f} s = "
+                  f"{t_map / 60:.1f} min with the organ map ({t_exact / t_map:.2f}x), {t_coarse / 60:.1f} min with "
+                  f"the coarse pass ({t_exact / t_coarse:.2f}x)", flush=True)
+    out["whole_ct_projection"] = proj
+    if args.slab:
+        out["slab"] = slab_end_to_end(args, ct_full, pm, exact, fastcfg)
     out["load_end"] = _load()
     return out
 
@@ -233,9 +273,13 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="tiny part: these weights (with --ct) instead of the cached test model")
     ap.add_argument("--ct", help="tiny part: CT for --checkpoint")
     ap.add_argument("--fast-overlap", type=float, nargs="+", default=[0.25, 0.0], help="tiny part: fast overlaps tried")
-    ap.add_argument("--full-overlap", type=float, default=0.25, help="full part: the fast path's overlap")
+    ap.add_argument("--full-overlap", type=float, nargs="+", default=[0.25, 0.0],
+                    help="full part: fast overlaps counted (the first one for --slab)")
     ap.add_argument("--z-slices", type=int, nargs=2, default=(66, 96), metavar=("Z0", "Z1"),
                     help="full part: example_ct slices (3 mm) of the slab (default 66 96: kidneys, liver, pancreas)")
+    ap.add_argument("--window-repeats", type=int, default=2, help="full part: timed 128³ windows per dtype")
+    ap.add_argument("--slab", action="store_true", help="full part: also segment_ct end to end, exact vs fast, on "
+                                                        "the --z-slices slab (about 20 exact windows: ~15 min idle)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the summary here")
