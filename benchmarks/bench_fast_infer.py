@@ -219,7 +219,7 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
           + ", ".join(f"{n} windows at overlap {ov}" for ov, n in n_fast.items()), flush=True)
 
     torch.manual_seed(args.seed)
-    net = PastaUNet(UNetConfig()).eval()
+    net = PastaUNet(UNetConfig.tiny() if args.width == "tiny" else UNetConfig()).eval()
     pm = PastaModel(net, torch.device("cpu"))
     bf16 = fast.window_dtype(torch.device("cpu"), fastcfg)
     print(f"full width: {sum(p.numel() for p in net.parameters()):,} parameters, threads {args.threads}, fast dtype "
@@ -277,6 +277,7 @@ def main() -> None:
                     help="full part: fast overlaps counted (the first one for --slab)")
     ap.add_argument("--z-slices", type=int, nargs=2, default=(66, 96), metavar=("Z0", "Z1"),
                     help="full part: example_ct slices (3 mm) of the slab (default 66 96: kidneys, liver, pancreas)")
+    ap.add_argument("--width", choices=("full", "tiny"), default="full", help="full part: network width (tiny: a smoke run)")
     ap.add_argument("--window-repeats", type=int, default=2, help="full part: timed 128³ windows per dtype")
     ap.add_argument("--slab", action="store_true", help="full part: also segment_ct end to end, exact vs fast, on "
                                                         "the --z-slices slab (about 20 exact windows: ~15 min idle)")
