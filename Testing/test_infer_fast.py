@@ -75,7 +75,7 @@ def test_skipped_windows_are_not_run_and_give_background():
 
 def test_fast_agrees_with_exact_when_the_region_is_everything(monkeypatch):
     monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: False)  # full precision both ways
-    hu, net = _body(), _net()
+    hu, net = _body((32, 64, 64)), _net()
     cfg = InferenceConfig(patch_size=PATCH, overlap=0.25, spacing_mm=4.5)
     exact, box = segment_canonical(net, hu, cfg, CPU)
     organs = np.where(hu > -500, 2, 0).astype(np.uint8)
