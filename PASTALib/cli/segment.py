@@ -33,6 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--compat", choices=("pasta", "authors"), default="pasta",
                    help="authors: the authors' settings for models fine-tuned their way (ndimage.zoom resampling with "
                         "aligned corners, logits blended with nnU-Net's Gaussian, mirroring unless --no-mirror; 8x slower)")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--fast", dest="speed", action="store_const", const="fast",
+                       help="CPU fast path: windows only over the (dilated) organs PASTA reports on except bone, taken "
+                            "from --organs or a coarse pass; overlap 0.25; bf16 where the CPU has native bf16. "
+                            "Several times faster; lesions far outside those organs and bone metastases are not "
+                            "searched (BENCHMARKS.md)")
+    speed.add_argument("--exact", dest="speed", action="store_const", const="exact",
+                       help="the reference path: every window of the body, overlap 0.5, full precision on CPU (default)")
     p.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
     p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
@@ -70,6 +78,8 @@ class _Progress:
                 self.bar.update(target - self.n)
                 self.n = target
             self.bar.set_postfix_str(message[:60], refresh=False)
+        if message.startswith("plan:") and not self.lines:  # the estimate is shown even without PROGRESS lines
+            print(message, file=sys.stderr, flush=True)
         if self.lines and (fraction - self.last >= 0.002 or fraction >= 1.0 or "window" not in message):
             self.last = fraction
             progress_line(fraction, message)
@@ -91,7 +101,7 @@ def _segment(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap, "batch_size": args.sw_batch_size,
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
-        "num_threads": args.threads,
+        "num_threads": args.threads, "speed": args.speed,
     }.items() if v is not None}
     mirroring = args.compat == "authors" if args.mirror is None else args.mirror
     cfg = InferenceConfig(device=args.device, mirroring=mirroring, amp=args.amp, compat=args.compat, **overrides)

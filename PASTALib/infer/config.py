@@ -47,11 +47,21 @@ class InferenceConfig:
     #: corners, logits blended with nnU-Net's Gaussian; PASTALib.infer.compat). Mirroring stays its own switch
     #: (``mirroring``; `pasta segment --compat authors` turns it on, as nnU-Net's predictor does by default)
     compat: str = "pasta"
+    #: "exact" (the reference path: every window of the body box) or "fast" (PASTALib.infer.fast: windows only
+    #: over the dilated ``fast_organs`` region, ``fast_overlap``, bf16 autocast on CPUs with native bf16)
+    speed: str = "exact"
+    fast_overlap: float = 0.25
+    fast_margin_mm: float = 16.0  # organ region grown by this much: lesions at an organ's edge, coarse-pass misses
+    fast_coarse_factor: float = 2.0  # coarse organ pass at this multiple of spacing_mm (no organ map given)
+    #: organs (1-10) whose region is segmented in fast mode; bone (10) is left out: the skeleton spans the
+    #: whole body, so with it no window would be skipped (bone metastases need --exact)
+    fast_organs: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
         self.crop_size = tuple(int(v) for v in self.crop_size)  # type: ignore[assignment]
         self.mirror_axes = tuple(int(v) for v in self.mirror_axes)
+        self.fast_organs = tuple(int(v) for v in self.fast_organs)
         if self.slf_values is not None:
             self.slf_values = tuple(float(v) for v in self.slf_values)
 
@@ -72,6 +82,15 @@ class InferenceConfig:
             raise InferenceError("spacing must be positive")
         if self.compat not in ("pasta", "authors"):
             raise InferenceError(f"compat must be pasta or authors, not {self.compat!r}")
+        if self.speed not in ("exact", "fast"):
+            raise InferenceError(f"speed must be exact or fast, not {self.speed!r}")
+        if self.speed == "fast" and self.compat == "authors":
+            raise InferenceError("fast mode skips windows, which the authors' logit blending (--compat authors) "
+                                 "cannot represent; use --exact with --compat authors")
+        if not 0.0 <= self.fast_overlap < 1.0 or self.fast_coarse_factor < 1.0 or self.fast_margin_mm < 0:
+            raise InferenceError("fast_overlap must be in [0, 1), fast_coarse_factor >= 1 and fast_margin_mm >= 0")
+        if not self.fast_organs or any(v not in range(1, 11) for v in self.fast_organs):
+            raise InferenceError(f"fast_organs must be organ labels 1-10, got {self.fast_organs}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

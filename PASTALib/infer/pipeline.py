@@ -216,6 +216,18 @@ def decide_phase(cfg: InferenceConfig, ct: sitk.Image, labels: sitk.Image, organ
     return lesion_type.default_phase, f"default phase of {lesion_type.slug} (no vessel, kidney or liver HU to measure)"
 
 
+def _organ_map_on(ct: sitk.Image, organ_masks: Any) -> sitk.Image:
+    """PASTA organ values 1-10 of ``organ_masks`` on the CT's grid."""
+    from PASTALib.anatomy import OrganMasks
+
+    if organ_masks.label_map.GetSize() != ct.GetSize():
+        organ_masks = OrganMasks.from_label_map(organ_masks.label_map, organ_masks.names, reference=ct,
+                                                source=organ_masks.source)
+    organ_map = organ_masks.pasta_label_map(include_lesions=False)
+    organ_map.CopyInformation(ct)
+    return organ_map
+
+
 def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.Module,
                cfg: InferenceConfig | None = None, *, organ_masks: Any = None,
                progress: ProgressFn | None = None) -> SegmentationResult:
@@ -252,9 +264,13 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
     timings["to_canonical"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    organ_labels = None
+    if cfg.speed == "fast" and organ_masks is not None:  # the user's organ map bounds the windows: no coarse pass
+        organ_c, _ = to_canonical(_organ_map_on(ct, organ_masks), mapping, is_label=True)
+        organ_labels = sitk.GetArrayFromImage(organ_c)
     lab_c, box = segment_canonical(pm.network, hu, cfg, pm.device, slf_values=pm.slf_values, progress=report,
                                    normalize=pm.segmentation_normalization(),
-                                   fraction_range=(0.05, 0.85))
+                                   fraction_range=(0.05, 0.85), organ_labels=organ_labels)
     lut = pm.channel_values()
     if lut is not None:  # fine-tuned: output channel c → the annotated label value of class c
         lab_c = lut[lab_c]
@@ -295,14 +311,7 @@ def report_lesions(ct: sitk.Image, labels: sitk.Image, model: PastaModel | torch
     timings: dict[str, float] = {}
     say(0.88, "finding lesions")
     t = time.perf_counter()
-    organ_labels = None
-    if organ_masks is not None:
-        from PASTALib.anatomy import OrganMasks
-
-        if organ_masks.label_map.GetSize() != ct.GetSize():
-            organ_masks = OrganMasks.from_label_map(organ_masks.label_map, organ_masks.names, reference=ct,
-                                                    source=organ_masks.source)
-        organ_labels = organ_masks.pasta_label_map(include_lesions=False)
+    organ_labels = None if organ_masks is None else _organ_map_on(ct, organ_masks)
     labels, instances, lesions = find_lesions(ct, labels, min_volume_mm3=cfg.min_lesion_volume_mm3,
                                               organ_shell_mm=cfg.organ_shell_mm, organ_labels=organ_labels)
     labels, components = find_components(ct, labels, pm.annotated_names, min_volume_mm3=cfg.min_lesion_volume_mm3,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import time
+from dataclasses import replace
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from PASTALib.infer.config import InferenceConfig, amp_dtype
+from PASTALib.infer.config import InferenceConfig
 from PASTALib.model.preprocess import SLF_VALUES, SLFNormalization
 
 ProgressFn = Callable[[float, str], None]
@@ -49,26 +51,41 @@ def _mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
     return [combo for k in range(len(axes) + 1) for combo in itertools.combinations(axes, k)]
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; no autocast with None."""
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _minutes(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{max(1, round(seconds))} s"
+
+
 class WindowPredictor:
-    """Window → softmax probabilities; optional mirroring TTA; AMP on CUDA; counts windows."""
+    """Window → softmax probabilities; optional mirroring TTA; autocast (``fast.window_dtype``); counts windows
+    and tells the time left. With a ``region`` (MONAI's ``with_coord``) windows holding no region voxel are
+    not run: they give background."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, cfg: InferenceConfig,
-                 progress: ProgressFn | None = None, total_windows: int = 1, fraction_range: tuple[float, float] = (0.0, 1.0)) -> None:
+                 progress: ProgressFn | None = None, total_windows: int = 1, fraction_range: tuple[float, float] = (0.0, 1.0),
+                 region: torch.Tensor | None = None) -> None:
+        from PASTALib.infer.fast import window_dtype
+
         self.model, self.device, self.cfg = model, device, cfg
-        self.dtype = amp_dtype(device, cfg.amp)
+        self.dtype = window_dtype(device, cfg)
         self.authors = cfg.compat == "authors"  # nnU-Net's predictor: logits averaged, softmax after blending
         # Mirroring is not forced by compat: averaging over flips only helps a model trained with mirror
         # augmentation (the test model is not flip-invariant: liver DSC 0.86 -> 0.46 with mirroring)
         self.flips = _mirror_sets(cfg.mirror_axes) if cfg.mirroring else [()]
         self.progress, self.total, self.range = progress, max(1, total_windows), fraction_range
-        self.done = 0
+        self.region = region
+        self.done = self.skipped = 0
+        self.started: float | None = None
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        ctx = torch.autocast(device_type="cuda", dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
-        with ctx:
+        with autocast(self.device, self.dtype):
             return self.model.segment(x).float()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         prob = None
         for flip in self.flips:
             dims = [a + 2 for a in flip]
@@ -78,13 +95,30 @@ class WindowPredictor:
                 p = torch.flip(p, dims)
             prob = p if prob is None else prob + p
         assert prob is not None
-        if len(self.flips) > 1:
-            prob = prob / len(self.flips)
-        self.done += x.shape[0]
-        if self.progress is not None:
+        return prob / len(self.flips) if len(self.flips) > 1 else prob
+
+    def __call__(self, x: torch.Tensor, coords: Sequence[Sequence[slice]] | None = None) -> torch.Tensor:
+        if self.started is None:
+            self.started = time.perf_counter()
+        keep = list(range(x.shape[0]))
+        if coords is not None and self.region is not None:  # coords: [batch, channel, z, y, x] slices per window
+            keep = [i for i, c in enumerate(coords) if bool(self.region[tuple(c[2:])].any())]
+        self.skipped += x.shape[0] - len(keep)
+        if len(keep) == x.shape[0]:
+            prob = self._probabilities(x)
+        else:
+            n_out = int(getattr(getattr(self.model, "config", None), "num_seg_classes", 26))
+            prob = torch.zeros((x.shape[0], n_out, *x.shape[2:]), device=x.device)
+            prob[:, 0] = 1.0  # background
+            if keep:
+                prob[keep] = self._probabilities(x[keep])
+        self.done += len(keep)
+        if self.progress is not None and keep:
             lo, hi = self.range
             f = min(1.0, self.done / self.total)
-            self.progress(lo + (hi - lo) * f, f"segmenting: window {min(self.done, self.total)}/{self.total}")
+            left = (time.perf_counter() - self.started) / self.done * max(0, self.total - self.done)
+            self.progress(lo + (hi - lo) * f, f"segmenting: window {min(self.done, self.total)}/{self.total}, "
+                                              f"{_minutes(left)} left")
         return prob
 
 
@@ -103,11 +137,13 @@ def sliding_window_probabilities(
     model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
     *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
     fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    region: np.ndarray | None = None,
 ) -> torch.Tensor:
     """(C, z, y, x) float32 softmax probabilities of a canonical HU array (on the aggregation device).
 
     ``normalize``: the network's segmentation input map (a checkpoint's, PASTALib.model.preprocess);
-    None: the SLF map with ``slf_values``."""
+    None: the SLF map with ``slf_values``. ``region``: boolean array of the same shape; windows holding
+    none of its voxels are not run (background probability 1 there, PASTALib.infer.fast)."""
     from monai.inferers import sliding_window_inference
 
     normalize = normalize or SLFNormalization(tuple(slf_values))
@@ -122,8 +158,17 @@ def sliding_window_probabilities(
                                     value=air)
     n_classes = int(getattr(getattr(model, "config", None), "num_seg_classes", 26))
     out_device = _aggregate_device(device, cfg, hu_zyx.shape, n_classes)
-    predictor = WindowPredictor(model, device, cfg, progress, count_windows(padded, cfg.patch_size, cfg.overlap),
-                                fraction_range)
+    region_t = None
+    n_windows = count_windows(padded, cfg.patch_size, cfg.overlap)
+    if region is not None:
+        from PASTALib.infer.fast import windows_with_region
+
+        if region.shape != shape:
+            raise ValueError(f"region shape {region.shape} differs from the array's {shape}")
+        n_windows = sum(windows_with_region(region, cfg.patch_size, cfg.overlap))
+        region_t = torch.zeros(padded, dtype=torch.bool)
+        region_t[: shape[0], : shape[1], : shape[2]] = torch.from_numpy(np.asarray(region, bool))
+    predictor = WindowPredictor(model, device, cfg, progress, n_windows, fraction_range, region_t)
     weight_map = None
     if cfg.compat == "authors":
         from PASTALib.infer.compat import nnunet_gaussian
@@ -132,30 +177,71 @@ def sliding_window_probabilities(
     prob = sliding_window_inference(
         x.to(out_device), roi_size=cfg.patch_size, sw_batch_size=cfg.batch_size, predictor=predictor,
         overlap=cfg.overlap, mode="gaussian", sigma_scale=cfg.sigma_scale, padding_mode="constant", cval=air,
-        sw_device=device, device=out_device, roi_weight_map=weight_map,
+        sw_device=device, device=out_device, roi_weight_map=weight_map, with_coord=region is not None,
     )
     if cfg.compat == "authors":  # blended logits → probabilities (nnU-Net's order)
         prob = torch.softmax(prob, dim=1)
     return prob[0, :, : shape[0], : shape[1], : shape[2]]
 
 
-def segment_canonical(
-    model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
-    *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
-    fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
-    """Argmax label array (uint8, z, y, x) of a canonical HU array, and the box that was segmented.
-
-    With ``crop_to_body`` only the body's bounding box is run through the network; voxels
-    outside it are background (air around the patient, the table).
-    """
+def plan_windows(hu_zyx: np.ndarray, cfg: InferenceConfig, region: np.ndarray | None = None
+                 ) -> tuple[tuple[slice, slice, slice], int]:
+    """The box the windows tile (body box, or with a ``region`` its box within the body box) and the number of
+    windows the network runs there (with a region: those holding a region voxel)."""
     if cfg.crop_to_body:
         margin = int(math.ceil(cfg.body_margin_mm / cfg.spacing_mm))
         box = body_box(hu_zyx, cfg.body_threshold_hu, margin)
     else:
         box = tuple(slice(0, n) for n in hu_zyx.shape)  # type: ignore[assignment]
+    if region is None:
+        shape = [max(s.stop - s.start, r) for s, r in zip(box, cfg.patch_size)]
+        return box, count_windows(shape, cfg.patch_size, cfg.overlap)  # type: ignore[return-value]
+    from PASTALib.infer.fast import region_box, windows_with_region
+
+    inner = region_box(region[box])
+    if inner is None:
+        return tuple(slice(s.start, s.start) for s in box), 0  # type: ignore[return-value]
+    box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))  # type: ignore[assignment]
+    return box, sum(windows_with_region(region[box], cfg.patch_size, cfg.overlap))  # type: ignore[return-value]
+
+
+def segment_canonical(
+    model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
+    *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
+    fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    organ_labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """Argmax label array (uint8, z, y, x) of a canonical HU array, and the box that was segmented.
+
+    With ``crop_to_body`` only the body's bounding box is run through the network; voxels
+    outside it are background (air around the patient, the table). With ``cfg.speed == "fast"``
+    only windows over the dilated organ region are run (PASTALib.infer.fast): the region comes
+    from ``organ_labels`` (a canonical PASTA organ map, e.g. from TotalSegmentator) when given, else
+    from a coarse pass of the model. Before the windows, ``progress`` gets a "plan: about N windows,
+    ~M on this machine" message.
+    """
+    from PASTALib.infer import fast
+
+    say = progress or (lambda f, m: None)
+    lo, hi = fraction_range
+    normalize = normalize or SLFNormalization(tuple(slf_values))
+    divisor = int(getattr(getattr(model, "config", None), "divisor", 32))
+    region = None
+    if cfg.speed == "fast":
+        if organ_labels is not None:
+            region = fast.region_from_labels(organ_labels, cfg)
+        else:
+            say(lo, "coarse organ pass")
+            region = fast.coarse_region(model, hu_zyx, cfg, device, normalize, divisor)
+            lo = lo + 0.1 * (hi - lo)
+        cfg = replace(cfg, overlap=cfg.fast_overlap)
+    box, n_windows = plan_windows(hu_zyx, cfg, region)
+    per_window = fast.probe_seconds_per_window(model, cfg, device, divisor, fast.window_dtype(device, cfg))
+    say(lo, f"plan: about {n_windows} windows ({cfg.speed}), {_minutes(n_windows * per_window)} on this machine")
     labels = np.zeros(hu_zyx.shape, np.uint8)
-    prob = sliding_window_probabilities(model, hu_zyx[box], cfg, device, slf_values=slf_values, progress=progress,
-                                        fraction_range=fraction_range, normalize=normalize)
+    if n_windows == 0:
+        return labels, box
+    prob = sliding_window_probabilities(model, hu_zyx[box], cfg, device, progress=progress, fraction_range=(lo, hi),
+                                        normalize=normalize, region=None if region is None else region[box])
     labels[box] = prob.argmax(0).to(torch.uint8).cpu().numpy()
     return labels, box  # type: ignore[return-value]

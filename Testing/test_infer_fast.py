@@ -1,0 +1,166 @@
+"""The fast CPU path (PASTALib.infer.fast, `pasta segment --fast`): window plan, skipped windows, agreement
+with the exact path, the plan line, --fast/--exact, bf16 only on CPUs with native bf16. Tiny random networks
+and small arrays made here (agreement with the trained test model: benchmarks/bench_fast_infer.py)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import segment_cli
+from PASTALib.infer import InferenceConfig, InferenceError
+from PASTALib.infer import fast
+from PASTALib.infer.sliding import plan_windows, segment_canonical, sliding_window_probabilities
+
+CPU = torch.device("cpu")
+PATCH = (32, 32, 32)
+
+
+def _net():
+    from PASTALib.model import PastaUNet, UNetConfig
+
+    torch.manual_seed(0)
+    return PastaUNet(UNetConfig.tiny(num_stages=5, base_channels=8)).eval()
+
+
+def _body(shape=(40, 96, 96)) -> np.ndarray:
+    hu = np.full(shape, -1000.0, np.float32)
+    hu[2:-2, 4:-4, 4:-4] = 40.0
+    return hu
+
+
+class Counting(torch.nn.Module):
+    """The network, counting the windows it segments."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.config, self.windows = net, net.config, 0
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        self.windows += x.shape[0]
+        return self.net.segment(x)
+
+
+def test_window_plan_skips_windows_without_organ():
+    hu = _body()
+    cfg = InferenceConfig(patch_size=PATCH, overlap=0.0, spacing_mm=4.5, fast_margin_mm=0.0)
+    box, n_exact = plan_windows(hu, cfg)
+    assert n_exact == 2 * 3 * 3  # body box 40 x 96 x 96 (margin clipped) with 32³ windows, no overlap
+    organs = np.zeros(hu.shape, np.uint8)
+    organs[5:10, 10:20, 10:20] = 2  # liver in one corner: one window
+    region = fast.region_from_labels(organs, cfg)
+    box, n_fast = plan_windows(hu, cfg, region)
+    assert n_fast == 1 and [s.stop - s.start for s in box] == [5, 10, 10]
+    organs[30:35, 70:80, 70:80] = 10  # bone is not in the default fast organs
+    assert plan_windows(hu, cfg, fast.region_from_labels(organs, cfg))[1] == 1
+    organs[30:35, 70:80, 70:80] = 24  # a kidney cyst counts as its organ's region
+    box, n_two = plan_windows(hu, cfg, fast.region_from_labels(organs, cfg))
+    assert n_two == sum(fast.windows_with_region(fast.region_from_labels(organs, cfg)[box], PATCH, 0.0)) < 2 * 3 * 3
+
+
+def test_skipped_windows_are_not_run_and_give_background():
+    hu = _body((32, 96, 96))
+    cfg = InferenceConfig(patch_size=PATCH, overlap=0.0, spacing_mm=4.5)
+    region = np.zeros(hu.shape, bool)
+    region[3:6, 40:45, 70:75] = True  # inside the window y 32:64, x 64:96
+    net = Counting(_net())
+    prob = sliding_window_probabilities(net, hu, cfg, CPU, region=region)
+    assert net.windows == 1 == sum(fast.windows_with_region(region, PATCH, 0.0))
+    assert torch.all(prob[0, :, :32, :64] == 1.0) and torch.all(prob[0, :, :, 64:][:, :32] == 1.0)
+    assert not torch.all(prob[0, :, 32:64, 64:] == 1.0)  # the window that was run: the network's answer
+
+
+def test_fast_agrees_with_exact_when_the_region_is_everything(monkeypatch):
+    monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: False)  # full precision both ways
+    hu, net = _body((32, 64, 64)), _net()
+    cfg = InferenceConfig(patch_size=PATCH, overlap=0.25, spacing_mm=4.5)
+    exact, box = segment_canonical(net, hu, cfg, CPU)
+    organs = np.where(hu > -500, 2, 0).astype(np.uint8)
+    fast_labels, fast_box = segment_canonical(net, hu, replace(cfg, speed="fast", fast_overlap=0.25), CPU,
+                                              organ_labels=organs)
+    assert np.array_equal(exact[fast_box], fast_labels[fast_box]) and exact[fast_box].any()
+    outside = np.ones(hu.shape, bool)
+    outside[fast_box] = False
+    assert not fast_labels[outside].any()  # outside the region's box: background
+
+
+def test_coarse_pass_region_covers_the_fine_grid():
+    hu = _body()
+    cfg = InferenceConfig(patch_size=PATCH, spacing_mm=4.5, speed="fast")
+    assert fast.coarse_patch(cfg, 16) == (32, 32, 32)  # two divisors at least (instance norm at the bottleneck)
+    region = fast.coarse_region(_net(), hu, cfg, CPU, None, 16)
+    assert region.shape == hu.shape and region.dtype == bool
+
+
+def test_plan_message_and_time_left():
+    messages = []
+    hu, cfg = _body((32, 64, 64)), InferenceConfig(patch_size=PATCH, spacing_mm=4.5)
+    n = plan_windows(hu, cfg)[1]
+    assert n == 9  # box 32 x 60 x 60: 1 x 3 x 3 windows at overlap 0.5
+    segment_canonical(_net(), hu, cfg, CPU, progress=lambda f, m: messages.append(m))
+    assert messages[0].startswith("plan: about 9 windows (exact), ~") and messages[0].endswith("on this machine")
+    assert messages[-1].startswith("segmenting: window 9/9, ~") and messages[-1].endswith("left")
+    assert len([m for m in messages if m.startswith("segmenting")]) == 5  # one per batch of 2 windows
+
+
+def test_bf16_only_where_the_cpu_has_it(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t: fpu sse avx2 avx512f\n")
+    assert not fast.cpu_supports_bf16(info)
+    info.write_text("flags\t: fpu avx512f avx512_bf16\n")
+    assert fast.cpu_supports_bf16(info)
+    assert not fast.cpu_supports_bf16(tmp_path / "missing")
+    cfg = InferenceConfig(speed="fast")
+    monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: True)
+    assert fast.window_dtype(CPU, cfg) == torch.bfloat16
+    assert fast.window_dtype(CPU, replace(cfg, speed="exact")) is None  # the reference path stays float32
+    assert fast.window_dtype(CPU, replace(cfg, amp=False)) is None
+    monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: False)
+    assert fast.window_dtype(CPU, cfg) is None  # emulated bf16 is slower than float32
+
+
+def test_config_checks():
+    with pytest.raises(InferenceError, match="exact or fast"):
+        InferenceConfig(speed="quick").validate()
+    with pytest.raises(InferenceError, match="--exact with --compat authors"):
+        InferenceConfig(speed="fast", compat="authors").validate()
+    with pytest.raises(InferenceError, match="organ labels 1-10"):
+        InferenceConfig(speed="fast", fast_organs=(11,)).validate()
+
+
+def _parse(argv):
+    import argparse
+
+    from PASTALib.cli import segment
+
+    parser = argparse.ArgumentParser(prog="pasta")
+    segment.add_parser(parser.add_subparsers(dest="group"))
+    return parser.parse_args(["segment", "--ct", "a.nii.gz", "--out", "o", *argv])
+
+
+def test_fast_exact_flags():
+    assert _parse([]).speed is None  # the config default (exact)
+    assert _parse(["--fast"]).speed == "fast" and _parse(["--exact"]).speed == "exact"
+    with pytest.raises(SystemExit):
+        _parse(["--fast", "--exact"])
+
+
+def test_segment_cli_prints_the_plan(tmp_path):
+    import SimpleITK as sitk
+
+    torch.save(_net().state_dict(), tmp_path / "model_final.pth")
+    ct = sitk.GetImageFromArray(_body((16, 40, 40)).astype(np.int16))
+    ct.SetSpacing((4.5, 4.5, 4.5))
+    sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
+    common = ["--ct", str(tmp_path / "ct.nii.gz"), "--checkpoint", str(tmp_path / "model_final.pth"), "--device", "cpu",
+              "--patch-size", "32", "--spacing", "4.5", "--crop-size", "32", "--threads", "1", "--no-progress-bar"]
+    rc, out, err = segment_cli([*common, "--out", str(tmp_path / "a"), "--fast"])
+    assert rc == 0, err
+    assert "plan: about" in err and "(fast)" in err and "on this machine" in err
+    rc, out, err = segment_cli([*common, "--out", str(tmp_path / "b"), "--exact", "--progress-lines"])
+    assert rc == 0, err
+    assert any(line.startswith("PROGRESS") and "plan: about 4 windows (exact)" in line for line in out.splitlines())
+    assert any("segmenting: window 4/4" in line and "left" in line for line in out.splitlines())

@@ -1,0 +1,313 @@
+"""The fast CPU path (``pasta segment --fast``) against the reference path (``--exact``), side by side in one run
+on the same CT and weights (issue #17):
+
+  tiny   the tiny model the tests train (Testing/conftest.py: `case` + `checkpoint`, trained once into
+         --tiny-cache), on the test CT, so that lesions exist: segment_ct exact vs fast (region from the
+         model's own coarse pass: no organ map given) for every --fast-overlap. Agreement: Dice of every
+         organ and lesion label between the two label maps, lesion recall (reference lesions the fast path
+         also finds), max difference of the report attributes of matched lesions.
+  full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct (the
+         whole CT's reference path is about an hour here): the windows each path runs on the whole CT
+         (fast: region from the TotalSegmentator map, as `--organs` gives it), seconds per 128³ window in
+         float32 (exact) and the fast dtype (interleaved), the coarse pass on the whole body box (what fast
+         costs without a map), and the whole-CT times they add up to. With --slab also segment_ct end to
+         end, exact vs fast, on a z-slab (--z-slices, ~20 exact windows: ~15 min on an idle machine).
+
+Prints windows, wall and CPU time, speed-up, agreement; the load average before and after.
+
+    python benchmarks/bench_fast_infer.py --part tiny            # ~5 min here (training once, then cached)
+    python benchmarks/bench_fast_infer.py --part full            # ~5 min on 2 idle cores (--slab: +15 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.fixtures import test_data_root  # noqa: E402
+from PASTALib.infer.sliding import autocast  # noqa: E402
+
+
+def _load() -> str:
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def timed(fn) -> tuple[Any, float, float]:
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - t, time.process_time() - c
+
+
+class Plan:
+    """Progress callback that keeps the plan line (window count) and the last message."""
+
+    def __init__(self) -> None:
+        self.plan, self.windows, self.last = "", None, ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.last = message
+        if message.startswith("plan:"):
+            self.plan, self.windows = message, int(message.split()[2])
+
+
+def tiny_model(cache: Path) -> tuple[Path, Path]:
+    """(test CT, checkpoint) of the test suite's tiny model, trained once into ``cache``."""
+    ct, ckpt = cache / "infer" / "test_ct.nii.gz", cache / "infer" / "model_final.pth"
+    if ct.is_file() and ckpt.is_file():
+        return ct, ckpt
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+    import conftest
+
+    def mktemp(name: str) -> Path:
+        (cache / name).mkdir(parents=True, exist_ok=True)
+        return cache / name
+
+    case = conftest.case.__wrapped__(test_data_root() / "totalsegmentator", SimpleNamespace(mktemp=mktemp))
+    print(f"training the tiny test model into {cache} (once) ...", flush=True)
+    conftest.checkpoint.__wrapped__(case)
+    return ct, ckpt
+
+
+def dice_per_label(ref: np.ndarray, other: np.ndarray) -> dict[int, float]:
+    out = {}
+    for v in sorted(set(np.unique(ref)) | set(np.unique(other)) - {0}):
+        a, b = ref == v, other == v
+        out[int(v)] = round(2.0 * float((a & b).sum()) / float(a.sum() + b.sum()), 4)
+    return out
+
+
+def _numbers(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a details() dict to {dotted key: leaf}."""
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _numbers(val, f"{prefix}{key}.").items()}
+    if isinstance(d, (list, tuple)):
+        return {k: v for i, val in enumerate(d) for k, v in _numbers(val, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): d}
+
+
+def lesion_agreement(ref, other) -> dict[str, Any]:
+    """Lesion recall (a reference lesion counts as found when a fast lesion instance overlaps it) and the max
+    difference of the report attributes (every numeric field of lesions.json; text fields that differ)."""
+    ri, oi = sitk.GetArrayViewFromImage(ref.instances), sitk.GetArrayViewFromImage(other.instances)
+    found, numeric, text = 0, {}, set()
+    by_index = {f.index: f for f in other.lesions}
+    for f in ref.lesions:
+        hits = oi[ri == f.index]
+        hits = hits[hits > 0]
+        if not hits.size:
+            continue
+        found += 1
+        match = by_index[int(np.bincount(hits).argmax())]
+        a, b = _numbers(f.details()), _numbers(match.details())
+        for k in a.keys() & b.keys():
+            if k in ("index",):
+                continue
+            if isinstance(a[k], (int, float)) and not isinstance(a[k], bool) and isinstance(b[k], (int, float)):
+                numeric[k] = max(numeric.get(k, 0.0), abs(float(a[k]) - float(b[k])))
+            elif a[k] != b[k]:
+                text.add(k)
+    return {"reference_lesions": len(ref.lesions), "fast_lesions": len(other.lesions),
+            "lesion_recall": found / len(ref.lesions) if ref.lesions else float("nan"),
+            "max_attribute_diff": {k: round(v, 4) for k, v in sorted(numeric.items()) if v},
+            "text_fields_differing": sorted(text)}
+
+
+def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
+    from PASTALib.infer import InferenceConfig, load_model, segment_ct
+    from PASTALib.io import read_ct
+
+    ct_path, ckpt = (Path(args.ct), Path(args.checkpoint)) if args.checkpoint else tiny_model(Path(args.tiny_cache))
+    model = load_model(ckpt, device="cpu")
+    ct = read_ct(ct_path)
+    base = InferenceConfig(device="cpu", patch_size=(32,) * 3, crop_size=(32,) * 3, spacing_mm=4.5,
+                           num_threads=args.threads)
+    runs: dict[str, Any] = {}
+    plan = Plan()
+    ref, dt, dc = timed(lambda: segment_ct(ct, model, base, progress=plan))
+    runs["exact"] = {"windows": plan.windows, "wall_s": round(dt, 2), "cpu_s": round(dc, 2), "plan": plan.plan}
+    ref_lab = sitk.GetArrayFromImage(ref.labels)
+    print(f"tiny exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU, {len(ref.lesions)} lesion(s)", flush=True)
+    for ov in args.fast_overlap:
+        plan = Plan()
+        cfg = replace(base, speed="fast", fast_overlap=ov)
+        res, dt2, dc2 = timed(lambda: segment_ct(ct, model, cfg, progress=plan))
+        dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
+        agree = lesion_agreement(ref, res)
+        organ_dice = [d for v, d in dice.items() if v <= 10]
+        runs[f"fast_overlap_{ov}"] = {"windows": plan.windows, "wall_s": round(dt2, 2), "cpu_s": round(dc2, 2),
+                                      "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2),
+                                      "plan": plan.plan, "dice": dice, "min_organ_dice": min(organ_dice, default=1.0),
+                                      **agree}
+        print(f"tiny fast (overlap {ov}): {plan.windows} windows, {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s CPU "
+              f"({dc / dc2:.2f}x); min organ Dice {min(organ_dice, default=1.0):.4f}; Dice {json.dumps(dice)}; "
+              f"lesion recall {agree['lesion_recall']:.2f} ({agree['fast_lesions']} vs {agree['reference_lesions']}); "
+              f"max attribute diff {json.dumps(agree['max_attribute_diff'])}; text differing {agree['text_fields_differing']}",
+              flush=True)
+    return {"ct": str(ct_path), "checkpoint": str(ckpt), "runs": runs}
+
+
+def slab_end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg) -> dict[str, Any]:
+    """segment_ct end to end, exact vs fast (organ map), on a z-slab of example_ct: the side-by-side run."""
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.geometry import to_canonical
+    from PASTALib.infer import fast, segment_ct
+    from PASTALib.io import read_label
+
+    ts = test_data_root() / "totalsegmentator"
+    net = pm.network
+    z0, z1 = args.z_slices
+    ct = ct_full[:, :, z0:z1]
+    organs = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz")[:, :, z0:z1], reference=ct)
+    print(f"slab z {z0}:{z1} of example_ct, size {ct.GetSize()}; load {_load()}", flush=True)
+    out: dict[str, Any] = {"slab_z": [z0, z1], "slab_size": list(ct.GetSize()), "load_start": _load()}
+    plan = Plan()
+    ref, dt, dc = timed(lambda: segment_ct(ct, pm, exact, progress=plan))
+    out["exact"] = {"windows": plan.windows, "wall_s": round(dt, 1), "cpu_s": round(dc, 1), "plan": plan.plan,
+                    "sliding_window_s": round(ref.timings["sliding_window"], 1)}
+    print(f"full exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU ({plan.plan}); load {_load()}", flush=True)
+    plan = Plan()
+    res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, fastcfg, organ_masks=organs, progress=plan))
+    out["fast_organ_map"] = {"windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
+                             "sliding_window_s": round(res.timings["sliding_window"], 1),
+                             "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2)}
+    print(f"full fast (organ map): {plan.windows} windows, {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s CPU "
+          f"({dc / dc2:.2f}x) ({plan.plan}); load {_load()}", flush=True)
+    coarse_hu = sitk.GetArrayFromImage(to_canonical(ct, is_label=False, spacing=1.0)[0])
+    _, dt3, dc3 = timed(lambda: fast.coarse_region(net, coarse_hu, fastcfg, torch.device("cpu"),
+                                                   pm.segmentation_normalization(), pm.divisor))
+    out["coarse_pass"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
+    print(f"full coarse pass alone (fast without an organ map adds it): {dt3:.1f} s wall, {dc3:.1f} s CPU", flush=True)
+    return out
+
+
+def part_full(args: argparse.Namespace) -> dict[str, Any]:
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.geometry import to_canonical
+    from PASTALib.infer import InferenceConfig, PastaModel
+    from PASTALib.infer import fast
+    from PASTALib.infer.sliding import plan_windows
+    from PASTALib.io import read_ct, read_label
+    from PASTALib.model import PastaUNet, UNetConfig
+
+    ts = test_data_root() / "totalsegmentator"
+    ct_full = read_ct(ts / "example_ct.nii.gz")
+    organs_full = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz"), reference=ct_full)
+    exact = InferenceConfig(device="cpu", num_threads=args.threads)
+    fastcfg = replace(exact, speed="fast", fast_overlap=args.full_overlap[0])
+
+    # window counts on the whole CT (no network): what the slab's per-window seconds are scaled by
+    canonical, mapping = to_canonical(ct_full, is_label=False, spacing=1.0)
+    hu = sitk.GetArrayFromImage(canonical)
+    org_c = sitk.GetArrayFromImage(to_canonical(organs_full.pasta_label_map(include_lesions=False), mapping,
+                                                is_label=True)[0])
+    n_exact_whole = plan_windows(hu, exact)[1]
+    region = fast.region_from_labels(org_c, fastcfg)
+    n_fast = {ov: plan_windows(hu, replace(fastcfg, overlap=ov), region)[1] for ov in args.full_overlap}
+    print(f"whole example_ct: exact {n_exact_whole} windows, fast (TotalSegmentator organs) "
+          + ", ".join(f"{n} windows at overlap {ov}" for ov, n in n_fast.items()), flush=True)
+
+    torch.manual_seed(args.seed)
+    net = PastaUNet(UNetConfig.tiny() if args.width == "tiny" else UNetConfig()).eval()
+    pm = PastaModel(net, torch.device("cpu"))
+    bf16 = fast.window_dtype(torch.device("cpu"), fastcfg)
+    print(f"full width: {sum(p.numel() for p in net.parameters()):,} parameters, threads {args.threads}, fast dtype "
+          f"{bf16} (native bf16 on this CPU: {fast.cpu_supports_bf16()}); load {_load()}", flush=True)
+    out: dict[str, Any] = {"load_start": _load(), "whole_ct_windows": {"exact": n_exact_whole, **{f"fast_overlap_{ov}": n for ov, n in n_fast.items()}}}
+    # seconds per 128³ window, float32 (exact) and the fast dtype, interleaved, on the CT's centre window
+    box = plan_windows(hu, exact)[0]
+    centre = tuple(slice((b.start + b.stop) // 2 - 64, (b.start + b.stop) // 2 + 64) for b in box)
+    x = torch.from_numpy(np.asarray(pm.segmentation_normalization()(hu[centre]), np.float32))[None, None]
+    per: dict[str, list[list[float]]] = {"exact": [], "fast": []}
+    with torch.no_grad():
+        for r in range(args.window_repeats):
+            for name, dtype in (("exact", None), ("fast", bf16)):
+                with autocast(torch.device("cpu"), dtype):
+                    _, dt, dc = timed(lambda: net.segment(x))
+                per[name].append([dt, dc])
+                print(f"  window {r + 1}/{args.window_repeats} {name}: {dt:.1f} s wall, {dc:.1f} s CPU (load {_load()})",
+                      flush=True)
+    med = {k: [float(np.median([v[i] for v in per[k]])) for i in (0, 1)] for k in per}
+    out["window_s"] = {k: {"wall": [round(v[0], 1) for v in per[k]], "cpu": [round(v[1], 1) for v in per[k]]} for k in per}
+    _, dt3, dc3 = timed(lambda: fast.coarse_region(net, hu[box], fastcfg, torch.device("cpu"),
+                                                   pm.segmentation_normalization(), pm.divisor))
+    out["coarse_pass_whole_ct"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
+    print(f"coarse pass on the whole body box (what fast costs without an organ map): {dt3:.1f} s wall, {dc3:.1f} s CPU",
+          flush=True)
+    proj = {}
+    for ov, n_fast_whole in n_fast.items():
+        for i, unit in enumerate(("wall", "cpu")):
+            t_exact = n_exact_whole * med["exact"][i]
+            t_map = n_fast_whole * med["fast"][i]
+            t_coarse = t_map + (dt3, dc3)[i]
+            proj[f"overlap_{ov}_{unit}"] = {
+                "exact_s": round(t_exact), "fast_organ_map_s": round(t_map), "fast_coarse_pass_s": round(t_coarse),
+                "speedup_organ_map": round(t_exact / t_map, 2), "speedup_coarse_pass": round(t_exact / t_coarse, 2)}
+            print(f"whole example_ct windows, fast overlap {ov} ({unit} time): exact {n_exact_whole} x "
+                  f"{med['exact'][i]:.1f} s = {t_exact / 60:.1f} min; fast {n_fast_whole} x {med['fast'][i]:.1f} s = "
+                  f"{t_map / 60:.1f} min with the organ map ({t_exact / t_map:.2f}x), {t_coarse / 60:.1f} min with "
+                  f"the coarse pass ({t_exact / t_coarse:.2f}x)", flush=True)
+    out["whole_ct_projection"] = proj
+    if args.slab:
+        out["slab"] = slab_end_to_end(args, ct_full, pm, exact, fastcfg)
+    out["load_end"] = _load()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("tiny", "full", "both"), default="both")
+    ap.add_argument("--tiny-cache", default=str(Path.home() / ".cache" / "pasta-bench" / "fast-tiny"),
+                    help="where the tiny test model is trained once and reused")
+    ap.add_argument("--checkpoint", help="tiny part: these weights (with --ct) instead of the cached test model")
+    ap.add_argument("--ct", help="tiny part: CT for --checkpoint")
+    ap.add_argument("--fast-overlap", type=float, nargs="+", default=[0.25, 0.0], help="tiny part: fast overlaps tried")
+    ap.add_argument("--full-overlap", type=float, nargs="+", default=[0.25, 0.0],
+                    help="full part: fast overlaps counted (the first one for --slab)")
+    ap.add_argument("--z-slices", type=int, nargs=2, default=(66, 96), metavar=("Z0", "Z1"),
+                    help="full part: example_ct slices (3 mm) of the slab (default 66 96: kidneys, liver, pancreas)")
+    ap.add_argument("--width", choices=("full", "tiny"), default="full", help="full part: network width (tiny: a smoke run)")
+    ap.add_argument("--window-repeats", type=int, default=2, help="full part: timed 128³ windows per dtype")
+    ap.add_argument("--slab", action="store_true", help="full part: also segment_ct end to end, exact vs fast, on "
+                                                        "the --z-slices slab (about 20 exact windows: ~15 min idle)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the summary here")
+    args = ap.parse_args()
+    if bool(args.checkpoint) != bool(args.ct):
+        ap.error("--checkpoint and --ct go together")
+    torch.set_num_threads(args.threads)
+    summary: dict[str, Any] = {"threads": args.threads, "load_start": _load(), "cpu": _cpu_name()}
+    if args.part in ("tiny", "both"):
+        summary["tiny"] = part_tiny(args)
+    if args.part in ("full", "both"):
+        summary["full"] = part_full(args)
+    summary["load_end"] = _load()
+    print("SUMMARY " + json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+if __name__ == "__main__":
+    main()
