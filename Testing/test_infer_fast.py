@@ -164,3 +164,27 @@ def test_segment_cli_prints_the_plan(tmp_path):
     assert rc == 0, err
     assert any(line.startswith("PROGRESS") and "plan: about 4 windows (exact)" in line for line in out.splitlines())
     assert any("segmenting: window 4/4" in line and "left" in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("argv, field, other", [(["--fast", "--overlap", "0"], "fast_overlap", "overlap"),
+                                                (["--overlap", "0.1"], "overlap", "fast_overlap")])
+def test_overlap_option_sets_the_overlap_of_the_path_that_runs(monkeypatch, tmp_path, argv, field, other):
+    """`--fast --overlap 0` must change the fast path's overlap (the 12x setting), not the unused exact one."""
+    import PASTALib.infer as infer
+    from PASTALib.infer import InferenceConfig
+
+    seen: list[InferenceConfig] = []
+
+    class Recording(InferenceConfig):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            seen.append(self)
+            raise KeyboardInterrupt  # stop before any model is loaded
+
+    monkeypatch.setattr(infer, "InferenceConfig", Recording)
+    ct = tmp_path / "ct.nii.gz"
+    ct.write_bytes(b"x")
+    with pytest.raises(KeyboardInterrupt):
+        segment_cli(["--ct", str(ct), "--out", str(tmp_path / "o"), *argv])
+    value = float(argv[argv.index("--overlap") + 1])
+    assert getattr(seen[0], field) == value and getattr(seen[0], other) == getattr(InferenceConfig(), other)

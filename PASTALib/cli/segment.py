@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         "`pasta weights info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
-    p.add_argument("--overlap", type=range_float(0, 1, hi_open=True), help="window overlap fraction (default 0.5)")
+    p.add_argument("--overlap", type=range_float(0, 1, hi_open=True), help="window overlap fraction (default 0.5; with --fast 0.25)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time mirroring over the 3 axes (8x slower; default: on with --compat authors, as "
                         "nnU-Net's predictor, off otherwise; only for models trained with mirroring augmentation)")
@@ -98,8 +98,10 @@ def _segment(args: argparse.Namespace) -> int:
     check_outputs([args.ct, args.batch, args.organs, args.checkpoint], folders=[args.out],
                   names=() if args.batch else SEGMENT_OUTPUTS)
 
+    # --overlap sets the overlap of the path that runs: --fast has its own (0.25 unless given).
+    overlap_key = "fast_overlap" if args.speed == "fast" else "overlap"
     overrides = {k: v for k, v in {
-        "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap, "batch_size": args.sw_batch_size,
+        "patch_size": args.patch_size, "crop_size": args.crop_size, overlap_key: args.overlap, "batch_size": args.sw_batch_size,
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
         "num_threads": args.threads, "speed": args.speed,
     }.items() if v is not None}
