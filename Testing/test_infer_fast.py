@@ -188,3 +188,19 @@ def test_overlap_option_sets_the_overlap_of_the_path_that_runs(monkeypatch, tmp_
         segment_cli(["--ct", str(ct), "--out", str(tmp_path / "o"), *argv])
     value = float(argv[argv.index("--overlap") + 1])
     assert getattr(seen[0], field) == value and getattr(seen[0], other) == getattr(InferenceConfig(), other)
+
+
+def test_fast_without_any_organ_runs_and_times_nothing(monkeypatch):
+    """No organ in the given map: no window is run, the per-window timing probe is not run either, the
+    plan says so, and the labels are background."""
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the timing probe ran although there was no window to time")
+
+    monkeypatch.setattr(fast, "probe_seconds_per_window", no_probe)
+    hu = _body()
+    cfg = InferenceConfig(patch_size=PATCH, spacing_mm=4.5, speed="fast")
+    net, said = Counting(_net()), []
+    labels, _box = segment_canonical(net, hu, cfg, CPU, progress=lambda f, m: said.append(m),
+                                     organ_labels=np.zeros(hu.shape, np.uint8))
+    assert net.windows == 0 and not labels.any()
+    assert any(m.startswith("plan: no window to run (fast)") for m in said), said

@@ -236,11 +236,12 @@ def segment_canonical(
             lo = lo + 0.1 * (hi - lo)
         cfg = replace(cfg, overlap=cfg.fast_overlap)
     box, n_windows = plan_windows(hu_zyx, cfg, region)
+    labels = np.zeros(hu_zyx.shape, np.uint8)
+    if n_windows == 0:  # no organ region: nothing to run, so nothing to time either
+        say(lo, f"plan: no window to run ({cfg.speed}): no organ region found")
+        return labels, box
     per_window = fast.probe_seconds_per_window(model, cfg, device, divisor, fast.window_dtype(device, cfg))
     say(lo, f"plan: about {n_windows} windows ({cfg.speed}), {_minutes(n_windows * per_window)} on this machine")
-    labels = np.zeros(hu_zyx.shape, np.uint8)
-    if n_windows == 0:
-        return labels, box
     prob = sliding_window_probabilities(model, hu_zyx[box], cfg, device, progress=progress, fraction_range=(lo, hi),
                                         normalize=normalize, region=None if region is None else region[box])
     labels[box] = prob.argmax(0).to(torch.uint8).cpu().numpy()
