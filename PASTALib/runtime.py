@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,6 +21,14 @@ from PASTALib.errors import CheckpointError, PastaError
 class DeviceError(PastaError):
     """The requested compute device does not exist on this machine."""
 
+
+
+#: What ``torch.load`` raises on a truncated, garbage or foreign file: unpickling random bytes can fail
+#: with almost any of these (an IndexError from an empty pickle stack, a KeyError from an unknown opcode).
+UNREADABLE_TORCH_FILE: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+    AttributeError, ImportError, IndexError, KeyError,
+)
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' → CUDA when available, else CPU; a device that is not there raises DeviceError.
@@ -125,13 +135,9 @@ def read_resume_state(path: Path, required: Sequence[str], fix: str) -> dict[str
 
     A truncated, garbage or foreign file is a CheckpointError naming ``path`` and ``fix`` (how to
     start over: delete it, or the command's no-resume option), never a traceback."""
-    import pickle
-    import zipfile
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, ImportError, IndexError, KeyError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise CheckpointError(f"{path} is not a readable training checkpoint (corrupt or truncated: {first}). {fix}") from None
     missing = [k for k in required if not isinstance(state, dict) or k not in state]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import torch
 
 
 from PASTALib.errors import MissingWeightsError, PastaError
+from PASTALib.runtime import UNREADABLE_TORCH_FILE
 from PASTALib.refine.config import RefinerConfig
 
 FORMAT = "pasta-refiner"
@@ -35,7 +34,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise MissingWeightsError(f"Refiner checkpoint {path} does not exist. {TRAIN_HINT}.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         raise RefinerCheckpointError(
             f"{path} is not a readable refiner checkpoint (corrupt, truncated or not a torch file: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}). {TRAIN_HINT}."
