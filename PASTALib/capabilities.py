@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PASTALib.errors import CheckpointError
+from PASTALib.errors import UNREADABLE_TORCH_FILE, CheckpointError
 
 METADATA_KEY = "pasta_metadata"
 METADATA_FORMAT = "pasta-checkpoint/1"
@@ -134,7 +134,7 @@ def state_dict_capabilities(sd: Mapping[str, Any], metadata: Mapping[str, Any] |
     n_out = int(sd["seg_outputs.0.weight"].shape[0])
     head = "head.4.weight" in sd
     n_logits = int(sd["head.4.weight"].shape[0]) if head else 0
-    reasons: list[str] = [f"encoder present (conv_blocks_context.*): lesion embeddings from its stage-4 feature"]
+    reasons: list[str] = ["encoder present (conv_blocks_context.*): lesion embeddings from its stage-4 feature"]
     meta_classes = (metadata or {}).get("classes") or None
     classes = classes or meta_classes
 
@@ -220,7 +220,7 @@ def read_checkpoint_shapes(path: str | os.PathLike) -> Any:
                 name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
                 with archive.open(name) as fh:
                     return _ShapeUnpickler(fh).load()
-        except (StopIteration, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError) as exc:
+        except (StopIteration, TypeError, *UNREADABLE_TORCH_FILE) as exc:
             raise CheckpointError(f"{path} is not a readable PyTorch state dict ({exc!s:.200})") from None
     from PASTALib.model.checkpoint import read_checkpoint
 

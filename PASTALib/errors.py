@@ -1,5 +1,8 @@
 """Exceptions raised for bad input. Every message names the problem and the fix."""
 
+import pickle
+import zipfile
+
 
 class PastaError(Exception):
     """Base class for errors a user can act on (message says what to do)."""
@@ -46,3 +49,12 @@ def printable(text: object) -> str:
     (escape sequences, carriage returns, bells) written as ``\\xNN``, so a file or reader name
     cannot rewrite the screen."""
     return str(text).translate(_CONTROL)
+
+
+#: What ``torch.load`` (or unpickling a checkpoint's data.pkl) raises on a truncated, garbage or foreign file:
+#: unpickling random bytes can fail with almost any of these (an IndexError from an empty pickle stack, a
+#: KeyError from an unknown opcode). Torch-free here so the Slicer side's checkpoint reader shares it.
+UNREADABLE_TORCH_FILE: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
+    AttributeError, ImportError, IndexError, KeyError,
+)

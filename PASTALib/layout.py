@@ -19,6 +19,16 @@ SEGMENT_OUTPUTS = (LABELS_NAME, SEG_NRRD_NAME, REPORTS_NAME, REPORTS_TEXT_NAME, 
                    DICOM_SEG_NAME, DICOM_SR_NAME)
 
 # A PASTA-Gen dataset (`pasta synth generate --out DIR`, `pasta data pasta-gen-30k`): DIR/<Organ>/<Kind>/<index>/
+CASE_IMAGE_NAME = "img.nii.gz"  # the CT crop with the lesion
+CASE_LABEL_NAME = "label.nii.gz"  # organ + lesion label map (PASTA label values)
+CASE_TOTAL_NAME = "total.nii.gz"  # the template's TotalSegmentator map, same crop
+CASE_TYPE_NAME = "type.json"  # the lesion's attributes, as PASTA-Gen-30K writes them
+CASE_REPORT_NAME = "report.json"  # our structured report (attributes, wording, measurements)
+CASE_META_NAME = "case.json"  # template, seed, attempt, phase: what resume and the manifest read
+#: The files of one case of the published PASTA-Gen-30K.
+PUBLISHED_CASE_FILES = (CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_TOTAL_NAME, CASE_TYPE_NAME)
+#: The files of one case `pasta synth generate` writes (the published ones and ours).
+CASE_FILES = (*PUBLISHED_CASE_FILES, CASE_REPORT_NAME, CASE_META_NAME)
 #: PASTA-Gen-30K folder names (<Organ>/<Kind>) of each lesion type, as the public dataset spells them.
 DATASET_FOLDERS: dict[LesionType, tuple[str, str]] = {
     LesionType.LUNG_TUMOR: ("Lung", "Tumor"),
@@ -41,6 +51,7 @@ DATASET_FOLDERS: dict[LesionType, tuple[str, str]] = {
 FOLDER_TYPES: dict[tuple[str, str], LesionType] = {folders: t for t, folders in DATASET_FOLDERS.items()}
 
 __all__ = [
-    "DATASET_FOLDERS", "DICOM_SEG_NAME", "DICOM_SR_NAME", "FOLDER_TYPES", "LABELS_NAME", "LESIONS_NAME", "REPORTS_NAME",
+    "CASE_FILES", "CASE_IMAGE_NAME", "CASE_LABEL_NAME", "CASE_META_NAME", "CASE_REPORT_NAME", "CASE_TOTAL_NAME",
+    "CASE_TYPE_NAME", "PUBLISHED_CASE_FILES", "DATASET_FOLDERS", "DICOM_SEG_NAME", "DICOM_SR_NAME", "FOLDER_TYPES", "LABELS_NAME", "LESIONS_NAME", "REPORTS_NAME",
     "REPORTS_TEXT_NAME", "RUN_NAME", "SEGMENT_OUTPUTS", "SEG_NRRD_NAME",
 ]

@@ -28,28 +28,38 @@ class Progress:
     position, :meth:`advance` a step count.
     """
 
-    def __init__(self, total: int, *, desc: str, lines: bool, bar: bool = True, initial: int = 0,
-                 every: int = 1, unit: str = "it") -> None:
-        self.total, self.lines, self.every = max(int(total), 1), lines, max(1, int(every))
-        self.position = min(max(int(initial), 0), self.total)
+    def __init__(self, total: int | None, *, desc: str, lines: bool, bar: bool = True, initial: int = 0,
+                 every: int = 1, unit: str = "it", unit_scale: bool = False, span: tuple[float, float] = (0.0, 1.0),
+                 bar_format: str | None = None) -> None:
+        # total None: unknown (a download without a length): a counter bar, and lines only from line()
+        self.total = None if total is None else max(int(total), 1)
+        self.lines, self.every, self.span = lines, max(1, int(every)), span
+        self.position = self._clamp(initial)
         self._last_line = self.position
         self._bar = None
         if bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.position, desc=desc, unit=unit,
-                             file=sys.stderr, dynamic_ncols=True, disable=None)
+            self._bar = tqdm(total=self.total, initial=self.position, desc=desc, unit=unit, unit_scale=unit_scale,
+                             bar_format=bar_format, file=sys.stderr, dynamic_ncols=True, disable=None)
 
-    def update(self, position: int, message: str, *, force: bool = False, **postfix: float) -> None:
-        """Move to ``position``; ``postfix`` values (loss...) go to the bar."""
-        position = min(max(int(position), 0), self.total)
+    def _clamp(self, position: int) -> int:
+        position = max(int(position), 0)
+        return position if self.total is None else min(position, self.total)
+
+    def update(self, position: int, message: str, *, force: bool = False, status: str | None = None,
+               **postfix: float) -> None:
+        """Move to ``position``; ``status`` (a short text) and ``postfix`` values (loss...) go to the bar."""
+        position = self._clamp(position)
         if self._bar is not None:
             self._bar.update(position - self.position)
-            if postfix:
+            if status is not None:
+                self._bar.set_postfix_str(status[:60], refresh=False)
+            elif postfix:
                 self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
         crossed = position // self.every > self._last_line // self.every
         self.position = position
-        if force or crossed or position == self.total:
+        if self.total is not None and (force or crossed or position == self.total):
             self._last_line = position
             self.line(position / self.total, message)
 
@@ -57,9 +67,11 @@ class Progress:
         self.update(self.position + steps, message, force=force, **postfix)
 
     def line(self, fraction: float, text: str) -> None:
-        """One ``PROGRESS`` line now (start / done notices), whatever the throttle."""
+        """One ``PROGRESS`` line now (start / done notices), whatever the throttle; ``fraction`` (0..1 of this
+        run) is mapped into ``span`` (the part of the whole job this run is)."""
         if self.lines:
-            progress_line(fraction, text)
+            lo, hi = self.span
+            progress_line(lo + (hi - lo) * min(max(fraction, 0.0), 1.0), text)
 
     def close(self) -> None:
         if self._bar is not None:

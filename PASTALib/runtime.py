@@ -7,28 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from PASTALib.errors import CheckpointError, PastaError
+from PASTALib.errors import UNREADABLE_TORCH_FILE, CheckpointError, PastaError
 
 
 class DeviceError(PastaError):
     """The requested compute device does not exist on this machine."""
 
-
-
-#: What ``torch.load`` raises on a truncated, garbage or foreign file: unpickling random bytes can fail
-#: with almost any of these (an IndexError from an empty pickle stack, a KeyError from an unknown opcode).
-UNREADABLE_TORCH_FILE: tuple[type[BaseException], ...] = (
-    pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError,
-    AttributeError, ImportError, IndexError, KeyError,
-)
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' → CUDA when available, else CPU; a device that is not there raises DeviceError.

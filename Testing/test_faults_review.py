@@ -9,7 +9,6 @@ least every answer in it) unchanged. Inputs are tiny volumes made here: the whol
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import sqlite3

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from PASTALib.errors import LesionFitError, SpecificationError
 from PASTALib.io.manifest import MANIFEST_COLUMNS, read_manifest
 from PASTALib.labels import LesionType
+from PASTALib.layout import CASE_FILES
 from PASTALib.layout import DATASET_FOLDERS
 from PASTALib.report.schema import validate_report
 from PASTALib.report.wording import StructuredReport
@@ -99,7 +100,7 @@ def _hashes(out: Path) -> dict[str, str]:
 
 def _assert_complete(out: Path) -> None:
     for rel, path in _case_dirs(out).items():
-        assert sorted(p.name for p in path.iterdir()) == sorted(gen.CASE_FILES), rel
+        assert sorted(p.name for p in path.iterdir()) == sorted(CASE_FILES), rel
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import functools
 import importlib.metadata
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap

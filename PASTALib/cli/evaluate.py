@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from PASTALib.cli.args import positive_int, range_float, seed
+from PASTALib.progress import Progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -229,22 +230,15 @@ def _realism(args: argparse.Namespace) -> int:
         radiomics_extractor()  # fail before any work when PyRadiomics is missing
     print(f"{len(real)} real and {len(synthetic)} synthetic lesions"
           + (f" (scoring {args.max_synthetic})" if args.max_synthetic and args.max_synthetic < len(synthetic) else ""))
-    bar = None
-    if not args.no_bar:
-        import sys
-
-        from tqdm import tqdm
-
-        total = len(real) + min(len(synthetic), args.max_synthetic or len(synthetic))
-        bar = tqdm(total=total, desc="lesions", unit="lesion", file=sys.stderr, dynamic_ncols=True)
+    total = len(real) + min(len(synthetic), args.max_synthetic or len(synthetic))
+    bar = Progress(total, desc="lesions", unit="lesion", lines=False, bar=not args.no_bar)
     try:
         result = evaluate_realism(real, synthetic, rng=np.random.default_rng(args.seed), shape_only=args.shape_only,
                                   match_acquisition=not args.no_match_acquisition, with_size=args.with_size,
                                   max_synthetic=args.max_synthetic, n_boot=args.n_boot, n_trees=args.trees,
-                                  progress=None if bar is None else (lambda case: bar.update(1)))
+                                  progress=lambda case: bar.advance(1, ""))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     paths = write_realism_report(result, out)
     s = summary(result)
     if s["auc"] is not None:

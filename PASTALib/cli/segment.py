@@ -8,7 +8,7 @@ import json
 import sys
 
 from PASTALib.cli.args import non_negative_float, positive_float, positive_int, range_float, size_triple
-from PASTALib.progress import progress_line
+from PASTALib.progress import Progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,35 +58,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_segment)
 
 
-class _Progress:
-    """tqdm bar on stderr + throttled ``PROGRESS <fraction> <message>`` lines on stdout."""
+class _SegmentProgress:
+    """segment_ct's ``(fraction, message)`` callback on a :class:`Progress` of 1000 steps: window messages are
+    throttled, stage notices and the plan always printed; the plan goes to stderr when no PROGRESS lines are
+    asked for (the estimate is shown either way)."""
 
     def __init__(self, lines: bool, bar: bool) -> None:
-        self.lines, self.last, self.bar = lines, -1.0, None
-        if bar:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=1000, desc="segment", file=sys.stderr, dynamic_ncols=True, disable=None,
-                            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-        self.n = 0
+        self.lines = lines
+        self.progress = Progress(1000, desc="segment", lines=lines, bar=bar, every=2,
+                                 bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
-        fraction = min(max(float(fraction), 0.0), 1.0)
-        if self.bar is not None:
-            target = int(fraction * 1000)
-            if target > self.n:
-                self.bar.update(target - self.n)
-                self.n = target
-            self.bar.set_postfix_str(message[:60], refresh=False)
-        if message.startswith("plan:") and not self.lines:  # the estimate is shown even without PROGRESS lines
+        if message.startswith("plan:") and not self.lines:
             print(message, file=sys.stderr, flush=True)
-        if self.lines and (fraction - self.last >= 0.002 or fraction >= 1.0 or "window" not in message):
-            self.last = fraction
-            progress_line(fraction, message)
+        position = max(self.progress.position, round(min(max(float(fraction), 0.0), 1.0) * 1000))
+        self.progress.update(position, message, force="window" not in message, status=message)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -107,7 +96,7 @@ def _segment(args: argparse.Namespace) -> int:
     }.items() if v is not None}
     mirroring = args.compat == "authors" if args.mirror is None else args.mirror
     cfg = InferenceConfig(device=args.device, mirroring=mirroring, amp=args.amp, compat=args.compat, **overrides)
-    progress = _Progress(args.progress_lines, args.progress_bar)
+    progress = _SegmentProgress(args.progress_lines, args.progress_bar)
     try:
         progress(0.0, "loading model")
         model = load_model(args.checkpoint, device=args.device)

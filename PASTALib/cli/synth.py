@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PASTALib.cli.args import positive_int, seed
 from PASTALib.labels import LesionType
-from PASTALib.progress import progress_line
+from PASTALib.progress import Progress, progress_line
 from PASTALib.report.attributes import KEY_ALIASES, wordings
 
 #: Files `pasta synth lesion` writes into --out.
@@ -146,19 +146,15 @@ def _generate(args: argparse.Namespace) -> int:
         crop_mm=args.crop_mm or DEFAULT_CROP_MM, any_phase=args.any_phase,
         max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS, workers=args.workers, shard=args.shard,
     )
-    bar = None
+    bar: Progress | None = None
 
     def progress(done: int, total: int, row: dict) -> None:
         nonlocal bar
-        if bar is None and not args.no_bar:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=done - 1, desc="cases", unit="case", file=sys.stderr, dynamic_ncols=True)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{row['case_id']} {row['status']}", refresh=False)
-        if args.progress_lines:
-            progress_line(done / max(total, 1), f"{done}/{total} {row['case_id']} {row['status']}")
+        if bar is None:  # made at the first finished case: the total (left after a resume) is known then
+            bar = Progress(total, desc="cases", unit="case", lines=args.progress_lines, bar=not args.no_bar,
+                           initial=done - 1)
+        text = f"{row['case_id']} {row['status']}"
+        bar.update(done, f"{done}/{total} {text}", status=text)
 
     if args.progress_lines:
         progress_line(0.0, "indexing templates")

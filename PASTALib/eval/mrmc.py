@@ -126,8 +126,6 @@ def or_hillis(
     F test of equal FOMs and the pairwise differences. ``covariance="delong"`` applies only to the AUC.
     Undefined quantities are NaN with the reason in ``notes``.
     """
-    from scipy import stats
-
     ratings = np.asarray(ratings, float)
     if ratings.ndim == 2:
         ratings = ratings[None]

@@ -23,7 +23,7 @@ from scipy import ndimage
 from PASTALib.eval.tasks import EvaluationError
 from PASTALib.io.manifest import read_manifest
 from PASTALib.labels import LesionType
-from PASTALib.layout import FOLDER_TYPES
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, FOLDER_TYPES
 
 #: Voxels of context kept around the lesion's bounding box (PyRadiomics' padDistance is 5).
 CROP_MARGIN = 6
@@ -89,8 +89,8 @@ def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None
     if rows:
         entries = [(r["case_id"], r.get("lesion_type", ""), folder / r["label"], folder / r["img"]) for r in rows]
     else:
-        entries = [(str(p.parent.relative_to(folder)), "", p, p.parent / "img.nii.gz")
-                   for p in sorted(folder.rglob("label.nii.gz")) if ".partial" not in p.parts]
+        entries = [(str(p.parent.relative_to(folder)), "", p, p.parent / CASE_IMAGE_NAME)
+                   for p in sorted(folder.rglob(CASE_LABEL_NAME)) if ".partial" not in p.parts]
     lesion_values = tuple(int(t) for t in LesionType)
     cases = []
     for case_id, slug, label, img in entries:
@@ -150,7 +150,6 @@ def load_lesion(case: LesionCase, *, with_ct: bool) -> tuple[sitk.Image, sitk.Im
     mask = largest_component(mask)
     box = _crop_box(mask)
     start = [int(s.start) for s in box[::-1]]  # (x, y, z) index of the crop
-    size = [int(s.stop - s.start) for s in box[::-1]]
     out = sitk.GetImageFromArray(np.ascontiguousarray(mask[box]).astype(np.uint8))
     out.SetSpacing(mask_image.GetSpacing())
     out.SetDirection(mask_image.GetDirection())

@@ -51,6 +51,7 @@ import torch
 from PASTALib.io.files import write_json_atomic, write_text_atomic
 from PASTALib.io.image import read_image, read_label
 from PASTALib.io.outputs import safe_name
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME
 from PASTALib.progress import progress_line
 from PASTALib.weights import CLASSES_NAME, read_classes  # noqa: F401  (part of finetune's API)
 from PASTALib.train.common import IterationCallback, StopFlag, TrainingError
@@ -235,8 +236,8 @@ def prepare_case(case: FewshotCase, value_to_class: dict[int, int], folder: Path
         mapped, _ = to_canonical(mapped, mapping, is_label=True)
     out = folder / case.id
     out.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(out / "img.nii.gz"))
-    sitk.WriteImage(sitk.Cast(mapped, sitk.sitkUInt8), str(out / "label.nii.gz"))
+    sitk.WriteImage(image, str(out / CASE_IMAGE_NAME))
+    sitk.WriteImage(sitk.Cast(mapped, sitk.sitkUInt8), str(out / CASE_LABEL_NAME))
     return out
 
 
@@ -262,8 +263,8 @@ def evaluate_cases(network: torch.nn.Module, case_dirs: Sequence[Path], classes:
     cfg = InferenceConfig(patch_size=tuple(patch_size), overlap=overlap, device=str(dev), batch_size=1)
     rows = []
     for case_dir in case_dirs:
-        hu = sitk.GetArrayFromImage(read_image(Path(case_dir) / "img.nii.gz")).astype(np.float32)
-        ref = sitk.GetArrayFromImage(read_label(Path(case_dir) / "label.nii.gz"))
+        hu = sitk.GetArrayFromImage(read_image(Path(case_dir) / CASE_IMAGE_NAME)).astype(np.float32)
+        ref = sitk.GetArrayFromImage(read_label(Path(case_dir) / CASE_LABEL_NAME))
         pred = sliding_window_probabilities(network, hu, cfg, dev, slf_values=tuple(slf_values or SLF_VALUES),
                                             normalize=normalize)
         pred = pred.argmax(0).cpu().numpy()

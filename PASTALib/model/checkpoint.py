@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from PASTALib.capabilities import WRAPPER_KEYS, strip_key_prefixes
-from PASTALib.errors import CheckpointError, MissingWeightsError, PastaError  # noqa: F401  (CheckpointError re-exported)
+from PASTALib.errors import UNREADABLE_TORCH_FILE, CheckpointError, MissingWeightsError, PastaError  # noqa: F401  (CheckpointError re-exported)
 from PASTALib.model.unet import PastaUNet, UNetConfig
 from PASTALib.weights import (  # noqa: F401  (re-exported by PASTALib.model)
     WEIGHTS_ENV,
@@ -93,7 +93,7 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False, mmap
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated download?). {WEIGHTS_SOURCE} again."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, ImportError) as exc:
+    except UNREADABLE_TORCH_FILE as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated download?): {first}. "

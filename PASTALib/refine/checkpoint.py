@@ -9,8 +9,7 @@ from typing import Any
 import torch
 
 
-from PASTALib.errors import MissingWeightsError, PastaError
-from PASTALib.runtime import UNREADABLE_TORCH_FILE
+from PASTALib.errors import UNREADABLE_TORCH_FILE, MissingWeightsError, PastaError
 from PASTALib.refine.config import RefinerConfig
 
 FORMAT = "pasta-refiner"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from PASTALib.labels import LesionType
-from PASTALib.layout import FOLDER_TYPES
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME, CASE_TYPE_NAME, FOLDER_TYPES
 from PASTALib.review.errors import ReviewError
 
 ORIGINS = ("real", "synthetic")
@@ -54,10 +54,10 @@ def real_case(
 #: The CT of a synthesizer case folder: ``img.nii.gz`` is the PASTA-Gen layout that `pasta synth generate`
 #: writes and the trainers read (PASTALib.train.data, refine, finetune); ``ct.nii.gz`` (what
 #: `pasta synth lesion` writes) is read too.
-SYNTHETIC_CT_NAMES = ("img.nii.gz", "ct.nii.gz")
+SYNTHETIC_CT_NAMES = (CASE_IMAGE_NAME, "ct.nii.gz")
 #: The report of a synthesizer case folder: our ``report.json`` (`pasta synth`), else the PASTA-Gen
 #: ``type.json`` (the only report of a `pasta data pasta-gen-30k` subset).
-SYNTHETIC_REPORT_NAMES = ("report.json", "type.json")
+SYNTHETIC_REPORT_NAMES = (CASE_REPORT_NAME, CASE_TYPE_NAME)
 
 
 def _folder_lesion_type(folder: Path) -> LesionType | None:
@@ -73,7 +73,7 @@ def synthetic_case(folder: str | os.PathLike) -> SourceCase:
     ct = next((folder / n for n in SYNTHETIC_CT_NAMES if (folder / n).is_file()), None)
     report_path = next((folder / n for n in SYNTHETIC_REPORT_NAMES if (folder / n).is_file()), None)
     missing = [n for n, ok in (("img.nii.gz (or ct.nii.gz)", ct is not None),
-                               ("label.nii.gz", (folder / "label.nii.gz").is_file()),
+                               (CASE_LABEL_NAME, (folder / CASE_LABEL_NAME).is_file()),
                                ("report.json (or type.json)", report_path is not None)) if not ok]
     if missing:
         raise ReviewError(f"{folder} is not a synthetic case folder: {', '.join(missing)} missing "
@@ -98,7 +98,7 @@ def synthetic_case(folder: str | os.PathLike) -> SourceCase:
     except (TypeError, ValueError):
         raise ReviewError(f"{report_path}: label_value {report.get('label_value')!r} is not a label value "
                           "(11-25); fix or remove it.") from None
-    return SourceCase("synthetic", ct, folder / "label.nii.gz", lesion_type, report, (value,))
+    return SourceCase("synthetic", ct, folder / CASE_LABEL_NAME, lesion_type, report, (value,))
 
 
 def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]:
@@ -115,7 +115,7 @@ def find_synthetic_cases(roots: Iterable[str | os.PathLike]) -> list[SourceCase]
         for folder in sorted(folders):
             if any(part.startswith(".") for part in folder.relative_to(root).parts):
                 continue
-            if not (folder / "label.nii.gz").is_file() and not (folder / "report.json").is_file():
+            if not (folder / CASE_LABEL_NAME).is_file() and not (folder / CASE_REPORT_NAME).is_file():
                 continue  # a stray type.json is not a case; a report.json without label is named below
             found.append(synthetic_case(folder))
     return found

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from PASTALib.errors import SpecificationError
 from PASTALib.labels import Phase
 from PASTALib.report.attributes import Shape, Surface
 from PASTALib.synth import shape as shp

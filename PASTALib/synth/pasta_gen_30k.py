@@ -23,11 +23,10 @@ from typing import Any
 from PASTALib.errors import DownloadError, PastaError, SpecificationError
 from PASTALib.labels import LesionType
 from PASTALib.io.manifest import Manifest, read_manifest
-from PASTALib.layout import DATASET_FOLDERS
+from PASTALib.layout import CASE_TYPE_NAME, DATASET_FOLDERS, PUBLISHED_CASE_FILES
 
 REPO_ID = "LWHYC/PASTA-Gen-30K"
 REPO_URL = f"https://huggingface.co/datasets/{REPO_ID}"
-CASE_FILES = ("img.nii.gz", "label.nii.gz", "total.nii.gz", "type.json")
 DOWNLOAD_DIR = ".hf"
 SOURCE_FILE = "pasta_gen_30k.json"
 
@@ -58,7 +57,7 @@ def _manifest_row(lesion_type: LesionType, number: int, revision: str) -> dict[s
         "case_id": f"{lesion_type.slug}-{number:05d}", "lesion_type": lesion_type.slug, "index": number,
         "status": "ok", "template": f"{REPO_ID}@{revision}", "seed": "", "attempt": "", "phase": "",
         "case_dir": rel, "img": f"{rel}/img.nii.gz", "label": f"{rel}/label.nii.gz", "total": f"{rel}/total.nii.gz",
-        "report_json": f"{rel}/type.json", "report_text": "", "error": "", "seconds": "",
+        "report_json": f"{rel}/{CASE_TYPE_NAME}", "report_text": "", "error": "", "seconds": "",
     }
 
 
@@ -76,7 +75,7 @@ def install_cases(download_dir: str | os.PathLike, out: str | os.PathLike,
             src = download_dir / organ / kind / str(number)
             dest = out / case_dir(lesion_type, number)
             if not dest.is_dir():
-                missing = [n for n in CASE_FILES if not (src / n).is_file()]
+                missing = [n for n in PUBLISHED_CASE_FILES if not (src / n).is_file()]
                 if missing:
                     raise DownloadError(f"{REPO_ID} case {organ}/{kind}/{number} lacks {', '.join(missing)} after the "
                                         "download; run the command again (it resumes)")
@@ -84,7 +83,7 @@ def install_cases(download_dir: str | os.PathLike, out: str | os.PathLike,
                 staged = src.parent / f".{number}.staged"
                 shutil.rmtree(staged, ignore_errors=True)
                 staged.mkdir()
-                for name in CASE_FILES:
+                for name in PUBLISHED_CASE_FILES:
                     os.replace(src / name, staged / name)
                 shutil.move(str(staged), str(dest))  # one rename on the same file system
             if case_dir(lesion_type, number) not in listed:
@@ -127,7 +126,7 @@ def download_pasta_gen(types: str | Iterable[str], per_type: int, out: str | os.
         todo = [(t, n) for t, n in cases if not (out / case_dir(t, n)).is_dir()]
         report(0, len(cases), f"{len(cases) - len(todo)} of {len(cases)} cases present, downloading {len(todo)}")
         if todo:
-            patterns = [f"{DATASET_FOLDERS[t][0]}/{DATASET_FOLDERS[t][1]}/{n}/{name}" for t, n in todo for name in CASE_FILES]
+            patterns = [f"{DATASET_FOLDERS[t][0]}/{DATASET_FOLDERS[t][1]}/{n}/{name}" for t, n in todo for name in PUBLISHED_CASE_FILES]
             snapshot_download(REPO_ID, repo_type="dataset", revision=sha, allow_patterns=patterns,
                               local_dir=out / DOWNLOAD_DIR, endpoint=endpoint, max_workers=max_workers)
     except PastaError:

@@ -20,13 +20,14 @@ import SimpleITK as sitk
 import torch
 
 from PASTALib.anatomy.organs import label_locations
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME, CASE_TYPE_NAME, LABELS_NAME
 from PASTALib.model.attributes import encode_attributes
 from PASTALib.model.preprocess import slf_normalize, to_head_orientation
 from PASTALib.train.common import TrainingError
 
-IMAGE_NAMES = ("img.nii.gz", "ct.nii.gz", "image.nii.gz")
-LABEL_NAMES = ("label.nii.gz", "labels.nii.gz")
-REPORT_NAMES = ("report.json", "type.json")
+IMAGE_NAMES = (CASE_IMAGE_NAME, "ct.nii.gz", "image.nii.gz")
+LABEL_NAMES = (CASE_LABEL_NAME, LABELS_NAME)
+REPORT_NAMES = (CASE_REPORT_NAME, CASE_TYPE_NAME)
 LESION_LABELS = tuple(range(11, 26))
 PAD_HU = -1024.0
 

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.io.image import read_image, read_label
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME
 from PASTALib.report.attributes import Density, Heterogeneity, Invasion, Shape, Surface
 
 #: TotalSegmentator "total" ids → PASTA organ labels (lung lobes, liver, gallbladder, pancreas,
@@ -84,8 +85,8 @@ def make_toy_dataset(out: str | Path, ct_path: str | Path, seg_path: str | Path,
         image.SetDirection(ct.GetDirection())
         label = sitk.GetImageFromArray(lab)
         label.CopyInformation(image)
-        sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(folder / "img.nii.gz"))
-        sitk.WriteImage(label, str(folder / "label.nii.gz"))
-        (folder / "report.json").write_text(json.dumps(reports, indent=1))
+        sitk.WriteImage(sitk.Cast(image, sitk.sitkInt16), str(folder / CASE_IMAGE_NAME))
+        sitk.WriteImage(label, str(folder / CASE_LABEL_NAME))
+        (folder / CASE_REPORT_NAME).write_text(json.dumps(reports, indent=1))
         folders.append(folder)
     return folders

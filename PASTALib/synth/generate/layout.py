@@ -13,11 +13,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.labels import LesionType
-from PASTALib.layout import DATASET_FOLDERS
+from PASTALib.layout import CASE_FILES, CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME, CASE_TOTAL_NAME, DATASET_FOLDERS
 
 INDEX_FILE = "templates.index.json"
 PARTIAL_DIR = ".partial"
-CASE_FILES = ("img.nii.gz", "label.nii.gz", "total.nii.gz", "type.json", "report.json", "case.json")
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,8 @@ def ok_row(job: CaseJob, meta: dict[str, Any]) -> dict[str, Any]:
     rel = job.rel_dir
     return {
         "status": "ok", "template": meta["template"], "seed": meta["seed"], "attempt": meta.get("attempt", 0),
-        "phase": meta["phase"], "case_dir": rel, "img": f"{rel}/img.nii.gz", "label": f"{rel}/label.nii.gz",
-        "total": f"{rel}/total.nii.gz", "report_json": f"{rel}/report.json",
+        "phase": meta["phase"], "case_dir": rel, "img": f"{rel}/{CASE_IMAGE_NAME}", "label": f"{rel}/{CASE_LABEL_NAME}",
+        "total": f"{rel}/{CASE_TOTAL_NAME}", "report_json": f"{rel}/{CASE_REPORT_NAME}",
         "report_text": meta.get("report_text") or meta.get("report", {}).get("text", ""), "error": "",
     }
 
@@ -76,10 +75,10 @@ def verify_case(case_dir: str | os.PathLike) -> dict[str, Any]:
     missing = [f for f in CASE_FILES if not (case_dir / f).exists()]
     if missing:
         raise AssertionError(f"{case_dir}: missing {missing}")
-    report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
+    report = json.loads((case_dir / CASE_REPORT_NAME).read_text(encoding="utf-8"))
     validate_report(report)
-    img = read_image(case_dir / "img.nii.gz")
-    lab = read_label(case_dir / "label.nii.gz")
+    img = read_image(case_dir / CASE_IMAGE_NAME)
+    lab = read_label(case_dir / CASE_LABEL_NAME)
     if img.GetSize() != lab.GetSize() or not np.allclose(img.GetSpacing(), (1, 1, 1)):
         raise AssertionError(f"{case_dir}: img/label grids differ or are not 1 mm")
     values = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist())

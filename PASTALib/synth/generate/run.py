@@ -14,6 +14,7 @@ from typing import Any
 
 from PASTALib.errors import CorruptFileError, PastaError
 from PASTALib.io.outputs import LOCK_NAME, folder_lock
+from PASTALib.layout import CASE_META_NAME, CASE_REPORT_NAME
 from PASTALib.synth.generate.config import GenerateConfig
 from PASTALib.io.manifest import Manifest, read_manifest
 from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob, case_complete, ok_row
@@ -66,10 +67,10 @@ def _clean_partials(out: Path, case_ids: set[str]) -> int:
 
 def _restored_row(out: Path, job: CaseJob) -> dict[str, Any]:
     """The manifest row of a case renamed into place just before a kill (it has no row yet), from case.json."""
-    case_json = out / job.rel_dir / "case.json"
+    case_json = out / job.rel_dir / CASE_META_NAME
     try:
         meta = json.loads(case_json.read_text(encoding="utf-8"))
-        report = json.loads((out / job.rel_dir / "report.json").read_text(encoding="utf-8"))
+        report = json.loads((out / job.rel_dir / CASE_REPORT_NAME).read_text(encoding="utf-8"))
         row = ok_row(job, {**meta, "report": report})
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptFileError(f"{case_json.parent} holds a broken case ({type(exc).__name__}: {str(exc)[:120]}). "

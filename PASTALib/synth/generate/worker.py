@@ -31,6 +31,9 @@ from PASTALib.io.files import write_text_atomic
 from PASTALib.io.image import write_image
 from PASTALib.io.outputs import OutputError
 from PASTALib.labels import Phase
+from PASTALib.layout import (
+    CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_META_NAME, CASE_REPORT_NAME, CASE_TOTAL_NAME, CASE_TYPE_NAME,
+)
 from PASTALib.synth.generate.config import GenerateConfig
 from PASTALib.synth.generate.layout import PARTIAL_DIR, CaseJob, ok_row
 from PASTALib.synth.generate.schedule import case_seeds, eligible_templates
@@ -155,11 +158,11 @@ def synthesize_case(
     crop = int(context.config.crop_mm)
     grid = local_grid(result.report.centre_mm, (crop, crop, crop))
     images = {
-        "img.nii.gz": _crop(result.ct, grid, is_label=False),
-        "label.nii.gz": _crop(result.labels, grid, is_label=True),
-        "total.nii.gz": _crop(tpl.total, grid, is_label=True),
+        CASE_IMAGE_NAME: _crop(result.ct, grid, is_label=False),
+        CASE_LABEL_NAME: _crop(result.labels, grid, is_label=True),
+        CASE_TOTAL_NAME: _crop(tpl.total, grid, is_label=True),
     }
-    voxels, truncated = _lesion_in_crop(images["label.nii.gz"], int(job.lesion_type))
+    voxels, truncated = _lesion_in_crop(images[CASE_LABEL_NAME], int(job.lesion_type))
     meta = {
         "case_id": job.case_id, "lesion_type": job.lesion_type.slug, "index": job.index, "template": template_name,
         "seed": synth_seed, "phase": result.report.enhancement, "spec": result.spec.to_dict(),
@@ -175,10 +178,10 @@ def synthesize_case(
 def _write_files(folder: Path, meta: dict[str, Any], images: dict[str, sitk.Image]) -> None:
     for name, image in images.items():  # verified writes: a full disk fails the case, not silently
         write_image(image, folder / name)
-    write_text_atomic(folder / "type.json", json.dumps(meta["type"], indent=2, ensure_ascii=False) + "\n")
-    write_text_atomic(folder / "report.json", json.dumps(meta["report"], indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / CASE_TYPE_NAME, json.dumps(meta["type"], indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / CASE_REPORT_NAME, json.dumps(meta["report"], indent=2, ensure_ascii=False) + "\n")
     case_meta = {k: v for k, v in meta.items() if k not in ("type", "report")}
-    write_text_atomic(folder / "case.json", json.dumps(case_meta, indent=2) + "\n")
+    write_text_atomic(folder / CASE_META_NAME, json.dumps(case_meta, indent=2) + "\n")
 
 
 def write_case(context: WorkerContext, job: CaseJob, meta: dict[str, Any], images: dict[str, sitk.Image]) -> bool:
