@@ -88,8 +88,8 @@ class PASTAParameterNode:
 
     inputVolume - CT to segment. checkpointPath - PASTA weights (.pth; empty: PASTA_final.pth in
     ~/.pasta/weights or $PASTA_WEIGHTS_DIR). device - "auto", "cpu" or "cuda". outputSegmentation -
-    the PASTA segmentation whose report cards are shown. speed - "exact" (every window) or "fast" (CPU:
-    windows over the organs only, `pasta segment --fast`). trainingFolder / trainingSegmentation -
+    the PASTA segmentation whose report cards are shown. speed - "auto" (fast on a CPU, exact on CUDA),
+    "exact" (every window) or "fast" (windows over the organs only, `pasta segment --fast`). trainingFolder / trainingSegmentation -
     few-shot training data. useFineTuned - segment with TRAINING_FOLDER/finetune/model_final.pth.
 
     Slicer's GUI connectors bind a ctkPathLineEdit only to a pathlib.Path and a QComboBox only to a
@@ -100,7 +100,7 @@ class PASTAParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     checkpointPath: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    speed: Annotated[str, Choice(["exact", "fast"])] = "exact"
+    speed: Annotated[str, Choice(["auto", "exact", "fast"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     trainingFolder: pathlib.Path
     trainingSegmentation: vtkMRMLSegmentationNode
@@ -309,7 +309,7 @@ class PASTAWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, dependencie
             outDir = os.path.join(workDir, "out")
             ctNode = p.inputVolume
             self._startJob("segment", segment_command(ctPath, outDir, checkpoint=checkpoint, device=p.device,
-                                                           extra=[f"--{p.speed}"]),
+                                                           extra=[] if p.speed == "auto" else [f"--{p.speed}"]),
                            lambda: self.onSegmentFinished(outDir, ctNode))
             self.ui.statusLabel.text = _("Segmenting with {checkpoint}").format(checkpoint=os.path.basename(checkpoint))
 

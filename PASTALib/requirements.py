@@ -143,6 +143,7 @@ REQUIREMENTS: tuple[PythonRequirement, ...] = (
     PythonRequirement("slicerio", "slicerio", ">=1.4.0,<2", ".seg.nrrd reading/writing (PASTALib.io)"),
     PythonRequirement("jsonschema", "jsonschema", ">=4.20,<5", "report validation (save/export reports)"),
     PythonRequirement("tqdm", "tqdm", ">=4.66,<5", "progress of the CLI jobs"),
+    PythonRequirement("openvino", "openvino", ">=2026.4.1,<2027", "fast CPU segmentation (pasta segment's windows)"),
     PythonRequirement("pandas", "pandas", ">=3.1.1,<4", "fine-tuning tables (pasta finetune)"),
     PythonRequirement("matplotlib", "matplotlib", ">=3.8,<4", "training curves (fine-tune)"),
     PythonRequirement("scikit-learn", "sklearn", ">=1.9.1,<2", "fine-tuning cross-validation metrics"),

@@ -32,6 +32,22 @@ def _load_fetch_script():
     return module
 
 
+@pytest.fixture(scope="session", autouse=True)
+def openvino_cache(tmp_path_factory):
+    """Networks the fast path converts for OpenVINO go to a session folder (and the `pasta` subprocesses the
+    tests start inherit it), not into the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("openvino-cache")
+    old = os.environ.get("PASTA_OPENVINO_CACHE")
+    os.environ["PASTA_OPENVINO_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("PASTA_OPENVINO_CACHE", None)
+    else:
+        os.environ["PASTA_OPENVINO_CACHE"] = old
+
+
 FETCH_TEST_DATA = _load_fetch_script()
 #: Root of the fetched fixtures ($PASTA_TEST_DATA, else ~/.cache/pasta-test-data/<version>). The name is
 #: kept from when the data lay in a shared folder beside the checkout; test modules import it.

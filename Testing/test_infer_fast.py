@@ -79,8 +79,8 @@ def test_fast_agrees_with_exact_when_the_region_is_everything(monkeypatch):
     cfg = InferenceConfig(patch_size=PATCH, overlap=0.25, spacing_mm=4.5)
     exact, box = segment_canonical(net, hu, cfg, CPU)
     organs = np.where(hu > -500, 2, 0).astype(np.uint8)
-    fast_labels, fast_box = segment_canonical(net, hu, replace(cfg, speed="fast", fast_overlap=0.25), CPU,
-                                              organ_labels=organs)
+    fast_labels, fast_box = segment_canonical(net, hu, replace(cfg, speed="fast", fast_overlap=0.25, runtime="torch"),
+                                              CPU, organ_labels=organs)
     assert np.array_equal(exact[fast_box], fast_labels[fast_box]) and exact[fast_box].any()
     outside = np.ones(hu.shape, bool)
     outside[fast_box] = False
@@ -142,7 +142,7 @@ def _parse(argv):
 
 
 def test_fast_exact_flags():
-    assert _parse([]).speed is None  # the config default (exact)
+    assert _parse([]).speed == "auto"  # fast on a CPU, exact on CUDA (InferenceConfig.resolved)
     assert _parse(["--fast"]).speed == "fast" and _parse(["--exact"]).speed == "exact"
     with pytest.raises(SystemExit):
         _parse(["--fast", "--exact"])
@@ -159,17 +159,17 @@ def test_segment_cli_prints_the_plan(tmp_path):
               "--patch-size", "32", "--spacing", "4.5", "--crop-size", "32", "--threads", "1", "--no-progress-bar"]
     rc, out, err = segment_cli([*common, "--out", str(tmp_path / "a"), "--fast"])
     assert rc == 0, err
-    assert "plan: about" in err and "(fast)" in err and "on this machine" in err
+    assert "plan: about" in err and "(fast, organs only: bone metastases elsewhere need --exact)" in err
+    assert "on this machine" in err
     rc, out, err = segment_cli([*common, "--out", str(tmp_path / "b"), "--exact", "--progress-lines"])
     assert rc == 0, err
     assert any(line.startswith("PROGRESS") and "plan: about 4 windows (exact)" in line for line in out.splitlines())
     assert any("segmenting: window 4/4" in line and "left" in line for line in out.splitlines())
 
 
-@pytest.mark.parametrize("argv, field, other", [(["--fast", "--overlap", "0"], "fast_overlap", "overlap"),
-                                                (["--overlap", "0.1"], "overlap", "fast_overlap")])
-def test_overlap_option_sets_the_overlap_of_the_path_that_runs(monkeypatch, tmp_path, argv, field, other):
-    """`--fast --overlap 0` must change the fast path's overlap (the 12x setting), not the unused exact one."""
+@pytest.mark.parametrize("argv", [["--fast", "--overlap", "0"], ["--exact", "--overlap", "0.1"], ["--overlap", "0.3"]])
+def test_overlap_option_sets_the_overlap_of_the_path_that_runs(monkeypatch, tmp_path, argv):
+    """`--overlap` reaches whichever path runs: --fast, --exact, or the one the device decides (auto)."""
     import PASTALib.infer as infer
     from PASTALib.infer import InferenceConfig
 
@@ -187,7 +187,7 @@ def test_overlap_option_sets_the_overlap_of_the_path_that_runs(monkeypatch, tmp_
     with pytest.raises(KeyboardInterrupt):
         segment_cli(["--ct", str(ct), "--out", str(tmp_path / "o"), *argv])
     value = float(argv[argv.index("--overlap") + 1])
-    assert getattr(seen[0], field) == value and getattr(seen[0], other) == getattr(InferenceConfig(), other)
+    assert seen[0].fast_overlap == value and seen[0].overlap == value
 
 
 def test_fast_without_any_organ_runs_and_times_nothing(monkeypatch):
@@ -204,3 +204,91 @@ def test_fast_without_any_organ_runs_and_times_nothing(monkeypatch):
                                      organ_labels=np.zeros(hu.shape, np.uint8))
     assert net.windows == 0 and not labels.any()
     assert any(m.startswith("plan: no window to run (fast)") for m in said), said
+
+
+# --- OpenVINO runtime (PASTALib.infer.openvino_runtime) -----------------------------------------------------------
+
+def test_runtime_and_speed_are_decided_per_device(monkeypatch):
+    from PASTALib.infer import openvino_runtime as ovr
+
+    cuda = torch.device("cuda")
+    auto = InferenceConfig(speed="auto")
+    assert auto.resolved(CPU).speed == "fast" and auto.resolved(cuda).speed == "exact"
+    assert replace(auto, compat="authors").resolved(CPU).speed == "exact"  # fast cannot blend the authors' way
+    monkeypatch.setattr(ovr, "openvino_available", lambda: True)
+    assert auto.resolved(CPU).runtime == "openvino" and auto.resolved(cuda).runtime == "torch"
+    assert InferenceConfig().resolved(CPU).runtime == "torch"  # the reference path stays torch unless asked
+    with pytest.raises(InferenceError, match="runs on the CPU"):
+        InferenceConfig(runtime="openvino").resolved(cuda)
+    monkeypatch.setattr(ovr, "openvino_available", lambda: False)
+    assert auto.resolved(CPU).runtime == "torch"  # not installed: torch, silently
+    with pytest.raises(InferenceError, match=r"pip install openvino==.*--runtime torch"):
+        InferenceConfig(runtime="openvino").resolved(CPU)
+    with pytest.raises(InferenceError, match="runtime must be"):
+        InferenceConfig(runtime="onnx").validate()
+
+
+def test_openvino_windows_match_torch_and_the_conversion_is_cached(monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from PASTALib.infer.openvino_runtime import OpenVINOSegmenter, weights_digest
+
+    net = _net()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 1, 32, 64, 32)).astype(np.float32))
+    segmenter = OpenVINOSegmenter(net, bf16=False, threads=2, cache=tmp_path)
+    with torch.no_grad():
+        ref = net.segment(x)
+    out = segmenter.segment(x)  # a batch of 2, in a shape other than the traced one
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert float((out - ref).abs().max()) < 1e-3
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) > 0.999
+    ir = tmp_path / weights_digest(net)
+    assert (ir / "segment.xml").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again although the IR is cached")
+
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    again = OpenVINOSegmenter(net, bf16=False, threads=2, cache=tmp_path)
+    assert torch.equal(again.segment(x), out)
+    with torch.no_grad():  # other weights: another cache entry
+        next(net.parameters()).add_(0.5)
+    assert weights_digest(net) != ir.name
+
+
+def test_damaged_openvino_cache_is_converted_again(tmp_path):
+    pytest.importorskip("openvino")
+    from PASTALib.infer.openvino_runtime import OpenVINOSegmenter, weights_digest
+
+    net = _net()
+    ir = tmp_path / weights_digest(net)
+    ir.mkdir(parents=True)
+    (ir / "segment.xml").write_text("<not a model")
+    (ir / "segment.bin").write_bytes(b"\0" * 10)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 1, 32, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        ref = net.segment(x)
+    out = OpenVINOSegmenter(net, bf16=False, threads=1, cache=tmp_path).segment(x)
+    assert float((out - ref).abs().max()) < 1e-3
+    assert (ir / "segment.xml").read_text().startswith("<?xml")
+
+
+def test_fast_path_runs_its_windows_with_openvino(monkeypatch, tmp_path):
+    """speed=fast on CPU with OpenVINO installed: the windows go through OpenVINO (the torch network is not
+    called for them), and the labels equal torch's where the region is everything (f32)."""
+    pytest.importorskip("openvino")
+    monkeypatch.setenv("PASTA_OPENVINO_CACHE", str(tmp_path))
+    monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: False)
+    hu, organs = _body((32, 64, 64)), None
+    organs = np.where(_body((32, 64, 64)) > -500, 2, 0).astype(np.uint8)
+    cfg = InferenceConfig(patch_size=PATCH, spacing_mm=4.5, speed="fast")
+    torch_labels, _ = segment_canonical(_net(), hu, replace(cfg, runtime="torch"), CPU, organ_labels=organs)
+    from PASTALib.infer.openvino_runtime import OpenVINOSegmenter
+
+    net = Counting(_net())
+    OpenVINOSegmenter(net, bf16=False, threads=1)  # converted into the cache (tracing calls segment)
+    net.windows = 0
+    ov_labels, _ = segment_canonical(net, hu, cfg, CPU, organ_labels=organs)
+    assert net.windows == 0  # read from the cache, and no window ran through torch
+    assert float((ov_labels == torch_labels).mean()) > 0.999 and ov_labels.any()

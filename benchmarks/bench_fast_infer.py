@@ -6,17 +6,18 @@ on the same CT and weights (issue #17):
          model's own coarse pass: no organ map given) for every --fast-overlap. Agreement: Dice of every
          organ and lesion label between the two label maps, lesion recall (reference lesions the fast path
          also finds), max difference of the report attributes of matched lesions.
-  full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct (the
-         whole CT's reference path is about an hour here): the windows each path runs on the whole CT
-         (fast: region from the TotalSegmentator map, as `--organs` gives it), seconds per 128³ window in
-         float32 (exact) and the fast dtype (interleaved), the coarse pass on the whole body box (what fast
-         costs without a map), and the whole-CT times they add up to. With --slab also segment_ct end to
-         end, exact vs fast, on a z-slab (--z-slices, ~20 exact windows: ~15 min on an idle machine).
+  full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct: the
+         windows each path runs on the whole CT (fast: region from the TotalSegmentator map, as `--organs`
+         gives it), seconds per 128³ window (exact: torch float32; torch at the fast dtype; the fast path's
+         runtime, OpenVINO when installed), the coarse pass on the whole body box (what fast costs without a
+         map), and the whole-CT times they add up to. With --whole (or --slab: a z-slab, ~20 exact windows)
+         also segment_ct end to end on that CT: exact, fast with the organ map, fast with the coarse pass.
 
 Prints windows, wall and CPU time, speed-up, agreement; the load average before and after.
 
     python benchmarks/bench_fast_infer.py --part tiny            # ~5 min here (training once, then cached)
     python benchmarks/bench_fast_infer.py --part full            # ~5 min on 2 idle cores (--slab: +15 min)
+    python benchmarks/bench_fast_infer.py --part full --whole    # + the whole CT end to end: ~70 min
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -98,14 +100,15 @@ def _numbers(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def lesion_agreement(ref, other) -> dict[str, Any]:
-    """Lesion recall (a reference lesion counts as found when a fast lesion instance overlaps it) and the max
-    difference of the report attributes (every numeric field of lesions.json; text fields that differ)."""
+    """Lesion recall (a reference lesion counts as found when a fast lesion instance *of the same lesion type*
+    overlaps it: a lesion absorbed into a neighbour of another type is missed) and the max difference of the
+    report attributes (every numeric field of lesions.json; text fields that differ)."""
     ri, oi = sitk.GetArrayViewFromImage(ref.instances), sitk.GetArrayViewFromImage(other.instances)
     found, numeric, text = 0, {}, set()
     by_index = {f.index: f for f in other.lesions}
     for f in ref.lesions:
         hits = oi[ri == f.index]
-        hits = hits[hits > 0]
+        hits = np.array([h for h in hits[hits > 0] if by_index[int(h)].label_value == f.label_value], dtype=np.int64)
         if not hits.size:
             continue
         found += 1
@@ -158,37 +161,39 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     return {"ct": str(ct_path), "checkpoint": str(ckpt), "runs": runs}
 
 
-def slab_end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg) -> dict[str, Any]:
-    """segment_ct end to end, exact vs fast (organ map), on a z-slab of example_ct: the side-by-side run."""
+def end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg, whole: bool) -> dict[str, Any]:
+    """segment_ct end to end on the same CT and weights, one after the other: exact, fast with the
+    TotalSegmentator organ map (--organs), fast with the model's own coarse pass (no map); windows, wall and
+    CPU time, speed-ups, Dice of every label between the exact and each fast label map. The first fast run
+    pays the OpenVINO conversion (a fresh cache folder per benchmark run); the second reads it from the cache."""
     from PASTALib.anatomy import OrganMasks
-    from PASTALib.geometry import to_canonical
-    from PASTALib.infer import fast, segment_ct
+    from PASTALib.infer import segment_ct
     from PASTALib.io import read_label
 
     ts = test_data_root() / "totalsegmentator"
-    net = pm.network
-    z0, z1 = args.z_slices
+    z0, z1 = (0, ct_full.GetSize()[2]) if whole else args.z_slices
     ct = ct_full[:, :, z0:z1]
     organs = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz")[:, :, z0:z1], reference=ct)
-    print(f"slab z {z0}:{z1} of example_ct, size {ct.GetSize()}; load {_load()}", flush=True)
-    out: dict[str, Any] = {"slab_z": [z0, z1], "slab_size": list(ct.GetSize()), "load_start": _load()}
+    what = "whole example_ct" if whole else f"slab z {z0}:{z1} of example_ct"
+    print(f"end to end, {what}, size {ct.GetSize()}; load {_load()}", flush=True)
+    out: dict[str, Any] = {"ct": what, "size": list(ct.GetSize()), "load_start": _load()}
     plan = Plan()
     ref, dt, dc = timed(lambda: segment_ct(ct, pm, exact, progress=plan))
+    ref_lab = sitk.GetArrayFromImage(ref.labels)
     out["exact"] = {"windows": plan.windows, "wall_s": round(dt, 1), "cpu_s": round(dc, 1), "plan": plan.plan,
-                    "sliding_window_s": round(ref.timings["sliding_window"], 1)}
-    print(f"full exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU ({plan.plan}); load {_load()}", flush=True)
-    plan = Plan()
-    res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, fastcfg, organ_masks=organs, progress=plan))
-    out["fast_organ_map"] = {"windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
-                             "sliding_window_s": round(res.timings["sliding_window"], 1),
-                             "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2)}
-    print(f"full fast (organ map): {plan.windows} windows, {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s CPU "
-          f"({dc / dc2:.2f}x) ({plan.plan}); load {_load()}", flush=True)
-    coarse_hu = sitk.GetArrayFromImage(to_canonical(ct, is_label=False, spacing=1.0)[0])
-    _, dt3, dc3 = timed(lambda: fast.coarse_region(net, coarse_hu, fastcfg, torch.device("cpu"),
-                                                   pm.segmentation_normalization(), pm.divisor))
-    out["coarse_pass"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
-    print(f"full coarse pass alone (fast without an organ map adds it): {dt3:.1f} s wall, {dc3:.1f} s CPU", flush=True)
+                    "runtime": ref.config.runtime, "sliding_window_s": round(ref.timings["sliding_window"], 1)}
+    print(f"exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU ({plan.plan}); load {_load()}", flush=True)
+    for name, kwargs in (("fast_organ_map", {"organ_masks": organs}), ("fast_coarse_pass", {})):
+        plan = Plan()
+        res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, fastcfg, progress=plan, **kwargs))
+        dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
+        out[name] = {"windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
+                     "runtime": res.config.runtime, "sliding_window_s": round(res.timings["sliding_window"], 1),
+                     "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2),
+                     "min_dice": min(dice.values(), default=1.0), "dice": dice}
+        print(f"{name}: {plan.windows} windows ({res.config.runtime}), {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s "
+              f"CPU ({dc / dc2:.2f}x) ({plan.plan}); Dice vs exact min {out[name]['min_dice']:.4f}; load {_load()}",
+              flush=True)
     return out
 
 
@@ -229,18 +234,28 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
     box = plan_windows(hu, exact)[0]
     centre = tuple(slice((b.start + b.stop) // 2 - 64, (b.start + b.stop) // 2 + 64) for b in box)
     x = torch.from_numpy(np.asarray(pm.segmentation_normalization()(hu[centre]), np.float32))[None, None]
-    per: dict[str, list[list[float]]] = {"exact": [], "fast": []}
+    from PASTALib.infer.openvino_runtime import runtime_network
+
+    fast_net, dt_conv, _ = timed(lambda: runtime_network(net, fastcfg, torch.device("cpu")))
+    runtime = "torch" if fast_net is net else f"openvino {fast_net.precision}"
+    out["fast_runtime"] = {"runtime": runtime, "prepare_s": round(dt_conv, 1)}
+    print(f"fast runtime: {runtime} (conversion/loading {dt_conv:.1f} s)", flush=True)
+    with torch.no_grad():  # one untimed window each: first-call setup (oneDNN primitives, OpenVINO compile)
+        for model, dtype in ((net, None), (net, bf16), (fast_net, bf16)):
+            with autocast(torch.device("cpu"), dtype):
+                model.segment(x)
+    per: dict[str, list[list[float]]] = {"exact": [], "torch_fast_dtype": [], "fast": []}
     with torch.no_grad():
         for r in range(args.window_repeats):
-            for name, dtype in (("exact", None), ("fast", bf16)):
+            for name, model, dtype in (("exact", net, None), ("torch_fast_dtype", net, bf16), ("fast", fast_net, bf16)):
                 with autocast(torch.device("cpu"), dtype):
-                    _, dt, dc = timed(lambda: net.segment(x))
+                    _, dt, dc = timed(lambda: model.segment(x))
                 per[name].append([dt, dc])
                 print(f"  window {r + 1}/{args.window_repeats} {name}: {dt:.1f} s wall, {dc:.1f} s CPU (load {_load()})",
                       flush=True)
     med = {k: [float(np.median([v[i] for v in per[k]])) for i in (0, 1)] for k in per}
     out["window_s"] = {k: {"wall": [round(v[0], 1) for v in per[k]], "cpu": [round(v[1], 1) for v in per[k]]} for k in per}
-    _, dt3, dc3 = timed(lambda: fast.coarse_region(net, hu[box], fastcfg, torch.device("cpu"),
+    _, dt3, dc3 = timed(lambda: fast.coarse_region(fast_net, hu[box], fastcfg, torch.device("cpu"),
                                                    pm.segmentation_normalization(), pm.divisor))
     out["coarse_pass_whole_ct"] = {"wall_s": round(dt3, 1), "cpu_s": round(dc3, 1)}
     print(f"coarse pass on the whole body box (what fast costs without an organ map): {dt3:.1f} s wall, {dc3:.1f} s CPU",
@@ -259,8 +274,8 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
                   f"{t_map / 60:.1f} min with the organ map ({t_exact / t_map:.2f}x), {t_coarse / 60:.1f} min with "
                   f"the coarse pass ({t_exact / t_coarse:.2f}x)", flush=True)
     out["whole_ct_projection"] = proj
-    if args.slab:
-        out["slab"] = slab_end_to_end(args, ct_full, pm, exact, fastcfg)
+    if args.slab or args.whole:
+        out["end_to_end"] = end_to_end(args, ct_full, pm, exact, fastcfg, whole=args.whole)
     out["load_end"] = _load()
     return out
 
@@ -272,15 +287,17 @@ def main() -> None:
                     help="where the tiny test model is trained once and reused")
     ap.add_argument("--checkpoint", help="tiny part: these weights (with --ct) instead of the cached test model")
     ap.add_argument("--ct", help="tiny part: CT for --checkpoint")
-    ap.add_argument("--fast-overlap", type=float, nargs="+", default=[0.25, 0.0], help="tiny part: fast overlaps tried")
-    ap.add_argument("--full-overlap", type=float, nargs="+", default=[0.25, 0.0],
-                    help="full part: fast overlaps counted (the first one for --slab)")
+    ap.add_argument("--fast-overlap", type=float, nargs="+", default=[0.5, 0.25, 0.0], help="tiny part: fast overlaps tried")
+    ap.add_argument("--full-overlap", type=float, nargs="+", default=[0.5, 0.25, 0.0],
+                    help="full part: fast overlaps counted (the first one for --slab / --whole)")
     ap.add_argument("--z-slices", type=int, nargs=2, default=(66, 96), metavar=("Z0", "Z1"),
                     help="full part: example_ct slices (3 mm) of the slab (default 66 96: kidneys, liver, pancreas)")
     ap.add_argument("--width", choices=("full", "tiny"), default="full", help="full part: network width (tiny: a smoke run)")
     ap.add_argument("--window-repeats", type=int, default=2, help="full part: timed 128³ windows per dtype")
     ap.add_argument("--slab", action="store_true", help="full part: also segment_ct end to end, exact vs fast, on "
                                                         "the --z-slices slab (about 20 exact windows: ~15 min idle)")
+    ap.add_argument("--whole", action="store_true", help="full part: segment_ct end to end, exact vs fast, on the whole "
+                                                         "CT (100 exact windows: ~1 h on 2 idle cores)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the summary here")
@@ -289,10 +306,14 @@ def main() -> None:
         ap.error("--checkpoint and --ct go together")
     torch.set_num_threads(args.threads)
     summary: dict[str, Any] = {"threads": args.threads, "load_start": _load(), "cpu": _cpu_name()}
-    if args.part in ("tiny", "both"):
-        summary["tiny"] = part_tiny(args)
-    if args.part in ("full", "both"):
-        summary["full"] = part_full(args)
+    # a fresh OpenVINO cache (the full width's IR is ~1 GB): the run pays the conversion once, as a user's
+    # first fast run does
+    with tempfile.TemporaryDirectory(prefix="pasta-bench-openvino-") as cache:
+        os.environ["PASTA_OPENVINO_CACHE"] = cache
+        if args.part in ("tiny", "both"):
+            summary["tiny"] = part_tiny(args)
+        if args.part in ("full", "both"):
+            summary["full"] = part_full(args)
     summary["load_end"] = _load()
     print("SUMMARY " + json.dumps(summary))
     if args.json:

@@ -26,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                         "`pasta weights info`)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     p.add_argument("--patch-size", type=size_triple, help="sliding-window size N or D,H,W (default 128)")
-    p.add_argument("--overlap", type=range_float(0, 1, hi_open=True), help="window overlap fraction (default 0.5; with --fast 0.25)")
+    p.add_argument("--overlap", type=range_float(0, 1, hi_open=True), help="window overlap fraction (default 0.5)")
     p.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time mirroring over the 3 axes (8x slower; default: on with --compat authors, as "
                         "nnU-Net's predictor, off otherwise; only for models trained with mirroring augmentation)")
@@ -35,12 +35,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "aligned corners, logits blended with nnU-Net's Gaussian, mirroring unless --no-mirror; 8x slower)")
     speed = p.add_mutually_exclusive_group()
     speed.add_argument("--fast", dest="speed", action="store_const", const="fast",
-                       help="CPU fast path: windows only over the (dilated) organs PASTA reports on except bone, taken "
-                            "from --organs or a coarse pass; overlap 0.25; bf16 where the CPU has native bf16. "
-                            "Several times faster; lesions far outside those organs and bone metastases are not "
-                            "searched (BENCHMARKS.md)")
+                       help="fast path (the default on a CPU): windows only over the (dilated) organs PASTA reports on "
+                            "except bone, taken from --organs or a coarse pass; bf16 where the CPU has native bf16; "
+                            "OpenVINO when installed. About 10x faster on a CPU, same lesions and organs on the "
+                            "benchmark; bone metastases away from those organs are not searched (BENCHMARKS.md)")
     speed.add_argument("--exact", dest="speed", action="store_const", const="exact",
-                       help="the reference path: every window of the body, overlap 0.5, full precision on CPU (default)")
+                       help="the reference path (the default on CUDA): every window of the body, overlap 0.5, full "
+                            "precision on CPU")
+    p.set_defaults(speed="auto")
+    p.add_argument("--runtime", choices=("auto", "torch", "openvino"),
+                   help="what runs the windows: auto (default) = OpenVINO for --fast on CPU when installed (pip install "
+                        "openvino; ~3x faster per window than torch at f32, ~6x at bf16), else torch")
     p.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass (default 2)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="full precision on CUDA (default: bf16/fp16)")
     p.add_argument("--crop-size", type=size_triple, help="lesion crop for the attribute head N or D,H,W (default 96)")
@@ -87,12 +92,12 @@ def _segment(args: argparse.Namespace) -> int:
     check_outputs([args.ct, args.batch, args.organs, args.checkpoint], folders=[args.out],
                   names=() if args.batch else SEGMENT_OUTPUTS)
 
-    # --overlap sets the overlap of the path that runs: --fast has its own (0.25 unless given).
-    overlap_key = "fast_overlap" if args.speed == "fast" else "overlap"
+    # --overlap sets the overlap of whichever path runs (the default path is decided by the device, later)
     overrides = {k: v for k, v in {
-        "patch_size": args.patch_size, "crop_size": args.crop_size, overlap_key: args.overlap, "batch_size": args.sw_batch_size,
+        "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap,
+        "fast_overlap": args.overlap, "batch_size": args.sw_batch_size,
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
-        "num_threads": args.threads, "speed": args.speed,
+        "num_threads": args.threads, "speed": args.speed, "runtime": args.runtime,
     }.items() if v is not None}
     mirroring = args.compat == "authors" if args.mirror is None else args.mirror
     cfg = InferenceConfig(device=args.device, mirroring=mirroring, amp=args.amp, compat=args.compat, **overrides)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from PASTALib.errors import PastaError
@@ -47,15 +47,22 @@ class InferenceConfig:
     #: corners, logits blended with nnU-Net's Gaussian; PASTALib.infer.compat). Mirroring stays its own switch
     #: (``mirroring``; `pasta segment --compat authors` turns it on, as nnU-Net's predictor does by default)
     compat: str = "pasta"
-    #: "exact" (the reference path: every window of the body box) or "fast" (PASTALib.infer.fast: windows only
-    #: over the dilated ``fast_organs`` region, ``fast_overlap``, bf16 autocast on CPUs with native bf16)
+    #: "exact" (the reference path: every window of the body box), "fast" (PASTALib.infer.fast: windows only
+    #: over the dilated ``fast_organs`` region, ``fast_overlap``, bf16 on CPUs with native bf16, OpenVINO when
+    #: installed) or "auto" (:func:`resolve_speed`: fast on a CPU, exact on CUDA; what `pasta segment` and the
+    #: PASTA panel default to). The library default stays the reference.
     speed: str = "exact"
-    fast_overlap: float = 0.25
+    #: 0.5 as the reference: measured against it (tiny test model, BENCHMARKS.md), 0.25 lost a lesion and
+    #: 7 % organ Dice at window borders, 0.5 kept every lesion and organ Dice >= 0.995
+    fast_overlap: float = 0.5
     fast_margin_mm: float = 16.0  # organ region grown by this much: lesions at an organ's edge, coarse-pass misses
     fast_coarse_factor: float = 2.0  # coarse organ pass at this multiple of spacing_mm (no organ map given)
     #: organs (1-10) whose region is segmented in fast mode; bone (10) is left out: the skeleton spans the
     #: whole body, so with it no window would be skipped (bone metastases need --exact)
     fast_organs: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    #: what runs the windows: "torch", "openvino" (CPU; PASTALib.infer.openvino_runtime) or "auto" (OpenVINO for
+    #: the fast path on CPU when the package is installed, torch otherwise)
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
@@ -82,15 +89,27 @@ class InferenceConfig:
             raise InferenceError("spacing must be positive")
         if self.compat not in ("pasta", "authors"):
             raise InferenceError(f"compat must be pasta or authors, not {self.compat!r}")
-        if self.speed not in ("exact", "fast"):
-            raise InferenceError(f"speed must be exact or fast, not {self.speed!r}")
+        if self.speed not in ("auto", "exact", "fast"):
+            raise InferenceError(f"speed must be auto, exact or fast, not {self.speed!r}")
         if self.speed == "fast" and self.compat == "authors":
             raise InferenceError("fast mode skips windows, which the authors' logit blending (--compat authors) "
                                  "cannot represent; use --exact with --compat authors")
         if not 0.0 <= self.fast_overlap < 1.0 or self.fast_coarse_factor < 1.0 or self.fast_margin_mm < 0:
             raise InferenceError("fast_overlap must be in [0, 1), fast_coarse_factor >= 1 and fast_margin_mm >= 0")
+        if self.runtime not in ("auto", "torch", "openvino"):
+            raise InferenceError(f"runtime must be auto, torch or openvino, not {self.runtime!r}")
         if not self.fast_organs or any(v not in range(1, 11) for v in self.fast_organs):
             raise InferenceError(f"fast_organs must be organ labels 1-10, got {self.fast_organs}")
+
+    def resolved(self, device: Any) -> "InferenceConfig":
+        """This config with ``speed`` and ``runtime`` decided for ``device`` (a torch.device): what runs."""
+        from PASTALib.infer.openvino_runtime import resolve_runtime
+
+        speed = self.speed
+        if speed == "auto":  # the fast path's region and bf16 pay off on a CPU; a GPU runs the reference
+            speed = "fast" if device.type == "cpu" and self.compat != "authors" else "exact"
+        cfg = replace(self, speed=speed)
+        return replace(cfg, runtime=resolve_runtime(cfg, device))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -247,6 +247,8 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
     if pm.capabilities is not None:  # e.g. PASTA_final.pth: an encoder + attribute head, no trained segmentation
         pm.capabilities.require_segmentation()
     cfg.validate(pm.divisor)
+    # before any work (a missing OpenVINO fails here); run.json then says which path and runtime ran
+    cfg = cfg.resolved(pm.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     timings: dict[str, float] = {}

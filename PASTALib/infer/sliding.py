@@ -221,18 +221,22 @@ def segment_canonical(
     ~M on this machine" message.
     """
     from PASTALib.infer import fast
+    from PASTALib.infer.openvino_runtime import runtime_network
 
     say = progress or (lambda f, m: None)
     lo, hi = fraction_range
     normalize = normalize or SLFNormalization(tuple(slf_values))
     divisor = int(getattr(getattr(model, "config", None), "divisor", 32))
     region = None
+    cfg = cfg.resolved(device)
+    windows_net = None  # the network, or its OpenVINO stand-in: made when a window is to run
     if cfg.speed == "fast":
         if organ_labels is not None:
             region = fast.region_from_labels(organ_labels, cfg)
         else:
             say(lo, "coarse organ pass")
-            region = fast.coarse_region(model, hu_zyx, cfg, device, normalize, divisor)
+            windows_net = runtime_network(model, cfg, device)
+            region = fast.coarse_region(windows_net, hu_zyx, cfg, device, normalize, divisor)
             lo = lo + 0.1 * (hi - lo)
         cfg = replace(cfg, overlap=cfg.fast_overlap)
     box, n_windows = plan_windows(hu_zyx, cfg, region)
@@ -240,9 +244,12 @@ def segment_canonical(
     if n_windows == 0:  # no organ region: nothing to run, so nothing to time either
         say(lo, f"plan: no window to run ({cfg.speed}): no organ region found")
         return labels, box
-    per_window = fast.probe_seconds_per_window(model, cfg, device, divisor, fast.window_dtype(device, cfg))
-    say(lo, f"plan: about {n_windows} windows ({cfg.speed}), {_minutes(n_windows * per_window)} on this machine")
-    prob = sliding_window_probabilities(model, hu_zyx[box], cfg, device, progress=progress, fraction_range=(lo, hi),
+    if windows_net is None:
+        windows_net = runtime_network(model, cfg, device)
+    per_window = fast.probe_seconds_per_window(windows_net, cfg, device, divisor, fast.window_dtype(device, cfg))
+    what = "exact" if cfg.speed == "exact" else "fast, organs only: bone metastases elsewhere need --exact"
+    say(lo, f"plan: about {n_windows} windows ({what}), {_minutes(n_windows * per_window)} on this machine")
+    prob = sliding_window_probabilities(windows_net, hu_zyx[box], cfg, device, progress=progress, fraction_range=(lo, hi),
                                         normalize=normalize, region=None if region is None else region[box])
     labels[box] = prob.argmax(0).to(torch.uint8).cpu().numpy()
     return labels, box  # type: ignore[return-value]

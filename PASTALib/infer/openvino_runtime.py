@@ -1,0 +1,156 @@
+"""OpenVINO for the segmentation windows on CPU (``InferenceConfig.runtime``; issue #17).
+
+Measured on the full-width network, one 128³ window, 2 cores with AVX512-BF16 (BENCHMARKS.md): torch
+float32 32.7 s, torch bf16 autocast 16.7 s, OpenVINO f32 11.2 s (max |logit difference| 7e-4, argmax equal
+on 99.99 % of voxels), OpenVINO bf16 5.7 s. So the fast path runs its windows here when OpenVINO is
+installed, with the precision the fast path would use anyway (bf16 only where the CPU has it natively).
+
+The network is converted once per set of weights (``ov.convert_model`` traces ``segment`` on a small
+window, ~30 s for the full width) and saved as OpenVINO IR under ``cache_dir()`` keyed by a digest of the
+weights; each window shape is then a reshape + compile (~2 s) of that IR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from PASTALib.infer.config import InferenceConfig, InferenceError
+
+#: what `pip install` needs for ``runtime="openvino"`` (a pyproject dependency; PASTALib.requirements for Slicer)
+OPENVINO_REQUIREMENT = "openvino==2026.4.1"
+CACHE_ENV = "PASTA_OPENVINO_CACHE"
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def cache_dir() -> Path:
+    """Where converted networks are kept: ``$PASTA_OPENVINO_CACHE`` or ``${XDG_CACHE_HOME:-~/.cache}/pasta/openvino``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pasta" / "openvino"
+
+
+def resolve_runtime(cfg: InferenceConfig, device: torch.device) -> str:
+    """"torch" or "openvino" for this run: ``auto`` is OpenVINO for the fast path on CPU when installed."""
+    if cfg.runtime == "torch":
+        return "torch"
+    if cfg.runtime == "openvino":
+        if device.type != "cpu":
+            raise InferenceError(f"--runtime openvino runs on the CPU, not {device}; use --device cpu, or --runtime torch")
+        if not openvino_available():
+            raise InferenceError(f"--runtime openvino needs the OpenVINO package: pip install {OPENVINO_REQUIREMENT} "
+                                 "(or use --runtime torch)")
+        return "openvino"
+    return "openvino" if device.type == "cpu" and cfg.speed == "fast" and openvino_available() else "torch"
+
+
+def weights_digest(network: torch.nn.Module) -> str:
+    """SHA-256 (first 20 hex digits) of the network's class, parameter names, shapes, dtypes and values."""
+    h = hashlib.sha256(type(network).__qualname__.encode())
+    for name, tensor in network.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:20]
+
+
+class _SegmentOnly(torch.nn.Module):
+    """The traced graph: full-resolution segmentation logits only (no deep supervision, no heads)."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.segment(x)
+
+
+def converted_model(network: torch.nn.Module, divisor: int, cache: Path | None = None) -> Any:
+    """The network's ``segment`` as an OpenVINO model, read from the cache or converted and saved there
+    (written to a temporary folder and renamed: a crash never leaves a half-written IR)."""
+    import openvino as ov
+
+    folder = (cache or cache_dir()) / weights_digest(network)
+    xml = folder / "segment.xml"
+    core = ov.Core()
+    if xml.is_file() and (folder / "segment.bin").is_file():
+        try:
+            return core.read_model(str(xml))
+        except RuntimeError:  # a damaged cache entry: convert again
+            shutil.rmtree(folder, ignore_errors=True)
+    was_training = network.training
+    network.eval()
+    try:
+        # a small example window (2 divisors per side): tracing runs one forward pass, and the graph takes
+        # any multiple of the divisor after reshape
+        example = torch.zeros((1, int(getattr(network.config, "in_channels", 1)), *(2 * divisor,) * 3))
+        with torch.no_grad(), warnings.catch_warnings():
+            # the shape checks in PastaUNet's forward are traced as constants: right for every valid window
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            model = ov.convert_model(_SegmentOnly(network), example_input=example)
+    finally:
+        network.train(was_training)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+    try:
+        # full-precision weights in the IR: the precision is chosen when compiling (f32, or bf16 on CPUs with it)
+        ov.save_model(model, str(staging / "segment.xml"), compress_to_fp16=False)
+        try:
+            staging.rename(folder)
+        except OSError:  # another run saved the same weights first: use theirs
+            pass
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model
+
+
+class OpenVINOSegmenter:
+    """``segment(x)`` of a network, run by OpenVINO on the CPU: a stand-in for the network in the sliding
+    window (same ``config``; one compiled model per window shape; windows of a batch run one by one)."""
+
+    def __init__(self, network: torch.nn.Module, *, bf16: bool, threads: int | None, cache: Path | None = None) -> None:
+        import openvino as ov
+
+        self.config = network.config
+        divisor = int(getattr(network.config, "divisor", 32))
+        self._model = converted_model(network, divisor, cache)
+        self._core = ov.Core()
+        self._properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+                                            "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self._properties["INFERENCE_NUM_THREADS"] = int(threads)
+        self.precision = self._properties["INFERENCE_PRECISION_HINT"]
+        self._compiled: dict[tuple[int, ...], Any] = {}
+
+    def _compiled_for(self, shape: tuple[int, ...]) -> Any:
+        if shape not in self._compiled:
+            self._model.reshape(list(shape))
+            self._compiled[shape] = self._core.compile_model(self._model, "CPU", self._properties)
+        return self._compiled[shape]
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = self._compiled_for((1, *x.shape[1:]))
+        x_np = x.detach().to("cpu", torch.float32).numpy()
+        outs = [np.asarray(compiled(np.ascontiguousarray(x_np[i:i + 1]))[0]) for i in range(x_np.shape[0])]
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+
+def runtime_network(network: torch.nn.Module, cfg: InferenceConfig, device: torch.device) -> Any:
+    """The object the windows call ``segment`` on: the network itself, or its OpenVINO stand-in."""
+    if resolve_runtime(cfg, device) == "torch":
+        return network
+    from PASTALib.infer.fast import window_dtype
+
+    return OpenVINOSegmenter(network, bf16=window_dtype(device, cfg) is torch.bfloat16, threads=cfg.num_threads)
