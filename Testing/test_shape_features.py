@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from PASTALib.eval.shape_features import SIZE_FREE, resample_mask, shape_features
+from PASTALib.eval.shape_features import SIZE_FREE, outline_gain, reader_outline, resample_mask, shape_features
 from PASTALib.eval.two_sample import c2st_auc
 
 
@@ -54,3 +54,31 @@ def test_c2st_is_chance_for_one_distribution_and_high_for_two():
     assert shifted.auc.estimate > 0.85 and shifted.auc.low > 0.75
     assert max(shifted.feature_importance, key=shifted.feature_importance.get) == "a"
     assert set(SIZE_FREE) <= set(shape_features(_ellipsoid(10, 9, 8), (1, 1, 1)))
+
+
+def test_reader_outline_closes_pixel_notches_and_holes_per_slice_only():
+    """A traced outline bridges a one-pixel notch and has no holes; it never joins slices (readers draw each
+    slice on its own) and leaves a mask that is already a closed outline unchanged (gain 0)."""
+    z, y, x = np.mgrid[:5, :21, :21]
+    disk = (y - 10) ** 2 + (x - 10) ** 2 <= 49
+    closed = np.broadcast_to(disk, (5, 21, 21)).copy()
+    closed[0] = False  # an empty slice stays empty
+    assert np.array_equal(reader_outline(closed), closed) and outline_gain(closed) == 0.0
+    notched = closed.copy()
+    notched[2, 10, 4:9] = False  # a 1-pixel slit from inside the edge towards the centre
+    notched[3, 10, 10] = False  # a one-voxel hole
+    assert np.array_equal(reader_outline(notched), closed)
+    assert outline_gain(notched) > 0.0
+    assert np.array_equal(reader_outline(notched, radius_px=0), notched)
+
+
+def test_reader_outline_is_decided_from_the_real_masks():
+    import pandas as pd
+
+    from PASTALib.eval.realism import drawn_outlines
+
+    real = pd.DataFrame({"equivalent_diameter_mm": [4.0, 12.0, 15.0, 20.0], "outline_gain": [0.2, 0.0, 0.001, 0.0]})
+    assert drawn_outlines(real)  # the small lesion's gain does not count
+    voxelwise = real.assign(outline_gain=[0.0, 0.03, 0.04, 0.02])
+    assert not drawn_outlines(voxelwise)
+    assert not drawn_outlines(real[real["equivalent_diameter_mm"] < 10])  # nothing large enough to tell

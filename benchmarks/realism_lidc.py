@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from PASTALib.cli.main import main as pasta  # noqa: E402
 from PASTALib.eval.lidc import even_patient_contours, rating_groups  # noqa: E402
-from PASTALib.eval.realism import lesion_features  # noqa: E402
+from PASTALib.eval.realism import OUTLINE_MIN_DIAMETER_MM, drawn_outlines, lesion_features  # noqa: E402
 from PASTALib.eval.realism_io import LesionCase, read_synthetic_dir  # noqa: E402
 from PASTALib.eval.shape_features import SIZE_FREE  # noqa: E402
 from PASTALib.eval.two_sample import c2st_auc  # noqa: E402
@@ -93,11 +93,11 @@ def synthetic_attributes(folder: Path, cases: list[LesionCase]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def features(cases: list[LesionCase], spacings: list | None) -> pd.DataFrame:
+def features(cases: list[LesionCase], spacings: list | None, outline: bool = False) -> pd.DataFrame:
     rows = []
     for case, spacing in zip(cases, spacings or [None] * len(cases)):
         try:
-            rows.append(lesion_features(case, spacing_xyz=spacing))
+            rows.append(lesion_features(case, spacing_xyz=spacing, outline=outline))
         except (ValueError, RuntimeError) as exc:  # a degenerate mask (no mesh): listed, not fatal
             print(f"  skipped {case.source} {case.case_id}: {exc}")
     return pd.DataFrame(rows)
@@ -161,6 +161,8 @@ def main() -> int:
     parser.add_argument("--synthetic", type=Path, help="an existing `pasta synth generate` folder (skips generation)")
     parser.add_argument("--templates", help="templates for generation (default: the demo's chest CT)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reader-outline", choices=("auto", "on", "off"), default="auto",
+                        help="as `pasta evaluate realism --reader-outline` (auto: on when the LIDC outlines are closed)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,7 +179,15 @@ def main() -> int:
         pool = real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()
         spacings = [tuple(pool[int(i)]) for i in rng.integers(0, len(pool), size=len(syn_cases))]
         raw = features(syn_cases, None).merge(attributes, on="case_id")
-        matched = features(syn_cases, spacings).merge(attributes, on="case_id")
+        # acquisition matching as `pasta evaluate realism` does it: LIDC's spacings, and (decided from the
+        # LIDC masks: closed traced outlines) each synthetic slice filled as a reader's outline
+        outline = drawn_outlines(real) if args.reader_outline == "auto" else args.reader_outline == "on"
+        matched = features(syn_cases, spacings, outline).merge(attributes, on="case_id")
+        large = real["equivalent_diameter_mm"] >= OUTLINE_MIN_DIAMETER_MM
+        print(f"outline gain (pixels a 1-px per-slice closing adds per boundary pixel, lesions >= "
+              f"{OUTLINE_MIN_DIAMETER_MM:g} mm): LIDC median {real.loc[large, 'outline_gain'].median():.4f}, "
+              f"synthetic at LIDC spacings {matched.loc[matched['equivalent_diameter_mm'] >= OUTLINE_MIN_DIAMETER_MM, 'outline_gain'].median():.4f}"
+              f" -> reader outline {'on' if outline else 'off'}")
         print(f"{len(matched)} synthetic lung tumours ({time.perf_counter() - t0:.0f} s); median equivalent diameter "
               f"{matched['equivalent_diameter_mm'].median():.1f} mm, at 1 mm / {raw['equivalent_diameter_mm'].median():.1f} mm "
               f"requested {attributes['requested_diameter_mm'].median():.1f} mm")

@@ -86,6 +86,9 @@ def _add_realism_parser(group: argparse._SubParsersAction) -> None:
                       help="shape features only (masks without CTs; no PyRadiomics needed)")
     real.add_argument("--no-match-acquisition", action="store_true",
                       help="keep synthetic lesions on their own grid (default: resample each to a real scan's spacing)")
+    real.add_argument("--reader-outline", choices=("auto", "on", "off"), default="auto",
+                      help="fill each slice of a synthetic mask as a reader's traced outline when matching acquisition "
+                           "(auto: when the real masks are closed outlines, as LIDC's contours are)")
     real.add_argument("--with-size", action="store_true",
                       help="let the classifier see the lesion volume too (default: size-free features only)")
     real.add_argument("--max-synthetic", type=positive_int, help="score a seeded random subset of this many synthetic lesions")
@@ -235,6 +238,7 @@ def _realism(args: argparse.Namespace) -> int:
     try:
         result = evaluate_realism(real, synthetic, rng=np.random.default_rng(args.seed), shape_only=args.shape_only,
                                   match_acquisition=not args.no_match_acquisition, with_size=args.with_size,
+                                  reader_outline={"auto": None, "on": True, "off": False}[args.reader_outline],
                                   max_synthetic=args.max_synthetic, n_boot=args.n_boot, n_trees=args.trees,
                                   progress=lambda case: bar.advance(1, ""))
     finally:

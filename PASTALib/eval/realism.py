@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from PASTALib.errors import PastaError
 from PASTALib.eval.realism_io import LesionCase, load_lesion, match_spacing
-from PASTALib.eval.shape_features import SIZE, SIZE_FREE, shape_features
+from PASTALib.eval.shape_features import SIZE, SIZE_FREE, outline_gain, reader_outline, shape_features
 from PASTALib.eval.tasks import EvaluationError
 from PASTALib.eval.two_sample import C2STResult, c2st_auc
 
@@ -83,17 +83,26 @@ def texture_features(extractor, ct: sitk.Image, mask: sitk.Image) -> dict[str, f
     return {k[len("original_"):]: float(v) for k, v in out.items() if k.startswith("original_")}
 
 
-def lesion_features(case: LesionCase, *, spacing_xyz: Sequence[float] | None, extractor=None) -> dict:
+def lesion_features(case: LesionCase, *, spacing_xyz: Sequence[float] | None, extractor=None,
+                    outline: bool = False) -> dict:
     """Shape (and, with an extractor, texture) features of one lesion, after resampling it to
-    ``spacing_xyz`` (None: its own grid)."""
+    ``spacing_xyz`` (None: its own grid) and, with ``outline``, filling each slice as a reader's outline
+    (:func:`PASTALib.eval.shape_features.reader_outline`). ``outline_gain`` is measured before that."""
     mask, ct = load_lesion(case, with_ct=extractor is not None)
     if spacing_xyz is not None and not np.allclose(mask.GetSpacing(), spacing_xyz, rtol=1e-3):
         mask, ct = match_spacing(mask, ct, spacing_xyz)
     array = sitk.GetArrayViewFromImage(mask).astype(bool)
+    gain = outline_gain(array)
+    if outline:
+        array = reader_outline(array)
+        outlined = sitk.GetImageFromArray(array.astype(np.uint8))
+        outlined.CopyInformation(mask)
+        mask = outlined
     row = {"case_id": case.case_id, "source": case.source, "lesion_type": case.lesion_type,
            "spacing_mm": "x".join(f"{s:.3g}" for s in mask.GetSpacing())}
     row.update({f"spacing_{axis}_mm": float(s) for axis, s in zip("xyz", mask.GetSpacing())})
     row.update(shape_features(array, mask.GetSpacing()[::-1]))
+    row["outline_gain"] = gain
     row["log_volume"] = float(np.log(max(row["volume_mm3"], 1e-6)))
     if extractor is not None:
         row.update(texture_features(extractor, ct, mask))
@@ -130,17 +139,35 @@ def feature_distances(real: pd.DataFrame, synthetic: pd.DataFrame, features: Seq
     return table.sort_values(["ks", "abs_smd"], ascending=False).drop(columns="abs_smd").reset_index(drop=True)
 
 
+#: outline decision (:func:`drawn_outlines`): lesions this large have a few slices with a traced outline
+OUTLINE_MIN_DIAMETER_MM = 10.0
+#: below this median gain the real outlines count as closed (LIDC >= 10 mm: 0.000; synthetic: ~0.03)
+OUTLINE_GAIN_CLOSED = 0.005
+
+
+def _large_gain(real: pd.DataFrame) -> float:
+    return float(real[real["equivalent_diameter_mm"] >= OUTLINE_MIN_DIAMETER_MM]["outline_gain"].median())
+
+
 def _target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> list[tuple[float, ...]]:
     pool = [tuple(float(v) for v in row) for row in real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()]
     return [pool[int(i)] for i in rng.integers(0, len(pool), size=n)]
 
 
+def drawn_outlines(real: pd.DataFrame) -> bool:
+    """Whether the real masks are drawn as closed outlines per slice (median :func:`outline_gain` of those
+    >= :data:`OUTLINE_MIN_DIAMETER_MM` below :data:`OUTLINE_GAIN_CLOSED`): then the synthetic masks are
+    filled the same way in acquisition matching."""
+    gain = _large_gain(real)
+    return not math.isnan(gain) and gain < OUTLINE_GAIN_CLOSED
+
+
 def _collect(cases: Sequence[LesionCase], spacings: Sequence, extractor, failed: list[str],
-             progress: Callable[[LesionCase], None] | None) -> list[dict]:
+             progress: Callable[[LesionCase], None] | None, outline: bool = False) -> list[dict]:
     rows = []
     for case, spacing in zip(cases, spacings):
         try:
-            rows.append(lesion_features(case, spacing_xyz=spacing, extractor=extractor))
+            rows.append(lesion_features(case, spacing_xyz=spacing, extractor=extractor, outline=outline))
         except (ValueError, RuntimeError, PastaError) as exc:
             # A degenerate lesion (too few voxels for a mesh or a texture matrix) or an unreadable synthetic case
             # is skipped and listed; a real lesion that cannot be read is the user's input error and stops the run.
@@ -155,8 +182,12 @@ def _collect(cases: Sequence[LesionCase], spacings: Sequence, extractor, failed:
 def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase], *, rng: np.random.Generator,
                      shape_only: bool = False, match_acquisition: bool = True, with_size: bool = False,
                      max_synthetic: int | None = None, n_boot: int = 1000, n_trees: int = 300,
+                     reader_outline: bool | None = None,
                      progress: Callable[[LesionCase], None] | None = None) -> RealismResult:
-    """Features of every lesion, the C2ST AUC and per-feature distances (see the module docstring)."""
+    """Features of every lesion, the C2ST AUC and per-feature distances (see the module docstring).
+
+    ``reader_outline`` (acquisition matching only): fill each slice of a synthetic mask as a reader's
+    outline; None decides from the real masks (:func:`drawn_outlines`)."""
     extractor = None if shape_only else radiomics_extractor()
     synthetic = list(synthetic)
     if max_synthetic is not None and len(synthetic) > max_synthetic:
@@ -168,13 +199,17 @@ def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase]
         raise EvaluationError("no real lesion could be measured: " + "; ".join(failed[:3]))
     real_df = pd.DataFrame(real_rows)
     spacings = _target_spacings(real_df, len(synthetic), rng) if match_acquisition else [None] * len(synthetic)
-    synthetic_df = pd.DataFrame(_collect(synthetic, spacings, extractor, failed, progress))
+    notes = []
+    outline = match_acquisition and (drawn_outlines(real_df) if reader_outline is None else reader_outline)
+    if outline:
+        notes.append("synthetic masks filled slice by slice as a reader's outline (the real masks are closed "
+                     f"outlines: median outline gain {_large_gain(real_df):.3f} pixels per boundary pixel)")
+    synthetic_df = pd.DataFrame(_collect(synthetic, spacings, extractor, failed, progress, outline))
     if synthetic_df.empty:
         raise EvaluationError("no synthetic lesion could be measured: " + "; ".join(failed[-3:]))
     features = pd.concat([real_df, synthetic_df], ignore_index=True)
     texture = [c for c in real_df.columns if c.split("_")[0] in RADIOMICS_CLASSES] if extractor else []
     clf_features = [*SIZE_FREE, *(["log_volume"] if with_size else []), *texture]
-    notes = []
     finite = features[clf_features].replace([np.inf, -np.inf], np.nan).dropna(axis=1, how="any").columns
     if len(finite) < len(clf_features):
         notes.append("left out of the classifier (not finite for every lesion): "
@@ -191,7 +226,8 @@ def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase]
                      f"({len(real_df)} real, {len(synthetic_df)} synthetic measured)")
     distance_features = [*clf_features, *(c for c in (*SIZE, "log_volume") if c not in clf_features)]
     distances = feature_distances(real_df, synthetic_df, distance_features, result.feature_importance if result else None)
-    settings = {"shape_only": shape_only, "match_acquisition": match_acquisition, "with_size": with_size,
+    settings = {"shape_only": shape_only, "match_acquisition": match_acquisition, "reader_outline": bool(outline),
+                "with_size": with_size,
                 "n_boot": n_boot, "n_trees": n_trees, "radiomics_classes": [] if shape_only else list(RADIOMICS_CLASSES),
                 "radiomics_settings": {} if shape_only else dict(RADIOMICS_SETTINGS)}
     return RealismResult(features, distances, list(clf_features), result, settings, notes, failed)
