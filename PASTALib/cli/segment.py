@@ -37,8 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     speed.add_argument("--fast", dest="speed", action="store_const", const="fast",
                        help="fast path (the default on a CPU): windows only over the (dilated) organs PASTA reports on "
                             "except bone, taken from --organs or a coarse pass; bf16 where the CPU has native bf16; "
-                            "OpenVINO when installed. About 10x faster on a CPU, same lesions and organs on the "
-                            "benchmark; bone metastases away from those organs are not searched (BENCHMARKS.md)")
+                            "OpenVINO when installed. 5-10x faster on a CPU, same lesions and organs on the benchmark; "
+                            "bone metastases away from those organs are not searched (BENCHMARKS.md)")
     speed.add_argument("--exact", dest="speed", action="store_const", const="exact",
                        help="the reference path (the default on CUDA): every window of the body, overlap 0.5, full "
                             "precision on CPU")
