@@ -39,13 +39,17 @@ def openvino_cache(tmp_path_factory):
     import os
 
     folder = tmp_path_factory.mktemp("openvino-cache")
-    old = os.environ.get("PASTA_OPENVINO_CACHE")
-    os.environ["PASTA_OPENVINO_CACHE"] = str(folder)
+    # The fast path's windows run in torch in this process (and the `pasta` subprocesses of the tests): OpenVINO's
+    # thread pool does not survive the forks later tests make (DataLoader workers, torchrun). OpenVINO itself is
+    # tested in a subprocess of its own (test_infer_fast.test_openvino_runtime_in_its_own_process).
+    saved = {k: os.environ.get(k) for k in ("PASTA_OPENVINO_CACHE", "PASTA_RUNTIME")}
+    os.environ.update({"PASTA_OPENVINO_CACHE": str(folder), "PASTA_RUNTIME": "torch"})
     yield folder
-    if old is None:
-        os.environ.pop("PASTA_OPENVINO_CACHE", None)
-    else:
-        os.environ["PASTA_OPENVINO_CACHE"] = old
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 FETCH_TEST_DATA = _load_fetch_script()

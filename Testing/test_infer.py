@@ -221,7 +221,8 @@ def test_batch_resumes_after_sigkill(case, checkpoint, tmp_path):
     assert any(p.name.startswith(".b.partial-") for p in out.iterdir())  # the killed case's partial folder
 
     model = load_model(checkpoint, device="cpu")
-    cfg = InferenceConfig(device="cpu", patch_size=(PATCH,) * 3, crop_size=(PATCH,) * 3, spacing_mm=SPACING)
+    # resumed with the CLI's default path (speed auto: fast on this CPU), as rerunning the command would
+    cfg = InferenceConfig(device="cpu", patch_size=(PATCH,) * 3, crop_size=(PATCH,) * 3, spacing_mm=SPACING, speed="auto")
     summary = run_batch(table, out, model, cfg)
     assert summary["skipped"] == ["a"] and summary["done"] == ["b", "c"] and not summary["failed"]
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c", "manifest.csv"]  # no partial folder left

@@ -29,6 +29,9 @@ from PASTALib.infer.config import InferenceConfig, InferenceError
 #: what `pip install` needs for ``runtime="openvino"`` (a pyproject dependency; PASTALib.requirements for Slicer)
 OPENVINO_REQUIREMENT = "openvino==2026.4.1"
 CACHE_ENV = "PASTA_OPENVINO_CACHE"
+#: what ``runtime="auto"`` means in this environment: auto (default), torch or openvino. ``PASTA_RUNTIME=torch``
+#: keeps OpenVINO out of a process that forks afterwards (its thread pool does not survive a fork) - the test suite
+RUNTIME_ENV = "PASTA_RUNTIME"
 
 
 def openvino_available() -> bool:
@@ -43,10 +46,14 @@ def cache_dir() -> Path:
 
 
 def resolve_runtime(cfg: InferenceConfig, device: torch.device) -> str:
-    """"torch" or "openvino" for this run: ``auto`` is OpenVINO for the fast path on CPU when installed."""
-    if cfg.runtime == "torch":
+    """"torch" or "openvino" for this run: ``auto`` ($PASTA_RUNTIME unless set) is OpenVINO for the fast path on CPU
+    when installed."""
+    wanted = cfg.runtime if cfg.runtime != "auto" else os.environ.get(RUNTIME_ENV, "auto").strip().lower() or "auto"
+    if wanted not in ("auto", "torch", "openvino"):
+        raise InferenceError(f"{RUNTIME_ENV}={wanted!r}: use auto, torch or openvino")
+    if wanted == "torch":
         return "torch"
-    if cfg.runtime == "openvino":
+    if wanted == "openvino":
         if device.type != "cpu":
             raise InferenceError(f"--runtime openvino runs on the CPU, not {device}; use --device cpu, or --runtime torch")
         if not openvino_available():
@@ -64,6 +71,17 @@ def weights_digest(network: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:20]
+
+
+def _looks_like_ir(xml: Path) -> bool:
+    """An OpenVINO IR file (checked before reading: OpenVINO tries every frontend it has, TensorFlow's and
+    ONNX's included, on a file it cannot read, loading their libraries into the process)."""
+    try:
+        with open(xml, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return head.startswith(b"<?xml") and b"<net " in head
 
 
 class _SegmentOnly(torch.nn.Module):
@@ -85,11 +103,12 @@ def converted_model(network: torch.nn.Module, divisor: int, cache: Path | None =
     folder = (cache or cache_dir()) / weights_digest(network)
     xml = folder / "segment.xml"
     core = ov.Core()
-    if xml.is_file() and (folder / "segment.bin").is_file():
+    if _looks_like_ir(xml) and (folder / "segment.bin").is_file():
         try:
-            return core.read_model(str(xml))
+            return core.read_model(str(xml), str(folder / "segment.bin"))
         except RuntimeError:  # a damaged cache entry: convert again
-            shutil.rmtree(folder, ignore_errors=True)
+            pass
+    shutil.rmtree(folder, ignore_errors=True)
     was_training = network.training
     network.eval()
     try:

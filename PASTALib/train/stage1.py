@@ -313,9 +313,12 @@ class Stage1Loop(StageLoop):
         dataset = IterationPatchBatches(self.cases, cfg.patch_size, cfg.batch_size, seed=cfg.seed, rank=self.dist.rank,
                                         start=self.iteration, stop=cfg.iterations, slf_values=cfg.slf_values,
                                         normalize=self.normalize, **self.sampler_kw)
+        # forkserver, not fork: forking a process whose other libraries run thread pools (OpenVINO's TBB after a
+        # fast segmentation in the same Python session) crashed the workers' shutdown with a SIGSEGV
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda", persistent_workers=True,
-                                             prefetch_factor=max(1, cfg.prefetch_factor))
+                                             prefetch_factor=max(1, cfg.prefetch_factor),
+                                             multiprocessing_context="forkserver")
         self.batches = iter(loader)
 
     def on_train_end(self, *, failed: bool) -> None:
