@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="the reference path (the default on CUDA): every window of the body, overlap 0.5, full "
                             "precision on CPU")
     p.set_defaults(speed="auto")
-    p.add_argument("--runtime", choices=("auto", "torch", "openvino"),
+    p.add_argument("--runtime", choices=("auto", "torch", "openvino"),  # infer.config.RUNTIMES (no torch import here)
                    help="what runs the windows: auto (default) = OpenVINO for --fast on CPU when installed (pip install "
                         "openvino; ~3x faster per window than torch at f32, ~6x at bf16), else torch")
     p.add_argument("--sw-batch-size", type=positive_int, help="windows per forward pass (default 2)")

@@ -9,6 +9,10 @@ from PASTALib.errors import PastaError
 from PASTALib.runtime import amp_dtype, resolve_device  # noqa: F401  (infer.pipeline imports them from here)
 
 
+#: what may run the windows (``InferenceConfig.runtime``, `pasta segment --runtime`, ``$PASTA_RUNTIME``)
+RUNTIMES = ("auto", "torch", "openvino")
+
+
 class InferenceError(PastaError):
     """An inference setting or input is wrong; the message says what to do."""
 
@@ -49,7 +53,7 @@ class InferenceConfig:
     compat: str = "pasta"
     #: "exact" (the reference path: every window of the body box), "fast" (PASTALib.infer.fast: windows only
     #: over the dilated ``fast_organs`` region, ``fast_overlap``, bf16 on CPUs with native bf16, OpenVINO when
-    #: installed) or "auto" (:func:`resolve_speed`: fast on a CPU, exact on CUDA; what `pasta segment` and the
+    #: installed) or "auto" (:meth:`resolved`: fast on a CPU, exact on CUDA; what `pasta segment` and the
     #: PASTA panel default to). The library default stays the reference.
     speed: str = "exact"
     #: 0.5 as the reference: measured against it (tiny test model, BENCHMARKS.md), 0.25 lost a lesion and
@@ -96,7 +100,7 @@ class InferenceConfig:
                                  "cannot represent; use --exact with --compat authors")
         if not 0.0 <= self.fast_overlap < 1.0 or self.fast_coarse_factor < 1.0 or self.fast_margin_mm < 0:
             raise InferenceError("fast_overlap must be in [0, 1), fast_coarse_factor >= 1 and fast_margin_mm >= 0")
-        if self.runtime not in ("auto", "torch", "openvino"):
+        if self.runtime not in RUNTIMES:
             raise InferenceError(f"runtime must be auto, torch or openvino, not {self.runtime!r}")
         if not self.fast_organs or any(v not in range(1, 11) for v in self.fast_organs):
             raise InferenceError(f"fast_organs must be organ labels 1-10, got {self.fast_organs}")

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from PASTALib.infer.config import InferenceConfig, InferenceError
+from PASTALib.infer.config import RUNTIMES, InferenceConfig, InferenceError
 
 #: what `pip install` needs for ``runtime="openvino"`` (a pyproject dependency; PASTALib.requirements for Slicer)
 OPENVINO_REQUIREMENT = "openvino==2026.4.1"
@@ -49,7 +49,7 @@ def resolve_runtime(cfg: InferenceConfig, device: torch.device) -> str:
     """"torch" or "openvino" for this run: ``auto`` ($PASTA_RUNTIME unless set) is OpenVINO for the fast path on CPU
     when installed."""
     wanted = cfg.runtime if cfg.runtime != "auto" else os.environ.get(RUNTIME_ENV, "auto").strip().lower() or "auto"
-    if wanted not in ("auto", "torch", "openvino"):
+    if wanted not in RUNTIMES:
         raise InferenceError(f"{RUNTIME_ENV}={wanted!r}: use auto, torch or openvino")
     if wanted == "torch":
         return "torch"
@@ -69,7 +69,8 @@ def weights_digest(network: torch.nn.Module) -> str:
     for name, tensor in network.state_dict().items():
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().data)  # the buffer itself: no 1 GB copy for the full width
     return h.hexdigest()[:20]
 
 
