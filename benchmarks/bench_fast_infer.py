@@ -185,16 +185,19 @@ def end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg
                     "stages_s": {k: round(v, 1) for k, v in ref.timings.items()}}
     print(f"exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU ({plan.plan}); stages "
           f"{json.dumps(out['exact']['stages_s'])}; load {_load()}", flush=True)
-    for name, kwargs in (("fast_organ_map", {"organ_masks": organs}), ("fast_coarse_pass", {})):
+    # fast with the organ map at every --full-overlap (the first is the default's), then with the coarse pass
+    runs = [(f"fast_organ_map{'' if i == 0 else f'_overlap_{ov}'}", replace(fastcfg, fast_overlap=ov), {"organ_masks": organs})
+            for i, ov in enumerate(args.full_overlap)] + [("fast_coarse_pass", fastcfg, {})]
+    for name, cfg, kwargs in runs:
         plan = Plan()
-        res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, fastcfg, progress=plan, **kwargs))
+        res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, cfg, progress=plan, **kwargs))
         dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
-        out[name] = {"windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
+        out[name] = {"overlap": cfg.fast_overlap, "windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
                      "runtime": res.config.runtime, "lesions": len(res.lesions),
                      "stages_s": {k: round(v, 1) for k, v in res.timings.items()},
                      "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2),
                      "min_dice": min(dice.values(), default=1.0), "dice": dice}
-        print(f"{name}: {plan.windows} windows ({res.config.runtime}), {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s "
+        print(f"{name} (overlap {cfg.fast_overlap}): {plan.windows} windows ({res.config.runtime}), {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s "
               f"CPU ({dc / dc2:.2f}x) ({plan.plan}); Dice vs exact min {out[name]['min_dice']:.4f}; stages "
               f"{json.dumps(out[name]['stages_s'])}; load {_load()}",
               flush=True)
