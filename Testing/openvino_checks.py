@@ -79,3 +79,32 @@ def test_fast_path_runs_its_windows_with_openvino(monkeypatch, tmp_path):
     ov_labels, _ = segment_canonical(net, hu, cfg, CPU, organ_labels=organs)
     assert net.windows == 0  # read from the cache, and no window ran through torch
     assert float((ov_labels == torch_labels).mean()) > 0.999 and ov_labels.any()
+
+
+def test_openvino_form_is_kept_for_the_next_ct_while_the_weights_stay(monkeypatch, tmp_path):
+    """runtime_network with a PastaModel.runtime_cache: the same OpenVINO stand-in for a second CT (no new
+    conversion, IR read or compile), a new one once the weights change in place."""
+    pytest.importorskip("openvino")
+    from PASTALib.infer.openvino_runtime import OpenVINOSegmenter, runtime_network
+
+    monkeypatch.setenv("PASTA_OPENVINO_CACHE", str(tmp_path))
+    made = []
+    real_init = OpenVINOSegmenter.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenVINOSegmenter, "__init__", counting_init)
+    net, cache = _net(), {}
+    cfg = InferenceConfig(patch_size=PATCH, spacing_mm=4.5, speed="fast", runtime="openvino")
+    hu = _body((32, 64, 64))
+    organs = np.where(hu > -500, 2, 0).astype(np.uint8)
+    first, _ = segment_canonical(net, hu, cfg, CPU, organ_labels=organs, runtime_cache=cache)
+    second, _ = segment_canonical(net, hu, cfg, CPU, organ_labels=organs, runtime_cache=cache)
+    assert len(made) == 1 and np.array_equal(first, second)
+    assert runtime_network(net, cfg, CPU, cache) is made[0]
+    with torch.no_grad():
+        next(net.parameters()).mul_(0.5)
+    assert runtime_network(net, cfg, CPU, cache) is not made[0] and len(made) == 2
+    assert runtime_network(_net(), cfg, CPU, cache) is not made[1]  # another network with equal weights: its own

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +97,20 @@ class _SegmentOnly(torch.nn.Module):
         return self.network.segment(x)
 
 
-def converted_model(network: torch.nn.Module, divisor: int, cache: Path | None = None) -> Any:
+def weights_version(network: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Cheap fingerprint of the weights in memory: each tensor's address and in-place version counter (torch bumps
+    ``_version`` on every in-place change, an optimizer step or a ``load_state_dict`` included)."""
+    return tuple((t.data_ptr(), t._version) for t in (*network.parameters(), *network.buffers()))
+
+
+def converted_model(network: torch.nn.Module, divisor: int, cache: Path | None = None, core: Any = None) -> Any:
     """The network's ``segment`` as an OpenVINO model, read from the cache or converted and saved there
     (written to a temporary folder and renamed: a crash never leaves a half-written IR)."""
     import openvino as ov
 
     folder = (cache or cache_dir()) / weights_digest(network)
     xml = folder / "segment.xml"
-    core = ov.Core()
+    core = core or ov.Core()
     if _looks_like_ir(xml) and (folder / "segment.bin").is_file():
         try:
             return core.read_model(str(xml), str(folder / "segment.bin"))
@@ -144,15 +151,20 @@ class OpenVINOSegmenter:
         import openvino as ov
 
         self.config = network.config
+        self._network, self._version = weakref.ref(network), weights_version(network)
         divisor = int(getattr(network.config, "divisor", 32))
-        self._model = converted_model(network, divisor, cache)
         self._core = ov.Core()
+        self._model = converted_model(network, divisor, cache, self._core)
         self._properties: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
                                             "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.precision = self._properties["INFERENCE_PRECISION_HINT"]
         self._requests: dict[tuple[int, ...], Any] = {}
+
+    def is_for(self, network: torch.nn.Module) -> bool:
+        """Made from this network with the weights it has now (no in-place change since)."""
+        return self._network() is network and weights_version(network) == self._version
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
         if shape not in self._requests:
@@ -175,10 +187,20 @@ class OpenVINOSegmenter:
         return out.to(x.device)
 
 
-def runtime_network(network: torch.nn.Module, cfg: InferenceConfig, device: torch.device) -> Any:
-    """The object the windows call ``segment`` on: the network itself, or its OpenVINO stand-in."""
+def runtime_network(network: torch.nn.Module, cfg: InferenceConfig, device: torch.device,
+                    cache: dict[Any, Any] | None = None) -> Any:
+    """The object the windows call ``segment`` on: the network itself, or its OpenVINO stand-in. ``cache`` (a
+    ``PastaModel.runtime_cache``) keeps the stand-in for the next CT while the weights stay the same: a batch
+    does not hash ~1 GB of weights, read the IR and compile every window shape again per case."""
     if resolve_runtime(cfg, device) == "torch":
         return network
     from PASTALib.infer.fast import window_dtype
 
-    return OpenVINOSegmenter(network, bf16=window_dtype(device, cfg) is torch.bfloat16, threads=cfg.num_threads)
+    bf16 = window_dtype(device, cfg) is torch.bfloat16
+    key = ("openvino", bf16, cfg.num_threads)
+    made = None if cache is None else cache.get(key)
+    if made is None or not made.is_for(network):
+        made = OpenVINOSegmenter(network, bf16=bf16, threads=cfg.num_threads)
+        if cache is not None:
+            cache[key] = made
+    return made

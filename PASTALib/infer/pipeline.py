@@ -56,6 +56,8 @@ class PastaModel:
     classes: list[dict[str, Any]] | None = None
     #: what the checkpoint can do (PASTALib.capabilities); None for a network passed in directly
     capabilities: CheckpointCapabilities | None = None
+    #: the network's compiled forms for the windows (OpenVINO), kept for the next CT (infer.openvino_runtime)
+    runtime_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def segmentation_normalization(self) -> Normalization:
         """The input map of the segmentation outputs: the checkpoint's (metadata), else the SLF map."""
@@ -272,7 +274,8 @@ def segment_ct(ct: sitk.Image | str | os.PathLike, model: PastaModel | torch.nn.
         organ_labels = sitk.GetArrayFromImage(organ_c)
     lab_c, box = segment_canonical(pm.network, hu, cfg, pm.device, slf_values=pm.slf_values, progress=report,
                                    normalize=pm.segmentation_normalization(),
-                                   fraction_range=(0.05, 0.85), organ_labels=organ_labels)
+                                   fraction_range=(0.05, 0.85), organ_labels=organ_labels,
+                                   runtime_cache=pm.runtime_cache)
     lut = pm.channel_values()
     if lut is not None:  # fine-tuned: output channel c → the annotated label value of class c
         lab_c = lut[lab_c]

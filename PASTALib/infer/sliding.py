@@ -209,7 +209,7 @@ def segment_canonical(
     model: torch.nn.Module, hu_zyx: np.ndarray, cfg: InferenceConfig, device: torch.device,
     *, slf_values: Sequence[float] = SLF_VALUES, progress: ProgressFn | None = None,
     fraction_range: tuple[float, float] = (0.0, 1.0), normalize: Callable[[np.ndarray], np.ndarray] | None = None,
-    organ_labels: np.ndarray | None = None,
+    organ_labels: np.ndarray | None = None, runtime_cache: dict | None = None,
 ) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
     """Argmax label array (uint8, z, y, x) of a canonical HU array, and the box that was segmented.
 
@@ -218,7 +218,8 @@ def segment_canonical(
     only windows over the dilated organ region are run (PASTALib.infer.fast): the region comes
     from ``organ_labels`` (a canonical PASTA organ map, e.g. from TotalSegmentator) when given, else
     from a coarse pass of the model. Before the windows, ``progress`` gets a "plan: about N windows,
-    ~M on this machine" message.
+    ~M on this machine" message. ``runtime_cache``: where the network's OpenVINO form is kept between calls
+    (``PastaModel.runtime_cache``).
     """
     from PASTALib.infer import fast
     from PASTALib.infer.openvino_runtime import runtime_network
@@ -235,7 +236,7 @@ def segment_canonical(
             region = fast.region_from_labels(organ_labels, cfg)
         else:
             say(lo, "coarse organ pass")
-            windows_net = runtime_network(model, cfg, device)
+            windows_net = runtime_network(model, cfg, device, runtime_cache)
             region = fast.coarse_region(windows_net, hu_zyx, cfg, device, normalize, divisor)
             lo = lo + 0.1 * (hi - lo)
         cfg = replace(cfg, overlap=cfg.fast_overlap)
@@ -245,7 +246,7 @@ def segment_canonical(
         say(lo, f"plan: no window to run ({cfg.speed}): no organ region found")
         return labels, box
     if windows_net is None:
-        windows_net = runtime_network(model, cfg, device)
+        windows_net = runtime_network(model, cfg, device, runtime_cache)
     per_window = fast.probe_seconds_per_window(windows_net, cfg, device, divisor, fast.window_dtype(device, cfg))
     what = "exact" if cfg.speed == "exact" else "fast, organs only: bone metastases elsewhere need --exact"
     say(lo, f"plan: about {n_windows} windows ({what}), {_minutes(n_windows * per_window)} on this machine")
