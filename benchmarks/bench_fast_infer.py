@@ -3,7 +3,8 @@ on the same CT and weights (issue #17):
 
   tiny   the tiny model the tests train (Testing/conftest.py: `case` + `checkpoint`, trained once into
          --tiny-cache), on the test CT, so that lesions exist: segment_ct exact vs fast (region from the
-         model's own coarse pass: no organ map given) for every --fast-overlap. Agreement: Dice of every
+         model's own coarse pass) for every --fast-overlap, and fast with the test CT's organ labels as the
+         organ map at the first --fast-overlap. Agreement: Dice of every
          organ and lesion label between the two label maps, lesion recall (reference lesions the fast path
          also finds), max difference of the report attributes of matched lesions.
   full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct: the
@@ -11,7 +12,8 @@ on the same CT and weights (issue #17):
          gives it), seconds per 128³ window (exact: torch float32; torch at the fast dtype; the fast path's
          runtime, OpenVINO when installed), the coarse pass on the whole body box (what fast costs without a
          map), and the whole-CT times they add up to. With --whole (or --slab: a z-slab, ~20 exact windows)
-         also segment_ct end to end on that CT: exact, fast with the organ map, fast with the coarse pass.
+         also segment_ct end to end on that CT: exact, fast with the organ map at every --full-overlap, fast
+         with the coarse pass.
 
 Prints windows, wall and CPU time, speed-up, agreement; the load average before and after.
 
@@ -142,18 +144,29 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     runs["exact"] = {"windows": plan.windows, "wall_s": round(dt, 2), "cpu_s": round(dc, 2), "plan": plan.plan}
     ref_lab = sitk.GetArrayFromImage(ref.labels)
     print(f"tiny exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU, {len(ref.lesions)} lesion(s)", flush=True)
-    for ov in args.fast_overlap:
+    # the region from the model's coarse pass at every --fast-overlap, then from the reference organ map (the
+    # labels beside the test CT, as `--organs` gives a TotalSegmentator map): its windows tile the organs' box,
+    # so they sit elsewhere than the reference path's
+    from PASTALib.anatomy import OrganMasks
+    from PASTALib.io import read_label
+
+    gt = ct_path.parent / "test_gt.nii.gz"
+    organs = OrganMasks.from_pasta_label_map(read_label(gt), reference=ct) if gt.is_file() else None
+    variants = [(f"fast_overlap_{ov}", ov, {}) for ov in args.fast_overlap]
+    if organs is not None:
+        variants.append((f"fast_organ_map_overlap_{args.fast_overlap[0]}", args.fast_overlap[0], {"organ_masks": organs}))
+    for name, ov, kwargs in variants:
         plan = Plan()
         cfg = replace(base, speed="fast", fast_overlap=ov)
-        res, dt2, dc2 = timed(lambda: segment_ct(ct, model, cfg, progress=plan))
+        res, dt2, dc2 = timed(lambda: segment_ct(ct, model, cfg, progress=plan, **kwargs))
         dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
         agree = lesion_agreement(ref, res)
         organ_dice = [d for v, d in dice.items() if v <= 10]
-        runs[f"fast_overlap_{ov}"] = {"windows": plan.windows, "wall_s": round(dt2, 2), "cpu_s": round(dc2, 2),
+        runs[name] = {"windows": plan.windows, "wall_s": round(dt2, 2), "cpu_s": round(dc2, 2),
                                       "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2),
                                       "plan": plan.plan, "dice": dice, "min_organ_dice": min(organ_dice, default=1.0),
                                       **agree}
-        print(f"tiny fast (overlap {ov}): {plan.windows} windows, {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s CPU "
+        print(f"tiny {name}: {plan.windows} windows, {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s CPU "
               f"({dc / dc2:.2f}x); min organ Dice {min(organ_dice, default=1.0):.4f}; Dice {json.dumps(dice)}; "
               f"lesion recall {agree['lesion_recall']:.2f} ({agree['fast_lesions']} vs {agree['reference_lesions']}); "
               f"max attribute diff {json.dumps(agree['max_attribute_diff'])}; text differing {agree['text_fields_differing']}",
