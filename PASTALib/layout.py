@@ -25,6 +25,8 @@ CASE_TOTAL_NAME = "total.nii.gz"  # the template's TotalSegmentator map, same cr
 CASE_TYPE_NAME = "type.json"  # the lesion's attributes, as PASTA-Gen-30K writes them
 CASE_REPORT_NAME = "report.json"  # our structured report (attributes, wording, measurements)
 CASE_META_NAME = "case.json"  # template, seed, attempt, phase: what resume and the manifest read
+#: `pasta synth generate`'s cached template index (phase, healthy organs, the template CT's path) beside the cases
+TEMPLATE_INDEX_NAME = "templates.index.json"
 #: The files of one case of the published PASTA-Gen-30K.
 PUBLISHED_CASE_FILES = (CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_TOTAL_NAME, CASE_TYPE_NAME)
 #: The files of one case `pasta synth generate` writes (the published ones and ours).
@@ -53,5 +55,5 @@ FOLDER_TYPES: dict[tuple[str, str], LesionType] = {folders: t for t, folders in 
 __all__ = [
     "CASE_FILES", "CASE_IMAGE_NAME", "CASE_LABEL_NAME", "CASE_META_NAME", "CASE_REPORT_NAME", "CASE_TOTAL_NAME",
     "CASE_TYPE_NAME", "PUBLISHED_CASE_FILES", "DATASET_FOLDERS", "DICOM_SEG_NAME", "DICOM_SR_NAME", "FOLDER_TYPES", "LABELS_NAME", "LESIONS_NAME", "REPORTS_NAME",
-    "REPORTS_TEXT_NAME", "RUN_NAME", "SEGMENT_OUTPUTS", "SEG_NRRD_NAME",
+    "REPORTS_TEXT_NAME", "RUN_NAME", "SEGMENT_OUTPUTS", "SEG_NRRD_NAME", "TEMPLATE_INDEX_NAME",
 ]

@@ -203,3 +203,46 @@ def test_one_slice_mask_and_manifest_folder(tmp_path: Path) -> None:
     cases = read_synthetic_dir(root, types=["lung_tumor"])
     assert [(c.case_id, c.values, c.ct) for c in cases] == [("lung_tumor-00000", (11,), None)]
     assert len(read_synthetic_dir(root)) == 2  # the liver case's files are missing: skipped when measured
+
+
+def test_real_lesions_from_slices_thinner_than_the_templates_are_left_out(tmp_path: Path) -> None:
+    """A `pasta synth generate` folder names its template CT (templates.index.json, case.json): its lesions carry
+    that CT's 2.5 mm slice staircase, so only real lesions acquired with slices >= 2.5 mm are compared, at their
+    spacings; with too few such real lesions all are kept and the summary says why."""
+    from PASTALib.eval.realism_io import read_synthetic_dir
+
+    rng = np.random.default_rng(3)
+    syn = _synthetic_dir(tmp_path / "syn", "ball", 12, rng)
+    template = _write(np.zeros((4, 8, 8), np.int16), (0.7, 0.7, 2.5), tmp_path / "template_ct.nii.gz")
+    (syn / "templates.index.json").write_text(json.dumps({"chest": {"template": {"ct": str(template)}}}))
+    for case in (syn / "Lung" / "Tumor").iterdir():
+        (case / "case.json").write_text(json.dumps({"template": "chest"}))
+    assert {c.source_slice_mm for c in read_synthetic_dir(syn)} == {2.5}
+
+    def real_csv(name: str, thick: int, thin: int) -> Path:
+        rows = []
+        for i, spacing in enumerate([(0.7, 0.7, 2.5)] * thick + [(0.7, 0.7, 1.25)] * thin):
+            path = _write(_solid("ball", _radii(rng), spacing, rng), spacing, tmp_path / name / f"m{i}.nii.gz")
+            rows.append({"mask": str(path), "id": f"{spacing[2]}-{i}"})
+        with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, ["mask", "id"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return tmp_path / f"{name}.csv"
+
+    import pandas as pd
+
+    for name, thick, thin in (("enough", 20, 10), ("too_few", 5, 10)):
+        out = tmp_path / f"report_{name}"
+        rc, _stdout, stderr = _pasta("evaluate", "realism", "--real", str(real_csv(name, thick, thin)), "--synthetic",
+                                     str(syn), "--out", str(out), "--shape-only", "--n-boot", "50", "--trees", "20")
+        assert rc == 0, stderr
+        features = pd.read_csv(out / "features.csv")
+        real, synthetic = features[features["source"] == "real"], features[features["source"] == "synthetic"]
+        notes = " ".join(json.loads((out / "summary.json").read_text())["notes"])
+        if name == "enough":
+            assert len(real) == 20 and set(real["spacing_z_mm"]) == {2.5} and set(synthetic["spacing_z_mm"]) == {2.5}
+            assert "the 20 of 30 acquired with slices >= 2.5 mm" in notes
+        else:
+            assert len(real) == 15 and set(synthetic["spacing_z_mm"]) == {1.25, 2.5}
+            assert "only 5 real lesions come from slices >= 2.5 mm" in notes

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from PASTALib.cli.main import main as pasta  # noqa: E402
 from PASTALib.eval.lidc import even_patient_contours, rating_groups  # noqa: E402
-from PASTALib.eval.realism import OUTLINE_MIN_DIAMETER_MM, drawn_outlines, lesion_features  # noqa: E402
+from PASTALib.eval.realism import OUTLINE_MIN_DIAMETER_MM, drawn_outlines, lesion_features, slice_floor  # noqa: E402
 from PASTALib.eval.realism_io import LesionCase, read_synthetic_dir  # noqa: E402
 from PASTALib.eval.shape_features import SIZE_FREE  # noqa: E402
 from PASTALib.eval.two_sample import c2st_auc  # noqa: E402
@@ -176,11 +176,15 @@ def main() -> int:
         folder = args.synthetic or generate(root / "synthetic", args.templates, args.per_type, args.seed)
         syn_cases = read_synthetic_dir(folder, types=["lung_tumor"])
         attributes = synthetic_attributes(folder, syn_cases)
+        # acquisition matching as `pasta evaluate realism` does it: LIDC contours from slices at least as thick as
+        # the synthetic lesions' template CT, their spacings, and (decided from the LIDC masks: closed traced
+        # outlines) each synthetic slice filled as a reader's outline
+        real_all = real
+        real, floor_note = slice_floor(real_all, syn_cases)
+        print(floor_note or "synthetic templates unknown: every LIDC contour compared")
         pool = real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()
         spacings = [tuple(pool[int(i)]) for i in rng.integers(0, len(pool), size=len(syn_cases))]
         raw = features(syn_cases, None).merge(attributes, on="case_id")
-        # acquisition matching as `pasta evaluate realism` does it: LIDC's spacings, and (decided from the
-        # LIDC masks: closed traced outlines) each synthetic slice filled as a reader's outline
         outline = drawn_outlines(real) if args.reader_outline == "auto" else args.reader_outline == "on"
         matched = features(syn_cases, spacings, outline).merge(attributes, on="case_id")
         large = real["equivalent_diameter_mm"] >= OUTLINE_MIN_DIAMETER_MM
@@ -191,9 +195,9 @@ def main() -> int:
         print(f"{len(matched)} synthetic lung tumours ({time.perf_counter() - t0:.0f} s); median equivalent diameter "
               f"{matched['equivalent_diameter_mm'].median():.1f} mm, at 1 mm / {raw['equivalent_diameter_mm'].median():.1f} mm "
               f"requested {attributes['requested_diameter_mm'].median():.1f} mm")
-        for name, syn in (("raw (1 mm)", raw), ("acquisition-matched", matched)):
-            report_auc(f"{name}, all sizes", real, syn, rng)
-            report_auc(f"{name}, size-matched", *size_matched(real, syn, rng), rng)
+        for name, ref, syn in (("raw (1 mm)", real_all, raw), ("acquisition-matched", real, matched)):
+            report_auc(f"{name}, all sizes", ref, syn, rng)
+            report_auc(f"{name}, size-matched", *size_matched(ref, syn, rng), rng)
         r_m, s_m = size_matched(real, matched, rng)
         print("\nsize-matched, acquisition-matched medians (real / synthetic):")
         print(pd.DataFrame({"LIDC": r_m[list(SIZE_FREE)].median(), "synthetic": s_m[list(SIZE_FREE)].median(),

@@ -3,7 +3,10 @@
 Per lesion: size-free shape features (:mod:`PASTALib.eval.shape_features`) and, unless
 shape-only, PyRadiomics first-order and texture features (GLCM, GLRLM, GLSZM) of the CT inside the
 mask. Acquisition matching (default on): each synthetic lesion is resampled to the voxel spacing of
-a real scan drawn at random (seeded), so the slice staircase is not the giveaway. Then:
+a real scan drawn at random (seeded), so the slice staircase is not the giveaway; when the synthetic lesions'
+template CTs are known (a ``pasta synth generate`` folder), only real lesions acquired with slices at least as
+thick as the templates' take part (:func:`slice_floor`): a lesion pasted into 2.5 mm slices keeps that
+staircase when resampled to 1.25 mm. Then:
 
 * the classifier two-sample test (:func:`PASTALib.eval.two_sample.c2st_auc`): out-of-fold
   random-forest AUC with a bootstrap CI (0.5 = indistinguishable);
@@ -149,6 +152,27 @@ def _large_gain(real: pd.DataFrame) -> float:
     return float(real[real["equivalent_diameter_mm"] >= OUTLINE_MIN_DIAMETER_MM]["outline_gain"].median())
 
 
+#: slack (mm) when comparing a real scan's slice spacing with the synthetic lesions' templates'
+SLICE_SLACK_MM = 0.05
+#: fewest real lesions :func:`slice_floor` keeps; with fewer it keeps them all and says so
+MIN_REAL_AT_FLOOR = 20
+
+
+def slice_floor(real: pd.DataFrame, synthetic: Sequence[LesionCase]) -> tuple[pd.DataFrame, str | None]:
+    """The real lesions acquired with slices no thinner than the synthetic lesions' template CTs (the thickest,
+    :attr:`LesionCase.source_slice_mm`), and a note saying what was done; all of them when no template is known."""
+    known = [c.source_slice_mm for c in synthetic if c.source_slice_mm is not None]
+    if not known:
+        return real, None
+    floor = max(known)
+    kept = real[real["spacing_z_mm"] >= floor - SLICE_SLACK_MM]
+    if len(kept) < MIN_REAL_AT_FLOOR:
+        return real, (f"only {len(kept)} real lesions come from slices >= {floor:g} mm (the synthetic lesions' "
+                      f"templates'): all {len(real)} kept, so the templates' slice staircase may tell them apart")
+    return kept, (f"real lesions: the {len(kept)} of {len(real)} acquired with slices >= {floor:g} mm, as the "
+                  "synthetic lesions' template CTs were (a staircase does not go away when resampled finer)")
+
+
 def _target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> list[tuple[float, ...]]:
     pool = [tuple(float(v) for v in row) for row in real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()]
     return [pool[int(i)] for i in rng.integers(0, len(pool), size=n)]
@@ -198,8 +222,11 @@ def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase]
     if not real_rows:
         raise EvaluationError("no real lesion could be measured: " + "; ".join(failed[:3]))
     real_df = pd.DataFrame(real_rows)
-    spacings = _target_spacings(real_df, len(synthetic), rng) if match_acquisition else [None] * len(synthetic)
     notes = []
+    if match_acquisition:
+        real_df, floor_note = slice_floor(real_df, synthetic)
+        notes += [floor_note] if floor_note else []
+    spacings = _target_spacings(real_df, len(synthetic), rng) if match_acquisition else [None] * len(synthetic)
     outline = match_acquisition and (drawn_outlines(real_df) if reader_outline is None else reader_outline)
     if outline:
         notes.append("synthetic masks filled slice by slice as a reader's outline (the real masks are closed "

@@ -11,6 +11,7 @@ Several components: the largest is the lesion (shape and texture alike).
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from scipy import ndimage
 from PASTALib.eval.tasks import EvaluationError
 from PASTALib.io.manifest import read_manifest
 from PASTALib.labels import LesionType
-from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, FOLDER_TYPES
+from PASTALib.layout import CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_META_NAME, FOLDER_TYPES, TEMPLATE_INDEX_NAME
 
 #: Voxels of context kept around the lesion's bounding box (PyRadiomics' padDistance is 5).
 CROP_MARGIN = 6
@@ -39,6 +40,8 @@ class LesionCase:
     ct: Path | None
     values: tuple[int, ...] | None  # None: every non-zero voxel
     lesion_type: str = ""
+    #: slice spacing (mm) of the CT the lesion was synthesized into (its template); None: unknown or real
+    source_slice_mm: float | None = None
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -92,6 +95,7 @@ def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None
         entries = [(str(p.parent.relative_to(folder)), "", p, p.parent / CASE_IMAGE_NAME)
                    for p in sorted(folder.rglob(CASE_LABEL_NAME)) if ".partial" not in p.parts]
     lesion_values = tuple(int(t) for t in LesionType)
+    slices = template_slice_spacings(folder)
     cases = []
     for case_id, slug, label, img in entries:
         if not slug:
@@ -99,12 +103,41 @@ def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None
         if wanted is not None and slug not in wanted:
             continue
         values = (int(LesionType.parse(slug)),) if slug else lesion_values
-        cases.append(LesionCase(case_id, "synthetic", label, img if img.is_file() else None, values, slug))
+        cases.append(LesionCase(case_id, "synthetic", label, img if img.is_file() else None, values, slug,
+                                _case_template_slice(label.parent, slices)))
     if not cases:
         which = f" of type {', '.join(sorted(wanted))}" if wanted else ""
         raise EvaluationError(f"no synthetic cases{which} in {folder}; generate some with `pasta synth generate` "
                               "or download them with `pasta data pasta-gen-30k`")
     return cases
+
+
+def template_slice_spacings(folder: Path) -> dict[str, float]:
+    """Slice spacing (mm) of each template CT of a ``pasta synth generate`` folder (its templates.index.json; the
+    CT's header only). Empty when the folder has no index (a downloaded PASTA-Gen set) or a CT is gone."""
+    try:
+        index = json.loads((folder / TEMPLATE_INDEX_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for name, entry in index.items():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str((entry.get("template") or {}).get("ct", "")))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        out[name] = float(reader.GetSpacing()[2])
+    return out
+
+
+def _case_template_slice(case_folder: Path, slices: dict[str, float]) -> float | None:
+    if not slices:
+        return None
+    try:
+        return slices.get(json.loads((case_folder / CASE_META_NAME).read_text()).get("template"))
+    except (OSError, ValueError):
+        return None
 
 
 def _type_from_path(rel: Path) -> str:

@@ -13,9 +13,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.labels import LesionType
-from PASTALib.layout import CASE_FILES, CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME, CASE_TOTAL_NAME, DATASET_FOLDERS
+from PASTALib.layout import (
+    CASE_FILES, CASE_IMAGE_NAME, CASE_LABEL_NAME, CASE_REPORT_NAME, CASE_TOTAL_NAME, DATASET_FOLDERS, TEMPLATE_INDEX_NAME,
+)
 
-INDEX_FILE = "templates.index.json"
+INDEX_FILE = TEMPLATE_INDEX_NAME
 PARTIAL_DIR = ".partial"
 
 
