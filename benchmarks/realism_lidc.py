@@ -9,8 +9,9 @@ Synthetic: ``pasta synth generate --types lung_tumor`` with the default profiles
 Size-free shape features (PASTALib.eval.shape_features.SIZE_FREE); random-forest C2ST AUC with a
 bootstrap CI (PASTALib.eval.two_sample), printed for
 * raw: synthetic masks on their own 1 mm grid;
-* matched: each synthetic mask resampled to the spacing of a random LIDC contour's scan (as
-  ``pasta evaluate realism`` does by default);
+* matched: as ``pasta evaluate realism`` does by default, only LIDC contours from slices at least as thick as
+  the template CT's (PASTALib.eval.realism.slice_floor: 1194 of 3424 for the 2.5 mm demo template), each
+  synthetic mask resampled to the spacing of a random one of their scans, filled as a reader's outline;
 each over all sizes and size-matched. All sizes mixes two populations: LIDC nodules are small
 (median equivalent diameter 6 mm, 3-5 slices) and lung tumours large (profile median 25 mm), and
 small contours on thick slices look different whatever the shape model. Size-matched: both sides

@@ -119,10 +119,13 @@ def template_slice_spacings(folder: Path) -> dict[str, float]:
         index = json.loads((folder / TEMPLATE_INDEX_NAME).read_text())
     except (OSError, ValueError):
         return {}
-    out = {}
-    for name, entry in index.items():
+    out: dict[str, float] = {}
+    for name, entry in (index.items() if isinstance(index, dict) else ()):
+        template = entry.get("template") if isinstance(entry, dict) else None
+        if not isinstance(template, dict) or not template.get("ct"):
+            continue
         reader = sitk.ImageFileReader()
-        reader.SetFileName(str((entry.get("template") or {}).get("ct", "")))
+        reader.SetFileName(str(template["ct"]))
         try:
             reader.ReadImageInformation()
         except RuntimeError:
@@ -135,9 +138,10 @@ def _case_template_slice(case_folder: Path, slices: dict[str, float]) -> float |
     if not slices:
         return None
     try:
-        return slices.get(json.loads((case_folder / CASE_META_NAME).read_text()).get("template"))
+        meta = json.loads((case_folder / CASE_META_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return slices.get(str(meta.get("template"))) if isinstance(meta, dict) else None
 
 
 def _type_from_path(rel: Path) -> str:
