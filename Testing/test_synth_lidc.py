@@ -98,7 +98,7 @@ def test_irregularity_is_continuous_and_grows_with_size():
     round_, irregular = levels(Shape.ROUND, False, 15.0), levels(Shape.IRREGULAR, False, 15.0)
     assert np.mean(round_) + 0.1 < np.mean(irregular)
     assert np.mean(round_ > np.median(irregular)) > 0.05 and np.mean(irregular < np.median(round_)) > 0.05  # overlap
-    assert np.mean(levels(Shape.ROUND, True, 15.0)) > np.mean(round_) + 0.05
+    assert np.mean(levels(Shape.ROUND, True, 15.0)) > np.mean(round_) + 0.02  # shift 0.05, less where clipped at 0; SE ~0.005
     assert np.mean(levels(Shape.ROUND, False, 40.0)) > np.mean(levels(Shape.ROUND, False, 8.0)) + 0.1
     assert LUNG_IRREGULARITY.lobulation_amp(1.0) > LUNG_IRREGULARITY.lobulation_amp(0.0)
 

@@ -98,7 +98,7 @@ class Irregularity:
 #: PASTALib.eval.lidc.rating_groups). Fitted by size-matched comparison of sphericity, solidity,
 #: convexity and flatness at the LIDC scans' own spacings (benchmarks/realism_lidc.py).
 LUNG_IRREGULARITY = Irregularity(
-    beta=MappingProxyType({ROUND: (1.3, 3.7), IRREG: (2.0, 3.0)}), ill_margin_shift=0.1, size_slope=0.1,
+    beta=MappingProxyType({ROUND: (1.3, 3.7), IRREG: (2.0, 3.0)}), ill_margin_shift=0.05, size_slope=0.1,
     size_ref_mm=15.0, lobulation=(0.0, 0.5), spicules_max=3, spicule_onset=0.7, anisotropy=(0.5, 1.5), orders=(1, 2),
     ill_orders=(1, 3),
 )
