@@ -70,7 +70,7 @@ def test_sphericity_solidity_per_attribute_match_lidc(measured, shape, margin):
 def test_attributes_move_shape_like_lidc_ratings(measured):
     """Irregular and an ill-defined margin each lower sphericity and solidity, as their LIDC ratings do
     (by 0.05-0.11 within each cell), by at least half the LIDC effect. The margin changes the contour, not
-    only the intensity edge: same seed, same size, only the margin differs -> less solid."""
+    only the intensity edge: same seed, same size, only the margin differs -> less solid and flatter."""
     cells = LIDC_10_25MM
     for fixed in ("Well-defined margin", "Ill-defined margin"):  # shape effect at a fixed margin
         for k, feature in enumerate(("sphericity", "solidity")):
@@ -85,6 +85,10 @@ def test_attributes_move_shape_like_lidc_ratings(measured):
         paired = [measured[fixed, "Ill-defined margin", s]["solidity"] - measured[fixed, "Well-defined margin", s]["solidity"]
                   for s in SEEDS]
         assert np.mean(paired) < -0.03 and np.mean(np.array(paired) <= 0.005) >= 0.75, (fixed, paired)
+        # and flatter, as LIDC's ill-defined nodules are (flatness -0.055 at >= 10 mm; ill_anisotropy)
+        flatter = [measured[fixed, "Ill-defined margin", s]["flatness"] - measured[fixed, "Well-defined margin", s]["flatness"]
+                   for s in SEEDS]
+        assert np.median(flatter) < -0.02 and np.mean(np.array(flatter) < 0) >= 0.7, (fixed, flatter)
 
 
 def test_irregularity_is_continuous_and_grows_with_size():

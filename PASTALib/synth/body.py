@@ -61,9 +61,9 @@ def shape_draws(seed: int, resolved: LesionSpec) -> tuple[ShapeDraws, WallPlan |
     model = prof.irregularity if resolved.shape in (Shape.ROUND, Shape.IRREGULAR) else None
     anisotropy = 1.0
     if model is not None:
-        u = model.level(rng_shape, resolved.shape, resolved.surface is Surface.ILL_DEFINED,
-                        float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
-        lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u)
+        ill = resolved.surface is Surface.ILL_DEFINED
+        u = model.level(rng_shape, resolved.shape, ill, float(np.prod(resolved.size_mm)) ** (1.0 / 3.0))
+        lob, n_spicules, anisotropy = model.lobulation_amp(u), model.spicule_count(u), model.anisotropy_at(u, ill)
     else:
         lob = float(rng_shape.uniform(*LOBULATION[resolved.shape]))
         lo_s, hi_s = SPICULES[resolved.shape]
