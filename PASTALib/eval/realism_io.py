@@ -89,22 +89,24 @@ def read_synthetic_dir(folder: str | os.PathLike, *, types: Sequence[str] | None
         raise EvaluationError(f"{folder} is not a folder; pass a PASTA-Gen folder (pasta synth generate --out)")
     wanted = {LesionType.parse(t).slug for t in types} if types else None
     rows = [r for r in read_manifest(folder) if r.get("status") == "ok"]
-    if rows:
-        entries = [(r["case_id"], r.get("lesion_type", ""), folder / r["label"], folder / r["img"]) for r in rows]
+    slices = template_slice_spacings(folder)
+    if rows:  # the manifest names each case's template
+        entries = [(r["case_id"], r.get("lesion_type", ""), folder / r["label"], folder / r["img"], r.get("template"))
+                   for r in rows]
     else:
-        entries = [(str(p.parent.relative_to(folder)), "", p, p.parent / CASE_IMAGE_NAME)
+        entries = [(str(p.parent.relative_to(folder)), "", p, p.parent / CASE_IMAGE_NAME,
+                    _case_template(p.parent) if slices else None)
                    for p in sorted(folder.rglob(CASE_LABEL_NAME)) if ".partial" not in p.parts]
     lesion_values = tuple(int(t) for t in LesionType)
-    slices = template_slice_spacings(folder)
     cases = []
-    for case_id, slug, label, img in entries:
+    for case_id, slug, label, img, template in entries:
         if not slug:
             slug = _type_from_path(label.parent.relative_to(folder))
         if wanted is not None and slug not in wanted:
             continue
         values = (int(LesionType.parse(slug)),) if slug else lesion_values
         cases.append(LesionCase(case_id, "synthetic", label, img if img.is_file() else None, values, slug,
-                                _case_template_slice(label.parent, slices)))
+                                slices.get(str(template))))
     if not cases:
         which = f" of type {', '.join(sorted(wanted))}" if wanted else ""
         raise EvaluationError(f"no synthetic cases{which} in {folder}; generate some with `pasta synth generate` "
@@ -134,14 +136,13 @@ def template_slice_spacings(folder: Path) -> dict[str, float]:
     return out
 
 
-def _case_template_slice(case_folder: Path, slices: dict[str, float]) -> float | None:
-    if not slices:
-        return None
+def _case_template(case_folder: Path) -> str | None:
+    """The template a case was synthesized into, from its case.json (a folder without a manifest)."""
     try:
         meta = json.loads((case_folder / CASE_META_NAME).read_text())
     except (OSError, ValueError):
         return None
-    return slices.get(str(meta.get("template"))) if isinstance(meta, dict) else None
+    return str(meta.get("template")) if isinstance(meta, dict) else None
 
 
 def _type_from_path(rel: Path) -> str:

@@ -22,7 +22,6 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from PASTALib.infer.config import RUNTIMES, InferenceConfig, InferenceError
