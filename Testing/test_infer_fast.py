@@ -61,6 +61,19 @@ def test_window_plan_skips_windows_without_organ():
     assert n_two == sum(fast.windows_with_region(fast.region_from_labels(organs, cfg)[box], PATCH, 0.0)) < 2 * 3 * 3
 
 
+def test_region_margin_is_a_ball_of_the_margin():
+    from scipy import ndimage
+
+    mask = np.zeros((30, 40, 50), bool)
+    mask[15, 20, 25] = True
+    mask[3:6, 30:38, 5:9] = True  # a block at the array's edge: the margin is clipped there
+    grown = fast.dilate(mask, 6)
+    # every voxel within 6 voxels (Euclidean) of the mask, and no other: scipy's EDT as the independent check
+    assert np.array_equal(grown, ndimage.distance_transform_edt(~mask) <= 6)
+    assert grown[15, 20, 31] and not grown[15, 20, 32] and not grown[15 + 5, 20 + 5, 25]  # a ball, not a cube
+    assert np.array_equal(fast.dilate(mask, 0), mask) and not fast.dilate(np.zeros((4, 4, 4), bool), 3).any()
+
+
 def test_skipped_windows_are_not_run_and_give_background():
     hu = _body((32, 96, 96))
     cfg = InferenceConfig(patch_size=PATCH, overlap=0.0, spacing_mm=4.5)

@@ -4,9 +4,12 @@ on the same CT and weights (issue #17):
   tiny   the tiny model the tests train (Testing/conftest.py: `case` + `checkpoint`, trained once into
          --tiny-cache), on the test CT, so that lesions exist: segment_ct exact vs fast (region from the
          model's own coarse pass) for every --fast-overlap, and fast with the test CT's organ labels as the
-         organ map at the first --fast-overlap. Agreement: Dice of every
-         organ and lesion label between the two label maps, lesion recall (reference lesions the fast path
-         also finds), max difference of the report attributes of matched lesions.
+         organ map at the first --fast-overlap, with its 16 mm margin and without (the organs' box is then
+         tighter than the body box, as on a whole abdomen, so the windows sit elsewhere). Agreement: Dice of
+         every organ and lesion label between the two label maps, lesion recall (reference lesions the fast
+         path also finds), max difference of the report attributes of matched lesions. Then the reference
+         against itself with --air-mm of air added before each axis (the same scan, a field of view a few mm
+         larger): how far the model's answer moves when only the window grid moves.
   full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct: the
          windows each path runs on the whole CT (fast: region from the TotalSegmentator map, as `--organs`
          gives it), seconds per 128³ window (exact: torch float32; torch at the fast dtype; the fast path's
@@ -152,12 +155,16 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
 
     gt = ct_path.parent / "test_gt.nii.gz"
     organs = OrganMasks.from_pasta_label_map(read_label(gt), reference=ct) if gt.is_file() else None
-    variants = [(f"fast_overlap_{ov}", ov, {}) for ov in args.fast_overlap]
+    variants = [(f"fast_overlap_{ov}", ov, {}, {}) for ov in args.fast_overlap]
     if organs is not None:
-        variants.append((f"fast_organ_map_overlap_{args.fast_overlap[0]}", args.fast_overlap[0], {"organ_masks": organs}))
-    for name, ov, kwargs in variants:
+        ov = args.fast_overlap[0]
+        variants.append((f"fast_organ_map_overlap_{ov}", ov, {"organ_masks": organs}, {}))
+        # the organs' box without a margin is smaller than the body box here, as on a whole abdomen: the same
+        # overlap, but the grid anchored elsewhere against the anatomy
+        variants.append((f"fast_organ_map_no_margin_overlap_{ov}", ov, {"organ_masks": organs}, {"fast_margin_mm": 0.0}))
+    for name, ov, kwargs, overrides in variants:
         plan = Plan()
-        cfg = replace(base, speed="fast", fast_overlap=ov)
+        cfg = replace(base, speed="fast", fast_overlap=ov, **overrides)
         res, dt2, dc2 = timed(lambda: segment_ct(ct, model, cfg, progress=plan, **kwargs))
         dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
         agree = lesion_agreement(ref, res)
@@ -171,7 +178,42 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
               f"lesion recall {agree['lesion_recall']:.2f} ({agree['fast_lesions']} vs {agree['reference_lesions']}); "
               f"max attribute diff {json.dumps(agree['max_attribute_diff'])}; text differing {agree['text_fields_differing']}",
               flush=True)
+    runs["reference_repeatability"] = reference_repeatability(ct, model, base, ref, ref_lab, args.air_mm)
     return {"ct": str(ct_path), "checkpoint": str(ckpt), "runs": runs}
+
+
+def reference_repeatability(ct: sitk.Image, model, base, ref, ref_lab: np.ndarray, air_mm: list[float]) -> dict[str, Any]:
+    """The reference path against itself on the same scan with ``air_mm`` of air added before one axis (a field of
+    view a few mm larger: the body box, so the window grid, moves against the anatomy). What no fast path can beat:
+    when the reference's own answer moves this much, agreement below it measures window placement, not speed-ups."""
+    from PASTALib.infer import segment_ct
+
+    out: dict[str, Any] = {}
+    if not air_mm:
+        return out
+    spacing = ct.GetSpacing()
+    for mm in air_mm:
+        for axis in range(3):
+            pad = [0, 0, 0]
+            pad[axis] = max(1, int(round(mm / spacing[axis])))
+            res = segment_ct(sitk.ConstantPad(ct, pad, [0, 0, 0], -1024.0), model, base)
+            back = tuple(slice(p, None) for p in pad)  # SimpleITK (x, y, z) slicing: the padded voxels dropped
+            labels = sitk.GetArrayFromImage(res.labels[back])
+            dice = dice_per_label(ref_lab, labels)
+            agree = lesion_agreement(ref, SimpleNamespace(instances=res.instances[back], lesions=res.lesions))
+            name = f"air_{pad[axis] * spacing[axis]:g}mm_{'xyz'[axis]}"
+            out[name] = {"min_organ_dice": min((d for v, d in dice.items() if v <= 10), default=1.0), "dice": dice,
+                         "lesion_recall": agree["lesion_recall"], "lesions": len(res.lesions)}
+            print(f"tiny reference vs itself, {name}: min organ Dice {out[name]['min_organ_dice']:.4f}; lesion recall "
+                  f"{agree['lesion_recall']:.2f} ({len(res.lesions)} vs {len(ref.lesions)}); Dice {json.dumps(dice)}",
+                  flush=True)
+    mins = [r["min_organ_dice"] for r in out.values()]
+    recalls = [r["lesion_recall"] for r in out.values()]
+    out["summary"] = {"min_organ_dice_median": float(np.median(mins)), "min_organ_dice_min": min(mins),
+                      "runs_with_recall_1": sum(r == 1.0 for r in recalls), "runs": len(recalls)}
+    print(f"tiny reference repeatability: min organ Dice median {np.median(mins):.4f} (worst {min(mins):.4f}); "
+          f"lesion recall 1.0 in {out['summary']['runs_with_recall_1']} of {len(recalls)} runs", flush=True)
+    return out
 
 
 def end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg, whole: bool) -> dict[str, Any]:
@@ -324,6 +366,9 @@ def main() -> None:
     ap.add_argument("--no-lesions", action="store_true", help="full part end to end: no lesion reporting (random weights "
                                                               "make hundreds of spurious lesions; their attribute crops "
                                                               "cost the same in both paths)")
+    ap.add_argument("--air-mm", type=float, nargs="*", default=[3.0, 6.0],
+                    help="tiny part: the reference path's repeatability on the CT with this much air added before each "
+                         "axis (none: skipped)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the summary here")

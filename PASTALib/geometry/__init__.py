@@ -2,6 +2,7 @@
 
 from PASTALib.geometry.arrays import (
     array_to_image,
+    distance_to_mask,
     image_to_array,
     resample_array,
     xyz_to_zyx,
@@ -24,6 +25,7 @@ __all__ = [
     "CanonicalMapping",
     "Grid",
     "array_to_image",
+    "distance_to_mask",
     "canonical_mapping",
     "from_canonical",
     "image_to_array",

@@ -8,12 +8,14 @@ These functions are the only place that reverses the axes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 
 from PASTALib.geometry.canonical import Grid, resample_to_grid
 
-__all__ = ["array_to_image", "image_to_array", "resample_array", "xyz_to_zyx", "xyz_view", "zyx_to_xyz"]
+__all__ = ["array_to_image", "distance_to_mask", "image_to_array", "resample_array", "xyz_to_zyx", "xyz_view", "zyx_to_xyz"]
 
 
 def zyx_to_xyz(array: np.ndarray) -> np.ndarray:
@@ -64,3 +66,17 @@ def resample_array(array: np.ndarray, grid: Grid, reference: sitk.Image) -> np.n
     """(x, y, z) ``array`` on ``grid`` resampled linearly onto ``reference``'s grid: float32 (x, y, z), 0 outside."""
     moved = resample_to_grid(array_to_image(array, grid), reference, is_label=False, default_value=0.0)
     return image_to_array(moved, contiguous=False)
+
+
+def distance_to_mask(mask: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarray:
+    """Euclidean distance (mm, float32) of every voxel OUTSIDE ``mask`` to the nearest ``mask`` voxel.
+
+    Voxels in ``mask`` get a value <= 0 (clamp if they matter). ITK's Maurer transform (linear time,
+    float32) instead of scipy's feature transform: the same exact Euclidean distances (to float32
+    rounding), 2-3x faster. ``mask`` must hold a True voxel. The array goes to ITK without a
+    transpose (its axes reversed, so the spacing is reversed too).
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8))
+    image.SetSpacing([float(s) for s in reversed(tuple(spacing_xyz))])
+    dist = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+    return sitk.GetArrayFromImage(dist)

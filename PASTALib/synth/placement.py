@@ -12,7 +12,7 @@ from scipy import ndimage
 from PASTALib.anatomy.health import MIN_HEALTHY_VOLUME_MM3
 from PASTALib.errors import AnatomyError, LesionFitError
 from PASTALib.labels import Organ
-from PASTALib.synth.shape import distance_to_mask
+from PASTALib.geometry.arrays import distance_to_mask
 
 #: Smallest organ volume the synthesizer accepts (docs/labels-and-reports.md, healthy-organ check).
 #: Placement runs on the organ's bounding box subsampled to about this spacing (speed, not accuracy:

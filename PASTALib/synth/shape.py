@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy.special import erf
+
+from PASTALib.geometry.arrays import distance_to_mask
 
 Coords = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -19,20 +20,6 @@ def crop_coords(shape: Sequence[int], center_index: Sequence[float], spacing: fl
     """Open-mesh mm coordinates of a crop relative to ``center_index`` (continuous voxel index)."""
     axes = [(np.arange(n, dtype=np.float32) - np.float32(c)) * np.float32(spacing) for n, c in zip(shape, center_index)]
     return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-
-
-def distance_to_mask(mask: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarray:
-    """Euclidean distance (mm, float32) of every voxel OUTSIDE ``mask`` to the nearest ``mask`` voxel.
-
-    Voxels in ``mask`` get a value <= 0 (clamp if they matter). ITK's Maurer transform (linear time,
-    float32) instead of scipy's feature transform: the same exact Euclidean distances (to float32
-    rounding), 2-3x faster. ``mask`` must hold a True voxel. The array goes to ITK without a
-    transpose (its axes reversed, so the spacing is reversed too).
-    """
-    image = sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8))
-    image.SetSpacing([float(s) for s in reversed(tuple(spacing_xyz))])
-    dist = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
-    return sitk.GetArrayFromImage(dist)
 
 
 def signed_distance(mask: np.ndarray, spacing: float | Sequence[float] = 1.0) -> np.ndarray:

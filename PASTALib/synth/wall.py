@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from PASTALib.geometry.arrays import distance_to_mask
 from PASTALib.synth import placement
 from PASTALib.synth import shape as shp
 from PASTALib.synth.shape import Coords
@@ -174,7 +175,7 @@ def inside_sdf(organ: np.ndarray) -> np.ndarray:
     distance transform instead of two where only the inside matters (the normal-wall reference shell)."""
     out = np.full(organ.shape, np.inf, np.float32)
     if organ.any() and not organ.all():
-        inside = shp.distance_to_mask(~organ, (1.0, 1.0, 1.0))
+        inside = distance_to_mask(~organ, (1.0, 1.0, 1.0))
         out[organ] = np.float32(0.5) - inside[organ]
     elif organ.all():
         out[:] = -np.inf
