@@ -46,14 +46,16 @@ class Counting(torch.nn.Module):
 
 def test_window_plan_skips_windows_without_organ():
     hu = _body()
-    cfg = InferenceConfig(patch_size=PATCH, overlap=0.0, spacing_mm=4.5, fast_margin_mm=0.0)
-    box, n_exact = plan_windows(hu, cfg)
+    cfg = InferenceConfig(patch_size=PATCH, overlap=0.0, spacing_mm=4.5, fast_margin_mm=0.0, fast_grid="organs")
+    body, n_exact = plan_windows(hu, cfg)
     assert n_exact == 2 * 3 * 3  # body box 40 x 96 x 96 (margin clipped) with 32³ windows, no overlap
     organs = np.zeros(hu.shape, np.uint8)
     organs[5:10, 10:20, 10:20] = 2  # liver in one corner: one window
     region = fast.region_from_labels(organs, cfg)
     box, n_fast = plan_windows(hu, cfg, region)
     assert n_fast == 1 and [s.stop - s.start for s in box] == [5, 10, 10]
+    # the reference's grid: the body box, and of its windows those holding the liver (z 0:32 and 8:40: both)
+    assert plan_windows(hu, replace(cfg, fast_grid="body"), region) == (body, 2)
     organs[30:35, 70:80, 70:80] = 10  # bone is not in the default fast organs
     assert plan_windows(hu, cfg, fast.region_from_labels(organs, cfg))[1] == 1
     organs[30:35, 70:80, 70:80] = 24  # a kidney cyst counts as its organ's region
@@ -100,6 +102,25 @@ def test_fast_agrees_with_exact_when_the_region_is_everything(monkeypatch):
     assert not fast_labels[outside].any()  # outside the region's box: background
 
 
+def test_fast_on_the_reference_grid_keeps_its_answer_where_the_organs_are(monkeypatch):
+    """The organs' box is tighter than the body box: on the reference's grid (the default) every region voxel is
+    blended from the reference's windows, so it gets the reference's labels; on the organs' grid it need not."""
+    monkeypatch.setattr(fast, "cpu_supports_bf16", lambda *a, **k: False)  # full precision both ways
+    hu, net = _body((32, 96, 96)), _net()
+    cfg = InferenceConfig(patch_size=PATCH, overlap=0.5, spacing_mm=4.5, fast_margin_mm=0.0, runtime="torch")
+    organs = np.zeros(hu.shape, np.uint8)
+    organs[4:28, 20:70, 14:60] = 2
+    region = organs > 0
+    exact, _ = segment_canonical(net, hu, cfg, CPU)
+    counted = Counting(net)
+    body, _ = segment_canonical(counted, hu, replace(cfg, speed="fast"), CPU, organ_labels=organs)
+    assert np.array_equal(body[region], exact[region])
+    n_fast = plan_windows(hu, replace(cfg, speed="fast"), region)[1]
+    assert counted.windows == n_fast + 1 and n_fast < plan_windows(hu, cfg)[1]  # + 1: the window timed for the plan
+    organs_grid, _ = segment_canonical(net, hu, replace(cfg, speed="fast", fast_grid="organs"), CPU, organ_labels=organs)
+    assert not np.array_equal(organs_grid[region], exact[region])  # the windows moved: so did this network's answer
+
+
 def test_coarse_pass_region_covers_the_fine_grid():
     hu = _body()
     cfg = InferenceConfig(patch_size=PATCH, spacing_mm=4.5, speed="fast")
@@ -142,6 +163,8 @@ def test_config_checks():
         InferenceConfig(speed="fast", compat="authors").validate()
     with pytest.raises(InferenceError, match="organ labels 1-10"):
         InferenceConfig(speed="fast", fast_organs=(11,)).validate()
+    with pytest.raises(InferenceError, match="fast_grid must be body or organs"):
+        InferenceConfig(speed="fast", fast_grid="lungs").validate()
 
 
 def _parse(argv):
@@ -159,6 +182,11 @@ def test_fast_exact_flags():
     assert _parse(["--fast"]).speed == "fast" and _parse(["--exact"]).speed == "exact"
     with pytest.raises(SystemExit):
         _parse(["--fast", "--exact"])
+    from PASTALib.infer.config import FAST_GRIDS
+
+    assert _parse([]).fast_grid is None and all(_parse(["--fast-grid", g]).fast_grid == g for g in FAST_GRIDS)
+    with pytest.raises(SystemExit):
+        _parse(["--fast-grid", "lungs"])
 
 
 def test_segment_cli_prints_the_plan(tmp_path):

@@ -4,12 +4,13 @@ on the same CT and weights (issue #17):
   tiny   the tiny model the tests train (Testing/conftest.py: `case` + `checkpoint`, trained once into
          --tiny-cache), on the test CT, so that lesions exist: segment_ct exact vs fast (region from the
          model's own coarse pass) for every --fast-overlap, and fast with the test CT's organ labels as the
-         organ map at the first --fast-overlap, with its 16 mm margin and without (the organs' box is then
-         tighter than the body box, as on a whole abdomen, so the windows sit elsewhere). Agreement: Dice of
-         every organ and lesion label between the two label maps, lesion recall (reference lesions the fast
+         organ map at the first --fast-overlap, on the reference's grid (the default) and with --fast-grid
+         organs (16 mm margin, and none: a box tighter than the body box, as on a whole abdomen). Agreement: Dice
+         of every organ and lesion label between the two label maps, lesion recall (reference lesions the fast
          path also finds), max difference of the report attributes of matched lesions. Then the reference
-         against itself with --air-mm of air added before each axis (the same scan, a field of view a few mm
-         larger): how far the model's answer moves when only the window grid moves.
+         against itself with its grid moved by --grid-shift of the stride: how far the model's answer moves when
+         only the window grid moves. --checkpoint/--ct/--patch/--spacing run the same on another model
+         (benchmarks/grid_proxy.py trains one with 64³ windows).
   full   the full-width PastaUNet (random weights, seeded) for time on TotalSegmentator's example_ct: the
          windows each path runs on the whole CT (fast: region from the TotalSegmentator map, as `--organs`
          gives it), seconds per 128³ window (exact: torch float32; torch at the fast dtype; the fast path's
@@ -139,8 +140,8 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     ct_path, ckpt = (Path(args.ct), Path(args.checkpoint)) if args.checkpoint else tiny_model(Path(args.tiny_cache))
     model = load_model(ckpt, device="cpu")
     ct = read_ct(ct_path)
-    base = InferenceConfig(device="cpu", patch_size=(32,) * 3, crop_size=(32,) * 3, spacing_mm=4.5,
-                           num_threads=args.threads)
+    base = InferenceConfig(device="cpu", patch_size=(args.patch,) * 3, crop_size=(args.patch,) * 3,
+                           spacing_mm=args.spacing, num_threads=args.threads)
     runs: dict[str, Any] = {}
     plan = Plan()
     ref, dt, dc = timed(lambda: segment_ct(ct, model, base, progress=plan))
@@ -148,8 +149,8 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     ref_lab = sitk.GetArrayFromImage(ref.labels)
     print(f"tiny exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU, {len(ref.lesions)} lesion(s)", flush=True)
     # the region from the model's coarse pass at every --fast-overlap, then from the reference organ map (the
-    # labels beside the test CT, as `--organs` gives a TotalSegmentator map): its windows tile the organs' box,
-    # so they sit elsewhere than the reference path's
+    # labels beside the test CT, as `--organs` gives a TotalSegmentator map), on the reference's grid and on the
+    # organs' box
     from PASTALib.anatomy import OrganMasks
     from PASTALib.io import read_label
 
@@ -159,9 +160,12 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
     if organs is not None:
         ov = args.fast_overlap[0]
         variants.append((f"fast_organ_map_overlap_{ov}", ov, {"organ_masks": organs}, {}))
-        # the organs' box without a margin is smaller than the body box here, as on a whole abdomen: the same
-        # overlap, but the grid anchored elsewhere against the anatomy
-        variants.append((f"fast_organ_map_no_margin_overlap_{ov}", ov, {"organ_masks": organs}, {"fast_margin_mm": 0.0}))
+        # --fast-grid organs: a grid over the organs' box (16 mm margin), and without the margin (a box tighter than
+        # the body box, as on a whole abdomen: the same overlap, the grid anchored elsewhere against the anatomy)
+        organs_grid = {"fast_grid": "organs"}
+        variants.append((f"fast_organ_map_organs_grid_overlap_{ov}", ov, {"organ_masks": organs}, organs_grid))
+        variants.append((f"fast_organ_map_organs_grid_no_margin_overlap_{ov}", ov, {"organ_masks": organs},
+                         {**organs_grid, "fast_margin_mm": 0.0}))
     for name, ov, kwargs, overrides in variants:
         plan = Plan()
         cfg = replace(base, speed="fast", fast_overlap=ov, **overrides)
@@ -178,41 +182,59 @@ def part_tiny(args: argparse.Namespace) -> dict[str, Any]:
               f"lesion recall {agree['lesion_recall']:.2f} ({agree['fast_lesions']} vs {agree['reference_lesions']}); "
               f"max attribute diff {json.dumps(agree['max_attribute_diff'])}; text differing {agree['text_fields_differing']}",
               flush=True)
-    runs["reference_repeatability"] = reference_repeatability(ct, model, base, ref, ref_lab, args.air_mm)
+    runs["reference_repeatability"] = reference_repeatability(ct, model, base, args.grid_shift)
     return {"ct": str(ct_path), "checkpoint": str(ckpt), "runs": runs}
 
 
-def reference_repeatability(ct: sitk.Image, model, base, ref, ref_lab: np.ndarray, air_mm: list[float]) -> dict[str, Any]:
-    """The reference path against itself on the same scan with ``air_mm`` of air added before one axis (a field of
-    view a few mm larger: the body box, so the window grid, moves against the anatomy). What no fast path can beat:
-    when the reference's own answer moves this much, agreement below it measures window placement, not speed-ups."""
-    from PASTALib.infer import segment_ct
+def label_lesion_recall(ref: np.ndarray, other: np.ndarray) -> tuple[float, int]:
+    """Share of the lesion components (labels >= 11, 26-connected, per label) of ``ref`` that ``other`` overlaps with
+    the same label, and their number (NaN when none)."""
+    from scipy import ndimage
+
+    found = total = 0
+    for v in np.unique(ref[ref >= 11]):
+        comps, n = ndimage.label(ref == v, structure=np.ones((3, 3, 3)))
+        hit = np.unique(comps[(other == v) & (comps > 0)])
+        total, found = total + n, found + int(hit.size)
+    return (found / total if total else float("nan")), total
+
+
+def reference_repeatability(ct: sitk.Image, model, base, shifts: list[float]) -> dict[str, Any]:
+    """The reference path against itself when only its window grid moves: the same canonical array cropped by
+    ``shift`` x the window stride at the body box's start of one axis (a field of view that starts a little later),
+    compared where both have the scan. What a path whose windows sit elsewhere cannot beat: when the reference's
+    own answer moves this much, agreement below it measures window placement, not the fast path."""
+    from PASTALib.geometry import to_canonical
+    from PASTALib.infer.sliding import segment_canonical
 
     out: dict[str, Any] = {}
-    if not air_mm:
+    if not shifts:
         return out
-    spacing = ct.GetSpacing()
-    for mm in air_mm:
+    hu = sitk.GetArrayFromImage(to_canonical(ct, is_label=False, spacing=base.spacing_mm)[0])
+    cpu, norm = torch.device("cpu"), model.segmentation_normalization()
+    ref, box = segment_canonical(model.network, hu, base, cpu, normalize=norm)
+    stride = [max(int(r * (1 - base.overlap)), 1) for r in base.patch_size]
+    for shift in shifts:
         for axis in range(3):
-            pad = [0, 0, 0]
-            pad[axis] = max(1, int(round(mm / spacing[axis])))
-            res = segment_ct(sitk.ConstantPad(ct, pad, [0, 0, 0], -1024.0), model, base)
-            back = tuple(slice(p, None) for p in pad)  # SimpleITK (x, y, z) slicing: the padded voxels dropped
-            labels = sitk.GetArrayFromImage(res.labels[back])
-            dice = dice_per_label(ref_lab, labels)
-            agree = lesion_agreement(ref, SimpleNamespace(instances=res.instances[back], lesions=res.lesions))
-            name = f"air_{pad[axis] * spacing[axis]:g}mm_{'xyz'[axis]}"
-            out[name] = {"min_organ_dice": min((d for v, d in dice.items() if v <= 10), default=1.0), "dice": dice,
-                         "lesion_recall": agree["lesion_recall"], "lesions": len(res.lesions)}
-            print(f"tiny reference vs itself, {name}: min organ Dice {out[name]['min_organ_dice']:.4f}; lesion recall "
-                  f"{agree['lesion_recall']:.2f} ({len(res.lesions)} vs {len(ref.lesions)}); Dice {json.dumps(dice)}",
-                  flush=True)
-    mins = [r["min_organ_dice"] for r in out.values()]
-    recalls = [r["lesion_recall"] for r in out.values()]
+            cut = [slice(None)] * 3
+            moved = max(1, int(round(shift * stride[axis])))
+            cut[axis] = slice(box[axis].start + moved, None)
+            labels, _ = segment_canonical(model.network, hu[tuple(cut)], base, cpu, normalize=norm)
+            dice = dice_per_label(ref[tuple(cut)], labels)
+            recall, n = label_lesion_recall(ref[tuple(cut)], labels)
+            name = f"grid_moved_{moved}_voxels_{'zyx'[axis]}"
+            out[name] = {"mm": moved * base.spacing_mm, "min_organ_dice": min((d for v, d in dice.items() if v <= 10),
+                                                                              default=1.0),
+                         "lesion_recall": recall, "lesions": n, "dice": dice}
+            print(f"tiny reference vs itself, grid moved {moved} voxels ({moved * base.spacing_mm:g} mm, {shift:g} of "
+                  f"the stride) along {'zyx'[axis]}: min organ Dice {out[name]['min_organ_dice']:.4f}; lesion recall "
+                  f"{recall:.2f} of {n}; Dice {json.dumps(dice)}", flush=True)
+    runs = list(out.values())
+    mins, recalls = [r["min_organ_dice"] for r in runs], [r["lesion_recall"] for r in runs]
     out["summary"] = {"min_organ_dice_median": float(np.median(mins)), "min_organ_dice_min": min(mins),
-                      "runs_with_recall_1": sum(r == 1.0 for r in recalls), "runs": len(recalls)}
+                      "runs_with_recall_1": sum(r == 1.0 for r in recalls), "runs": len(runs)}
     print(f"tiny reference repeatability: min organ Dice median {np.median(mins):.4f} (worst {min(mins):.4f}); "
-          f"lesion recall 1.0 in {out['summary']['runs_with_recall_1']} of {len(recalls)} runs", flush=True)
+          f"every lesion found in {out['summary']['runs_with_recall_1']} of {len(runs)} runs", flush=True)
     return out
 
 
@@ -240,19 +262,23 @@ def end_to_end(args: argparse.Namespace, ct_full: sitk.Image, pm, exact, fastcfg
                     "stages_s": {k: round(v, 1) for k, v in ref.timings.items()}}
     print(f"exact: {plan.windows} windows, {dt:.1f} s wall, {dc:.1f} s CPU ({plan.plan}); stages "
           f"{json.dumps(out['exact']['stages_s'])}; load {_load()}", flush=True)
-    # fast with the organ map at every --full-overlap (the first is the default's), then with the coarse pass
-    runs = [(f"fast_organ_map{'' if i == 0 else f'_overlap_{ov}'}", replace(fastcfg, fast_overlap=ov), {"organ_masks": organs})
-            for i, ov in enumerate(args.full_overlap)] + [("fast_coarse_pass", fastcfg, {})]
+    # fast with the organ map on the reference's grid (the default), then on the organs' box at every --full-overlap,
+    # then (unless --skip-coarse) with the coarse pass
+    organs_grid = replace(fastcfg, fast_grid="organs")
+    runs = [("fast_organ_map", fastcfg, {"organ_masks": organs})]
+    runs += [(f"fast_organ_map_organs_grid{'' if i == 0 else f'_overlap_{ov}'}", replace(organs_grid, fast_overlap=ov),
+              {"organ_masks": organs}) for i, ov in enumerate(args.full_overlap)]
+    runs += [] if args.skip_coarse else [("fast_coarse_pass", fastcfg, {})]
     for name, cfg, kwargs in runs:
         plan = Plan()
         res, dt2, dc2 = timed(lambda: segment_ct(ct, pm, cfg, progress=plan, **kwargs))
         dice = dice_per_label(ref_lab, sitk.GetArrayFromImage(res.labels))
-        out[name] = {"overlap": cfg.fast_overlap, "windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
+        out[name] = {"overlap": cfg.fast_overlap, "grid": cfg.fast_grid, "windows": plan.windows, "wall_s": round(dt2, 1), "cpu_s": round(dc2, 1), "plan": plan.plan,
                      "runtime": res.config.runtime, "lesions": len(res.lesions),
                      "stages_s": {k: round(v, 1) for k, v in res.timings.items()},
                      "speedup_wall": round(dt / dt2, 2), "speedup_cpu": round(dc / dc2, 2),
                      "min_dice": min(dice.values(), default=1.0), "dice": dice}
-        print(f"{name} (overlap {cfg.fast_overlap}): {plan.windows} windows ({res.config.runtime}), {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s "
+        print(f"{name} (overlap {cfg.fast_overlap}, grid {cfg.fast_grid}): {plan.windows} windows ({res.config.runtime}), {dt2:.1f} s wall ({dt / dt2:.2f}x), {dc2:.1f} s "
               f"CPU ({dc / dc2:.2f}x) ({plan.plan}); Dice vs exact min {out[name]['min_dice']:.4f}; stages "
               f"{json.dumps(out[name]['stages_s'])}; load {_load()}",
               flush=True)
@@ -284,9 +310,10 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
                                                 is_label=True)[0])
     n_exact_whole = plan_windows(hu, exact)[1]
     region = fast.region_from_labels(org_c, fastcfg)
-    n_fast = {ov: plan_windows(hu, replace(fastcfg, overlap=ov), region)[1] for ov in args.full_overlap}
+    n_fast = {f"{grid}_grid_overlap_{ov}": plan_windows(hu, replace(fastcfg, overlap=ov, fast_grid=grid), region)[1]
+              for grid in ("body", "organs") for ov in args.full_overlap}
     print(f"whole example_ct: exact {n_exact_whole} windows, fast (TotalSegmentator organs) "
-          + ", ".join(f"{n} windows at overlap {ov}" for ov, n in n_fast.items()), flush=True)
+          + ", ".join(f"{n} windows ({key})" for key, n in n_fast.items()), flush=True)
 
     torch.manual_seed(args.seed)
     net = PastaUNet(UNetConfig.tiny() if args.width == "tiny" else UNetConfig()).eval()
@@ -294,7 +321,7 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
     bf16 = fast.window_dtype(torch.device("cpu"), fastcfg)
     print(f"full width: {sum(p.numel() for p in net.parameters()):,} parameters, threads {args.threads}, fast dtype "
           f"{bf16} (native bf16 on this CPU: {fast.cpu_supports_bf16()}); load {_load()}", flush=True)
-    out: dict[str, Any] = {"load_start": _load(), "whole_ct_windows": {"exact": n_exact_whole, **{f"fast_overlap_{ov}": n for ov, n in n_fast.items()}}}
+    out: dict[str, Any] = {"load_start": _load(), "whole_ct_windows": {"exact": n_exact_whole, **n_fast}}
     # seconds per 128³ window, float32 (exact) and the fast dtype, interleaved, on the CT's centre window
     box = plan_windows(hu, exact)[0]
     centre = tuple(slice((b.start + b.stop) // 2 - 64, (b.start + b.stop) // 2 + 64) for b in box)
@@ -326,15 +353,15 @@ def part_full(args: argparse.Namespace) -> dict[str, Any]:
     print(f"coarse pass on the whole body box (what fast costs without an organ map): {dt3:.1f} s wall, {dc3:.1f} s CPU",
           flush=True)
     proj = {}
-    for ov, n_fast_whole in n_fast.items():
+    for key, n_fast_whole in n_fast.items():
         for i, unit in enumerate(("wall", "cpu")):
             t_exact = n_exact_whole * med["exact"][i]
             t_map = n_fast_whole * med["fast"][i]
             t_coarse = t_map + (dt3, dc3)[i]
-            proj[f"overlap_{ov}_{unit}"] = {
+            proj[f"{key}_{unit}"] = {
                 "exact_s": round(t_exact), "fast_organ_map_s": round(t_map), "fast_coarse_pass_s": round(t_coarse),
                 "speedup_organ_map": round(t_exact / t_map, 2), "speedup_coarse_pass": round(t_exact / t_coarse, 2)}
-            print(f"whole example_ct windows, fast overlap {ov} ({unit} time): exact {n_exact_whole} x "
+            print(f"whole example_ct windows, fast {key} ({unit} time): exact {n_exact_whole} x "
                   f"{med['exact'][i]:.1f} s = {t_exact / 60:.1f} min; fast {n_fast_whole} x {med['fast'][i]:.1f} s = "
                   f"{t_map / 60:.1f} min with the organ map ({t_exact / t_map:.2f}x), {t_coarse / 60:.1f} min with "
                   f"the coarse pass ({t_exact / t_coarse:.2f}x)", flush=True)
@@ -352,6 +379,8 @@ def main() -> None:
                     help="where the tiny test model is trained once and reused")
     ap.add_argument("--checkpoint", help="tiny part: these weights (with --ct) instead of the cached test model")
     ap.add_argument("--ct", help="tiny part: CT for --checkpoint")
+    ap.add_argument("--patch", type=int, default=32, help="tiny part: window edge (the test model's 32)")
+    ap.add_argument("--spacing", type=float, default=4.5, help="tiny part: spacing in mm (the test model's 4.5)")
     ap.add_argument("--fast-overlap", type=float, nargs="+", default=[0.5, 0.25, 0.0], help="tiny part: fast overlaps tried")
     ap.add_argument("--full-overlap", type=float, nargs="+", default=[0.5, 0.25, 0.0],
                     help="full part: fast overlaps counted (the first one for --slab / --whole)")
@@ -363,12 +392,14 @@ def main() -> None:
                                                         "the --z-slices slab (about 20 exact windows: ~15 min idle)")
     ap.add_argument("--whole", action="store_true", help="full part: segment_ct end to end, exact vs fast, on the whole "
                                                          "CT (100 exact windows: ~1 h on 2 idle cores)")
+    ap.add_argument("--skip-coarse", action="store_true", help="full part end to end: no run with the coarse pass "
+                                                                "(random weights call every voxel an organ)")
     ap.add_argument("--no-lesions", action="store_true", help="full part end to end: no lesion reporting (random weights "
                                                               "make hundreds of spurious lesions; their attribute crops "
                                                               "cost the same in both paths)")
-    ap.add_argument("--air-mm", type=float, nargs="*", default=[3.0, 6.0],
-                    help="tiny part: the reference path's repeatability on the CT with this much air added before each "
-                         "axis (none: skipped)")
+    ap.add_argument("--grid-shift", type=float, nargs="*", default=[0.25, 0.5],
+                    help="tiny part: the reference path against itself with its grid moved by these fractions of the "
+                         "window stride along each axis (none: skipped)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the summary here")

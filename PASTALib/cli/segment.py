@@ -37,14 +37,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     speed.add_argument("--fast", dest="speed", action="store_const", const="fast",
                        help="fast path (the default on a CPU): windows only over the (dilated) organs PASTA reports on "
                             "except bone, taken from --organs or a coarse pass; bf16 where the CPU has native bf16; "
-                            "OpenVINO when installed. 5-10x faster on a CPU (7.4x on a whole abdomen, 2 cores); its windows tile "
-                            "the organs' box, not the body's, so where a model's answer depends on its window grid it "
-                            "can differ from --exact; bone metastases away from those organs are not searched "
-                            "(BENCHMARKS.md)")
+                            "OpenVINO when installed. Runs the reference's own windows that hold an organ, so the organs get "
+                            "the reference's answer (up to bf16); about 5x faster on a CPU (--fast-grid organs: more); "
+                            "bone metastases away from those organs are not searched (BENCHMARKS.md)")
     speed.add_argument("--exact", dest="speed", action="store_const", const="exact",
                        help="the reference path (the default on CUDA): every window of the body, overlap 0.5, full "
                             "precision on CPU")
     p.set_defaults(speed="auto")
+    p.add_argument("--fast-grid", choices=("body", "organs"),  # infer.config.FAST_GRIDS (no torch import here)
+                   help="--fast: body (default) runs the reference's own windows that hold an organ, so the organs get "
+                        "the reference's answer; organs tiles the organs' box instead: fewer windows where the organs "
+                        "fill the body (7.4x instead of 4.8x on a whole abdomen, 2 cores), but they sit elsewhere and "
+                        "a model's answer can move with them, as when the field of view changes")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"),  # infer.config.RUNTIMES (no torch import here)
                    help="what runs the windows: auto (default) = OpenVINO for --fast on CPU when installed (pip install "
                         "openvino; ~3x faster per window than torch at f32, ~6x at bf16), else torch")
@@ -99,7 +103,7 @@ def _segment(args: argparse.Namespace) -> int:
         "patch_size": args.patch_size, "crop_size": args.crop_size, "overlap": args.overlap,
         "fast_overlap": args.overlap, "batch_size": args.sw_batch_size,
         "spacing_mm": args.spacing, "min_lesion_volume_mm3": args.min_lesion_volume, "phase": args.phase,
-        "num_threads": args.threads, "speed": args.speed, "runtime": args.runtime,
+        "num_threads": args.threads, "speed": args.speed, "runtime": args.runtime, "fast_grid": args.fast_grid,
     }.items() if v is not None}
     mirroring = args.compat == "authors" if args.mirror is None else args.mirror
     cfg = InferenceConfig(device=args.device, mirroring=mirroring, amp=args.amp, compat=args.compat, **overrides)

@@ -11,6 +11,7 @@ from PASTALib.runtime import amp_dtype, resolve_device  # noqa: F401  (infer.pip
 
 #: what may run the windows (``InferenceConfig.runtime``, `pasta segment --runtime`, ``$PASTA_RUNTIME``)
 RUNTIMES = ("auto", "torch", "openvino")
+FAST_GRIDS = ("body", "organs")  # InferenceConfig.fast_grid
 
 
 class InferenceError(PastaError):
@@ -57,8 +58,14 @@ class InferenceConfig:
     #: PASTA panel default to). The library default stays the reference.
     speed: str = "exact"
     #: 0.5 as the reference: measured against it (tiny test model, BENCHMARKS.md), 0.25 lost a lesion and
-    #: 7 % organ Dice at window borders, 0.5 kept every lesion and organ Dice >= 0.995
+    #: 7 % organ Dice, 0.5 kept every lesion and organ Dice >= 0.995
     fast_overlap: float = 0.5
+    #: where the fast windows sit: "body" (the reference's own grid over the body box, windows holding no region
+    #: voxel skipped: at every region voxel the same windows, so the same answer up to bf16) or "organs" (a grid
+    #: over the region's box: fewer windows where the organs fill the body, 60 instead of 100 on a whole abdomen,
+    #: but the windows sit elsewhere against the anatomy and a model's answer can move with them: on the small
+    #: models measured here as much as when the field of view changes; BENCHMARKS.md)
+    fast_grid: str = "body"
     fast_margin_mm: float = 16.0  # organ region grown by this much: lesions at an organ's edge, coarse-pass misses
     fast_coarse_factor: float = 2.0  # coarse organ pass at this multiple of spacing_mm (no organ map given)
     #: organs (1-10) whose region is segmented in fast mode; bone (10) is left out: the skeleton spans the
@@ -100,6 +107,8 @@ class InferenceConfig:
                                  "cannot represent; use --exact with --compat authors")
         if not 0.0 <= self.fast_overlap < 1.0 or self.fast_coarse_factor < 1.0 or self.fast_margin_mm < 0:
             raise InferenceError("fast_overlap must be in [0, 1), fast_coarse_factor >= 1 and fast_margin_mm >= 0")
+        if self.fast_grid not in FAST_GRIDS:
+            raise InferenceError(f"fast_grid must be body or organs, not {self.fast_grid!r}")
         if self.runtime not in RUNTIMES:
             raise InferenceError(f"runtime must be auto, torch or openvino, not {self.runtime!r}")
         if not self.fast_organs or any(v not in range(1, 11) for v in self.fast_organs):

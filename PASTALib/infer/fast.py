@@ -1,11 +1,13 @@
 """Fast CPU inference (``InferenceConfig.speed = "fast"``): windows only where lesions can be.
 
-The fine (canonical spacing) sliding window tiles the bounding box of a *region*: the organs PASTA
-reports on (``cfg.fast_organs``), dilated by ``cfg.fast_margin_mm``. The region comes from a
+The fine (canonical spacing) sliding window runs only the windows that hold a voxel of a *region*: the
+organs PASTA reports on (``cfg.fast_organs``), dilated by ``cfg.fast_margin_mm``. The region comes from a
 TotalSegmentator map when the user gives one, else from a cheap coarse pass of the model's own
 output channels (the CT at ``cfg.fast_coarse_factor`` x the spacing, windows of the same field of
-view, no overlap). Windows whose area holds no region voxel are skipped (background). The fine
-pass uses ``cfg.fast_overlap`` and bf16 autocast where the CPU runs bf16 natively.
+view, no overlap). The windows are the reference's (``cfg.fast_grid == "body"``: the body box's grid, so every
+region voxel is blended from the same windows as in the reference) or a grid over the region's box
+(``"organs"``: fewer windows, placed elsewhere); skipped windows give background. The fine pass uses
+``cfg.fast_overlap`` and bf16 where the CPU runs bf16 natively.
 """
 
 from __future__ import annotations

@@ -186,8 +186,9 @@ def sliding_window_probabilities(
 
 def plan_windows(hu_zyx: np.ndarray, cfg: InferenceConfig, region: np.ndarray | None = None
                  ) -> tuple[tuple[slice, slice, slice], int]:
-    """The box the windows tile (body box, or with a ``region`` its box within the body box) and the number of
-    windows the network runs there (with a region: those holding a region voxel)."""
+    """The box the windows tile and the number of windows the network runs there. The box is the body box, or
+    with a ``region`` and ``cfg.fast_grid == "organs"`` the region's box within it; with a region only windows
+    holding a region voxel run."""
     if cfg.crop_to_body:
         margin = int(math.ceil(cfg.body_margin_mm / cfg.spacing_mm))
         box = body_box(hu_zyx, cfg.body_threshold_hu, margin)
@@ -201,7 +202,8 @@ def plan_windows(hu_zyx: np.ndarray, cfg: InferenceConfig, region: np.ndarray | 
     inner = region_box(region[box])
     if inner is None:
         return tuple(slice(s.start, s.start) for s in box), 0  # type: ignore[return-value]
-    box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))  # type: ignore[assignment]
+    if cfg.fast_grid == "organs":
+        box = tuple(slice(b.start + i.start, b.start + i.stop) for b, i in zip(box, inner))  # type: ignore[assignment]
     return box, sum(windows_with_region(region[box], cfg.patch_size, cfg.overlap))  # type: ignore[return-value]
 
 
