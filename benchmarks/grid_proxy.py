@@ -3,12 +3,12 @@
 window border; PASTA uses 128³ windows with a 4³ bottleneck; this model 64³ windows at 3 mm with 4³.
 
 Builds the tests' cases (a large hypodense liver tumour and a right kidney cyst synthesized into
-TotalSegmentator's example_ct, seeds 1-3) on the WHOLE CT, canonical at --spacing mm, trains a narrow PastaUNet
-with the tests' recipe on --patch windows (Testing/conftest.py's training loop, only the window and the
-iteration count changed), and writes the seed-1 CT and its labels where `bench_fast_infer.py --part tiny --checkpoint ... --ct ...` reads
-them:
+TotalSegmentator's example_ct, seeds 1-3) on the WHOLE CT, canonical at --spacing mm, trains a narrow
+PastaUNet with the tests' recipe on --patch windows (Testing/conftest.py's training loop, only the window
+and the iteration count changed), and writes the seed-1 CT and its labels where `bench_fast_infer.py
+--part tiny --checkpoint ... --ct ...` reads them:
 
-    python benchmarks/grid_proxy.py --out ~/.cache/pasta-bench/grid-proxy        # ~40 min on 2 cores
+    python benchmarks/grid_proxy.py --out ~/.cache/pasta-bench/grid-proxy        # ~12 min on 2 cores (600 iterations)
     python benchmarks/bench_fast_infer.py --part tiny --checkpoint ~/.cache/pasta-bench/grid-proxy/model_final.pth \
         --ct ~/.cache/pasta-bench/grid-proxy/test_ct.nii.gz --patch 64 --spacing 3
 """

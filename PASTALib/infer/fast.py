@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from PASTALib.geometry.arrays import distance_to_mask
 from PASTALib.infer.config import InferenceConfig, amp_dtype
 
 #: /proc/cpuinfo flags of CPUs with native bf16 arithmetic (AVX512-BF16: Cooper Lake, Zen 4+; AMX: Sapphire
@@ -71,8 +72,6 @@ def region_box(region: np.ndarray) -> tuple[slice, slice, slice] | None:
 def dilate(mask: np.ndarray, margin_vox: int) -> np.ndarray:
     """``mask`` grown by ``margin_vox`` voxels (Euclidean distance, so the margin is a ball; ITK's Maurer
     transform: on a whole abdomen's organs 0.9 s instead of scipy's 8 s, the same voxels)."""
-    from PASTALib.geometry.arrays import distance_to_mask
-
     if margin_vox <= 0 or not mask.any():
         return mask.astype(bool)
     box = region_box(mask)
