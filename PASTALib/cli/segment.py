@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="fast path (the default on a CPU): windows only over the (dilated) organs PASTA reports on "
                             "except bone, taken from --organs or a coarse pass; bf16 where the CPU has native bf16; "
                             "OpenVINO when installed. Runs the reference's own windows that hold an organ, so the organs get "
-                            "the reference's answer (up to bf16); about 5x faster on a CPU (--fast-grid organs: more); "
+                            "the reference's answer (up to bf16); about 4x faster on a CPU (--fast-grid organs: more); "
                             "bone metastases away from those organs are not searched (BENCHMARKS.md)")
     speed.add_argument("--exact", dest="speed", action="store_const", const="exact",
                        help="the reference path (the default on CUDA): every window of the body, overlap 0.5, full "
@@ -47,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fast-grid", choices=("body", "organs"),  # infer.config.FAST_GRIDS (no torch import here)
                    help="--fast: body (default) runs the reference's own windows that hold an organ, so the organs get "
                         "the reference's answer; organs tiles the organs' box instead: fewer windows where the organs "
-                        "fill the body (7.4x instead of 4.8x on a whole abdomen, 2 cores), but they sit elsewhere and "
+                        "fill the body (6.6x instead of 4.1x on a whole abdomen, 2 cores), but they sit elsewhere and "
                         "a model's answer can move with them, as when the field of view changes")
     p.add_argument("--runtime", choices=("auto", "torch", "openvino"),  # infer.config.RUNTIMES (no torch import here)
                    help="what runs the windows: auto (default) = OpenVINO for --fast on CPU when installed (pip install "
