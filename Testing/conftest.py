@@ -106,6 +106,18 @@ def segment_cli(argv: list[str]) -> tuple[int, str, str]:
 
 
 
+def model_lesion_specs(seed: int):
+    """The test model's two lesions: a large hypodense liver tumour and a right kidney cyst (also
+    benchmarks/grid_proxy.py's)."""
+    from PASTALib.synth import LesionSpec
+
+    return (
+        LesionSpec(lesion_type="liver_tumor", size_mm=(45, 45, 40), shape="Round-like", density="Hypodense",
+                   heterogeneity="Homogeneous", surface="Well-defined margin", invasion=False, seed=seed),
+        LesionSpec(lesion_type="kidney_cyst", size_mm=(30, 30, 30), side="right", seed=seed + 100),
+    )
+
+
 @pytest.fixture(scope="session")
 def case(ts_data, tmp_path_factory):
     """A crop of example_ct (3 mm, RAS) around liver and kidneys with a large hypodense liver tumour and a
@@ -116,7 +128,7 @@ def case(ts_data, tmp_path_factory):
     from PASTALib.anatomy import OrganMasks
     from PASTALib.geometry import to_canonical
     from PASTALib.io import read_ct, read_label, write_image
-    from PASTALib.synth import LesionSpec, synthesize_lesion
+    from PASTALib.synth import synthesize_lesion
 
     root = tmp_path_factory.mktemp("infer")
     ct = read_ct(ts_data / "example_ct.nii.gz")
@@ -130,11 +142,7 @@ def case(ts_data, tmp_path_factory):
 
     def synth(seed: int):
         c, lab, reports = ct_c, org_c, []
-        for spec in (
-            LesionSpec(lesion_type="liver_tumor", size_mm=(45, 45, 40), shape="Round-like", density="Hypodense",
-                       heterogeneity="Homogeneous", surface="Well-defined margin", invasion=False, seed=seed),
-            LesionSpec(lesion_type="kidney_cyst", size_mm=(30, 30, 30), side="right", seed=seed + 100),
-        ):
+        for spec in model_lesion_specs(seed):
             r = synthesize_lesion(c, lab, spec)
             c, lab = r.ct, r.labels
             reports.append(r.report)

@@ -26,12 +26,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.fixtures import test_data_root  # noqa: E402
 
 
+def _conftest():
+    """Testing/conftest.py, where the test model's lesions and training loop live."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+    import conftest
+
+    return conftest
+
+
 def build_cases(out: Path, spacing: float) -> None:
     from PASTALib.anatomy import OrganMasks
     from PASTALib.geometry import to_canonical
     from PASTALib.io import read_ct, read_label, write_image
-    from PASTALib.synth import LesionSpec, synthesize_lesion
+    from PASTALib.synth import synthesize_lesion
 
+    conftest = _conftest()
     ts = test_data_root() / "totalsegmentator"
     ct = read_ct(ts / "example_ct.nii.gz")
     organs = OrganMasks.from_label_map(read_label(ts / "example_seg_fast_force_split.nii.gz"),
@@ -41,11 +50,7 @@ def build_cases(out: Path, spacing: float) -> None:
         if (folder / "label.nii.gz").is_file():
             continue
         c, lab = ct, organs
-        for spec in (  # the tests' two lesions (Testing/conftest.py `case`)
-            LesionSpec(lesion_type="liver_tumor", size_mm=(45, 45, 40), shape="Round-like", density="Hypodense",
-                       heterogeneity="Homogeneous", surface="Well-defined margin", invasion=False, seed=seed),
-            LesionSpec(lesion_type="kidney_cyst", size_mm=(30, 30, 30), side="right", seed=seed + 100),
-        ):
+        for spec in conftest.model_lesion_specs(seed):  # the tests' two lesions
             r = synthesize_lesion(c, lab, spec)
             c, lab = r.ct, r.labels
         cc, mapping = to_canonical(c, is_label=False, spacing=spacing)
@@ -65,9 +70,7 @@ def train(out: Path, patch: int, iterations: int) -> Path:
     path = out / "model_final.pth"
     if path.is_file():
         return path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-    import conftest
-
+    conftest = _conftest()
     conftest.PATCH, conftest.ITERATIONS = patch, iterations
     print(f"training {iterations} iterations on {patch}³ windows into {out} (once) ...", flush=True)
     return conftest.checkpoint.__wrapped__(SimpleNamespace(data=out / "train", root=out))
