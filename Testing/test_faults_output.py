@@ -439,10 +439,10 @@ def templates(shared_data, tmp_path_factory) -> Path:
 
 
 def _out(templates: Path, out: Path) -> Path:
-    from PASTALib.synth.generate import INDEX_FILE
+    from PASTALib.layout import TEMPLATE_INDEX_NAME
 
     out.mkdir(parents=True)
-    shutil.copy(templates / INDEX_FILE, out / INDEX_FILE)
+    shutil.copy(templates / TEMPLATE_INDEX_NAME, out / TEMPLATE_INDEX_NAME)
     return out
 
 

@@ -44,7 +44,9 @@ sys.path.insert(0, str(REPO))
 
 from PASTALib.cli.main import main as pasta  # noqa: E402
 from PASTALib.eval.lidc import even_patient_contours, rating_groups  # noqa: E402
-from PASTALib.eval.realism import OUTLINE_MIN_DIAMETER_MM, drawn_outlines, lesion_features, slice_floor  # noqa: E402
+from PASTALib.eval.realism import (  # noqa: E402
+    OUTLINE_MIN_DIAMETER_MM, drawn_outlines, lesion_features, slice_floor, target_spacings,
+)
 from PASTALib.eval.realism_io import LesionCase, read_synthetic_dir  # noqa: E402
 from PASTALib.eval.shape_features import SIZE_FREE  # noqa: E402
 from PASTALib.eval.two_sample import c2st_auc  # noqa: E402
@@ -183,8 +185,7 @@ def main() -> int:
         real_all = real
         real, floor_note = slice_floor(real_all, syn_cases)
         print(floor_note or "synthetic templates unknown: every LIDC contour compared")
-        pool = real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()
-        spacings = [tuple(pool[int(i)]) for i in rng.integers(0, len(pool), size=len(syn_cases))]
+        spacings = target_spacings(real, len(syn_cases), rng)
         raw = features(syn_cases, None).merge(attributes, on="case_id")
         outline = drawn_outlines(real) if args.reader_outline == "auto" else args.reader_outline == "on"
         matched = features(syn_cases, spacings, outline).merge(attributes, on="case_id")

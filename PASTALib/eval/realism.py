@@ -173,7 +173,8 @@ def slice_floor(real: pd.DataFrame, synthetic: Sequence[LesionCase]) -> tuple[pd
                   "synthetic lesions' template CTs were (a staircase does not go away when resampled finer)")
 
 
-def _target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> list[tuple[float, ...]]:
+def target_spacings(real: pd.DataFrame, n: int, rng: np.random.Generator) -> list[tuple[float, ...]]:
+    """``n`` voxel spacings (x, y, z mm) of real scans drawn at random: what acquisition matching resamples to."""
     pool = [tuple(float(v) for v in row) for row in real[["spacing_x_mm", "spacing_y_mm", "spacing_z_mm"]].to_numpy()]
     return [pool[int(i)] for i in rng.integers(0, len(pool), size=n)]
 
@@ -226,7 +227,7 @@ def evaluate_realism(real: Sequence[LesionCase], synthetic: Sequence[LesionCase]
     if match_acquisition:
         real_df, floor_note = slice_floor(real_df, synthetic)
         notes += [floor_note] if floor_note else []
-    spacings = _target_spacings(real_df, len(synthetic), rng) if match_acquisition else [None] * len(synthetic)
+    spacings = target_spacings(real_df, len(synthetic), rng) if match_acquisition else [None] * len(synthetic)
     outline = match_acquisition and (drawn_outlines(real_df) if reader_outline is None else reader_outline)
     if outline:
         notes.append("synthetic masks filled slice by slice as a reader's outline (the real masks are closed "

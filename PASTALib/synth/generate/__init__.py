@@ -44,7 +44,7 @@ phase/health index), ``config`` (:class:`GenerateConfig`, the one settings objec
 
 from PASTALib.synth.generate.config import DEFAULT_CROP_MM, DEFAULT_MAX_ATTEMPTS, GenerateConfig, parse_shard
 from PASTALib.synth.generate.layout import (
-    INDEX_FILE, PARTIAL_DIR, CaseJob, case_complete, verify_case,
+    PARTIAL_DIR, CaseJob, case_complete, verify_case,
 )
 from PASTALib.synth.generate.run import GenerateSummary, GenerationError, generate
 from PASTALib.synth.generate.schedule import case_list, case_seeds, eligible_templates
@@ -54,7 +54,7 @@ from PASTALib.synth.generate.templates import (
 from PASTALib.synth.generate.worker import WorkerContext, run_case, synthesize_case, type_json
 
 __all__ = [
-    "DEFAULT_CROP_MM", "DEFAULT_MAX_ATTEMPTS", "INDEX_FILE", "PARTIAL_DIR", "CaseJob",
+    "DEFAULT_CROP_MM", "DEFAULT_MAX_ATTEMPTS", "PARTIAL_DIR", "CaseJob",
     "GenerateConfig", "GenerateSummary", "GenerationError", "LoadedTemplate", "Template", "WorkerContext",
     "build_index", "case_complete", "case_list", "case_seeds", "discover_templates", "eligible_templates",
     "generate", "index_template", "load_template", "parse_shard", "run_case", "synthesize_case", "type_json",

@@ -17,7 +17,7 @@ from PASTALib.errors import SpecificationError
 from PASTALib.geometry import xyz_view
 from PASTALib.io.files import write_text_atomic
 from PASTALib.labels import LesionType, Organ
-from PASTALib.synth.generate.layout import INDEX_FILE
+from PASTALib.layout import TEMPLATE_INDEX_NAME
 
 TEMPLATE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 LABELS_KINDS = ("totalsegmentator", "pasta", "auto")
@@ -176,7 +176,7 @@ def _read_index(path: Path) -> dict[str, Any]:
 
 def build_index(templates: list[Template], out: Path, map_fn: Callable = map) -> dict[str, dict]:
     """Phase/health index of the templates, cached in ``<out>/templates.index.json`` (by path, size, mtime)."""
-    cache_path = out / INDEX_FILE
+    cache_path = out / TEMPLATE_INDEX_NAME
     cached = _read_index(cache_path)
     index: dict[str, dict] = {}
     todo = []
